@@ -1,0 +1,18 @@
+//! Wire types of spiderweb.
+//!
+//! One definition per message, shared by every process that speaks it. This crate parses and
+//! renders frames; it makes no decisions (those live in `spiderweb-policy`) and does no I/O.
+//!
+//! - [`envelope`]: the unified-v2 envelope on `/` (channels `control` and `acheron`) and its
+//!   strict parse rules (spec `unified-v2.md` §3).
+//! - [`names`]: the closed sets of known `control.*` and `acheron.*` type names.
+//! - [`reply`]: rendering of success, error and push frames, each as one string so that a
+//!   frame leaves the process in one write.
+//! - [`codes`]: the error codes of the control plane and of the world filesystem.
+
+pub mod codes;
+pub mod envelope;
+pub mod names;
+pub mod reply;
+
+pub use envelope::{AcheronFields, Channel, Envelope, FrameError, ParseErrorName};
