@@ -1,0 +1,30 @@
+//! Pure policy decisions of spiderweb.
+//!
+//! Every "may this caller do that?" question the gateway has to answer is decided here, as a
+//! function of plain values, so that each decision table can be read in one place and tested
+//! exhaustively. The process that enforces a decision gathers the facts (role, op name, what a
+//! token comparison found, the stored project policy) and calls in.
+//!
+//! This crate must never perform I/O, read the environment or the clock, hold or compare
+//! secrets, or keep state: a decision depends only on its arguments.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod project_access;
+pub mod role;
+pub mod scope;
+pub mod session;
+
+pub use project_access::{AccessDenial, AccessPolicy, Action, Mode};
+pub use role::Role;
+pub use scope::Scope;
+
+/// Strips the optional `control.` prefix of a control type name.
+///
+/// The op tables are keyed by bare names; accepting the prefixed form too means a caller that
+/// passes the full type name still gets the restrictive answer instead of silently missing
+/// the table (an admin-only op must never look unrestricted because of a naming slip).
+fn bare_op(op: &str) -> &str {
+    op.strip_prefix("control.").unwrap_or(op)
+}
