@@ -1,0 +1,220 @@
+//! One WebSocket connection on `/`: read frames, answer them, write replies.
+//!
+//! Two tasks per connection. The reader parses and handles each frame in order and queues
+//! the replies; the writer drains the queue, batching whatever is ready, and flushes once per
+//! batch — one `write()` for an isolated reply, no Nagle stall (`TCP_NODELAY` is set on
+//! accept). The queue is bounded (`runtime.outbound_queue_max`): a client that stops reading
+//! fills it and is disconnected, instead of growing the gateway's memory.
+//!
+//! Timeouts: the first version message must arrive within `handshake_timeout_ms` of the
+//! upgrade; afterwards a connection that sends no data frame for `idle_timeout_ms` is closed.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use spiderweb_policy::Role;
+use spiderweb_proto::codes::{acheron as acheron_code, control as code};
+use spiderweb_proto::reply::{self, Correlation};
+use spiderweb_proto::{Channel, envelope};
+use tokio::sync::mpsc;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::control::{self, ConnSession};
+use crate::server::{ConnectionSlot, Shared};
+use crate::worldfs;
+
+pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
+
+enum Outgoing {
+    Text(String),
+    Close(CloseFrame),
+}
+
+/// The frames one request produces, and whether the connection must close after them.
+#[derive(Default)]
+pub struct Outbox {
+    frames: Vec<(Cow<'static, str>, String)>,
+    errors: Vec<String>,
+    close: Option<(CloseCode, &'static str)>,
+}
+
+impl Outbox {
+    pub fn push(&mut self, kind: &'static str, frame: String) {
+        self.frames.push((Cow::Borrowed(kind), frame));
+    }
+    pub fn push_owned(&mut self, kind: String, frame: String) {
+        self.frames.push((Cow::Owned(kind), frame));
+    }
+    pub fn control_error(&mut self, id: Option<&str>, code: &str, message: &str, correlation: Correlation<'_>) {
+        self.errors.push(code.to_owned());
+        self.push("control.error", reply::control_error(id, code, message, correlation));
+    }
+    pub fn acheron_error(&mut self, tag: Option<u32>, code: &str, message: &str) {
+        self.errors.push(code.to_owned());
+        self.push("acheron.error", reply::acheron_error(tag, code, message));
+    }
+    /// Close with 1008 (policy violation) after the queued frames.
+    pub fn close_policy(&mut self, reason: &'static str) {
+        self.close = Some((CloseCode::Policy, reason));
+    }
+}
+
+/// Sends one refusal frame and closes with 1008: for upgrades that completed (so that
+/// clients expecting a 101 see it) but must not be served (spec README quirk 2).
+pub async fn refuse(mut socket: Socket, shared: &Shared, code: &str, message: &str) {
+    shared.metrics.error(code);
+    shared.metrics.frame_out("control.error");
+    let frame = reply::control_error(None, code, message, Correlation::Omit);
+    let _ = socket.send(Message::text(frame)).await;
+    let _ = socket.send(Message::Close(Some(CloseFrame { code: CloseCode::Policy, reason: message.to_owned().into() }))).await;
+    // Give the client a moment to answer the close; then drop the socket regardless.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async { while socket.next().await.is_some() {} }).await;
+}
+
+/// Serves an authenticated connection until it closes.
+pub async fn serve(socket: Socket, shared: Arc<Shared>, role: Role, slot: ConnectionSlot) {
+    let (sink, mut stream) = socket.split();
+    let (tx, rx) = mpsc::channel(shared.config.runtime.outbound_queue_max);
+    let writer = tokio::spawn(write_loop(sink, rx));
+    let mut conn = ConnSession::new(&shared.plane, role);
+    let mut fs = worldfs::FsSession::new(shared.config.server.max_fids_per_connection);
+    let started = Instant::now();
+    let mut last_rx = started;
+    let handshake = shared.config.server.handshake_timeout();
+    let idle = shared.config.server.idle_timeout();
+
+    let close: Option<CloseFrame> = loop {
+        let negotiated = conn.control_versioned || conn.acheron_versioned;
+        let deadline = if negotiated { last_rx + idle } else { started + handshake };
+        let message = tokio::select! {
+            biased;
+            _ = shared.shutdown.cancelled() => break Some(close_frame(CloseCode::Away, "server shutting down")),
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                break Some(if negotiated {
+                    close_frame(CloseCode::Away, "idle timeout")
+                } else {
+                    close_frame(CloseCode::Policy, "handshake timeout")
+                });
+            }
+            m = stream.next() => m,
+        };
+        let message = match message {
+            None => break None,
+            Some(Ok(m)) => m,
+            Some(Err(e)) => break read_error_close(&e),
+        };
+        let mut out = Outbox::default();
+        let began = Instant::now();
+        match message {
+            Message::Text(text) => {
+                last_rx = began;
+                handle_text(&shared, &mut conn, &mut fs, text.as_str(), &mut out);
+            }
+            Message::Binary(_) => {
+                last_rx = began;
+                shared.metrics.frame_in(None);
+                out.control_error(None, code::INVALID_ENVELOPE, "binary frames are not supported; send JSON text frames", Correlation::Omit);
+            }
+            Message::Ping(_) => last_rx = began,
+            Message::Close(_) => break None,
+            Message::Pong(_) | Message::Frame(_) => continue,
+        }
+        shared.metrics.observe_request(began.elapsed());
+        for code in &out.errors {
+            shared.metrics.error(code);
+        }
+        let mut overflow = false;
+        for (kind, frame) in out.frames {
+            shared.metrics.frame_out(&kind);
+            if tx.try_send(Outgoing::Text(frame)).is_err() {
+                overflow = true;
+                break;
+            }
+        }
+        if overflow {
+            shared.metrics.slow_consumer_disconnects.inc();
+            tracing::info!(conn = slot.id(), "client is not reading its replies; disconnecting");
+            writer.abort();
+            return;
+        }
+        if let Some((code, reason)) = out.close {
+            break Some(close_frame(code, reason));
+        }
+    };
+    if let Some(frame) = close {
+        // A full queue here means the client is not reading; the close is then moot.
+        let _ = tx.try_send(Outgoing::Close(frame));
+    }
+    drop(tx);
+    let _ = writer.await;
+    drop(slot);
+}
+
+fn close_frame(code: CloseCode, reason: &'static str) -> CloseFrame {
+    CloseFrame { code, reason: reason.into() }
+}
+
+/// The close code a read error deserves (RFC 6455 §7.4.1), or none when the peer is gone.
+fn read_error_close(e: &WsError) -> Option<CloseFrame> {
+    match e {
+        WsError::Capacity(CapacityError::MessageTooLong { .. }) => Some(close_frame(CloseCode::Size, "frame too large")),
+        WsError::Utf8(_) => Some(close_frame(CloseCode::Invalid, "text frame is not valid UTF-8")),
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake | ProtocolError::SendAfterClosing) => None,
+        WsError::Protocol(_) | WsError::Capacity(_) => Some(close_frame(CloseCode::Protocol, "websocket protocol error")),
+        _ => None,
+    }
+}
+
+fn handle_text(shared: &Shared, conn: &mut ConnSession, fs: &mut worldfs::FsSession, text: &str, out: &mut Outbox) {
+    let env = match envelope::parse(text) {
+        Ok(env) => env,
+        Err(e) => {
+            shared.metrics.frame_in(None);
+            let name = e.name.as_str();
+            match e.channel {
+                Some(Channel::Acheron) => out.acheron_error(e.tag, acheron_code::UNSUPPORTED_LEGACY_API, name),
+                _ => out.control_error(e.id.as_deref(), code::UNSUPPORTED_LEGACY_API, name, Correlation::Omit),
+            }
+            return;
+        }
+    };
+    shared.metrics.frame_in(Some(&env.type_name()));
+    match env.channel {
+        Channel::Control => control::handle(shared, conn, &env, out),
+        Channel::Acheron => worldfs::handle(shared, conn, fs, &env, out),
+    }
+}
+
+async fn write_loop(
+    mut sink: futures_util::stream::SplitSink<Socket, Message>,
+    mut rx: mpsc::Receiver<Outgoing>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(item) = next.take() {
+            match item {
+                Outgoing::Text(t) => {
+                    if sink.feed(Message::text(t)).await.is_err() {
+                        return;
+                    }
+                }
+                Outgoing::Close(frame) => {
+                    let _ = sink.send(Message::Close(Some(frame))).await;
+                    return;
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! Plain HTTP endpoints for operators: liveness, readiness and metrics.
+//!
+//! `/livez` answers while the process runs; `/readyz` only while it accepts connections (it
+//! turns 503 when shutdown begins, so a load balancer drains us first). `/metrics` is the
+//! Prometheus text format; `/metrics.json` the `control.metrics` payload. None of them reveal
+//! tokens or state beyond counts.
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+
+use crate::server::Shared;
+
+fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+pub fn respond<B>(req: &Request<B>, shared: &Shared) -> Response<Full<Bytes>> {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    let path = req.uri().path();
+    let known = matches!(path, "/livez" | "/readyz" | "/metrics" | "/metrics.json" | "/");
+    if !known {
+        return reply(StatusCode::NOT_FOUND, TEXT, "not found\n".into());
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "only GET is supported\n".into());
+    }
+    match path {
+        "/livez" => reply(StatusCode::OK, TEXT, "ok\n".into()),
+        "/readyz" if shared.shutdown.is_cancelled() => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, "not ready\n".into()),
+        "/readyz" => reply(StatusCode::OK, TEXT, "ready\n".into()),
+        "/metrics" => {
+            let state = shared.plane.lock();
+            shared.metrics.projects.set(state.projects.len() as i64);
+            shared.metrics.agents.set(state.agents.len() as i64);
+            drop(state);
+            reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", shared.metrics.render())
+        }
+        "/metrics.json" => reply(StatusCode::OK, "application/json", shared.plane.metrics_json().to_string()),
+        _ => {
+            let mut r = reply(
+                StatusCode::UPGRADE_REQUIRED,
+                TEXT,
+                "this endpoint speaks WebSocket (unified-v2); connect with a WebSocket client\n".into(),
+            );
+            r.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            r
+        }
+    }
+}

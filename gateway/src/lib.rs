@@ -1,0 +1,21 @@
+//! spiderweb, the gateway.
+//!
+//! Codemap (see ARCHITECTURE.md for the whole system):
+//! - [`server`]: listener, HTTP routing, upgrade checks, limits, shutdown.
+//! - [`connection`]: one WebSocket: reader/writer tasks, bounded outbound queue, timeouts.
+//! - [`control`]: the `control.*` channel, per connection (handshake, session bindings).
+//! - [`worldfs`]: the `acheron.t_*` world filesystem, per connection.
+//! - [`plane`]: shared control-plane state (agents, projects, history, audit).
+//! - [`store`]: durable state behind one trait (SQLite now).
+//! - [`tokens`], [`config`], [`metrics`], [`http_ops`]: the rest of running a server.
+
+pub mod config;
+pub mod connection;
+pub mod control;
+pub mod http_ops;
+pub mod metrics;
+pub mod plane;
+pub mod server;
+pub mod store;
+pub mod tokens;
+pub mod worldfs;

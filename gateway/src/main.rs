@@ -1,0 +1,150 @@
+//! `spiderweb`: runs the gateway.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, ValueEnum};
+use spiderweb_gateway::plane::{ControlPlane, ScopeTokenDigests, now_ms};
+use spiderweb_gateway::store::sqlite::SqliteStore;
+use spiderweb_gateway::tokens::{Origin, RoleTokens};
+use spiderweb_gateway::{config, metrics::Metrics, server};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The spiderweb gateway: WebSocket control plane and world filesystem for AI agents.
+#[derive(Parser, Debug)]
+#[command(name = "spiderweb", version)]
+struct Cli {
+    /// Config file (default: $SPIDERWEB_CONFIG, else ~/.config/spiderweb/config.json).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to bind (overrides server.bind).
+    #[arg(long)]
+    bind: Option<std::net::IpAddr>,
+    /// Port to listen on; 0 picks a free one (overrides server.port).
+    #[arg(long)]
+    port: Option<u16>,
+    /// Where tokens and the database live (overrides runtime.ltm_directory).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Log line format on stderr: text for people, json for journald and collectors.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config_path = config::config_path(cli.config.as_deref());
+    let loaded = match config::load(&config_path) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("spiderweb: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(cli.log_format, &loaded.config.log.level);
+    for warning in &loaded.warnings {
+        tracing::warn!(config = %loaded.path.display(), "{warning}");
+    }
+    let mut cfg = loaded.config;
+    if let Some(bind) = cli.bind {
+        cfg.server.bind = bind;
+    }
+    if let Some(port) = cli.port {
+        cfg.server.port = port;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("spiderweb: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cfg, cli.state_dir)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("spiderweb: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SPIDERWEB_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+async fn run(cfg: config::Config, state_dir_flag: Option<PathBuf>) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    raise_fd_limit();
+    let state_dir = config::state_dir(state_dir_flag.as_deref(), &cfg);
+    create_private_dir(&state_dir).with_context(|| format!("cannot create state directory {}", state_dir.display()))?;
+    let now = now_ms();
+    let (tokens, origin) = RoleTokens::load_or_create(&state_dir, now)?;
+    let db_path = state_dir.join(&cfg.runtime.ltm_filename);
+    let store = SqliteStore::open(&db_path).with_context(|| format!("cannot open database {}", db_path.display()))?;
+    let agents_dir = state_dir.join(&cfg.runtime.agents_dir);
+    let token_file = tokens.path().to_path_buf();
+    let plane = ControlPlane::open(Arc::new(store), tokens, ScopeTokenDigests::from_env(), state_dir.clone(), &agents_dir, now)
+        .context("cannot load the control-plane state")?;
+    let listener = server::bind(&cfg).await.with_context(|| format!("cannot listen on {}:{}", cfg.server.bind, cfg.server.port))?;
+    let addr = listener.local_addr()?;
+    if origin == Origin::Created {
+        tracing::warn!(path = %token_file.display(), "created new admin and user tokens");
+    }
+    // The first stdout line is machine-readable (tests and scripts parse it); the rest is for people.
+    println!("spiderweb listening on ws://{addr}/");
+    println!("  tokens:   {} (admin and user; mode 0600)", token_file.display());
+    println!("  state:    {}", state_dir.display());
+    println!("  connect:  send 'Authorization: Bearer <token>' to ws://{addr}/ (unified-v2)");
+    println!("  health:   http://{addr}/readyz   metrics: http://{addr}/metrics");
+    let shared = server::Shared::new(cfg, plane, Metrics::new());
+    tracing::info!(%addr, "serving");
+    let signals = tokio::spawn(wait_for_signal(shared.clone()));
+    server::serve(listener, shared).await;
+    signals.abort();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal(shared: Arc<server::Shared>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop the gateway with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    shared.shutdown.cancel();
+}
+
+fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)
+}
+
+/// Each connection is a file descriptor; the default soft limit (often 1024) would cap the
+/// gateway far below `server.max_connections`.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}

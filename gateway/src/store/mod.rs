@@ -1,0 +1,165 @@
+//! Durable state of the gateway behind one trait.
+//!
+//! Everything the gateway must remember across a restart (agents, projects, which agent is
+//! bound to which project, per-role session history, the audit log, hashes of tokens) goes
+//! through [`Store`]. The control plane keeps its working copy in memory and writes through
+//! this trait *before* it answers the client, so an acknowledged mutation survives `kill -9`.
+//!
+//! Why a trait: one gateway uses SQLite ([`sqlite::SqliteStore`]); several gateways sharing
+//! one user population will use PostgreSQL behind the same interface (DESIGN.md, "Scale").
+//! The trait is synchronous because every call is a short local transaction; callers hold
+//! no async locks across it.
+//!
+//! What this layer never does: interpret policy, validate ids, or hold a secret. Project and
+//! role tokens are stored only as SHA-256 hashes.
+
+pub mod sqlite;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// An agent the gateway knows (the built-in `mother`, or one loaded from `agents_dir`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub is_default: bool,
+    pub capabilities: Vec<String>,
+    pub identity_loaded: bool,
+    pub needs_hatching: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProjectKind {
+    Normal,
+    SystemBuiltin,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountRecord {
+    pub mount_path: String,
+    pub node_id: String,
+    pub export_name: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindRecord {
+    pub bind_path: String,
+    pub target_path: String,
+}
+
+/// A project as stored. `access_policy` is the policy in its canonical output form
+/// (`spiderweb_policy::AccessPolicy::to_json`), kept as JSON so this layer stays policy-free.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProjectRecord {
+    pub id: String,
+    pub name: String,
+    pub vision: String,
+    pub status: String,
+    pub kind: ProjectKind,
+    pub is_delete_protected: bool,
+    /// Lowercase hex SHA-256 of the project's mutation token.
+    pub token_hash: String,
+    pub token_locked: bool,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub access_policy: serde_json::Value,
+    pub mounts: Vec<MountRecord>,
+    pub binds: Vec<BindRecord>,
+}
+
+/// `{agent_id, project_id}`: the last non-system binding of a role.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    pub agent_id: String,
+    pub project_id: String,
+}
+
+/// One entry of a role's session history (spec unified-v2 §2.2).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionHistoryEntry {
+    pub session_key: String,
+    pub agent_id: String,
+    pub project_id: String,
+    pub last_active_ms: i64,
+    pub message_count: u64,
+    pub summary: String,
+}
+
+/// What a role (admin or user) remembers across connections.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleState {
+    pub last_target: Option<Target>,
+    /// Newest first; the control plane keeps it at most 10 entries and prunes entries older than 24 h.
+    pub history: Vec<SessionHistoryEntry>,
+}
+
+/// One audit record (spec unified-v2 §5).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub id: u64,
+    pub timestamp_ms: i64,
+    pub agent_id: String,
+    pub control_type: String,
+    pub scope: String,
+    pub correlation_id: Option<String>,
+    pub result: String,
+    pub error_code: Option<String>,
+}
+
+/// The role a stored value belongs to. Kept here (not in `policy`) because it is a storage key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoleKey {
+    Admin,
+    User,
+}
+
+/// Everything loaded at start-up.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub agents: Vec<AgentRecord>,
+    pub projects: Vec<ProjectRecord>,
+    /// agent id → the project it is bound to (`project_activate`).
+    pub bindings: BTreeMap<String, String>,
+    pub admin: RoleState,
+    pub user: RoleState,
+    /// role → SHA-256 hex of its current bearer token.
+    pub role_token_hashes: BTreeMap<RoleKey, String>,
+    /// Next number for `proj-N` ids (starts at 1).
+    pub next_project_seq: u64,
+    /// Next audit record id (starts at 1).
+    pub next_audit_id: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Durable storage of the control plane. Every method is one transaction.
+pub trait Store: Send + Sync {
+    /// Loads everything (creating the schema on first use).
+    fn load(&self) -> StoreResult<Snapshot>;
+    fn upsert_agent(&self, agent: &AgentRecord) -> StoreResult<()>;
+    /// Inserts or replaces a project and records `next_project_seq` in the same transaction.
+    fn upsert_project(&self, project: &ProjectRecord, next_project_seq: u64) -> StoreResult<()>;
+    /// Deletes a project and every agent binding to it.
+    fn delete_project(&self, project_id: &str) -> StoreResult<()>;
+    /// Binds an agent to a project, or unbinds it (`None`).
+    fn set_binding(&self, agent_id: &str, project_id: Option<&str>) -> StoreResult<()>;
+    fn put_role_state(&self, role: RoleKey, state: &RoleState) -> StoreResult<()>;
+    fn put_role_token_hash(&self, role: RoleKey, sha256_hex: &str) -> StoreResult<()>;
+    /// Appends one record; keeps at most `retain` newest records.
+    fn append_audit(&self, record: &AuditRecord, retain: usize) -> StoreResult<()>;
+    /// Newest first, at most `limit`, optionally only one agent's records.
+    fn audit_tail(&self, limit: usize, agent_id: Option<&str>) -> StoreResult<Vec<AuditRecord>>;
+}
