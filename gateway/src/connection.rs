@@ -36,6 +36,8 @@ pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
 enum Outgoing {
     Text(String),
     Close(CloseFrame),
+    /// The client closed: flush the close reply tungstenite queued, then stop.
+    Finish,
 }
 
 /// The frames one request produces, and whether the connection must close after them.
@@ -124,7 +126,10 @@ pub async fn serve(socket: Socket, shared: Arc<Shared>, role: Role, slot: Connec
                 out.control_error(None, code::INVALID_ENVELOPE, "binary frames are not supported; send JSON text frames", Correlation::Omit);
             }
             Message::Ping(_) => last_rx = began,
-            Message::Close(_) => break None,
+            Message::Close(_) => {
+                let _ = tx.try_send(Outgoing::Finish);
+                break None;
+            }
             Message::Pong(_) | Message::Frame(_) => continue,
         }
         shared.metrics.observe_request(began.elapsed());
@@ -208,6 +213,10 @@ async fn write_loop(
                 }
                 Outgoing::Close(frame) => {
                     let _ = sink.send(Message::Close(Some(frame))).await;
+                    return;
+                }
+                Outgoing::Finish => {
+                    let _ = sink.close().await;
                     return;
                 }
             }

@@ -38,7 +38,16 @@ pub fn respond<B>(req: &Request<B>, shared: &Shared) -> Response<Full<Bytes>> {
             shared.metrics.projects.set(state.projects.len() as i64);
             shared.metrics.agents.set(state.agents.len() as i64);
             drop(state);
-            reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", shared.metrics.render())
+            let wants_openmetrics = req
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|a| a.to_str().ok())
+                .is_some_and(|a| a.contains("application/openmetrics-text"));
+            if wants_openmetrics {
+                reply(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", shared.metrics.render_openmetrics())
+            } else {
+                reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", shared.metrics.render_prometheus())
+            }
         }
         "/metrics.json" => reply(StatusCode::OK, "application/json", shared.plane.metrics_json().to_string()),
         _ => {

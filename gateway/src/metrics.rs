@@ -66,6 +66,10 @@ impl Metrics {
         let frames_in_other = frames_in_family.get_or_create(&label("invalid")).clone();
         let errors = Family::<Labels, Counter>::default();
         registry.register("spiderweb_errors", "Error frames sent, by code", errors.clone());
+        // Present from the start, so that a dashboard's rate() has a zero to start from.
+        for code in spiderweb_proto::codes::control::ALL.iter().chain(spiderweb_proto::codes::acheron::ALL) {
+            let _ = errors.get_or_create(&vec![("code".to_owned(), (*code).to_owned())]);
+        }
         // 10 µs … ~5 s: pings sit at the bottom, blocking reads at the top.
         let request_duration = Histogram::new(exponential_buckets(0.000_01, 3.0, 13));
         registry.register(
@@ -119,11 +123,36 @@ impl Metrics {
         self.request_duration.observe(elapsed.as_secs_f64());
     }
 
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
+    /// The OpenMetrics text exposition (what `prometheus-client` writes).
+    pub fn render_openmetrics(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    /// The classic Prometheus text format (`text/plain; version=0.0.4`): OpenMetrics names a
+    /// counter family without `_total` and ends with `# EOF`; the classic format names the
+    /// sample. Everything else is identical.
+    pub fn render_prometheus(&self) -> String {
+        let open = self.render_openmetrics();
+        let counters: std::collections::HashSet<&str> = open
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+            .collect();
+        let mut out = String::with_capacity(open.len() + 256);
+        for line in open.lines() {
+            if line == "# EOF" {
+                continue;
+            }
+            let renamed = ["# TYPE ", "# HELP "].iter().find_map(|prefix| {
+                let rest = line.strip_prefix(prefix)?;
+                let (name, tail) = rest.split_once(' ')?;
+                counters.contains(name).then(|| format!("{prefix}{name}_total {tail}"))
+            });
+            out.push_str(renamed.as_deref().unwrap_or(line));
+            out.push('\n');
+        }
         out
     }
 }
@@ -161,7 +190,9 @@ mod tests {
         m.frame_out("control.pong");
         m.error("missing_field");
         m.observe_request(Duration::from_micros(30));
-        let text = m.render();
+        let text = m.render_prometheus();
+        assert!(text.contains("# TYPE spiderweb_frames_in_total counter"), "{text}");
+        assert!(!text.contains("# EOF"));
         assert!(text.contains(r#"spiderweb_frames_in_total{type="control.ping"} 1"#), "{text}");
         assert!(text.contains(r#"spiderweb_frames_in_total{type="invalid"} 1"#));
         assert!(text.contains(r#"spiderweb_frames_out_total{type="control.pong"} 1"#));

@@ -33,6 +33,9 @@ pub mod control {
     /// Transport-level refusals sent before closing (spec README quirk 2).
     pub const PROVIDER_AUTH_FAILED: &str = "provider_auth_failed";
     pub const INVALID_ENVELOPE: &str = "invalid_envelope";
+
+    /// Every code above, for closed label sets.
+    pub const ALL: &[&str] = &[PROTOCOL_MISMATCH, UNSUPPORTED_LEGACY_API, UNSUPPORTED, FORBIDDEN, PROVISIONING_REQUIRED, PROJECT_CONTEXT_REQUIRED, CORRELATION_REQUIRED, OPERATOR_AUTH_FAILED, MISSING_FIELD, INVALID_PAYLOAD, NOT_FOUND, SESSION_BUSY, STORAGE_ERROR, EXECUTION_FAILED, QUEUE_SATURATED, NODE_NOT_FOUND, AGENT_NOT_FOUND, PROJECT_NOT_FOUND, PROJECT_AUTH_FAILED, PROJECT_PROTECTED, PROJECT_ASSIGNMENT_FORBIDDEN, PROJECT_POLICY_FORBIDDEN, MOUNT_CONFLICT, MOUNT_NOT_FOUND, CONTROL_PLANE_ERROR, PROVIDER_AUTH_FAILED, INVALID_ENVELOPE];
 }
 
 pub mod acheron {
@@ -49,4 +52,7 @@ pub mod acheron {
     pub const RUNTIME_UNAVAILABLE: &str = "runtime_unavailable";
     /// Our extension: the per-connection fid cap was reached (spec README quirk 15).
     pub const FID_LIMIT: &str = "fid_limit";
+
+    /// Every code above, for closed label sets.
+    pub const ALL: &[&str] = &[PROTOCOL_MISMATCH, UNSUPPORTED_LEGACY_API, INVALID, ENOENT, EIO, EISDIR, EPERM, UNSUPPORTED, UNAVAILABLE, SESSION_NOT_FOUND, RUNTIME_UNAVAILABLE, FID_LIMIT];
 }

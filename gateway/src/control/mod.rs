@@ -129,7 +129,16 @@ fn dispatch(shared: &Shared, conn: &mut ConnSession, env: &Envelope, out: &mut O
         "connect" => handshake::connect_ack(plane, conn),
         "ping" => json!({}),
         "metrics" => plane.metrics_json(),
-        "auth_status" => auth_status(shared),
+        "auth_status" => {
+            shared.plane.audit(Entry {
+                agent_id: &binding.agent_id,
+                control_type: "control.auth_status",
+                scope: "none",
+                correlation_id: env.correlation(),
+                error_code: None,
+            });
+            auth_status(shared)
+        }
         "auth_rotate" => auth_rotate(shared, conn, env)?,
         "debug_subscribe" | "debug_unsubscribe" => {
             let enabled = env.op == "debug_subscribe";

@@ -15,7 +15,7 @@ use spiderweb_proto::codes::control as code;
 use super::args::Args;
 use super::{Caller, ControlPlane, Counters, OpError, OpResult, PlaneState, hex};
 use crate::store::{ProjectKind, ProjectRecord, Store, StoreError};
-use crate::tokens::{Digest, digest, digests_equal, generate};
+use crate::tokens::{Digest, digest, digests_equal};
 
 const MAX_PROJECTS: usize = 10_000;
 
@@ -82,9 +82,11 @@ fn parse_digest(hex_text: &str) -> Option<Digest> {
     Some(out)
 }
 
-/// A fresh hidden token: only its digest is kept.
+/// A fresh project token, `proj-` + 32 lowercase hex (spec §6.8), and its digest.
 fn fresh_token() -> Result<(String, String), OpError> {
-    let token = generate("proj").map_err(|e| OpError::new(code::CONTROL_PLANE_ERROR, e.to_string()))?;
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| OpError::new(code::CONTROL_PLANE_ERROR, format!("no randomness: {e}")))?;
+    let token = format!("proj-{}", hex(&bytes));
     let hash = hex(&digest(&token));
     Ok((token, hash))
 }
