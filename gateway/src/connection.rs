@@ -33,6 +33,11 @@ use crate::worldfs;
 
 pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
 
+/// How long a full outbound queue may stay full before the client counts as not reading.
+const SLOW_CONSUMER_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long we wait for the client's answer to our close frame.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 enum Outgoing {
     Text(String),
     Close(CloseFrame),
@@ -139,7 +144,14 @@ pub async fn serve(socket: Socket, shared: Arc<Shared>, role: Role, slot: Connec
         let mut overflow = false;
         for (kind, frame) in out.frames {
             shared.metrics.frame_out(&kind);
-            if tx.try_send(Outgoing::Text(frame)).is_err() {
+            // A full queue first pauses reading (backpressure on a client that pipelines);
+            // only a queue that stays full for the grace period marks a client that does not read.
+            let queued = match tx.try_send(Outgoing::Text(frame)) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(item)) => tx.send_timeout(item, SLOW_CONSUMER_GRACE).await.is_ok(),
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            };
+            if !queued {
                 overflow = true;
                 break;
             }
@@ -160,6 +172,9 @@ pub async fn serve(socket: Socket, shared: Arc<Shared>, role: Role, slot: Connec
     }
     drop(tx);
     let _ = writer.await;
+    // Read (and discard) until the client answers the close, so that unread input does not
+    // make the kernel reset the connection and destroy the replies still in flight.
+    let _ = tokio::time::timeout(CLOSE_GRACE, async { while let Some(Ok(_)) = stream.next().await {} }).await;
     drop(slot);
 }
 

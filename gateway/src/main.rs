@@ -103,6 +103,8 @@ async fn run(cfg: config::Config, state_dir_flag: Option<PathBuf>) -> anyhow::Re
     if origin == Origin::Created {
         tracing::warn!(path = %token_file.display(), "created new admin and user tokens");
     }
+    // Handlers exist before anyone can learn our address, so an early SIGTERM is graceful too.
+    let signals = install_signal_handlers()?;
     // The first stdout line is machine-readable (tests and scripts parse it); the rest is for people.
     println!("spiderweb listening on ws://{addr}/");
     println!("  tokens:   {} (admin and user; mode 0600)", token_file.display());
@@ -111,19 +113,24 @@ async fn run(cfg: config::Config, state_dir_flag: Option<PathBuf>) -> anyhow::Re
     println!("  health:   http://{addr}/readyz   metrics: http://{addr}/metrics");
     let shared = server::Shared::new(cfg, plane, Metrics::new());
     tracing::info!(%addr, "serving");
-    let signals = tokio::spawn(wait_for_signal(shared.clone()));
+    let signals = tokio::spawn(wait_for_signal(signals, shared.clone()));
     server::serve(listener, shared).await;
     signals.abort();
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn wait_for_signal(shared: Arc<server::Shared>) {
+type Signals = (tokio::signal::unix::Signal, tokio::signal::unix::Signal);
+
+fn install_signal_handlers() -> anyhow::Result<Signals> {
+    use anyhow::Context as _;
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot install signal handlers; stop the gateway with SIGKILL");
-        return;
-    };
+    let term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok((term, int))
+}
+
+async fn wait_for_signal((mut term, mut int): Signals, shared: Arc<server::Shared>) {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
