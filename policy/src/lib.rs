@@ -11,11 +11,13 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod peer;
 pub mod project_access;
 pub mod role;
 pub mod scope;
 pub mod session;
 
+pub use peer::UidAllowlist;
 pub use project_access::{AccessDenial, AccessPolicy, Action, Mode};
 pub use role::Role;
 pub use scope::Scope;

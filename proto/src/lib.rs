@@ -1,7 +1,8 @@
 //! Wire types of spiderweb.
 //!
 //! One definition per message, shared by every process that speaks it. This crate parses and
-//! renders frames; it makes no decisions (those live in `spiderweb-policy`) and does no I/O.
+//! renders frames; it makes no decisions (those live in `spiderweb-policy`) and opens no
+//! sockets or files.
 //!
 //! - [`envelope`]: the unified-v2 envelope on `/` (channels `control` and `acheron`) and its
 //!   strict parse rules (spec `unified-v2.md` §3).
@@ -9,9 +10,12 @@
 //! - [`reply`]: rendering of success, error and push frames, each as one string so that a
 //!   frame leaves the process in one write.
 //! - [`codes`]: the error codes of the control plane and of the world filesystem.
+//! - [`frame`]: length-prefixed JSON frames, the framing of every internal Unix-socket
+//!   protocol (broker, worker supervisor).
 
 pub mod codes;
 pub mod envelope;
+pub mod frame;
 pub mod names;
 pub mod reply;
 
