@@ -6,8 +6,15 @@
 //! accept). The queue is bounded (`runtime.outbound_queue_max`): a client that stops reading
 //! fills it and is disconnected, instead of growing the gateway's memory.
 //!
+//! A request that has to wait (a blocking read) is not answered in line: its future runs in
+//! the reader's set of pending requests and its reply is queued when it completes, so later
+//! requests are not held back (spec README quirk 12). Requests that do not wait are still
+//! answered in the order received.
+//!
 //! Timeouts: the first version message must arrive within `handshake_timeout_ms` of the
-//! upgrade; afterwards a connection that sends no data frame for `idle_timeout_ms` is closed.
+//! upgrade; afterwards a connection that sends no data frame for `idle_timeout_ms`, and has
+//! no request waiting, is closed. On shutdown the reader stops taking requests, lets the
+//! waiting ones finish (each is bounded by its drain grace), then closes with 1001.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -21,6 +28,7 @@ use spiderweb_proto::codes::{acheron as acheron_code, control as code};
 use spiderweb_proto::reply::{self, Correlation};
 use spiderweb_proto::{Channel, envelope};
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
@@ -51,9 +59,14 @@ pub struct Outbox {
     frames: Vec<(Cow<'static, str>, String)>,
     errors: Vec<String>,
     close: Option<(CloseCode, &'static str)>,
+    deferred: Vec<worldfs::Pending>,
 }
 
 impl Outbox {
+    /// Answers later: `pending` runs beside the connection's other requests.
+    pub fn defer(&mut self, pending: worldfs::Pending) {
+        self.deferred.push(pending);
+    }
     pub fn push(&mut self, kind: &'static str, frame: String) {
         self.frames.push((Cow::Borrowed(kind), frame));
     }
@@ -98,12 +111,28 @@ pub async fn serve(socket: Socket, shared: Arc<Shared>, role: Role, slot: Connec
     let handshake = shared.config.server.handshake_timeout();
     let idle = shared.config.server.idle_timeout();
 
+    let mut pending: JoinSet<worldfs::Completion> = JoinSet::new();
+
     let close: Option<CloseFrame> = loop {
         let negotiated = conn.control_versioned || conn.acheron_versioned;
-        let deadline = if negotiated { last_rx + idle } else { started + handshake };
+        let deadline = if fs.has_pending_reads() {
+            Instant::now() + idle
+        } else if negotiated {
+            last_rx + idle
+        } else {
+            started + handshake
+        };
+        let mut out = Outbox::default();
+        let began = Instant::now();
         let message = tokio::select! {
             biased;
             _ = shared.shutdown.cancelled() => break Some(close_frame(CloseCode::Away, "server shutting down")),
+            Some(done) = pending.join_next() => {
+                if let Ok(done) = done {
+                    worldfs::complete(&mut fs, done, &mut out);
+                }
+                None
+            }
             _ = tokio::time::sleep_until(deadline.into()) => {
                 break Some(if negotiated {
                     close_frame(CloseCode::Away, "idle timeout")
@@ -111,52 +140,35 @@ pub async fn serve(socket: Socket, shared: Arc<Shared>, role: Role, slot: Connec
                     close_frame(CloseCode::Policy, "handshake timeout")
                 });
             }
-            m = stream.next() => m,
+            m = stream.next() => match m {
+                None => break None,
+                Some(Ok(m)) => Some(m),
+                Some(Err(e)) => break read_error_close(&e),
+            },
         };
-        let message = match message {
-            None => break None,
-            Some(Ok(m)) => m,
-            Some(Err(e)) => break read_error_close(&e),
-        };
-        let mut out = Outbox::default();
-        let began = Instant::now();
         match message {
-            Message::Text(text) => {
+            None => {}
+            Some(Message::Text(text)) => {
                 last_rx = began;
                 handle_text(&shared, &mut conn, &mut fs, text.as_str(), &mut out);
+                shared.metrics.observe_request(began.elapsed());
             }
-            Message::Binary(_) => {
+            Some(Message::Binary(_)) => {
                 last_rx = began;
                 shared.metrics.frame_in(None);
                 out.control_error(None, code::INVALID_ENVELOPE, "binary frames are not supported; send JSON text frames", Correlation::Omit);
             }
-            Message::Ping(_) => last_rx = began,
-            Message::Close(_) => {
+            Some(Message::Ping(_)) => last_rx = began,
+            Some(Message::Close(_)) => {
                 let _ = tx.try_send(Outgoing::Finish);
                 break None;
             }
-            Message::Pong(_) | Message::Frame(_) => continue,
+            Some(Message::Pong(_) | Message::Frame(_)) => continue,
         }
-        shared.metrics.observe_request(began.elapsed());
-        for code in &out.errors {
-            shared.metrics.error(code);
+        for request in out.deferred.drain(..) {
+            pending.spawn(request);
         }
-        let mut overflow = false;
-        for (kind, frame) in out.frames {
-            shared.metrics.frame_out(&kind);
-            // A full queue first pauses reading (backpressure on a client that pipelines);
-            // only a queue that stays full for the grace period marks a client that does not read.
-            let queued = match tx.try_send(Outgoing::Text(frame)) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(item)) => tx.send_timeout(item, SLOW_CONSUMER_GRACE).await.is_ok(),
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            };
-            if !queued {
-                overflow = true;
-                break;
-            }
-        }
-        if overflow {
+        if !queue(&shared, &tx, &mut out).await {
             shared.metrics.slow_consumer_disconnects.inc();
             tracing::info!(conn = slot.id(), "client is not reading its replies; disconnecting");
             writer.abort();
@@ -166,6 +178,20 @@ pub async fn serve(socket: Socket, shared: Arc<Shared>, role: Role, slot: Connec
             break Some(close_frame(code, reason));
         }
     };
+    // Requests that were waiting still get their answers before the close: on shutdown each
+    // wait is bounded by its drain grace; on any other close they are dropped with the socket.
+    if close.as_ref().is_some_and(|c| c.code == CloseCode::Away) && shared.shutdown.is_cancelled() {
+        while let Some(done) = pending.join_next().await {
+            let mut out = Outbox::default();
+            if let Ok(done) = done {
+                worldfs::complete(&mut fs, done, &mut out);
+            }
+            if !queue(&shared, &tx, &mut out).await {
+                break;
+            }
+        }
+    }
+    pending.abort_all();
     if let Some(frame) = close {
         // A full queue here means the client is not reading; the close is then moot.
         let _ = tx.try_send(Outgoing::Close(frame));
@@ -176,6 +202,28 @@ pub async fn serve(socket: Socket, shared: Arc<Shared>, role: Role, slot: Connec
     // make the kernel reset the connection and destroy the replies still in flight.
     let _ = tokio::time::timeout(CLOSE_GRACE, async { while let Some(Ok(_)) = stream.next().await {} }).await;
     drop(slot);
+}
+
+/// Hands one request's frames to the writer. `false` means the client is not reading: its
+/// queue stayed full for [`SLOW_CONSUMER_GRACE`].
+async fn queue(shared: &Shared, tx: &mpsc::Sender<Outgoing>, out: &mut Outbox) -> bool {
+    for code in &out.errors {
+        shared.metrics.error(code);
+    }
+    for (kind, frame) in out.frames.drain(..) {
+        shared.metrics.frame_out(&kind);
+        // A full queue first pauses reading (backpressure on a client that pipelines);
+        // only a queue that stays full for the grace period marks a client that does not read.
+        let queued = match tx.try_send(Outgoing::Text(frame)) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(item)) => tx.send_timeout(item, SLOW_CONSUMER_GRACE).await.is_ok(),
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        };
+        if !queued {
+            return false;
+        }
+    }
+    true
 }
 
 fn close_frame(code: CloseCode, reason: &'static str) -> CloseFrame {

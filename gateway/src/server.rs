@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::events::EventHub;
 use crate::metrics::Metrics;
 use crate::plane::ControlPlane;
 use crate::tokens::Digest;
@@ -40,6 +41,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub struct Shared {
     pub config: Config,
     pub plane: ControlPlane,
+    pub events: EventHub,
     pub metrics: Metrics,
     pub shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -53,6 +55,7 @@ impl Shared {
         Arc::new(Shared {
             config,
             plane,
+            events: EventHub::default(),
             metrics,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),

@@ -50,9 +50,11 @@ pub mod acheron {
     pub const UNAVAILABLE: &str = "unavailable";
     pub const SESSION_NOT_FOUND: &str = "session_not_found";
     pub const RUNTIME_UNAVAILABLE: &str = "runtime_unavailable";
+    /// Too many requests waiting at once (spec §1); here: blocking reads on one connection.
+    pub const QUEUE_SATURATED: &str = "queue_saturated";
     /// Our extension: the per-connection fid cap was reached (spec README quirk 15).
     pub const FID_LIMIT: &str = "fid_limit";
 
     /// Every code above, for closed label sets.
-    pub const ALL: &[&str] = &[PROTOCOL_MISMATCH, UNSUPPORTED_LEGACY_API, INVALID, ENOENT, EIO, EISDIR, EPERM, UNSUPPORTED, UNAVAILABLE, SESSION_NOT_FOUND, RUNTIME_UNAVAILABLE, FID_LIMIT];
+    pub const ALL: &[&str] = &[PROTOCOL_MISMATCH, UNSUPPORTED_LEGACY_API, INVALID, ENOENT, EIO, EISDIR, EPERM, UNSUPPORTED, UNAVAILABLE, SESSION_NOT_FOUND, RUNTIME_UNAVAILABLE, QUEUE_SATURATED, FID_LIMIT];
 }

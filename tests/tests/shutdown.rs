@@ -142,7 +142,6 @@ async fn replies_already_owed_are_delivered_before_the_close() {
 /// A request in progress when SIGTERM arrives (a blocking event wait) gets its reply before
 /// the close frame.
 #[tokio::test]
-#[ignore = "event waits (acheron-worldfs §9, blocking reads of next.json) are not implemented yet: issue 2 stays open until they are"]
 async fn in_flight_blocking_read_completes_before_the_close() {
     let mut gw = Gateway::start();
     let mut c = gw.admin().await;

@@ -690,7 +690,6 @@ async fn directory_reads_slice_like_files() {
 
 /// Event waits (acheron-worldfs §9): unconfigured read, a time source, a signal, and a timeout.
 #[tokio::test]
-#[ignore = "event waits (acheron-worldfs §9, blocking reads of next.json) are not implemented yet: issue 2 stays open until they are"]
 async fn events_wait_on_time_source_signal_and_timeout() {
     let gw = Gateway::start();
     let mut c = admin_fs(&gw).await;
@@ -795,6 +794,64 @@ async fn events_wait_on_time_source_signal_and_timeout() {
         .await;
     let e = spiderweb_tests::assert_acheron_error(&w, "empty paths");
     assert_eq!(e["code"], json!("invalid"), "{w}");
+}
+
+/// A signal written by another connection of the same agent and project wakes a waiting
+/// read; the delivered event stays in `next.json` for reads at later offsets.
+#[tokio::test]
+async fn a_signal_from_another_connection_wakes_the_waiter() {
+    let gw = Gateway::start();
+    let mut waiter = admin_fs(&gw).await;
+    let mut hook = admin_fs(&gw).await;
+    let w = waiter
+        .walk_write(
+            "/agents/self/events/control/wait.json",
+            br#"{"paths":["/agents/self/events/sources/hook/deploy.json"],"timeout_ms":10000}"#,
+        )
+        .await;
+    assert_eq!(w["ok"], json!(true), "{w}");
+    let fid = waiter.walk_ok("/agents/self/events/next.json").await;
+    waiter
+        .send_json(&json!({"channel":"acheron","type":"acheron.t_read","tag":9001,"fid":fid,"offset":0,"count":16}))
+        .await;
+    // A signal with another parameter does not match; the matching one does.
+    for (parameter, n) in [("build", 1), ("deploy", 2)] {
+        let s = hook
+            .walk_write(
+                "/agents/self/events/control/signal.json",
+                format!(r#"{{"event_type":"hook","parameter":"{parameter}","payload":{{"n":{n}}}}}"#).as_bytes(),
+            )
+            .await;
+        assert_eq!(s["ok"], json!(true), "{s}");
+    }
+    let r = waiter
+        .wait_for("the waiting read (tag 9001)", Duration::from_secs(10), |v| v["tag"] == json!(9001))
+        .await;
+    assert_eq!(r["type"], json!("acheron.r_read"), "{r}");
+    assert_eq!(r["payload"]["n"], json!(16), "count is honoured: {r}");
+    assert_eq!(r["payload"]["eof"], json!(false), "{r}");
+    let mut content = B64.decode(r["payload"]["data_b64"].as_str().unwrap()).unwrap();
+    let rest = waiter.acheron_ok("t_read", json!({"fid": fid, "offset": 16, "count": 65536})).await;
+    content.extend(B64.decode(rest["data_b64"].as_str().unwrap()).unwrap());
+    let ev: Value = serde_json::from_slice(&content).unwrap();
+    assert_eq!(ev["event_id"], json!(1), "{ev}");
+    assert_eq!(ev["signal"]["parameter"], json!("deploy"), "{ev}");
+    assert_eq!(ev["signal"]["payload"], json!({"n": 2}), "{ev}");
+    assert_eq!(ev["event_path"], json!("/agents/self/events/sources/hook/deploy.json"), "{ev}");
+}
+
+/// A wait configuration that names no event source is refused, not left to time out.
+#[tokio::test]
+async fn wait_paths_that_name_no_source_are_refused() {
+    let gw = Gateway::start();
+    let mut c = admin_fs(&gw).await;
+    let w = c.walk_write("/agents/self/events/control/wait.json", br#"{"paths":["/etc/passwd"]}"#).await;
+    let e = spiderweb_tests::assert_acheron_error(&w, "a path outside the event sources");
+    assert_eq!(e["code"], json!("invalid"), "{w}");
+    assert!(e["message"].as_str().unwrap().contains("/etc/passwd"), "{w}");
+    let s = c.walk_write("/agents/self/events/control/signal.json", br#"{"event_type":"root"}"#).await;
+    let e = spiderweb_tests::assert_acheron_error(&s, "an unknown signal type");
+    assert_eq!(e["code"], json!("invalid"), "{s}");
 }
 
 /// A blocking read holds back only itself (quirk 12): a ping on the same socket is answered

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use spiderweb_policy::Role;
 use spiderweb_policy::session::MOTHER_AGENT;
 
+use crate::events::wait;
 use crate::plane::ControlPlane;
 
 pub const ROOT: u32 = 1;
@@ -81,6 +82,8 @@ pub struct Binding {
 pub struct Namespace {
     nodes: Vec<Node>,
     pub binding: Binding,
+    /// `/agents/self/events/next.json`, whose reads at offset 0 wait for an event.
+    pub events_next: u32,
 }
 
 const SERVICES: &[(&str, &[&str])] = &[
@@ -122,6 +125,13 @@ impl Namespace {
         self.nodes.get_mut(id.checked_sub(1)? as usize)
     }
 
+    /// Replaces a file's cached content (what later reads at offset > 0 see).
+    pub fn set_content(&mut self, id: u32, bytes: Vec<u8>) {
+        if let Some(Node { kind: Kind::File { content, .. }, .. }) = self.node_mut(id) {
+            *content = bytes;
+        }
+    }
+
     pub fn child(&self, dir: u32, name: &str) -> Option<u32> {
         match &self.node(dir)?.kind {
             Kind::Dir(children) => children.iter().copied().find(|c| self.node(*c).is_some_and(|n| n.name == name)),
@@ -151,7 +161,7 @@ impl Namespace {
     }
 
     pub fn build(binding: Binding, plane: &ControlPlane) -> Namespace {
-        let mut b = Builder { nodes: Vec::new(), binding: binding.clone() };
+        let mut b = Builder { nodes: Vec::new(), binding: binding.clone(), events_next: 0 };
         b.nodes.push(Node { name: String::new(), parent: ROOT, kind: Kind::Dir(Vec::new()) });
         let show_debug = binding.role == Role::Admin || binding.agent_id == MOTHER_AGENT;
 
@@ -236,7 +246,7 @@ impl Namespace {
                 b.writable(icontrol, name, "", Writable::PairingControl);
             }
         }
-        Namespace { nodes: b.nodes, binding }
+        Namespace { nodes: b.nodes, binding, events_next: b.events_next }
     }
 }
 
@@ -262,7 +272,7 @@ fn build_self(b: &mut Builder, me: u32) {
     b.file(events, "README.md", "# events\n\nConfigure `control/wait.json`, then read `next.json` for the next matching event.\n");
     b.file(events, "SCHEMA.json", json!({"name":"events","wait":"control/wait.json","signal":"control/signal.json","next":"next.json"}).to_string());
     b.file(events, "CAPS.json", json!({"read": true, "write": true}).to_string());
-    b.file(events, "next.json", json!({"configured": false, "waiting": false, "error": "wait_not_configured"}).to_string());
+    b.events_next = b.file(events, "next.json", wait::not_configured().to_string());
     let econtrol = b.dir(events, "control");
     b.file(econtrol, "README.md", "# events/control\n\n`wait.json`: `{\"paths\":[…],\"timeout_ms\":N}`; `signal.json`: `{\"event_type\":\"user\"|\"agent\"|\"hook\",…}`.\n");
     b.writable(econtrol, "wait.json", "", Writable::EventWait);
@@ -311,6 +321,7 @@ fn build_self(b: &mut Builder, me: u32) {
 struct Builder {
     nodes: Vec<Node>,
     binding: Binding,
+    events_next: u32,
 }
 
 impl Builder {
