@@ -27,7 +27,7 @@ use spiderweb_policy::Role;
 use spiderweb_proto::codes::{acheron as acheron_code, control as code};
 use spiderweb_proto::reply::{self, Correlation};
 use spiderweb_proto::{Channel, envelope};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -36,6 +36,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::control::{self, ConnSession};
+use crate::events::topology::{self, TopologyChange};
 use crate::server::{ConnectionSlot, Shared};
 use crate::worldfs;
 
@@ -112,6 +113,7 @@ pub async fn serve(socket: Socket, shared: Arc<Shared>, role: Role, slot: Connec
     let idle = shared.config.server.idle_timeout();
 
     let mut pending: JoinSet<worldfs::Completion> = JoinSet::new();
+    let mut topology: Option<broadcast::Receiver<TopologyChange>> = None;
 
     let close: Option<CloseFrame> = loop {
         let negotiated = conn.control_versioned || conn.acheron_versioned;
@@ -130,6 +132,21 @@ pub async fn serve(socket: Socket, shared: Arc<Shared>, role: Role, slot: Connec
             Some(done) = pending.join_next() => {
                 if let Ok(done) = done {
                     worldfs::complete(&mut fs, done, &mut out);
+                }
+                None
+            }
+            Some(change) = next_change(&mut topology) => {
+                let binding = conn.binding();
+                let frames = match change {
+                    Ok(change) => {
+                        let status = shared.plane.workspace_of(Some(&binding.project_id), &binding.agent_id);
+                        topology::frames(&change, &binding.agent_id, status)
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => vec![topology::resync_frame(crate::plane::now_ms())],
+                    Err(broadcast::error::RecvError::Closed) => Vec::new(),
+                };
+                for frame in frames {
+                    out.push("debug.event", frame);
                 }
                 None
             }
@@ -168,6 +185,10 @@ pub async fn serve(socket: Socket, shared: Arc<Shared>, role: Role, slot: Connec
         for request in out.deferred.drain(..) {
             pending.spawn(request);
         }
+        // Subscribe in the same step as the request that asked, so no change slips between.
+        if conn.debug_subscribed != topology.is_some() {
+            topology = conn.debug_subscribed.then(|| shared.topology.subscribe());
+        }
         if !queue(&shared, &tx, &mut out).await {
             shared.metrics.slow_consumer_disconnects.inc();
             tracing::info!(conn = slot.id(), "client is not reading its replies; disconnecting");
@@ -202,6 +223,16 @@ pub async fn serve(socket: Socket, shared: Arc<Shared>, role: Role, slot: Connec
     // make the kernel reset the connection and destroy the replies still in flight.
     let _ = tokio::time::timeout(CLOSE_GRACE, async { while let Some(Ok(_)) = stream.next().await {} }).await;
     drop(slot);
+}
+
+/// The next topology change for a subscribed connection; never resolves for the others.
+async fn next_change(
+    feed: &mut Option<broadcast::Receiver<TopologyChange>>,
+) -> Option<Result<TopologyChange, broadcast::error::RecvError>> {
+    match feed {
+        Some(rx) => Some(rx.recv().await),
+        None => std::future::pending().await,
+    }
 }
 
 /// Hands one request's frames to the writer. `false` means the client is not reading: its

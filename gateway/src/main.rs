@@ -100,6 +100,14 @@ async fn run(cfg: config::Config, state_dir_flag: Option<PathBuf>) -> anyhow::Re
         .context("cannot load the control-plane state")?;
     let listener = server::bind(&cfg).await.with_context(|| format!("cannot listen on {}:{}", cfg.server.bind, cfg.server.port))?;
     let addr = listener.local_addr()?;
+    let metrics_listener = match metrics_port_from_env()? {
+        Some(port) => Some(
+            tokio::net::TcpListener::bind((cfg.server.bind, port))
+                .await
+                .with_context(|| format!("cannot listen on {}:{port} (SPIDERWEB_METRICS_PORT)", cfg.server.bind))?,
+        ),
+        None => None,
+    };
     if origin == Origin::Created {
         tracing::warn!(path = %token_file.display(), "created new admin and user tokens");
     }
@@ -112,12 +120,29 @@ async fn run(cfg: config::Config, state_dir_flag: Option<PathBuf>) -> anyhow::Re
     println!("  connect:  send 'Authorization: Bearer <token>' to ws://{addr}/ (unified-v2)");
     println!("  health:   http://{addr}/readyz   metrics: http://{addr}/metrics");
     let shared = server::Shared::new(cfg, plane, Metrics::new());
+    if let Some(listener) = metrics_listener {
+        println!("  metrics port: http://{}/metrics", listener.local_addr()?);
+        tokio::spawn(server::serve_metrics(listener, shared.clone()));
+    }
     tracing::info!(%addr, "serving");
     let signals = tokio::spawn(wait_for_signal(signals, shared.clone()));
     server::serve(listener, shared).await;
     signals.abort();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `SPIDERWEB_METRICS_PORT` (spec unified-v2 §1): a separate plain-HTTP listener for the
+/// operator endpoints, on the same bind address. Unset or empty: none.
+fn metrics_port_from_env() -> anyhow::Result<Option<u16>> {
+    match std::env::var("SPIDERWEB_METRICS_PORT") {
+        Ok(v) if v.trim().is_empty() => Ok(None),
+        Ok(v) => v.trim().parse::<u16>().map(Some).map_err(|_| {
+            anyhow::anyhow!("SPIDERWEB_METRICS_PORT must be a TCP port number (0-65535, 0 = any free port), not {v:?}")
+        }),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => anyhow::bail!("SPIDERWEB_METRICS_PORT is not valid UTF-8"),
+    }
 }
 
 type Signals = (tokio::signal::unix::Signal, tokio::signal::unix::Signal);

@@ -30,6 +30,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::events::EventHub;
+use crate::events::topology::TopologyFeed;
 use crate::metrics::Metrics;
 use crate::plane::ControlPlane;
 use crate::tokens::Digest;
@@ -42,6 +43,7 @@ pub struct Shared {
     pub config: Config,
     pub plane: ControlPlane,
     pub events: EventHub,
+    pub topology: TopologyFeed,
     pub metrics: Metrics,
     pub shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -56,6 +58,7 @@ impl Shared {
             config,
             plane,
             events: EventHub::default(),
+            topology: TopologyFeed::default(),
             metrics,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -151,6 +154,39 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     shared.tasks.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, shared.tasks.wait()).await.is_err() {
         tracing::warn!("shutdown grace period ended with connections still open");
+    }
+}
+
+/// Serves the optional metrics port (`SPIDERWEB_METRICS_PORT`) until shutdown: plain HTTP,
+/// one request per connection, for scrapers that must not reach the WebSocket port.
+pub async fn serve_metrics(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let stream = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            a = listener.accept() => match a {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service_shared = shared.clone();
+            let service = hyper::service::service_fn(move |req| {
+                let shared = service_shared.clone();
+                async move { Ok::<_, std::convert::Infallible>(crate::http_ops::respond_metrics_port(&req, &shared)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(shared.config.server.handshake_timeout())
+                .keep_alive(false)
+                .max_buf_size(16 * 1024)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = conn.await;
+        });
     }
 }
 

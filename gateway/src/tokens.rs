@@ -54,7 +54,7 @@ pub fn digest(token: &str) -> Digest {
 }
 
 pub fn digest_hex(token: &str) -> String {
-    digest(token).iter().map(|b| format!("{b:02x}")).collect()
+    crate::plane::hex(&digest(token))
 }
 
 /// Constant-time equality of two digests.

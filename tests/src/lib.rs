@@ -930,7 +930,7 @@ impl HttpResponse {
     }
 }
 
-async fn http_exchange(addr: SocketAddr, request: &[u8]) -> std::io::Result<HttpResponse> {
+pub async fn http_exchange(addr: SocketAddr, request: &[u8]) -> std::io::Result<HttpResponse> {
     let mut s = TcpStream::connect(addr).await?;
     s.set_nodelay(true)?;
     s.write_all(request).await?;

@@ -4,6 +4,7 @@
 //! error code reachable without nodes.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use spiderweb_tests::{
@@ -1800,4 +1801,64 @@ async fn project_scope_token_check() {
     )
     .await;
     c.control_ok("project_list", Value::Null).await;
+}
+
+/// `debug_subscribe` answers in both forms the original's clients wait for, then pushes
+/// workspace-topology events after topology mutations made by any connection, until
+/// `debug_unsubscribe` (spec README quirk 6).
+#[tokio::test]
+async fn debug_subscribers_get_topology_pushes_until_they_unsubscribe() {
+    let gw = Gateway::start();
+    let mut watcher = gw.admin().await;
+    let mut actor = gw.admin().await;
+    watcher
+        .send_json(&json!({"channel":"control","type":"control.debug_subscribe","id":"sub-1"}))
+        .await;
+    let ack = watcher
+        .wait_for("the subscribe reply", Duration::from_secs(5), |v| v["type"] == json!("control.debug_subscribe"))
+        .await;
+    assert_eq!(ack["payload"], json!({"enabled": true}), "{ack}");
+    let legacy = watcher
+        .wait_for("the legacy subscription event", Duration::from_secs(5), |v| v["request"] == json!("sub-1"))
+        .await;
+    assert_eq!(legacy["category"], json!("control.subscription"), "{legacy}");
+    assert_eq!(legacy["payload"], json!({"enabled": true}), "{legacy}");
+
+    let id = create_project(&mut actor, "Pushed", json!({})).await;
+    let changed = watcher
+        .wait_for("workspace_topology", Duration::from_secs(5), |v| {
+            v["category"] == json!("control.workspace_topology")
+        })
+        .await;
+    assert_eq!(changed["type"], json!("debug.event"), "{changed}");
+    assert_eq!(changed["request"], json!("workspace-topology"), "{changed}");
+    assert_eq!(changed["payload"]["event"], json!("workspace_topology_changed"), "{changed}");
+    assert_eq!(changed["payload"]["reason"], json!("project_create"), "{changed}");
+    let delta = watcher
+        .wait_for("workspace_topology_delta", Duration::from_secs(5), |v| {
+            v["category"] == json!("control.workspace_topology_delta")
+        })
+        .await;
+    assert_eq!(delta["payload"]["agent_id"], json!("mother"), "{delta}");
+    assert_eq!(delta["payload"]["status"]["project_id"], json!("system"), "the watcher's own binding: {delta}");
+    assert!(delta["payload"]["status"]["availability"].is_object(), "{delta}");
+
+    // Reads do not count as topology changes; unsubscribing stops the pushes.
+    actor.control_ok("project_list", json!({})).await;
+    watcher
+        .send_json(&json!({"channel":"control","type":"control.debug_unsubscribe","id":"sub-2"}))
+        .await;
+    let off = watcher
+        .wait_for("the unsubscribe reply", Duration::from_secs(5), |v| v["type"] == json!("control.debug_unsubscribe"))
+        .await;
+    assert_eq!(off["payload"], json!({"enabled": false}), "{off}");
+    watcher
+        .wait_for("the legacy unsubscribe event", Duration::from_secs(5), |v| v["request"] == json!("sub-2"))
+        .await;
+    actor
+        .control_ok("project_update", json!({"project_id": id, "name": "Renamed"}))
+        .await;
+    watcher.ping().await;
+    let stray = watcher.try_recv_json(Duration::from_millis(300)).await;
+    assert!(stray.is_none(), "no push after unsubscribing: {stray:?}");
 }

@@ -316,3 +316,41 @@ async fn http_requests_do_not_disturb_open_websockets() {
         c.ping().await;
     }
 }
+
+/// `SPIDERWEB_METRICS_PORT` opens a second, plain-HTTP listener with the operator endpoints
+/// (spec unified-v2 §9.3): GET only (others 400), unknown paths 404, `Connection: close`.
+#[tokio::test]
+async fn metrics_port_serves_the_operator_endpoints_only() {
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let mut gw = Gateway::new(spiderweb_tests::base_config());
+    gw.env("SPIDERWEB_METRICS_PORT", &port.to_string());
+    gw.launch();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes();
+    for (path, status, body) in [("/livez", 200, Some("ok\n")), ("/readyz", 200, Some("ready\n")), ("/metrics", 200, None), ("/", 404, None)] {
+        let r = spiderweb_tests::http_exchange(addr, &get(path)).await.unwrap();
+        assert_eq!(r.status, status, "GET {path}: {}", r.summary());
+        assert_eq!(r.header("connection"), Some("close"), "GET {path}: {}", r.summary());
+        if let Some(body) = body {
+            assert_eq!(r.text(), body, "GET {path}");
+        }
+    }
+    let r = spiderweb_tests::http_exchange(addr, &get("/metrics.json")).await.unwrap();
+    assert_metrics_object(&serde_json::from_slice(&r.body).unwrap());
+    let post = b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n";
+    let r = spiderweb_tests::http_exchange(addr, post).await.unwrap();
+    assert_eq!(r.status, 400, "{}", r.summary());
+}
+
+/// A metrics port that is not a number stops the gateway with a message naming the variable.
+#[tokio::test]
+async fn invalid_metrics_port_is_refused_at_start() {
+    let mut gw = Gateway::new(spiderweb_tests::base_config());
+    gw.env("SPIDERWEB_METRICS_PORT", "ninety");
+    let (status, stderr) = gw.run_expect_exit();
+    assert!(!status.success(), "{status:?}");
+    assert!(stderr.contains("SPIDERWEB_METRICS_PORT"), "{stderr}");
+}

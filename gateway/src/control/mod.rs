@@ -16,6 +16,7 @@ use spiderweb_proto::reply::{self, Correlation};
 use spiderweb_proto::Envelope;
 
 use crate::connection::Outbox;
+use crate::events::topology::{TOPOLOGY_OPS, TopologyChange};
 use crate::plane::{Caller, OpError, OpResult, audit::Entry};
 use crate::server::Shared;
 pub use session::ConnSession;
@@ -38,7 +39,16 @@ pub fn handle(shared: &Shared, conn: &mut ConnSession, env: &Envelope, out: &mut
         return;
     }
     let correlation = if is_control_plane_op(op) { Correlation::Include(env.correlation()) } else { Correlation::Omit };
+    let topology_before = TOPOLOGY_OPS.contains(&op).then(|| shared.plane.availability_snapshot());
     let result = checked(shared, conn, env, out);
+    if let (Some(availability_before), Ok(_)) = (topology_before, &result) {
+        shared.topology.publish(TopologyChange {
+            reason: TOPOLOGY_OPS.iter().find(|t| **t == op).copied().unwrap_or("unknown"),
+            ts_ms: crate::plane::now_ms(),
+            availability_before,
+            availability_after: shared.plane.availability_snapshot(),
+        });
+    }
     match result {
         Ok(Some(payload)) => {
             let kind = match op {

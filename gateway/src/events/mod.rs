@@ -5,10 +5,14 @@
 //! change counter that wakes every waiter of the scope. Waiting itself — which events a
 //! configuration selects, and the blocking read of `next.json` — is in [`wait`].
 //!
+//! [`topology`] is the other kind of event: workspace topology changes pushed to
+//! connections that subscribed to debug events.
+//!
 //! Nothing here is persisted: signals are a rendezvous between live sessions, and a restart
 //! ends every wait. Each scope retains at most [`MAX_RETAINED_SIGNALS`] signals of at most
 //! [`MAX_SIGNAL_BYTES`] each, so a client cannot grow the gateway's memory through signals.
 
+pub mod topology;
 pub mod wait;
 
 use std::collections::{HashMap, VecDeque};
