@@ -132,6 +132,35 @@ fn project_id_arg<'a>(args: &Args<'a>) -> Result<&'a str, OpError> {
     if valid_project_id(id) { Ok(id) } else { Err(OpError::invalid_payload()) }
 }
 
+/// The fields `project_update` and `project_up` may change; `None` leaves a field alone.
+struct Changes<'a> {
+    name: Option<&'a str>,
+    vision: Option<&'a str>,
+    status: Option<&'a str>,
+    policy: Option<AccessPolicy>,
+}
+
+impl Changes<'_> {
+    fn applied_to(self, project: &Project) -> Project {
+        let mut next = project.clone();
+        if let Some(n) = self.name {
+            next.record.name = n.into();
+        }
+        if let Some(v) = self.vision {
+            next.record.vision = v.into();
+        }
+        if let Some(s) = self.status {
+            next.record.status = s.into();
+        }
+        if let Some(p) = self.policy {
+            next.record.access_policy = p.to_json();
+            next.policy = p;
+        }
+        next.record.updated_at_ms = super::now_ms();
+        next
+    }
+}
+
 fn policy_arg(args: &Args<'_>) -> Result<Option<AccessPolicy>, OpError> {
     match args.raw("access_policy") {
         None | Some(Value::Null) => Ok(None),
@@ -217,21 +246,7 @@ impl ControlPlane {
             return Ok(project.json());
         }
         project.check(caller.role, Some(caller.agent_id), Action::Admin, token)?;
-        let mut next = project.clone();
-        if let Some(n) = name {
-            next.record.name = n.into();
-        }
-        if let Some(v) = vision {
-            next.record.vision = v.into();
-        }
-        if let Some(s) = status {
-            next.record.status = s.into();
-        }
-        if let Some(p) = policy {
-            next.record.access_policy = p.to_json();
-            next.policy = p;
-        }
-        next.record.updated_at_ms = super::now_ms();
+        let next = Changes { name, vision, status, policy }.applied_to(project);
         let out = self.persist(&mut state, next)?;
         Counters::bump(&self.counters.project_updates);
         Ok(out)
@@ -455,18 +470,7 @@ impl ControlPlane {
                 }
                 if vision.is_some() || status.is_some() || policy.is_some() {
                     project.check(caller.role, Some(caller.agent_id), Action::Admin, token)?;
-                    let mut next = project.clone();
-                    if let Some(v) = vision {
-                        next.record.vision = v.into();
-                    }
-                    if let Some(s) = status {
-                        next.record.status = s.into();
-                    }
-                    if let Some(p) = policy {
-                        next.record.access_policy = p.to_json();
-                        next.policy = p;
-                    }
-                    next.record.updated_at_ms = super::now_ms();
+                    let next = Changes { name: None, vision, status, policy }.applied_to(project);
                     self.persist(&mut state, next)?;
                     Counters::bump(&self.counters.project_updates);
                 }
