@@ -24,6 +24,7 @@ pub enum ConfigError {
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default)]
+#[derive(Default)]
 pub struct Config {
     pub server: ServerConfig,
     pub provider: ProviderConfig,
@@ -31,16 +32,6 @@ pub struct Config {
     pub runtime: RuntimeConfig,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: ServerConfig::default(),
-            provider: ProviderConfig::default(),
-            log: LogConfig::default(),
-            runtime: RuntimeConfig::default(),
-        }
-    }
-}
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default)]

@@ -81,11 +81,10 @@ fn checked(shared: &Shared, conn: &mut ConnSession, env: &Envelope, out: &mut Ou
         });
         return Err(OpError::forbidden("operation requires admin token"));
     }
-    if let Some(gate) = conn.gate {
-        if !role::allowed_while_gated(op) {
+    if let Some(gate) = conn.gate
+        && !role::allowed_while_gated(op) {
             return Err(OpError::new(gate.code, gate.message));
         }
-    }
     let scope = scope::mutation_scope(op);
     if scope != Scope::None {
         let result = scoped(shared, conn, env, scope, out);

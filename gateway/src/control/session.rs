@@ -110,8 +110,8 @@ impl ConnSession {
 
 /// A user's initial binding: the remembered target, else the first project with a non-mother agent.
 fn initial_user_target(plane: &ControlPlane) -> Option<(String, String)> {
-    if let Some(t) = plane.last_target(Role::User) {
-        if t.project_id != SYSTEM_PROJECT && plane.project_exists(&t.project_id) {
+    if let Some(t) = plane.last_target(Role::User)
+        && t.project_id != SYSTEM_PROJECT && plane.project_exists(&t.project_id) {
             if t.agent_id != MOTHER_AGENT && plane.agent_exists(&t.agent_id) {
                 return Some((t.agent_id, t.project_id));
             }
@@ -119,7 +119,6 @@ fn initial_user_target(plane: &ControlPlane) -> Option<(String, String)> {
                 return Some((a, t.project_id));
             }
         }
-    }
     let state = plane.lock();
     state.projects.keys().filter(|p| *p != SYSTEM_PROJECT).find_map(|p| {
         state.bindings.iter().find(|(a, bp)| *bp == p && *a != MOTHER_AGENT).map(|(a, _)| (a.clone(), p.clone()))
@@ -152,11 +151,10 @@ pub fn attach(plane: &ControlPlane, conn: &mut ConnSession, payload: Option<&Val
         return Err(invalid("invalid project_id"));
     }
     let mut token = args.optional_str("project_token")?.map(str::to_owned);
-    if token.is_none() {
-        if let Some(existing) = conn.sessions.get(key).filter(|b| b.agent_id == agent) {
+    if token.is_none()
+        && let Some(existing) = conn.sessions.get(key).filter(|b| b.agent_id == agent) {
             token = existing.project_token.clone();
         }
-    }
     if let Err(denial) = rules::check_attach(conn.role, agent, project) {
         plane.audit(crate::plane::audit::Entry {
             agent_id: &conn.binding().agent_id,

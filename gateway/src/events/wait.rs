@@ -207,11 +207,10 @@ impl WaitState {
             }
         }
         let selectors = &self.config.selectors;
-        if let Some(signal) = scope.first_after(self.signal_cursor, |s| selectors.iter().any(|(_, sel)| sel.accepts(s))) {
-            if best.as_ref().is_none_or(|(at, _)| signal.at_ms < *at) {
+        if let Some(signal) = scope.first_after(self.signal_cursor, |s| selectors.iter().any(|(_, sel)| sel.accepts(s)))
+            && best.as_ref().is_none_or(|(at, _)| signal.at_ms < *at) {
                 best = Some((signal.at_ms, Due::Signal(signal)));
             }
-        }
         let Some((_, due)) = best else { return Err(next_time) };
         self.delivered += 1;
         let head = |source_path: &str, event_path: &str, updated_at_ms: i64| {

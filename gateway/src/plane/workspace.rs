@@ -145,11 +145,10 @@ impl ControlPlane {
         let args = Args::of(payload)?;
         let only = args.optional_str("project_id")?;
         let state = self.lock();
-        if let Some(id) = only {
-            if !state.projects.contains_key(id) {
+        if let Some(id) = only
+            && !state.projects.contains_key(id) {
                 return Err(OpError::new(code::PROJECT_NOT_FOUND, "ProjectNotFound"));
             }
-        }
         let projects: Vec<Value> = state
             .projects
             .values()

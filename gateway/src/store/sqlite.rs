@@ -761,9 +761,9 @@ mod tests {
             agent_id: agent_id.into(),
             control_type: "project_up".into(),
             scope: "project".into(),
-            correlation_id: (id % 2 == 0).then(|| format!("c-{id}")),
+            correlation_id: id.is_multiple_of(2).then(|| format!("c-{id}")),
             result: "ok".into(),
-            error_code: (id % 3 == 0).then(|| "E_DENIED".into()),
+            error_code: id.is_multiple_of(3).then(|| "E_DENIED".into()),
         }
     }
 

@@ -146,11 +146,10 @@ pub fn handle(shared: &Shared, conn: &mut ConnSession, fs: &mut FsSession, env: 
 pub fn complete(fs: &mut FsSession, done: Completion, out: &mut Outbox) {
     fs.pending_reads = fs.pending_reads.saturating_sub(1);
     let reply = slice(&done.content, 0, done.count);
-    if let Some((key, namespace)) = fs.namespace.as_mut() {
-        if *key == done.session_key && fs.generation == done.generation {
+    if let Some((key, namespace)) = fs.namespace.as_mut()
+        && *key == done.session_key && fs.generation == done.generation {
             namespace.set_content(done.node, done.content);
         }
-    }
     out.push("acheron.r_read", reply::acheron_ok("acheron.r_read", done.tag, &reply));
 }
 
@@ -250,11 +249,10 @@ fn read(shared: &Shared, fs: &mut FsSession, env: &Envelope) -> FsResult<Answer>
     let node = node_of(fs, required_fid(env)?)?;
     let offset = env.acheron.offset.unwrap_or(0);
     let count = env.acheron.count.unwrap_or(IOUNIT).min(MAX_READ) as u64;
-    if offset == 0 && node == ns(fs).events_next {
-        if let Some(pending) = wait_for_event(shared, fs, env.acheron.tag, node, count)? {
+    if offset == 0 && node == ns(fs).events_next
+        && let Some(pending) = wait_for_event(shared, fs, env.acheron.tag, node, count)? {
             return Ok(Answer::Later(pending));
         }
-    }
     let namespace = ns(fs);
     if offset == 0 {
         namespace.refresh(node, &shared.plane);
