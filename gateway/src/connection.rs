@@ -95,9 +95,12 @@ pub async fn refuse(mut socket: Socket, shared: &Shared, code: &str, message: &s
     shared.metrics.frame_out("control.error");
     let frame = reply::control_error(None, code, message, Correlation::Omit);
     let _ = socket.send(Message::text(frame)).await;
-    let _ = socket.send(Message::Close(Some(CloseFrame { code: CloseCode::Policy, reason: message.to_owned().into() }))).await;
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame { code: CloseCode::Policy, reason: message.to_owned().into() })))
+        .await;
     // Give the client a moment to answer the close; then drop the socket regardless.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async { while socket.next().await.is_some() {} }).await;
+    let _ =
+        tokio::time::timeout(std::time::Duration::from_secs(2), async { while socket.next().await.is_some() {} }).await;
 }
 
 /// Serves an authenticated connection until it closes.
@@ -173,7 +176,12 @@ pub async fn serve(socket: Socket, shared: Arc<Shared>, role: Role, slot: Connec
             Some(Message::Binary(_)) => {
                 last_rx = began;
                 shared.metrics.frame_in(None);
-                out.control_error(None, code::INVALID_ENVELOPE, "binary frames are not supported; send JSON text frames", Correlation::Omit);
+                out.control_error(
+                    None,
+                    code::INVALID_ENVELOPE,
+                    "binary frames are not supported; send JSON text frames",
+                    Correlation::Omit,
+                );
             }
             Some(Message::Ping(_)) => last_rx = began,
             Some(Message::Close(_)) => {
@@ -264,10 +272,14 @@ fn close_frame(code: CloseCode, reason: &'static str) -> CloseFrame {
 /// The close code a read error deserves (RFC 6455 §7.4.1), or none when the peer is gone.
 fn read_error_close(e: &WsError) -> Option<CloseFrame> {
     match e {
-        WsError::Capacity(CapacityError::MessageTooLong { .. }) => Some(close_frame(CloseCode::Size, "frame too large")),
+        WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
+            Some(close_frame(CloseCode::Size, "frame too large"))
+        }
         WsError::Utf8(_) => Some(close_frame(CloseCode::Invalid, "text frame is not valid UTF-8")),
         WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake | ProtocolError::SendAfterClosing) => None,
-        WsError::Protocol(_) | WsError::Capacity(_) => Some(close_frame(CloseCode::Protocol, "websocket protocol error")),
+        WsError::Protocol(_) | WsError::Capacity(_) => {
+            Some(close_frame(CloseCode::Protocol, "websocket protocol error"))
+        }
         _ => None,
     }
 }
@@ -292,10 +304,7 @@ fn handle_text(shared: &Shared, conn: &mut ConnSession, fs: &mut worldfs::FsSess
     }
 }
 
-async fn write_loop(
-    mut sink: futures_util::stream::SplitSink<Socket, Message>,
-    mut rx: mpsc::Receiver<Outgoing>,
-) {
+async fn write_loop(mut sink: futures_util::stream::SplitSink<Socket, Message>, mut rx: mpsc::Receiver<Outgoing>) {
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         while let Some(item) = next.take() {

@@ -57,7 +57,9 @@ const TEXT: &str = "text/plain; charset=utf-8";
 fn endpoint<B>(req: &Request<B>, shared: &Shared) -> Option<Response<Full<Bytes>>> {
     Some(match req.uri().path() {
         "/livez" => reply(StatusCode::OK, TEXT, "ok\n".into()),
-        "/readyz" if shared.shutdown.is_cancelled() => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, "not ready\n".into()),
+        "/readyz" if shared.shutdown.is_cancelled() => {
+            reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, "not ready\n".into())
+        }
         "/readyz" => reply(StatusCode::OK, TEXT, "ready\n".into()),
         "/metrics" => {
             let state = shared.plane.lock();
@@ -70,7 +72,11 @@ fn endpoint<B>(req: &Request<B>, shared: &Shared) -> Option<Response<Full<Bytes>
                 .and_then(|a| a.to_str().ok())
                 .is_some_and(|a| a.contains("application/openmetrics-text"));
             if wants_openmetrics {
-                reply(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", shared.metrics.render_openmetrics())
+                reply(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    shared.metrics.render_openmetrics(),
+                )
             } else {
                 reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", shared.metrics.render_prometheus())
             }

@@ -96,9 +96,12 @@ async fn run(cfg: config::Config, state_dir_flag: Option<PathBuf>) -> anyhow::Re
     let store = SqliteStore::open(&db_path).with_context(|| format!("cannot open database {}", db_path.display()))?;
     let agents_dir = state_dir.join(&cfg.runtime.agents_dir);
     let token_file = tokens.path().to_path_buf();
-    let plane = ControlPlane::open(Arc::new(store), tokens, ScopeTokenDigests::from_env(), state_dir.clone(), &agents_dir, now)
-        .context("cannot load the control-plane state")?;
-    let listener = server::bind(&cfg).await.with_context(|| format!("cannot listen on {}:{}", cfg.server.bind, cfg.server.port))?;
+    let plane =
+        ControlPlane::open(Arc::new(store), tokens, ScopeTokenDigests::from_env(), state_dir.clone(), &agents_dir, now)
+            .context("cannot load the control-plane state")?;
+    let listener = server::bind(&cfg)
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", cfg.server.bind, cfg.server.port))?;
     let addr = listener.local_addr()?;
     let metrics_listener = match metrics_port_from_env()? {
         Some(port) => Some(

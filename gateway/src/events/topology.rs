@@ -14,7 +14,6 @@
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
-
 /// Ops after which topology events are published (spec §6.9).
 pub const TOPOLOGY_OPS: &[&str] = &[
     "node_join_request",
@@ -69,7 +68,11 @@ impl TopologyFeed {
 pub fn frames(change: &TopologyChange, agent_id: &str, status: Value) -> Vec<String> {
     let TopologyChange { reason, ts_ms, .. } = change;
     let mut frames = vec![
-        debug_event("control.workspace_topology", json!({"event": "workspace_topology_changed", "reason": reason, "ts_ms": ts_ms}), *ts_ms),
+        debug_event(
+            "control.workspace_topology",
+            json!({"event": "workspace_topology_changed", "reason": reason, "ts_ms": ts_ms}),
+            *ts_ms,
+        ),
         debug_event(
             "control.workspace_topology_delta",
             json!({"event": "workspace_topology_delta", "reason": reason, "agent_id": agent_id,
@@ -90,11 +93,16 @@ pub fn frames(change: &TopologyChange, agent_id: &str, status: Value) -> Vec<Str
 
 /// What a subscriber that missed changes receives instead of them.
 pub fn resync_frame(ts_ms: i64) -> String {
-    debug_event("control.workspace_topology", json!({"event": "workspace_topology_changed", "reason": "resync", "ts_ms": ts_ms}), ts_ms)
+    debug_event(
+        "control.workspace_topology",
+        json!({"event": "workspace_topology_changed", "reason": "resync", "ts_ms": ts_ms}),
+        ts_ms,
+    )
 }
 
 fn debug_event(category: &str, payload: Value, ts_ms: i64) -> String {
-    json!({"type": "debug.event", "request": REQUEST, "category": category, "payload": payload, "timestamp": ts_ms}).to_string()
+    json!({"type": "debug.event", "request": REQUEST, "category": category, "payload": payload, "timestamp": ts_ms})
+        .to_string()
 }
 
 #[cfg(test)]
@@ -102,7 +110,12 @@ mod tests {
     use super::*;
 
     fn change(before: Value, after: Value) -> TopologyChange {
-        TopologyChange { reason: "project_mount_set", ts_ms: 42, availability_before: before, availability_after: after }
+        TopologyChange {
+            reason: "project_mount_set",
+            ts_ms: 42,
+            availability_before: before,
+            availability_after: after,
+        }
     }
 
     fn parsed(frames: Vec<String>) -> Vec<Value> {

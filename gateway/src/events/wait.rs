@@ -62,7 +62,8 @@ impl Selector {
         }
         if let Some(rest) = rooted.strip_prefix("/agents/self/jobs/") {
             let (job, file) = rest.split_once('/')?;
-            return (!job.is_empty() && matches!(file, "status.json" | "result.txt")).then(|| Selector::Job(job.to_owned()));
+            return (!job.is_empty() && matches!(file, "status.json" | "result.txt"))
+                .then(|| Selector::Job(job.to_owned()));
         }
         let source = rooted.strip_prefix(SIGNAL_PREFIX)?.strip_suffix(".json")?;
         if let Some(ms) = source.strip_prefix("time/after/") {
@@ -133,7 +134,8 @@ pub fn parse_wait(data: &[u8]) -> Result<Option<WaitConfig>, String> {
 
 /// Parses a `signal.json` write into its type, parameter and payload.
 pub fn parse_signal(data: &[u8]) -> Result<(SignalType, Option<String>, Value), String> {
-    const INVALID: &str = r#"signal.json payload must be {"event_type":"user"|"agent"|"hook","parameter"?:string|null,"payload"?:any}"#;
+    const INVALID: &str =
+        r#"signal.json payload must be {"event_type":"user"|"agent"|"hook","parameter"?:string|null,"payload"?:any}"#;
     if data.len() > MAX_SIGNAL_BYTES {
         return Err(format!("signal.json writes must be at most {MAX_SIGNAL_BYTES} bytes"));
     }
@@ -182,7 +184,9 @@ impl WaitState {
 
     fn time_target(&self, selector: &Selector) -> Option<i64> {
         match selector {
-            Selector::TimeAfter(ms) => Some(self.configured_at_ms.saturating_add(i64::try_from(*ms).unwrap_or(i64::MAX))),
+            Selector::TimeAfter(ms) => {
+                Some(self.configured_at_ms.saturating_add(i64::try_from(*ms).unwrap_or(i64::MAX)))
+            }
             Selector::TimeAt(at) => Some(*at),
             _ => None,
         }
@@ -208,9 +212,10 @@ impl WaitState {
         }
         let selectors = &self.config.selectors;
         if let Some(signal) = scope.first_after(self.signal_cursor, |s| selectors.iter().any(|(_, sel)| sel.accepts(s)))
-            && best.as_ref().is_none_or(|(at, _)| signal.at_ms < *at) {
-                best = Some((signal.at_ms, Due::Signal(signal)));
-            }
+            && best.as_ref().is_none_or(|(at, _)| signal.at_ms < *at)
+        {
+            best = Some((signal.at_ms, Due::Signal(signal)));
+        }
         let Some((_, due)) = best else { return Err(next_time) };
         self.delivered += 1;
         let head = |source_path: &str, event_path: &str, updated_at_ms: i64| {
@@ -226,7 +231,8 @@ impl WaitState {
             }
             Due::Signal(signal) => {
                 self.signal_cursor = signal.seq;
-                let source_path = selectors.iter().find(|(_, sel)| sel.accepts(&signal)).map_or("", |(p, _)| p.as_str());
+                let source_path =
+                    selectors.iter().find(|(_, sel)| sel.accepts(&signal)).map_or("", |(p, _)| p.as_str());
                 let event_path = match &signal.parameter {
                     Some(p) => format!("{SIGNAL_PREFIX}{}/{p}.json", signal.event_type.as_str()),
                     None => format!("{SIGNAL_PREFIX}{}.json", signal.event_type.as_str()),
@@ -322,11 +328,20 @@ mod tests {
     fn wait_payloads_are_validated() {
         assert_eq!(parse_wait(b"  \n"), Ok(None));
         assert_eq!(parse_wait(br#"{"paths":[]}"#), Err(INVALID_WAIT.to_owned()));
-        assert_eq!(parse_wait(br#"{"paths":["/agents/self/events/sources/user.json"],"timeout_ms":-1}"#), Err(INVALID_WAIT.to_owned()));
+        assert_eq!(
+            parse_wait(br#"{"paths":["/agents/self/events/sources/user.json"],"timeout_ms":-1}"#),
+            Err(INVALID_WAIT.to_owned())
+        );
         assert!(parse_wait(br#"{"paths":["/nowhere"]}"#).unwrap_err().contains("/nowhere"));
         let config = parse_wait(br#"{"paths":["/agents/self/events/sources/user.json"]}"#).unwrap().unwrap();
         assert_eq!(config.timeout_ms, DEFAULT_TIMEOUT_MS);
-        assert!(parse_wait(format!(r#"{{"paths":["/agents/self/events/sources/user.json"],"timeout_ms":{}}}"#, MAX_TIMEOUT_MS + 1).as_bytes()).is_err());
+        assert!(
+            parse_wait(
+                format!(r#"{{"paths":["/agents/self/events/sources/user.json"],"timeout_ms":{}}}"#, MAX_TIMEOUT_MS + 1)
+                    .as_bytes()
+            )
+            .is_err()
+        );
     }
 
     #[test]
@@ -340,7 +355,8 @@ mod tests {
 
     fn state(paths: &[&str], scope: &ScopeEvents) -> SharedWait {
         let paths: Vec<String> = paths.iter().map(|p| format!("\"{p}\"")).collect();
-        let config = parse_wait(format!(r#"{{"paths":[{}],"timeout_ms":1000}}"#, paths.join(",")).as_bytes()).unwrap().unwrap();
+        let config =
+            parse_wait(format!(r#"{{"paths":[{}],"timeout_ms":1000}}"#, paths.join(",")).as_bytes()).unwrap().unwrap();
         WaitState::new(config, scope)
     }
 
@@ -362,7 +378,8 @@ mod tests {
     #[test]
     fn the_earliest_due_event_comes_first() {
         let scope = ScopeEvents::new();
-        let wait = state(&["/agents/self/events/sources/time/at/100.json", "/agents/self/events/sources/hook.json"], &scope);
+        let wait =
+            state(&["/agents/self/events/sources/time/at/100.json", "/agents/self/events/sources/hook.json"], &scope);
         scope.raise(SignalType::Hook, None, json!(null), 50);
         let mut w = lock(&wait);
         assert_eq!(w.take_due(&scope, 200).unwrap()["signal"]["seq"], json!(1));
@@ -379,7 +396,9 @@ mod tests {
         assert_eq!(answer["waiting"], json!(true));
 
         let long = {
-            let config = parse_wait(br#"{"paths":["/agents/self/events/sources/hook.json"],"timeout_ms":600000}"#).unwrap().unwrap();
+            let config = parse_wait(br#"{"paths":["/agents/self/events/sources/hook.json"],"timeout_ms":600000}"#)
+                .unwrap()
+                .unwrap();
             WaitState::new(config, &scope)
         };
         let shutdown = CancellationToken::new();

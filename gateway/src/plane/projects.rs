@@ -46,7 +46,13 @@ impl Project {
 
     /// Spec §6.8 access evaluation for `action`. `actor` is `None` for the ops that ignore
     /// per-agent overrides.
-    pub fn check(&self, role: Role, actor: Option<&str>, action: Action, presented: Option<&str>) -> Result<(), OpError> {
+    pub fn check(
+        &self,
+        role: Role,
+        actor: Option<&str>,
+        action: Action,
+        presented: Option<&str>,
+    ) -> Result<(), OpError> {
         let request = AccessRequest {
             role,
             agent: actor,
@@ -199,7 +205,14 @@ impl ControlPlane {
         Ok(created)
     }
 
-    fn new_project(&self, state: &mut PlaneState, name: &str, vision: &str, status: &str, policy: AccessPolicy) -> OpResult {
+    fn new_project(
+        &self,
+        state: &mut PlaneState,
+        name: &str,
+        vision: &str,
+        status: &str,
+        policy: AccessPolicy,
+    ) -> OpResult {
         let mut seq = state.next_project_seq;
         while state.projects.contains_key(&format!("proj-{seq}")) {
             seq += 1;
@@ -402,7 +415,13 @@ impl ControlPlane {
     }
 
     /// Checks whether `caller` may bind its agent to `project_id` (spec §6.8 project_activate).
-    pub fn check_activation(&self, role: Role, agent_id: &str, project_id: &str, token: Option<&str>) -> Result<(), OpError> {
+    pub fn check_activation(
+        &self,
+        role: Role,
+        agent_id: &str,
+        project_id: &str,
+        token: Option<&str>,
+    ) -> Result<(), OpError> {
         let state = self.lock();
         let project = state.projects.get(project_id).ok_or_else(not_found)?;
         if !may_activate(role, agent_id, project_id) {
@@ -428,7 +447,11 @@ impl ControlPlane {
 
     /// `project_up`: find by id or exact name, else create; then optionally activate.
     /// Returns the project id, whether it was created, and the token to report.
-    pub fn project_up(&self, caller: Caller<'_>, payload: Option<&Value>) -> Result<(String, bool, Option<String>), OpError> {
+    pub fn project_up(
+        &self,
+        caller: Caller<'_>,
+        payload: Option<&Value>,
+    ) -> Result<(String, bool, Option<String>), OpError> {
         let args = Args::of(payload)?;
         let by_id = match args.optional_str("project_id")? {
             Some(id) if !valid_project_id(id) => return Err(OpError::invalid_payload()),
@@ -479,7 +502,8 @@ impl ControlPlane {
             None => {
                 let name = name.ok_or_else(OpError::missing_field)?;
                 let vision = vision.ok_or_else(OpError::missing_field)?;
-                let created = self.new_project(&mut state, name, vision, status.unwrap_or("active"), policy.unwrap_or_default())?;
+                let created =
+                    self.new_project(&mut state, name, vision, status.unwrap_or("active"), policy.unwrap_or_default())?;
                 Counters::bump(&self.counters.project_creates);
                 (created["project_id"].as_str().unwrap_or_default().to_owned(), true)
             }

@@ -130,7 +130,9 @@ impl ControlPlane {
                     return Err(OpError::new(code::PROJECT_POLICY_FORBIDDEN, "ProjectPolicyForbidden"));
                 }
                 Mode::Token => match token {
-                    Some(_) => project.check(caller.role, Some(caller.agent_id), Action::Read, token).map_err(|_| auth_failed())?,
+                    Some(_) => project
+                        .check(caller.role, Some(caller.agent_id), Action::Read, token)
+                        .map_err(|_| auth_failed())?,
                     None if active_here => {}
                     None => return Err(auth_failed()),
                 },
@@ -146,9 +148,10 @@ impl ControlPlane {
         let only = args.optional_str("project_id")?;
         let state = self.lock();
         if let Some(id) = only
-            && !state.projects.contains_key(id) {
-                return Err(OpError::new(code::PROJECT_NOT_FOUND, "ProjectNotFound"));
-            }
+            && !state.projects.contains_key(id)
+        {
+            return Err(OpError::new(code::PROJECT_NOT_FOUND, "ProjectNotFound"));
+        }
         let projects: Vec<Value> = state
             .projects
             .values()

@@ -82,7 +82,14 @@ fn fail(code: &'static str, message: impl Into<String>) -> (&'static str, String
 
 impl FsSession {
     pub fn new(max_fids: usize) -> FsSession {
-        FsSession { namespace: None, generation: 0, fids: HashMap::new(), max_fids, waits: HashMap::new(), pending_reads: 0 }
+        FsSession {
+            namespace: None,
+            generation: 0,
+            fids: HashMap::new(),
+            max_fids,
+            waits: HashMap::new(),
+            pending_reads: 0,
+        }
     }
 
     /// Whether reads are waiting; a connection with waiting reads is not idle.
@@ -147,9 +154,11 @@ pub fn complete(fs: &mut FsSession, done: Completion, out: &mut Outbox) {
     fs.pending_reads = fs.pending_reads.saturating_sub(1);
     let reply = slice(&done.content, 0, done.count);
     if let Some((key, namespace)) = fs.namespace.as_mut()
-        && *key == done.session_key && fs.generation == done.generation {
-            namespace.set_content(done.node, done.content);
-        }
+        && *key == done.session_key
+        && fs.generation == done.generation
+    {
+        namespace.set_content(done.node, done.content);
+    }
     out.push("acheron.r_read", reply::acheron_ok("acheron.r_read", done.tag, &reply));
 }
 
@@ -249,10 +258,12 @@ fn read(shared: &Shared, fs: &mut FsSession, env: &Envelope) -> FsResult<Answer>
     let node = node_of(fs, required_fid(env)?)?;
     let offset = env.acheron.offset.unwrap_or(0);
     let count = env.acheron.count.unwrap_or(IOUNIT).min(MAX_READ) as u64;
-    if offset == 0 && node == ns(fs).events_next
-        && let Some(pending) = wait_for_event(shared, fs, env.acheron.tag, node, count)? {
-            return Ok(Answer::Later(pending));
-        }
+    if offset == 0
+        && node == ns(fs).events_next
+        && let Some(pending) = wait_for_event(shared, fs, env.acheron.tag, node, count)?
+    {
+        return Ok(Answer::Later(pending));
+    }
     let namespace = ns(fs);
     if offset == 0 {
         namespace.refresh(node, &shared.plane);
@@ -290,7 +301,13 @@ fn scope_key(fs: &mut FsSession) -> ScopeKey {
 
 /// Starts waiting for the next event of the session's wait configuration, or returns `None`
 /// when none is configured (the read then answers `wait_not_configured` at once).
-fn wait_for_event(shared: &Shared, fs: &mut FsSession, tag: Option<u32>, node: u32, count: u64) -> FsResult<Option<Pending>> {
+fn wait_for_event(
+    shared: &Shared,
+    fs: &mut FsSession,
+    tag: Option<u32>,
+    node: u32,
+    count: u64,
+) -> FsResult<Option<Pending>> {
     let session_key = fs.namespace.as_ref().map(|(k, _)| k.clone()).unwrap_or_default();
     let Some(wait) = fs.waits.get(&session_key).cloned() else {
         ns(fs).set_content(node, wait::not_configured().to_string().into_bytes());
