@@ -273,8 +273,8 @@ fn validate(c: &Config) -> Result<(), String> {
     if l.max_frame_bytes > 64 * 1024 * 1024 {
         return Err("limits.max_frame_bytes: must be at most 67108864 (64 MiB)".into());
     }
-    // A body must fit in one frame once base64 grows it by a third.
-    if l.max_request_body_bytes / 3 * 4 + 64 * 1024 > l.max_frame_bytes {
+    // A body must fit in one frame once base64 grows it by a third (plus 16 KiB of headers).
+    if l.max_request_body_bytes.div_ceil(3) * 4 + 16 * 1024 > l.max_frame_bytes {
         return Err(format!(
             "limits.max_request_body_bytes: {} does not fit in limits.max_frame_bytes {} once base64-encoded",
             l.max_request_body_bytes, l.max_frame_bytes
