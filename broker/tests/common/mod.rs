@@ -219,6 +219,13 @@ impl Broker {
             std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         }
         let socket = dir.path().join("run/spiderweb/broker.sock");
+        if spec.world_traversable {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .mode(0o755)
+                .create(dir.path().join("run"))
+                .unwrap();
+        }
         let config_path = dir.path().join("broker.json");
         std::fs::write(&config_path, spec.config.to_string()).unwrap();
         let stderr_path = dir.path().join("broker.stderr");
@@ -362,6 +369,21 @@ exec "$@""#;
             .arg("--config")
             .arg(self.dir.path().join("gateway.json"));
         cmd
+    }
+
+    /// Waits for the broker to exit on its own.
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "broker still running after {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn pid(&self) -> u32 {
