@@ -177,6 +177,8 @@ pub struct BrokerSpec {
     pub codex_auth: Option<Value>,
     /// Make the temp dir traversable by other uids (for the uid tests).
     pub world_traversable: bool,
+    /// `SPIDERWEB_BROKER_LOG`: tests log everything (so leaks would show), the benchmark little.
+    pub log: &'static str,
 }
 
 impl Default for BrokerSpec {
@@ -188,6 +190,7 @@ impl Default for BrokerSpec {
             credentials: vec![],
             codex_auth: None,
             world_traversable: false,
+            log: "debug",
         }
     }
 }
@@ -264,7 +267,7 @@ exec "$@""#;
             .env("XDG_DATA_HOME", dir.path().join("data"))
             .env("XDG_RUNTIME_DIR", &runtime_dir)
             .env("CODEX_HOME", &codex_home)
-            .env("SPIDERWEB_BROKER_LOG", "debug")
+            .env("SPIDERWEB_BROKER_LOG", spec.log)
             .env("TEST_KEYRING_PASSWORD", "test-keyring-password")
             .env("TEST_BUS_FILE", dir.path().join("bus"));
         if !spec.credentials.is_empty() {
