@@ -7,8 +7,8 @@
 use std::path::Path;
 
 use futures_util::{SinkExt, StreamExt};
-use spiderweb_proto::broker::{BrokerReply, BrokerRequest, DEFAULT_MAX_FRAME_BYTES};
-use spiderweb_proto::frame::{FrameError, JsonFrames};
+use spiderweb_proto::broker::{BrokerReply, BrokerRequest, ClientCodec, DEFAULT_MAX_FRAME_BYTES};
+use spiderweb_proto::frame::FrameError;
 use tokio::net::UnixStream;
 use tokio_util::codec::Framed;
 
@@ -36,7 +36,7 @@ pub enum ClientError {
 
 /// One connection to the broker.
 pub struct BrokerClient {
-    framed: Framed<UnixStream, JsonFrames<BrokerReply, BrokerRequest>>,
+    framed: Framed<UnixStream, ClientCodec>,
 }
 
 impl BrokerClient {
@@ -49,7 +49,7 @@ impl BrokerClient {
                 source,
             })?;
         Ok(BrokerClient {
-            framed: Framed::new(stream, JsonFrames::new(DEFAULT_MAX_FRAME_BYTES)),
+            framed: Framed::new(stream, ClientCodec::new(DEFAULT_MAX_FRAME_BYTES)),
         })
     }
 

@@ -20,9 +20,9 @@ use futures_util::{SinkExt, StreamExt};
 use secrecy::SecretString;
 use spiderweb_policy::broker_access::BrokerOperation;
 use spiderweb_proto::broker::{
-    BrokerReply, BrokerRequest, CredentialEntry, ErrorCode, ProviderRequest,
+    BrokerReply, BrokerRequest, CredentialEntry, ErrorCode, ProviderRequest, ServerCodec,
 };
-use spiderweb_proto::frame::{FrameError, JsonFrames};
+use spiderweb_proto::frame::FrameError;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -46,14 +46,8 @@ pub async fn serve(stream: UnixStream, shared: Arc<Shared>, shutdown: Cancellati
     };
     let (read_half, write_half) = stream.into_split();
     let max = shared.limits.max_frame_bytes;
-    let mut reader = FramedRead::new(
-        read_half,
-        JsonFrames::<BrokerRequest, BrokerReply>::new(max),
-    );
-    let mut writer = FramedWrite::new(
-        write_half,
-        JsonFrames::<BrokerRequest, BrokerReply>::new(max),
-    );
+    let mut reader = FramedRead::new(read_half, ServerCodec::new(max));
+    let mut writer = FramedWrite::new(write_half, ServerCodec::new(max));
 
     if !shared.access.admits_any(peer_uid, shared.own_uid) {
         tracing::warn!(

@@ -678,3 +678,128 @@ async fn duplicate_ids_in_flight_are_refused() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_upstream_concurrency_cap_makes_extra_requests_wait_then_refuses_them_as_busy() {
+    let (server, mut senders) = endless_stream_server().await;
+    let mut config = all_providers(&server);
+    config["limits"] = json!({"max_concurrent_upstream": 1, "queue_timeout_ms": 300});
+    let broker = Broker::start(BrokerSpec {
+        config,
+        env: vec![("OPENAI_API_KEY".into(), OPENAI_KEY.into())],
+        ..Default::default()
+    });
+    let mut holder = broker.client().await;
+    holder
+        .send(provider_request(1, "openai", "/responses", json!({})))
+        .await
+        .unwrap();
+    assert!(matches!(
+        holder.next().await.unwrap(),
+        BrokerReply::ResponseHead { id: 1, .. }
+    ));
+    let upstream = senders.recv().await.unwrap();
+
+    let mut other = broker.client().await;
+    let got = call(
+        &mut other,
+        provider_request(2, "openai", "/responses", json!({})),
+    )
+    .await;
+    assert_eq!(got.error.map(|e| e.0), Some(ErrorCode::Busy));
+    assert_eq!(
+        server.seen().len(),
+        1,
+        "the refused request never reached the upstream"
+    );
+
+    drop(upstream); // the first stream ends, its slot frees
+    let first = collect(&mut holder, 1).await;
+    assert!(first.ended);
+    other
+        .send(provider_request(3, "openai", "/responses", json!({})))
+        .await
+        .unwrap();
+    let head = other.next().await.unwrap();
+    assert!(
+        matches!(
+            head,
+            BrokerReply::ResponseHead {
+                id: 3,
+                status: 200,
+                ..
+            }
+        ),
+        "a freed slot is reused: {head:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_that_goes_silent_mid_stream_times_out() {
+    let (server, mut senders) = endless_stream_server().await;
+    let mut config = all_providers(&server);
+    config["limits"] = json!({"idle_read_timeout_ms": 300});
+    let broker = Broker::start(BrokerSpec {
+        config,
+        env: vec![("OPENAI_API_KEY".into(), OPENAI_KEY.into())],
+        ..Default::default()
+    });
+    let mut client = broker.client().await;
+    client
+        .send(provider_request(1, "openai", "/responses", json!({})))
+        .await
+        .unwrap();
+    let _upstream = senders.recv().await.unwrap(); // kept open, never sends again
+    let got = collect(&mut client, 1).await;
+    assert_eq!(got.status, Some(200));
+    assert_eq!(
+        got.body_text(),
+        "data: {}\n\n",
+        "what arrived was forwarded"
+    );
+    let (code, _) = got.error.expect("the silence ends in an error, not a hang");
+    assert_eq!(code, ErrorCode::UpstreamTimeout);
+}
+
+#[tokio::test]
+async fn requests_on_one_connection_run_concurrently_and_replies_carry_their_ids() {
+    let server =
+        LocalServer::start(|seen| Reply::json(200, json!({"echo": seen.path_and_query}))).await;
+    let broker = Broker::start(BrokerSpec {
+        config: all_providers(&server),
+        env: vec![("OPENAI_API_KEY".into(), OPENAI_KEY.into())],
+        ..Default::default()
+    });
+    let mut client = broker.client().await;
+    for id in 0..20u64 {
+        client
+            .send(provider_request(
+                id,
+                "openai",
+                &format!("/r/{id}"),
+                json!({}),
+            ))
+            .await
+            .unwrap();
+    }
+    let mut bodies = std::collections::HashMap::<u64, Vec<u8>>::new();
+    let mut ended = 0;
+    while ended < 20 {
+        match client.next().await.unwrap() {
+            BrokerReply::ResponseHead { status, .. } => assert_eq!(status, 200),
+            BrokerReply::BodyChunk { id, data } => {
+                bodies.entry(id).or_default().extend_from_slice(&data.0)
+            }
+            BrokerReply::End { .. } => ended += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    for id in 0..20u64 {
+        let body: serde_json::Value = serde_json::from_slice(&bodies[&id]).unwrap();
+        assert_eq!(
+            body["echo"],
+            format!("/openai/v1/r/{id}"),
+            "reply {id} matches its request"
+        );
+    }
+}

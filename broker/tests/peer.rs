@@ -266,3 +266,60 @@ async fn sigterm_stops_the_broker_and_removes_its_socket() {
     assert_eq!(status.code(), Some(0));
     assert!(!broker.socket.exists());
 }
+
+#[tokio::test]
+async fn a_socket_passed_by_systemd_is_used_as_is() {
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("activated.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let fd = listener.as_raw_fd();
+    let unused = dir.path().join("unused/broker.sock");
+    let mut cmd = std::process::Command::new("sh");
+    // As systemd does: the socket on fd 3, LISTEN_FDS=1 and LISTEN_PID naming the service's pid
+    // (`exec` keeps the shell's pid).
+    cmd.args([
+        "-c",
+        r#"LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@""#,
+        BROKER,
+        "--config",
+    ])
+    .arg(dir.path().join("none.json"))
+    .arg("--socket")
+    .arg(&unused)
+    .env_clear()
+    .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+    .env("HOME", dir.path())
+    .stderr(std::process::Stdio::null());
+    // SAFETY: dup2 is async-signal-safe; the closure allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    drop(listener);
+    let mut client = None;
+    for _ in 0..500 {
+        if let Ok(c) = spiderweb_broker::client::BrokerClient::connect(&path).await {
+            client = Some(c);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut client = client.expect("the broker answers on the activated socket");
+    let reply = client
+        .call(BrokerRequest::CredentialStatus { id: 9 })
+        .await
+        .unwrap();
+    assert!(
+        matches!(reply, BrokerReply::CredentialStatus { id: 9, .. }),
+        "{reply:?}"
+    );
+    assert!(!unused.exists(), "no socket of its own is created");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -23,6 +23,13 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// third in base64, plus headers and JSON overhead.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 12 * 1024 * 1024;
 
+/// The codec of a broker client: encodes requests, decodes replies. A gateway wraps its
+/// `UnixStream` in `Framed::new(stream, ClientCodec::new(DEFAULT_MAX_FRAME_BYTES))`.
+pub type ClientCodec = crate::frame::JsonFrames<BrokerReply, BrokerRequest>;
+
+/// The codec of the broker side: decodes requests, encodes replies.
+pub type ServerCodec = crate::frame::JsonFrames<BrokerRequest, BrokerReply>;
+
 /// A request to the broker. `op` names the operation.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
@@ -303,7 +310,9 @@ mod tests {
         let text = serde_json::to_string(&req).unwrap();
         assert!(text.contains(r#""op":"provider_request""#), "{text}");
         let back: BrokerRequest = serde_json::from_str(&text).unwrap();
-        let BrokerRequest::ProviderRequest(back) = back else { panic!("{back:?}") };
+        let BrokerRequest::ProviderRequest(back) = back else {
+            panic!("{back:?}")
+        };
         assert_eq!(back.body.0.as_ref(), &[0u8, 255, 10]);
         assert_eq!(back.id, 9);
     }
@@ -311,18 +320,28 @@ mod tests {
     #[test]
     fn set_key_never_prints_its_key() {
         let req: BrokerRequest =
-            serde_json::from_str(r#"{"op":"set_key","id":1,"provider":"openai","key":"sk-abc"}"#).unwrap();
+            serde_json::from_str(r#"{"op":"set_key","id":1,"provider":"openai","key":"sk-abc"}"#)
+                .unwrap();
         assert!(!format!("{req:?}").contains("sk-abc"));
-        let BrokerRequest::SetKey { key, .. } = req else { panic!() };
+        let BrokerRequest::SetKey { key, .. } = req else {
+            panic!()
+        };
         assert_eq!(key.expose_secret(), "sk-abc");
     }
 
     #[test]
     fn replies_echo_ids_and_render_codes_in_snake_case() {
-        let reply = BrokerReply::Error { id: Some(4), code: ErrorCode::PathNotAllowed, message: "x".into() };
+        let reply = BrokerReply::Error {
+            id: Some(4),
+            code: ErrorCode::PathNotAllowed,
+            message: "x".into(),
+        };
         let text = serde_json::to_string(&reply).unwrap();
         assert!(text.contains(r#""code":"path_not_allowed""#), "{text}");
-        assert_eq!(serde_json::from_str::<BrokerReply>(&text).unwrap().id(), Some(4));
+        assert_eq!(
+            serde_json::from_str::<BrokerReply>(&text).unwrap().id(),
+            Some(4)
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use nix::fcntl::{Flock, FlockArg};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
 
 /// Largest `auth.json` accepted.
@@ -67,11 +67,11 @@ pub enum AuthContents {
 /// New token values from the token endpoint; absent ones keep their old value.
 pub struct TokenUpdate {
     /// New `id_token`.
-    pub id_token: Option<String>,
+    pub id_token: Option<SecretString>,
     /// New `access_token`.
-    pub access_token: String,
+    pub access_token: SecretString,
     /// New `refresh_token` (refresh tokens rotate).
-    pub refresh_token: Option<String>,
+    pub refresh_token: Option<SecretString>,
 }
 
 /// `auth.json` at a fixed path.
@@ -160,13 +160,19 @@ impl AuthFile {
         };
         tokens.insert(
             "access_token".into(),
-            Value::String(update.access_token.clone()),
+            Value::String(update.access_token.expose_secret().to_owned()),
         );
         if let Some(id) = &update.id_token {
-            tokens.insert("id_token".into(), Value::String(id.clone()));
+            tokens.insert(
+                "id_token".into(),
+                Value::String(id.expose_secret().to_owned()),
+            );
         }
         if let Some(refresh) = &update.refresh_token {
-            tokens.insert("refresh_token".into(), Value::String(refresh.clone()));
+            tokens.insert(
+                "refresh_token".into(),
+                Value::String(refresh.expose_secret().to_owned()),
+            );
         }
         doc.insert(
             "last_refresh".into(),

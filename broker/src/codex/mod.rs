@@ -215,7 +215,7 @@ impl CodexAuth {
         self.file.write_refreshed(&update, SystemTime::now())?;
         tracing::info!(path = %self.file.path().display(), "Codex login refreshed");
         Ok(Credential::CodexOauth {
-            access_token: Arc::new(SecretString::from(update.access_token)),
+            access_token: Arc::new(update.access_token),
             account_id: tokens.account_id,
         })
     }

@@ -87,7 +87,7 @@ pub async fn exchange(
         json.as_ref()
             .and_then(|j| j.get(name))
             .and_then(Value::as_str)
-            .map(str::to_owned)
+            .map(|s| SecretString::from(s.to_owned()))
     };
     let access_token = field("access_token").ok_or_else(|| {
         RefreshFailure::Retryable("token endpoint reply has no access_token".into())
