@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod broker_access;
 pub mod peer;
 pub mod project_access;
 pub mod role;

@@ -12,7 +12,9 @@
 //! - [`codes`]: the error codes of the control plane and of the world filesystem.
 //! - [`frame`]: length-prefixed JSON frames, the framing of every internal Unix-socket
 //!   protocol (broker, worker supervisor).
+//! - [`broker`]: the credential broker's requests, replies and streamed provider responses.
 
+pub mod broker;
 pub mod codes;
 pub mod envelope;
 pub mod frame;
