@@ -171,6 +171,38 @@ wait"#,
     assert!(dead(&pid), "the plugin's child {pid} survived the timeout");
 }
 
+#[tokio::test]
+async fn a_cancelled_chat_kills_the_plugin_and_its_children() {
+    let (dir, provider) = plugin(
+        r#"sleep 300 &
+echo $! > "$1/child.pid"
+echo $$ > "$1/plugin.pid"
+wait"#,
+    );
+    let child_pid = dir.path().join("child.pid");
+    let chat = chat();
+    let mut turn = Box::pin(provider.chat(&chat));
+    // Let the plugin start and write its pids, then drop the turn as a disconnecting
+    // client's task would.
+    let mut polls = 0;
+    while !child_pid.exists() && polls < 200 {
+        tokio::select! {
+            _ = &mut turn => panic!("the plugin answered"),
+            _ = tokio::time::sleep(Duration::from_millis(25)) => polls += 1,
+        }
+    }
+    drop(turn);
+    for name in ["child.pid", "plugin.pid"] {
+        let pid = read_when_written(&dir.path().join(name));
+        let mut waited = 0;
+        while !dead(&pid) && waited < 100 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            waited += 1;
+        }
+        assert!(dead(&pid), "{name} {pid} survived the cancelled turn");
+    }
+}
+
 fn read_when_written(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     assert!(

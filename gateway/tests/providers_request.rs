@@ -340,6 +340,13 @@ fn config_names_map_to_kinds_and_key_sources() {
         ProviderKind::KimiCoding.credential_env_vars(),
         ["KIMICODE_API_KEY", "KIMI_API_KEY", "ANTHROPIC_API_KEY"]
     );
+    let hint = ProviderKind::Anthropic.set_key_hint();
+    assert!(hint.contains("set-key <api-key> anthropic") && hint.contains("ANTHROPIC_API_KEY"));
+    assert!(
+        ProviderKind::Codex
+            .set_key_hint()
+            .contains("codex auth login")
+    );
     assert!(matches!(
         Provider::new(ProviderKind::Plugin).build(&transcript("m")),
         Err(BuildError::NotHttp(_))

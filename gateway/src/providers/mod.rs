@@ -132,6 +132,24 @@ impl ProviderKind {
         }
     }
 
+    /// How to give the broker a key for this provider, for the message of an
+    /// [`ErrorKind::Auth`] failure (the broker adds which source it actually tried).
+    pub fn set_key_hint(self) -> String {
+        let store = format!(
+            "`spiderweb-config config set-key <api-key> {}`",
+            self.config_name()
+        );
+        let vars = self.credential_env_vars();
+        match self {
+            Self::Codex => format!(
+                "run `codex auth login` (the broker reads ~/.codex/auth.json), or {store}, or set {}",
+                vars.join(" or ")
+            ),
+            _ if vars.is_empty() => format!("if this server needs a key, store it with {store}"),
+            _ => format!("run {store}, or set {} for the broker", vars.join(" or ")),
+        }
+    }
+
     /// The name used in config files and the catalog.
     pub fn config_name(self) -> &'static str {
         match self {

@@ -284,11 +284,13 @@ impl PluginProvider {
                 command: self.command.display().to_string(),
                 source,
             })?;
-        let group = child.id();
+        // From here until the leader is reaped, dropping this future (a cancelled turn)
+        // or any failure kills the plugin and everything it started.
+        let mut group = ProcessGroup::led_by(&child);
         let mut stdin = child.stdin.take().expect("stdin is piped");
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
-        let exchange = async {
+        let run = async {
             let write = async {
                 let result = stdin.write_all(&line).await;
                 drop(stdin);
@@ -298,7 +300,7 @@ impl PluginProvider {
                 let output = read_bounded(stdout, self.max_output_bytes, false).await;
                 if matches!(output, Ok((_, true))) {
                     // Stop it now: it would block on a full pipe until the timeout.
-                    kill_group(group);
+                    group.kill();
                 }
                 output
             };
@@ -307,44 +309,33 @@ impl PluginProvider {
                 read_answer,
                 read_bounded(stderr, MAX_STDERR_BYTES, true),
             );
-            (written, output, errors)
+            (written, output, errors, child.wait().await)
         };
-        let (written, output, errors) = match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(done) => done,
-            Err(_) => {
-                kill_group(group);
-                let _ = child.wait().await;
-                return Err(PluginError::Timeout {
-                    plugin: self.name.clone(),
-                    after: self.timeout,
-                });
-            }
+        let Ok((written, output, errors, status)) = tokio::time::timeout(self.timeout, run).await
+        else {
+            group.kill();
+            let _ = child.wait().await;
+            group.reaped();
+            return Err(PluginError::Timeout {
+                plugin: self.name.clone(),
+                after: self.timeout,
+            });
         };
         let io = |stage, source| PluginError::Io {
             plugin: self.name.clone(),
             stage,
             source,
         };
+        let status = status.map_err(|e| io("waiting for exit", e))?;
+        group.reaped();
         let (stdout, stdout_overflow) = output.map_err(|e| io("reading stdout", e))?;
         if stdout_overflow {
-            let _ = child.wait().await;
             return Err(PluginError::OutputTooLarge {
                 plugin: self.name.clone(),
                 limit: self.max_output_bytes,
             });
         }
         let (stderr, _) = errors.map_err(|e| io("reading stderr", e))?;
-        let status = match tokio::time::timeout(self.timeout, child.wait()).await {
-            Ok(status) => status.map_err(|e| io("waiting for exit", e))?,
-            Err(_) => {
-                kill_group(group);
-                let _ = child.wait().await;
-                return Err(PluginError::Timeout {
-                    plugin: self.name.clone(),
-                    after: self.timeout,
-                });
-            }
-        };
         let stdout = String::from_utf8_lossy(&stdout);
         if !status.success() {
             let stderr = String::from_utf8_lossy(&stderr);
@@ -471,14 +462,37 @@ async fn read_bounded(
     Ok((kept, overflow))
 }
 
-/// SIGKILLs the plugin's process group (it leads its own, see `process_group(0)`), so
-/// children it spawned die with it.
-fn kill_group(group: Option<u32>) {
-    if let Some(pid) = group.and_then(|pid| i32::try_from(pid).ok()) {
-        // SAFETY: kill(2) with a negative pid signals that process group and touches no
-        // memory; the group is ours because the leader has not been reaped yet.
-        unsafe {
-            libc::kill(-pid, libc::SIGKILL);
+/// The plugin's process group (it leads its own, see `process_group(0)`), SIGKILLed on
+/// drop unless its leader was reaped first, so children the plugin spawned die with it.
+/// After the reap the group id could in principle be reused, so it is then left alone.
+struct ProcessGroup {
+    leader: Option<i32>,
+}
+
+impl ProcessGroup {
+    fn led_by(child: &tokio::process::Child) -> Self {
+        Self {
+            leader: child.id().and_then(|pid| i32::try_from(pid).ok()),
         }
+    }
+
+    fn kill(&self) {
+        if let Some(pid) = self.leader {
+            // SAFETY: kill(2) with a negative pid signals a process group and touches no
+            // memory; the group is the plugin's because its leader is not reaped yet.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+        }
+    }
+
+    fn reaped(&mut self) {
+        self.leader = None;
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
