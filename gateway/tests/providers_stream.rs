@@ -188,6 +188,23 @@ fn openai_chat_assembles_parallel_tool_calls_at_every_split() {
 }
 
 #[test]
+fn compatible_servers_sending_whole_calls_and_stop_still_mean_tool_use() {
+    // Ollama's shape: the whole call in one delta (here without `index`), then "stop".
+    let body = concat!(
+        "data: {\"id\":\"chatcmpl-412\",\"object\":\"chat.completion.chunk\",\"created\":1763758800,\"model\":\"llama3.1:8b\",\"system_fingerprint\":\"fp_ollama\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\",\"tool_calls\":[{\"id\":\"call_a1b2c3\",\"type\":\"function\",\"function\":{\"name\":\"file_read\",\"arguments\":\"{\\\"path\\\":\\\"README.md\\\"}\"}}]},\"finish_reason\":null}]}\n\n",
+        "data: {\"id\":\"chatcmpl-412\",\"object\":\"chat.completion.chunk\",\"created\":1763758800,\"model\":\"llama3.1:8b\",\"system_fingerprint\":\"fp_ollama\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":\"stop\"}]}\n\n",
+        "data: [DONE]\n\n"
+    );
+    let events = parse_split_everywhere(ProviderKind::OpenAiCompatible, body.as_bytes());
+    assert_eq!(
+        calls(&events),
+        [call("call_a1b2c3", "file_read", r#"{"path":"README.md"}"#)]
+    );
+    assert_eq!(usage(&events), None, "no usage was sent");
+    assert_eq!(stop(&events), StopReason::ToolUse);
+}
+
+#[test]
 fn openai_chat_streams_text_split_inside_utf8() {
     let events = parse_split_everywhere(ProviderKind::OpenAi, &fixture("openai_chat_text.sse"));
     assert_eq!(text(&events), "Grüße aus dem Netz 🕸️.");

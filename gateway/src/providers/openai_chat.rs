@@ -126,6 +126,8 @@ struct Choice {
 #[derive(Deserialize, Default)]
 struct Delta {
     content: Option<String>,
+    /// A refusal is what the user gets to read instead of an answer.
+    refusal: Option<String>,
     tool_calls: Option<Vec<ToolCallFragment>>,
 }
 
@@ -167,14 +169,13 @@ impl WireDecoder for Decoder {
             if let Some(usage) = self.usage {
                 out.push(StreamEvent::Usage(usage));
             }
-            let fallback = if self.calls.any() {
-                StopReason::ToolUse
-            } else {
-                StopReason::EndTurn
+            // Some compatible servers (Ollama) say "stop" even after tool calls.
+            let stop_reason = match self.stop_reason.take() {
+                None | Some(StopReason::EndTurn) if self.calls.any() => StopReason::ToolUse,
+                None => StopReason::EndTurn,
+                Some(reason) => reason,
             };
-            out.push(StreamEvent::Done {
-                stop_reason: self.stop_reason.take().unwrap_or(fallback),
-            });
+            out.push(StreamEvent::Done { stop_reason });
             self.done = true;
             return Ok(());
         }
@@ -183,8 +184,10 @@ impl WireDecoder for Decoder {
             return Err(error_from_value(None, &json!({ "error": error })));
         }
         if let Some(choice) = chunk.choices.into_iter().next() {
-            if let Some(text) = choice.delta.content.filter(|text| !text.is_empty()) {
-                out.push(StreamEvent::TextDelta(text));
+            for text in [choice.delta.content, choice.delta.refusal] {
+                if let Some(text) = text.filter(|text| !text.is_empty()) {
+                    out.push(StreamEvent::TextDelta(text));
+                }
             }
             for (position, fragment) in choice.delta.tool_calls.into_iter().flatten().enumerate() {
                 let key = fragment.index.unwrap_or(position as u64);

@@ -204,7 +204,7 @@ impl WireDecoder for Decoder {
         }
         let payload: Payload = json_payload(&event)?;
         match payload.kind.as_str() {
-            "response.output_text.delta" => {
+            "response.output_text.delta" | "response.refusal.delta" => {
                 if let Some(delta) = payload.delta.filter(|d| !d.is_empty()) {
                     out.push(StreamEvent::TextDelta(delta));
                 }
