@@ -568,11 +568,47 @@ fn the_parser_refuses_misuse_and_stays_failed() {
 
     let mut parser = Provider::new(ProviderKind::OpenAi).parser();
     parser.head(200, &SSE).unwrap();
-    assert!(!parser.stream_started());
     let error = parser.feed(b"data: nonsense\n\n").unwrap_err();
-    assert!(parser.stream_started());
     assert_eq!(parser.feed(b"data: [DONE]\n\n").unwrap_err(), error);
     assert_eq!(parser.finish().unwrap_err(), error);
+}
+
+#[test]
+fn a_reply_counts_as_started_once_it_yielded_an_event() {
+    // Anthropic overloaded right after `message_start`: nothing shown, safe to retry.
+    let mut parser = Provider::new(ProviderKind::Anthropic).parser();
+    parser.head(200, &SSE).unwrap();
+    let start = br#"event: message_start
+data: {"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","content":[],"model":"claude-sonnet-4-5","stop_reason":null,"usage":{"input_tokens":12,"output_tokens":1}}}
+
+event: ping
+data: {"type": "ping"}
+
+"#;
+    assert!(parser.feed(start).unwrap().is_empty());
+    assert!(!parser.stream_started());
+    let overloaded = b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n";
+    let error = parser.feed(overloaded).unwrap_err();
+    assert!(error.kind.is_transient() && !parser.stream_started());
+
+    // Once text was yielded, a later failure is final.
+    let mut parser = Provider::new(ProviderKind::OpenAi).parser();
+    parser.head(200, &SSE).unwrap();
+    let body = fixture("openai_chat_text.sse");
+    let second = body.windows(2).position(|w| w == b"\n\n").unwrap() + 2;
+    let third = second
+        + body[second..]
+            .windows(2)
+            .position(|w| w == b"\n\n")
+            .unwrap()
+        + 2;
+    assert!(
+        parser.feed(&body[..second]).unwrap().is_empty(),
+        "an empty first delta"
+    );
+    assert!(!parser.stream_started());
+    assert!(!parser.feed(&body[second..third]).unwrap().is_empty());
+    assert!(parser.stream_started());
 
     let mut parser = Provider::new(ProviderKind::OpenAi).parser();
     parser.head(429, &JSON).unwrap();

@@ -54,8 +54,8 @@ pub struct StreamParser {
     sse: SseDecoder,
     limits: Limits,
     state: State,
-    /// The head was a 2xx event stream.
-    accepted: bool,
+    /// An event has been returned to the caller.
+    yielded: bool,
     body_bytes: u64,
     scratch: Vec<Sse>,
 }
@@ -81,7 +81,7 @@ impl StreamParser {
             sse: SseDecoder::new(limits.max_event_bytes),
             limits,
             state: State::AwaitingHead,
-            accepted: false,
+            yielded: false,
             body_bytes: 0,
             scratch: Vec::new(),
         }
@@ -105,8 +105,7 @@ impl StreamParser {
         let is_stream = content_type
             .as_deref()
             .is_none_or(|value| value.contains("text/event-stream"));
-        self.accepted = (200..300).contains(&status) && is_stream;
-        self.state = if self.accepted {
+        self.state = if (200..300).contains(&status) && is_stream {
             State::Streaming
         } else {
             State::Rejected {
@@ -119,13 +118,16 @@ impl StreamParser {
         Ok(())
     }
 
-    /// Whether part of a successful (2xx) reply has arrived: from then on a failure may
-    /// not be retried (see [`super::retry`]).
+    /// Whether this reply has yielded an event: from then on a failure may not be retried
+    /// (see [`super::retry`]), because the user saw part of it or a tool call began.
+    /// Bytes that carried only bookkeeping (`message_start`, `ping`, `response.created`)
+    /// do not count: nothing was shown, so a retry is invisible.
     pub fn stream_started(&self) -> bool {
-        self.accepted && self.body_bytes > 0
+        self.yielded
     }
 
-    /// Feeds one body chunk (split anywhere) and returns the events it completes.
+    /// Feeds one body chunk (split anywhere) and returns the events it completes. On an
+    /// error, events completed earlier in the same chunk are dropped with the reply.
     pub fn feed(&mut self, chunk: &[u8]) -> Result<Vec<StreamEvent>, ProviderError> {
         let mut out = Vec::new();
         self.body_bytes += chunk.len() as u64;
@@ -152,6 +154,7 @@ impl StreamParser {
             return Err(self.fail(error));
         }
         self.decode(&mut out)?;
+        self.yielded |= !out.is_empty();
         Ok(out)
     }
 
