@@ -627,3 +627,23 @@ fn bytes_after_the_terminal_event_are_ignored() {
     assert_eq!(end, Ok(()));
     assert!(!text(&events).contains("late"));
 }
+
+#[test]
+fn a_runaway_number_of_tool_calls_is_refused() {
+    let mut body = String::from(
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":1,\"output_tokens\":1}}}\n\n",
+    );
+    for index in 0..300 {
+        body.push_str(&format!(
+            "event: content_block_start\ndata: {{\"type\":\"content_block_start\",\"index\":{index},\"content_block\":{{\"type\":\"tool_use\",\"id\":\"toolu_{index}\",\"name\":\"file_read\",\"input\":{{}}}}}}\n\nevent: content_block_stop\ndata: {{\"type\":\"content_block_stop\",\"index\":{index}}}\n\n"
+        ));
+    }
+    let (events, end) = run(ProviderKind::Anthropic, 200, &SSE, &[body.as_bytes()]);
+    assert!(
+        events.is_empty(),
+        "the chunk that overflowed is dropped whole"
+    );
+    let error = end.unwrap_err();
+    assert_eq!(error.kind, ErrorKind::ResponseTooLarge);
+    assert!(error.message.contains("256"), "{error}");
+}

@@ -214,7 +214,7 @@ impl WireDecoder for Decoder {
                                 "tool_use block without id or name",
                             ));
                         };
-                        self.calls.start(index, id, name, out);
+                        self.calls.start(index, id, name, out)?;
                     }
                     // Thinking and server-tool blocks are not shown.
                     _ => {}

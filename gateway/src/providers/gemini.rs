@@ -193,7 +193,7 @@ impl WireDecoder for Decoder {
                     let key = self.next_call;
                     self.next_call += 1;
                     let id = call.id.unwrap_or_else(|| format!("gemini_call_{key}"));
-                    self.calls.start(key, id, call.name, out);
+                    self.calls.start(key, id, call.name, out)?;
                     let arguments = call.args.unwrap_or_else(|| json!({})).to_string();
                     self.calls.append(key, &arguments, out)?;
                     if let Some(signature) = part.thought_signature {

@@ -200,7 +200,7 @@ impl WireDecoder for Decoder {
                     let name = name.ok_or_else(|| {
                         ProviderError::malformed(format!("tool call {key} starts without a name"))
                     })?;
-                    self.calls.start(key, id, name, out);
+                    self.calls.start(key, id, name, out)?;
                 }
                 self.calls
                     .append(key, arguments.as_deref().unwrap_or_default(), out)?;

@@ -218,7 +218,7 @@ impl WireDecoder for Decoder {
                     let name = item.name.ok_or_else(|| {
                         ProviderError::malformed("function_call item without name")
                     })?;
-                    self.calls.start(index, id, name, out);
+                    self.calls.start(index, id, name, out)?;
                     self.calls
                         .append(index, item.arguments.as_deref().unwrap_or_default(), out)?;
                 }

@@ -7,8 +7,8 @@
 //! input, which it does without ever blocking because the queue is in memory.
 //!
 //! It must never buffer without bound: bytes received since the last complete event are
-//! capped at `max_event_bytes` (a provider sending an endless line is an error, not an
-//! out-of-memory).
+//! capped at `max_event_bytes`, give or take one chunk (a provider sending an endless
+//! line is an error, not an out-of-memory).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -74,9 +74,11 @@ impl SseDecoder {
             .push_back(Bytes::copy_from_slice(chunk));
         let before = out.len();
         self.drain(out)?;
+        // Counting from the end of this chunk when it completed an event under-counts the
+        // buffered tail by at most one chunk, which the caller's chunk size bounds; it
+        // never refuses a stream of large chunks holding many small events.
         if out.len() > before {
-            // Whatever is still buffered arrived in this chunk.
-            self.bytes_since_event = chunk.len();
+            self.bytes_since_event = 0;
         } else {
             self.bytes_since_event += chunk.len();
         }

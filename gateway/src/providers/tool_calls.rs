@@ -7,8 +7,12 @@
 //! them all at once, in the order they started).
 
 use super::ToolCall;
-use super::error::ProviderError;
+use super::error::{ErrorKind, ProviderError};
 use super::event::StreamEvent;
+
+/// Most tool calls one reply may make; far above what any model does (the spec's tools
+/// take one call per reply), low enough that a runaway stream cannot fill memory with them.
+pub(crate) const MAX_CALLS_PER_REPLY: usize = 256;
 
 #[derive(Default)]
 pub(crate) struct ToolCallAssembler {
@@ -23,17 +27,23 @@ struct OpenCall {
 
 impl ToolCallAssembler {
     /// Opens the call with stream key `key` (an index the provider reuses for its
-    /// fragments). Returns false if it was already open, for providers that repeat the
-    /// header on every fragment.
+    /// fragments); a repeated start of an open call is ignored, for providers that
+    /// repeat the header on every fragment.
     pub(crate) fn start(
         &mut self,
         key: u64,
         id: String,
         name: String,
         out: &mut Vec<StreamEvent>,
-    ) -> bool {
+    ) -> Result<(), ProviderError> {
         if self.open.iter().any(|open| open.key == key) {
-            return false;
+            return Ok(());
+        }
+        if self.finished + self.open.len() >= MAX_CALLS_PER_REPLY {
+            return Err(ProviderError::new(
+                ErrorKind::ResponseTooLarge,
+                format!("more than {MAX_CALLS_PER_REPLY} tool calls in one reply"),
+            ));
         }
         out.push(StreamEvent::ToolCallStart {
             id: id.clone(),
@@ -48,7 +58,7 @@ impl ToolCallAssembler {
                 signature: None,
             },
         });
-        true
+        Ok(())
     }
 
     pub(crate) fn is_open(&self, key: u64) -> bool {
