@@ -513,6 +513,37 @@ mod tests {
     }
 
     #[test]
+    fn every_entry_is_consistent() {
+        for (family, entries) in [
+            ("openai", OPENAI),
+            ("anthropic", ANTHROPIC),
+            ("kimi", KIMI),
+            ("gemini", GEMINI),
+        ] {
+            for entry in entries {
+                assert!(
+                    entry.max_output_tokens <= entry.context_window,
+                    "{family} {}",
+                    entry.id
+                );
+                let p = entry.pricing;
+                assert!(
+                    p.input > 0.0 && p.output >= p.input,
+                    "{family} {}",
+                    entry.id
+                );
+                assert!(p.cached_input <= p.input, "{family} {}", entry.id);
+                assert_eq!(
+                    entries.iter().filter(|other| other.id == entry.id).count(),
+                    1,
+                    "{family} {} is listed twice",
+                    entry.id
+                );
+            }
+        }
+    }
+
+    #[test]
     fn snapshots_resolve_to_the_longest_base_id() {
         let found = lookup(ProviderKind::OpenAi, "gpt-4o-mini-2024-07-18");
         assert!(found.known);
