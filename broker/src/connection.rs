@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use futures_util::{SinkExt, StreamExt};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use spiderweb_policy::broker_access::BrokerOperation;
 use spiderweb_proto::broker::{
     BrokerReply, BrokerRequest, CredentialEntry, ErrorCode, ProviderRequest, ServerCodec,
@@ -123,6 +123,22 @@ pub async fn serve(stream: UnixStream, shared: Arc<Shared>, shutdown: Cancellati
     connection.cancel();
     drop(conn);
     let _ = writer_task.await;
+}
+
+/// A key goes into an HTTP header: it must be non-empty, bounded and header-safe. The
+/// message never quotes the key.
+fn check_key_shape(key: &str) -> Result<(), String> {
+    const MAX_KEY_BYTES: usize = 16 * 1024;
+    if key.trim().is_empty() {
+        return Err("the key is empty".into());
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(format!("the key is longer than {MAX_KEY_BYTES} bytes"));
+    }
+    if key.chars().any(|c| c.is_control() || !c.is_ascii()) {
+        return Err("the key contains control or non-ASCII characters".into());
+    }
+    Ok(())
 }
 
 fn forbidden(id: Option<u64>, uid: u32, what: &str) -> BrokerReply {
@@ -256,6 +272,11 @@ impl Conn {
             return self
                 .reply(forbidden(Some(id), self.peer_uid, "key administration"))
                 .await;
+        }
+        if let Some(key) = &key
+            && let Err(why) = check_key_shape(key.expose_secret())
+        {
+            return self.error(id, ErrorCode::MalformedRequest, why).await;
         }
         let Some(p) = self.shared.egress.catalogue().get(provider) else {
             return self

@@ -803,3 +803,35 @@ async fn requests_on_one_connection_run_concurrently_and_replies_carry_their_ids
         );
     }
 }
+
+#[tokio::test]
+async fn connections_over_the_limit_are_told_why() {
+    let broker = Broker::start(BrokerSpec {
+        config: json!({"limits": {"max_connections": 1}}),
+        ..Default::default()
+    });
+    let mut first = broker.client().await;
+    assert!(matches!(
+        first
+            .call(BrokerRequest::CredentialStatus { id: 1 })
+            .await
+            .unwrap(),
+        BrokerReply::CredentialStatus { .. }
+    ));
+    let mut second = broker.client().await;
+    let reply = second.next().await.unwrap();
+    assert!(
+        matches!(&reply, BrokerReply::Error { code: ErrorCode::Busy, message, .. } if message.contains("limits.max_connections")),
+        "{reply:?}"
+    );
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = broker.client().await;
+    assert!(matches!(
+        third
+            .call(BrokerRequest::CredentialStatus { id: 2 })
+            .await
+            .unwrap(),
+        BrokerReply::CredentialStatus { .. }
+    ));
+}
