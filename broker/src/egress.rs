@@ -224,18 +224,28 @@ impl Egress {
                     )
                 })?
                 .map_err(|e| upstream_error(provider, &e))?;
-            let reply = match chunk {
-                Some(data) => BrokerReply::BodyChunk {
-                    id,
-                    data: data.into(),
-                },
-                None => BrokerReply::End { id },
-            };
-            let last = matches!(reply, BrokerReply::End { .. });
-            if out.send(reply).await.is_err() || last {
+            let Some(mut data) = chunk else {
+                let _ = out.send(BrokerReply::End { id }).await;
                 return Ok(());
+            };
+            while !data.is_empty() {
+                let piece = data.split_to(data.len().min(self.max_chunk_bytes()));
+                let reply = BrokerReply::BodyChunk {
+                    id,
+                    data: piece.into(),
+                };
+                if out.send(reply).await.is_err() {
+                    return Ok(());
+                }
             }
         }
+    }
+
+    /// The largest body piece one frame carries: hyper's reads are usually far smaller, but a
+    /// chunk must never make a frame exceed `limits.max_frame_bytes` (the writer would have
+    /// to drop the connection). Base64 grows by 4/3; 1 KiB covers the JSON around it.
+    fn max_chunk_bytes(&self) -> usize {
+        ((self.limits.max_frame_bytes - 1024) / 4 * 3).min(64 * 1024)
     }
 
     async fn credential(&self, provider: &Provider) -> Result<Option<Credential>, EgressError> {

@@ -835,3 +835,30 @@ async fn connections_over_the_limit_are_told_why() {
         BrokerReply::CredentialStatus { .. }
     ));
 }
+
+#[tokio::test]
+async fn a_large_upstream_body_is_split_into_frames_that_fit_the_limit() {
+    let big = Bytes::from(vec![b'a'; 300_000]);
+    let body = big.clone();
+    let server = LocalServer::start(move |_| Reply::Full {
+        status: 200,
+        headers: vec![("content-type", "application/octet-stream".into())],
+        body: body.clone(),
+    })
+    .await;
+    let mut config = all_providers(&server);
+    config["limits"] = json!({"max_request_body_bytes": 1024, "max_frame_bytes": 20000});
+    let broker = Broker::start(BrokerSpec {
+        config,
+        env: vec![("OPENAI_API_KEY".into(), OPENAI_KEY.into())],
+        ..Default::default()
+    });
+    let mut client = broker.client().await;
+    let got = call(
+        &mut client,
+        provider_request(1, "openai", "/files/x/content", json!({})),
+    )
+    .await;
+    assert!(got.ended, "{:?}", got.error);
+    assert_eq!(got.body.len(), big.len());
+}
