@@ -786,3 +786,80 @@ async fn an_upstream_that_goes_silent_mid_stream_times_out() {
     let (code, _) = got.error.expect("the silence ends in an error, not a hang");
     assert_eq!(code, ErrorCode::UpstreamTimeout);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_client_runs_many_requests_on_one_connection_and_a_dropped_response_cancels() {
+    use spiderweb_broker::shared_client::{Outgoing, ProviderError, SharedClient};
+    let (stream_server, mut upstreams) = endless_stream_server().await;
+    let echo =
+        LocalServer::start(|seen| Reply::json(200, json!({"echo": seen.path_and_query}))).await;
+    let broker = openai_broker(json!({"providers": {
+        "openai": {"base_url": echo.url("/v1")},
+        "local": {"kind": "openai-compatible", "base_url": stream_server.url("/v1")},
+    }}));
+    let client = std::sync::Arc::new(SharedClient::connect(&broker.socket).await.unwrap());
+    let outgoing = |provider: &str, path: String| Outgoing {
+        provider: provider.into(),
+        method: "POST".into(),
+        path,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: Bytes::from_static(b"{}"),
+    };
+
+    let tasks: Vec<_> = (0..30)
+        .map(|i| {
+            let client = client.clone();
+            let request = outgoing("openai", format!("/r/{i}"));
+            tokio::spawn(async move {
+                let mut response = client.provider_request(request).await.unwrap();
+                assert_eq!(response.status, 200);
+                let mut body = Vec::new();
+                while let Some(chunk) = response.chunk().await.unwrap() {
+                    body.extend_from_slice(&chunk);
+                }
+                let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                assert_eq!(body["echo"], format!("/v1/r/{i}"));
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+
+    // A refused request is an error value, and the connection goes on.
+    let refused = client
+        .provider_request(outgoing("nope", "/x".into()))
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(
+            refused,
+            ProviderError::Broker {
+                code: ErrorCode::UnknownProvider,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+
+    // Dropping a response mid-stream cancels the upstream request.
+    let mut streaming = client
+        .provider_request(outgoing("local", "/chat/completions".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        streaming.chunk().await.unwrap().unwrap(),
+        Bytes::from("data: {}\n\n")
+    );
+    let upstream = upstreams.recv().await.unwrap();
+    drop(streaming);
+    tokio::time::timeout(Duration::from_secs(10), upstream.closed())
+        .await
+        .expect("dropping the response aborted the upstream");
+    let again = client
+        .provider_request(outgoing("openai", "/after".into()))
+        .await
+        .unwrap();
+    assert_eq!(again.status, 200);
+}
