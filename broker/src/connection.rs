@@ -33,6 +33,9 @@ use crate::server::Shared;
 /// Replies waiting for the writer, per connection.
 const REPLY_QUEUE: usize = 64;
 
+/// How long a closing connection may take to write out its queued replies.
+const WRITER_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 type InFlight = Arc<Mutex<HashMap<u64, CancellationToken>>>;
 
 /// Serves one accepted connection until the client leaves or `shutdown` fires.
@@ -122,7 +125,15 @@ pub async fn serve(stream: UnixStream, shared: Arc<Shared>, shutdown: Cancellati
     }
     connection.cancel();
     drop(conn);
-    let _ = writer_task.await;
+    // Let queued replies (e.g. the error that explains a close) go out, but never wait
+    // forever on a client that stopped reading: that would hold up shutdown.
+    let writer_abort = writer_task.abort_handle();
+    if tokio::time::timeout(WRITER_DRAIN, writer_task)
+        .await
+        .is_err()
+    {
+        writer_abort.abort();
+    }
 }
 
 /// A key goes into an HTTP header: it must be non-empty, bounded and header-safe. The

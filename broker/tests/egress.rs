@@ -863,3 +863,22 @@ async fn the_shared_client_runs_many_requests_on_one_connection_and_a_dropped_re
         .unwrap();
     assert_eq!(again.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_stream_in_flight_aborts_it_and_exits_cleanly() {
+    let (server, mut upstreams) = endless_stream_server().await;
+    let mut broker = openai_broker(all_providers(&server));
+    let mut client = broker.client().await;
+    let upstream = open_stream(&mut client, 1, &mut upstreams).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(broker.pid() as i32),
+        nix::sys::signal::SIGTERM,
+    )
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), upstream.closed())
+        .await
+        .expect("upstream aborted at shutdown");
+    let status = tokio::task::block_in_place(|| broker.wait_exit(Duration::from_secs(10)));
+    assert_eq!(status.code(), Some(0));
+    drop(client);
+}
