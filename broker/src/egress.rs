@@ -123,12 +123,20 @@ impl Egress {
                 ));
             }
         };
-        let url = provider.target_url(&req.path).map_err(|e| match e {
-            providers::TargetError::Path(_) => fail(ErrorCode::PathNotAllowed, e.to_string()),
-            providers::TargetError::Unconfigured(_) => {
-                fail(ErrorCode::UnknownProvider, e.to_string())
-            }
-        })?;
+        let target = |with_api_key| {
+            provider
+                .target_url(&req.path, with_api_key)
+                .map_err(|e| match e {
+                    providers::TargetError::Path(_) => {
+                        fail(ErrorCode::PathNotAllowed, e.to_string())
+                    }
+                    providers::TargetError::Unconfigured(_) => {
+                        fail(ErrorCode::UnknownProvider, e.to_string())
+                    }
+                })
+        };
+        // Checked before anything else; the final base depends on the credential's kind.
+        target(false)?;
         let headers = providers::request_headers(&req.headers)
             .map_err(|m| fail(ErrorCode::HeaderNotAllowed, m))?;
         if req.body.0.len() > self.limits.max_request_body_bytes {
@@ -152,6 +160,7 @@ impl Egress {
             .expect("the semaphore is never closed");
 
         let mut credential = self.credential(provider).await?;
+        let url = target(matches!(credential, Some(Credential::ApiKey { .. })))?;
         let mut retried_after_401 = false;
         let response = loop {
             let mut request_headers = headers.clone();

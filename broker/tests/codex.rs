@@ -421,3 +421,33 @@ async fn an_unreachable_token_endpoint_is_a_retryable_error() {
     assert_eq!(code, ErrorCode::RefreshFailed);
     assert!(message.contains("retry later"), "{message}");
 }
+
+#[tokio::test]
+async fn a_codex_api_key_goes_to_the_openai_api_not_the_chatgpt_backend() {
+    let tokens = token_server(TokenBehaviour::Rotate { delay_ms: 0 }, jwt("unused", 3600)).await;
+    let backend = codex_backend(Arc::new(Mutex::new(String::new()))).await;
+    let api = LocalServer::start(|_| Reply::json(200, json!({"object": "response"}))).await;
+    let mut spec = spec(
+        &backend,
+        &tokens,
+        auth_json(&jwt("login", 3600), "rt-original", &rfc3339_days_ago(0)),
+    );
+    spec.config["providers"]["openai-codex"]["api_key_base_url"] = json!(api.url("/v1"));
+    spec.env = vec![("OPENAI_CODEX_API_KEY".into(), "sk-codex-key-42".into())];
+    let broker = Broker::start(spec);
+    let got = codex_call(&broker, 1).await;
+    assert_eq!(got.status, Some(200), "{got:?}");
+    let seen = api.seen();
+    assert_eq!(seen[0].path_and_query, "/v1/responses");
+    assert_eq!(
+        seen[0].header("authorization"),
+        Some("Bearer sk-codex-key-42"),
+        "the env key wins over the login"
+    );
+    assert_eq!(seen[0].header("chatgpt-account-id"), None);
+    assert!(
+        backend.seen().is_empty(),
+        "the ChatGPT backend only takes the Codex login"
+    );
+    assert_eq!(tokens.exchanges.load(Ordering::SeqCst), 0);
+}
