@@ -75,6 +75,9 @@ pub struct ProviderOverride {
     pub kind: Option<ProviderKind>,
     /// The base URL every request of this provider must stay below.
     pub base_url: Option<String>,
+    /// Codex providers: the base for requests made with an API key rather than the Codex
+    /// login (default `https://api.openai.com/v1`).
+    pub api_key_base_url: Option<String>,
 }
 
 /// The `limits` section.

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use futures_util::{SinkExt, StreamExt};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use spiderweb_policy::broker_access::BrokerOperation;
 use spiderweb_proto::broker::{
     BrokerReply, BrokerRequest, CredentialEntry, ErrorCode, ProviderRequest, ServerCodec,
@@ -32,6 +32,9 @@ use crate::server::Shared;
 
 /// Replies waiting for the writer, per connection.
 const REPLY_QUEUE: usize = 64;
+
+/// How long a closing connection may take to write out its queued replies.
+const WRITER_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 type InFlight = Arc<Mutex<HashMap<u64, CancellationToken>>>;
 
@@ -122,7 +125,31 @@ pub async fn serve(stream: UnixStream, shared: Arc<Shared>, shutdown: Cancellati
     }
     connection.cancel();
     drop(conn);
-    let _ = writer_task.await;
+    // Let queued replies (e.g. the error that explains a close) go out, but never wait
+    // forever on a client that stopped reading: that would hold up shutdown.
+    let writer_abort = writer_task.abort_handle();
+    if tokio::time::timeout(WRITER_DRAIN, writer_task)
+        .await
+        .is_err()
+    {
+        writer_abort.abort();
+    }
+}
+
+/// A key goes into an HTTP header: it must be non-empty, bounded and header-safe. The
+/// message never quotes the key.
+fn check_key_shape(key: &str) -> Result<(), String> {
+    const MAX_KEY_BYTES: usize = 16 * 1024;
+    if key.trim().is_empty() {
+        return Err("the key is empty".into());
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(format!("the key is longer than {MAX_KEY_BYTES} bytes"));
+    }
+    if key.chars().any(|c| c.is_control() || !c.is_ascii()) {
+        return Err("the key contains control or non-ASCII characters".into());
+    }
+    Ok(())
 }
 
 fn forbidden(id: Option<u64>, uid: u32, what: &str) -> BrokerReply {
@@ -256,6 +283,11 @@ impl Conn {
             return self
                 .reply(forbidden(Some(id), self.peer_uid, "key administration"))
                 .await;
+        }
+        if let Some(key) = &key
+            && let Err(why) = check_key_shape(key.expose_secret())
+        {
+            return self.error(id, ErrorCode::MalformedRequest, why).await;
         }
         let Some(p) = self.shared.egress.catalogue().get(provider) else {
             return self

@@ -123,12 +123,20 @@ impl Egress {
                 ));
             }
         };
-        let url = provider.target_url(&req.path).map_err(|e| match e {
-            providers::TargetError::Path(_) => fail(ErrorCode::PathNotAllowed, e.to_string()),
-            providers::TargetError::Unconfigured(_) => {
-                fail(ErrorCode::UnknownProvider, e.to_string())
-            }
-        })?;
+        let target = |with_api_key| {
+            provider
+                .target_url(&req.path, with_api_key)
+                .map_err(|e| match e {
+                    providers::TargetError::Path(_) => {
+                        fail(ErrorCode::PathNotAllowed, e.to_string())
+                    }
+                    providers::TargetError::Unconfigured(_) => {
+                        fail(ErrorCode::UnknownProvider, e.to_string())
+                    }
+                })
+        };
+        // Checked before anything else; the final base depends on the credential's kind.
+        target(false)?;
         let headers = providers::request_headers(&req.headers)
             .map_err(|m| fail(ErrorCode::HeaderNotAllowed, m))?;
         if req.body.0.len() > self.limits.max_request_body_bytes {
@@ -152,6 +160,7 @@ impl Egress {
             .expect("the semaphore is never closed");
 
         let mut credential = self.credential(provider).await?;
+        let url = target(matches!(credential, Some(Credential::ApiKey { .. })))?;
         let mut retried_after_401 = false;
         let response = loop {
             let mut request_headers = headers.clone();
@@ -224,18 +233,28 @@ impl Egress {
                     )
                 })?
                 .map_err(|e| upstream_error(provider, &e))?;
-            let reply = match chunk {
-                Some(data) => BrokerReply::BodyChunk {
-                    id,
-                    data: data.into(),
-                },
-                None => BrokerReply::End { id },
-            };
-            let last = matches!(reply, BrokerReply::End { .. });
-            if out.send(reply).await.is_err() || last {
+            let Some(mut data) = chunk else {
+                let _ = out.send(BrokerReply::End { id }).await;
                 return Ok(());
+            };
+            while !data.is_empty() {
+                let piece = data.split_to(data.len().min(self.max_chunk_bytes()));
+                let reply = BrokerReply::BodyChunk {
+                    id,
+                    data: piece.into(),
+                };
+                if out.send(reply).await.is_err() {
+                    return Ok(());
+                }
             }
         }
+    }
+
+    /// The largest body piece one frame carries: hyper's reads are usually far smaller, but a
+    /// chunk must never make a frame exceed `limits.max_frame_bytes` (the writer would have
+    /// to drop the connection). Base64 grows by 4/3; 1 KiB covers the JSON around it.
+    fn max_chunk_bytes(&self) -> usize {
+        ((self.limits.max_frame_bytes - 1024) / 4 * 3).min(64 * 1024)
     }
 
     async fn credential(&self, provider: &Provider) -> Result<Option<Credential>, EgressError> {

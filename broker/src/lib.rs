@@ -14,7 +14,8 @@
 //! - [`codex`]: `auth.json`, its atomic locked rewrite, and single-flight OAuth refresh.
 //! - [`config`]: the broker's config file; [`paths`]: default locations.
 //! - [`hardening`]: non-dumpable, no core dumps, umask — before any key is read.
-//! - [`client`]: an async client for `spiderweb-config`, tests and the gateway.
+//! - [`client`]: a plain async client (one request at a time) for `spiderweb-config` and tests;
+//!   [`shared_client`]: many concurrent provider requests over one connection (the gateway's).
 
 pub mod client;
 pub mod codex;
@@ -26,3 +27,4 @@ pub mod hardening;
 pub mod paths;
 pub mod providers;
 pub mod server;
+pub mod shared_client;

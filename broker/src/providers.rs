@@ -53,6 +53,9 @@ pub struct Provider {
     pub base_url: Option<Url>,
     /// Environment variables holding its key, in precedence order.
     pub env_vars: &'static [&'static str],
+    /// Codex only: where requests authenticated with an API key go. The ChatGPT backend
+    /// (`base_url`) accepts only the Codex login; an API key is for the OpenAI API.
+    pub api_key_base_url: Option<Url>,
 }
 
 /// A request the catalogue refuses.
@@ -72,6 +75,9 @@ struct Builtin {
     base_url: Option<&'static str>,
     env_vars: &'static [&'static str],
 }
+
+/// Where Codex requests authenticated with an API key go by default.
+const OPENAI_API_BASE: &str = "https://api.openai.com/v1";
 
 /// The seed's providers with their documented endpoints and the seed's env precedence.
 const BUILTINS: &[Builtin] = &[
@@ -144,6 +150,7 @@ impl Catalogue {
                     kind: b.kind,
                     base_url,
                     env_vars: b.env_vars,
+                    api_key_base_url: None,
                 },
             );
         }
@@ -154,6 +161,12 @@ impl Catalogue {
                 .map(parse_base_url)
                 .transpose()
                 .map_err(|e| format!("providers.{id}.base_url: {e}"))?;
+            let api_key_base_url = o
+                .api_key_base_url
+                .as_deref()
+                .map(parse_base_url)
+                .transpose()
+                .map_err(|e| format!("providers.{id}.api_key_base_url: {e}"))?;
             match providers.get_mut(id) {
                 Some(p) => {
                     if let Some(kind) = o.kind {
@@ -161,6 +174,9 @@ impl Catalogue {
                     }
                     if base_url.is_some() {
                         p.base_url = base_url;
+                    }
+                    if api_key_base_url.is_some() {
+                        p.api_key_base_url = api_key_base_url;
                     }
                 }
                 None => {
@@ -179,9 +195,15 @@ impl Catalogue {
                             kind,
                             base_url: Some(base_url),
                             env_vars: &[],
+                            api_key_base_url,
                         },
                     );
                 }
+            }
+        }
+        for p in providers.values_mut() {
+            if p.kind == ProviderKind::OpenaiCodex && p.api_key_base_url.is_none() {
+                p.api_key_base_url = Some(parse_base_url(OPENAI_API_BASE).expect("valid URL"));
             }
         }
         Ok(Catalogue { providers })
@@ -196,11 +218,6 @@ impl Catalogue {
     pub fn iter(&self) -> impl Iterator<Item = &Provider> {
         self.providers.values()
     }
-
-    /// Whether `id` is a provider the broker knows (built-in or configured).
-    pub fn contains(&self, id: &str) -> bool {
-        self.providers.contains_key(id)
-    }
 }
 
 impl Provider {
@@ -214,11 +231,12 @@ impl Provider {
         self.kind == ProviderKind::OpenaiCodex
     }
 
-    /// The upstream URL for `path` (which may carry a query), confined below the base URL.
-    pub fn target_url(&self, path_and_query: &str) -> Result<Url, TargetError> {
-        let base = self
-            .base_url
-            .as_ref()
+    /// The upstream URL for `path` (which may carry a query), confined below the base URL —
+    /// for a Codex provider reached with an API key (`with_api_key`), below `api_key_base_url`.
+    pub fn target_url(&self, path_and_query: &str, with_api_key: bool) -> Result<Url, TargetError> {
+        let api_key_base = self.api_key_base_url.as_ref().filter(|_| with_api_key);
+        let base = api_key_base
+            .or(self.base_url.as_ref())
             .ok_or_else(|| TargetError::Unconfigured(self.id.clone()))?;
         let (path, query) = match path_and_query.split_once('?') {
             Some((p, q)) => (p, Some(q)),
@@ -384,6 +402,7 @@ mod tests {
             kind: ProviderKind::Openai,
             base_url: Some(parse_base_url(base).unwrap()),
             env_vars: &[],
+            api_key_base_url: None,
         }
     }
 
@@ -391,12 +410,12 @@ mod tests {
     fn paths_join_below_the_base() {
         let p = openai_at("https://api.example.com/v1");
         assert_eq!(
-            p.target_url("/chat/completions").unwrap().as_str(),
+            p.target_url("/chat/completions", false).unwrap().as_str(),
             "https://api.example.com/v1/chat/completions"
         );
         let g = openai_at("https://g.example.com/v1beta/");
         assert_eq!(
-            g.target_url("/models/gemini-2.0:streamGenerateContent?alt=sse")
+            g.target_url("/models/gemini-2.0:streamGenerateContent?alt=sse", false)
                 .unwrap()
                 .as_str(),
             "https://g.example.com/v1beta/models/gemini-2.0:streamGenerateContent?alt=sse"
@@ -421,7 +440,7 @@ mod tests {
             "/a\r\nHost: evil",
             "/.",
         ] {
-            assert!(p.target_url(bad).is_err(), "{bad:?} was accepted");
+            assert!(p.target_url(bad, false).is_err(), "{bad:?} was accepted");
         }
     }
 
@@ -431,7 +450,7 @@ mod tests {
         let err = c
             .get("azure-openai")
             .unwrap()
-            .target_url("/chat/completions")
+            .target_url("/chat/completions", false)
             .unwrap_err()
             .to_string();
         assert!(err.contains("providers.azure-openai.base_url"), "{err}");

@@ -148,6 +148,23 @@ pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, ListenError
     Ok(listener)
 }
 
+/// Tells a client over the connection limit why it is turned away, then closes.
+async fn refuse_busy(stream: tokio::net::UnixStream, max: usize) {
+    use futures_util::SinkExt;
+    use spiderweb_proto::broker::{BrokerReply, DEFAULT_MAX_FRAME_BYTES, ErrorCode, ServerCodec};
+    let mut framed =
+        tokio_util::codec::FramedWrite::new(stream, ServerCodec::new(DEFAULT_MAX_FRAME_BYTES));
+    let message = format!(
+        "the broker serves at most {max} connections (limits.max_connections); retry later"
+    );
+    let reply = BrokerReply::Error {
+        id: None,
+        code: ErrorCode::Busy,
+        message,
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), framed.send(reply)).await;
+}
+
 /// Accepts connections until `shutdown` fires, then waits for open connections to end.
 pub async fn run(listener: Listener, shared: Arc<Shared>, shutdown: CancellationToken) {
     let (listener, path) = match listener {
@@ -175,6 +192,7 @@ pub async fn run(listener: Listener, shared: Arc<Shared>, shutdown: Cancellation
                 max = shared.limits.max_connections,
                 "connection refused: limits.max_connections reached"
             );
+            tracker.spawn(refuse_busy(stream, shared.limits.max_connections));
             continue;
         };
         let shared = shared.clone();

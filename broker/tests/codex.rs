@@ -125,6 +125,16 @@ fn spec(backend: &LocalServer, tokens: &TokenServer, auth: Value) -> BrokerSpec 
     }
 }
 
+/// One request to the Codex backend through the broker, on a connection of its own.
+async fn codex_call(broker: &Broker, id: u64) -> Collected {
+    let mut client = broker.client().await;
+    call(
+        &mut client,
+        provider_request(id, "openai-codex", "/responses", json!({})),
+    )
+    .await
+}
+
 fn read_auth(broker: &Broker) -> Value {
     serde_json::from_slice(&std::fs::read(broker.codex_auth_path()).unwrap()).unwrap()
 }
@@ -185,11 +195,7 @@ async fn a_stale_login_is_refreshed_before_use_and_rewritten_atomically_with_mod
         "no temporary file left behind: {strays:?}"
     );
 
-    let again = call(
-        &mut client,
-        provider_request(2, "openai-codex", "/responses", json!({})),
-    )
-    .await;
+    let again = codex_call(&broker, 2).await;
     assert_eq!(again.status, Some(200));
     assert_eq!(
         tokens.exchanges.load(Ordering::SeqCst),
@@ -220,12 +226,7 @@ async fn an_expired_jwt_is_refreshed_even_when_last_refresh_is_recent() {
         &tokens,
         auth_json(&jwt("old", -60), "rt-original", &rfc3339_days_ago(0)),
     ));
-    let mut client = broker.client().await;
-    let got = call(
-        &mut client,
-        provider_request(1, "openai-codex", "/responses", json!({})),
-    )
-    .await;
+    let got = codex_call(&broker, 1).await;
     assert_eq!(got.status, Some(200), "{got:?}");
     assert_eq!(tokens.exchanges.load(Ordering::SeqCst), 1);
 }
@@ -242,22 +243,13 @@ async fn a_401_refreshes_once_and_retries_and_a_second_401_is_forwarded() {
         &tokens,
         auth_json(&jwt("revoked", 3600), "rt-original", &rfc3339_days_ago(0)),
     ));
-    let mut client = broker.client().await;
-    let got = call(
-        &mut client,
-        provider_request(1, "openai-codex", "/responses", json!({})),
-    )
-    .await;
+    let got = codex_call(&broker, 1).await;
     assert_eq!(got.status, Some(200), "{got:?}");
     assert_eq!(tokens.exchanges.load(Ordering::SeqCst), 1);
     assert_eq!(backend.seen().len(), 2, "one refused attempt, one retry");
 
     *accepted.lock().unwrap() = "nothing-is-accepted".into();
-    let got = call(
-        &mut client,
-        provider_request(2, "openai-codex", "/responses", json!({})),
-    )
-    .await;
+    let got = codex_call(&broker, 2).await;
     assert_eq!(
         got.status,
         Some(401),
@@ -301,12 +293,7 @@ async fn after_a_401_a_token_refreshed_by_another_process_is_used_without_a_new_
         auth_json(&jwt("old", 3600), "rt-original", &rfc3339_days_ago(0)),
     ));
     *auth_path.lock().unwrap() = Some(broker.codex_auth_path());
-    let mut client = broker.client().await;
-    let got = call(
-        &mut client,
-        provider_request(1, "openai-codex", "/responses", json!({})),
-    )
-    .await;
+    let got = codex_call(&broker, 1).await;
     assert_eq!(got.status, Some(200), "{got:?}");
     assert_eq!(
         tokens.exchanges.load(Ordering::SeqCst),
@@ -378,12 +365,7 @@ async fn a_permanently_refused_refresh_says_to_log_in_again_and_leaves_the_file_
     let auth = auth_json(&jwt("old", 3600), "rt-original", &rfc3339_days_ago(20));
     let broker = Broker::start(spec(&backend, &tokens, auth.clone()));
     let before = std::fs::read(broker.codex_auth_path()).unwrap();
-    let mut client = broker.client().await;
-    let got = call(
-        &mut client,
-        provider_request(1, "openai-codex", "/responses", json!({})),
-    )
-    .await;
+    let got = codex_call(&broker, 1).await;
     let (code, message) = got.error.expect("refused");
     assert_eq!(code, ErrorCode::ReauthRequired);
     assert!(
@@ -409,12 +391,7 @@ async fn a_transient_token_endpoint_failure_is_retried_with_backoff() {
         &tokens,
         auth_json(&jwt("old", 3600), "rt-original", &rfc3339_days_ago(20)),
     ));
-    let mut client = broker.client().await;
-    let got = call(
-        &mut client,
-        provider_request(1, "openai-codex", "/responses", json!({})),
-    )
-    .await;
+    let got = codex_call(&broker, 1).await;
     assert_eq!(got.status, Some(200), "{got:?}");
     assert_eq!(tokens.exchanges.load(Ordering::SeqCst), 2);
 }
@@ -439,13 +416,38 @@ async fn an_unreachable_token_endpoint_is_a_retryable_error() {
         )),
         ..Default::default()
     });
-    let mut client = broker.client().await;
-    let got = call(
-        &mut client,
-        provider_request(1, "openai-codex", "/responses", json!({})),
-    )
-    .await;
+    let got = codex_call(&broker, 1).await;
     let (code, message) = got.error.unwrap();
     assert_eq!(code, ErrorCode::RefreshFailed);
     assert!(message.contains("retry later"), "{message}");
+}
+
+#[tokio::test]
+async fn a_codex_api_key_goes_to_the_openai_api_not_the_chatgpt_backend() {
+    let tokens = token_server(TokenBehaviour::Rotate { delay_ms: 0 }, jwt("unused", 3600)).await;
+    let backend = codex_backend(Arc::new(Mutex::new(String::new()))).await;
+    let api = LocalServer::start(|_| Reply::json(200, json!({"object": "response"}))).await;
+    let mut spec = spec(
+        &backend,
+        &tokens,
+        auth_json(&jwt("login", 3600), "rt-original", &rfc3339_days_ago(0)),
+    );
+    spec.config["providers"]["openai-codex"]["api_key_base_url"] = json!(api.url("/v1"));
+    spec.env = vec![("OPENAI_CODEX_API_KEY".into(), "sk-codex-key-42".into())];
+    let broker = Broker::start(spec);
+    let got = codex_call(&broker, 1).await;
+    assert_eq!(got.status, Some(200), "{got:?}");
+    let seen = api.seen();
+    assert_eq!(seen[0].path_and_query, "/v1/responses");
+    assert_eq!(
+        seen[0].header("authorization"),
+        Some("Bearer sk-codex-key-42"),
+        "the env key wins over the login"
+    );
+    assert_eq!(seen[0].header("chatgpt-account-id"), None);
+    assert!(
+        backend.seen().is_empty(),
+        "the ChatGPT backend only takes the Codex login"
+    );
+    assert_eq!(tokens.exchanges.load(Ordering::SeqCst), 0);
 }

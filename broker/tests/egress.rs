@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use serde_json::json;
+use spiderweb_broker::client::BrokerClient;
 use spiderweb_proto::broker::{
     BrokerReply, BrokerRequest, CredentialSource, ErrorCode, ProviderRequest,
 };
@@ -232,11 +233,7 @@ async fn a_streamed_reply_is_forwarded_chunk_by_chunk_before_the_upstream_finish
             .expect("one streamed request"),
     })
     .await;
-    let broker = Broker::start(BrokerSpec {
-        config: all_providers(&server),
-        env: vec![("OPENAI_API_KEY".into(), OPENAI_KEY.into())],
-        ..Default::default()
-    });
+    let broker = openai_broker(all_providers(&server));
     let mut client = broker.client().await;
     client
         .send(provider_request(
@@ -291,8 +288,58 @@ async fn a_streamed_reply_is_forwarded_chunk_by_chunk_before_the_upstream_finish
     assert!(rest.ended);
 }
 
+/// A broker with `OPENAI_API_KEY` set.
+fn openai_broker(config: serde_json::Value) -> Broker {
+    Broker::start(BrokerSpec {
+        config,
+        env: vec![("OPENAI_API_KEY".into(), OPENAI_KEY.into())],
+        ..Default::default()
+    })
+}
+
+type Upstreams = mpsc::Receiver<mpsc::Sender<Bytes>>;
+
+/// Starts streamed request `id` and returns, once its head has arrived, the upstream's
+/// chunk sender (dropping it ends the upstream body; `closed()` tells the upstream was aborted).
+async fn open_stream(
+    client: &mut BrokerClient,
+    id: u64,
+    upstreams: &mut Upstreams,
+) -> mpsc::Sender<Bytes> {
+    client
+        .send(provider_request(
+            id,
+            "openai",
+            "/responses",
+            json!({"stream": true}),
+        ))
+        .await
+        .unwrap();
+    let head = client.next().await.unwrap();
+    assert!(
+        matches!(head, BrokerReply::ResponseHead { id: got, status: 200, .. } if got == id),
+        "{head:?}"
+    );
+    upstreams.recv().await.unwrap()
+}
+
+/// Reads replies until request `id` fails (skipping its body chunks) and returns the code.
+async fn error_of(client: &mut BrokerClient, id: u64) -> ErrorCode {
+    loop {
+        match client.next().await.unwrap() {
+            BrokerReply::BodyChunk { id: got, .. } if got == id => continue,
+            BrokerReply::Error {
+                id: Some(got),
+                code,
+                ..
+            } if got == id => return code,
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
 /// A stream the test controls, plus a signal when the upstream side is dropped.
-async fn endless_stream_server() -> (LocalServer, mpsc::Receiver<mpsc::Sender<Bytes>>) {
+async fn endless_stream_server() -> (LocalServer, Upstreams) {
     let (senders_tx, senders_rx) = mpsc::channel::<mpsc::Sender<Bytes>>(8);
     let server = LocalServer::start(move |_| {
         let (tx, rx) = mpsc::channel(8);
@@ -306,83 +353,6 @@ async fn endless_stream_server() -> (LocalServer, mpsc::Receiver<mpsc::Sender<By
     })
     .await;
     (server, senders_rx)
-}
-
-#[tokio::test]
-async fn a_client_that_goes_away_aborts_its_upstream_request() {
-    let (server, mut senders) = endless_stream_server().await;
-    let broker = Broker::start(BrokerSpec {
-        config: all_providers(&server),
-        env: vec![("OPENAI_API_KEY".into(), OPENAI_KEY.into())],
-        ..Default::default()
-    });
-    let mut client = broker.client().await;
-    client
-        .send(provider_request(
-            1,
-            "openai",
-            "/responses",
-            json!({"stream":true}),
-        ))
-        .await
-        .unwrap();
-    assert!(matches!(
-        client.next().await.unwrap(),
-        BrokerReply::ResponseHead { .. }
-    ));
-    let upstream = senders.recv().await.unwrap();
-    drop(client);
-    tokio::time::timeout(Duration::from_secs(10), upstream.closed())
-        .await
-        .expect("the broker closes the upstream connection when its client leaves");
-}
-
-#[tokio::test]
-async fn cancel_aborts_one_request_and_the_connection_goes_on() {
-    let (server, mut senders) = endless_stream_server().await;
-    let broker = Broker::start(BrokerSpec {
-        config: all_providers(&server),
-        env: vec![("OPENAI_API_KEY".into(), OPENAI_KEY.into())],
-        ..Default::default()
-    });
-    let mut client = broker.client().await;
-    client
-        .send(provider_request(1, "openai", "/responses", json!({})))
-        .await
-        .unwrap();
-    assert!(matches!(
-        client.next().await.unwrap(),
-        BrokerReply::ResponseHead { id: 1, .. }
-    ));
-    let upstream = senders.recv().await.unwrap();
-    client.send(BrokerRequest::Cancel { id: 1 }).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(10), upstream.closed())
-        .await
-        .expect("upstream aborted");
-    loop {
-        match client.next().await.unwrap() {
-            BrokerReply::BodyChunk { id: 1, .. } => continue,
-            BrokerReply::Error {
-                id: Some(1), code, ..
-            } => {
-                assert_eq!(code, ErrorCode::Cancelled);
-                break;
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-    client
-        .send(provider_request(2, "openai", "/responses", json!({})))
-        .await
-        .unwrap();
-    assert!(matches!(
-        client.next().await.unwrap(),
-        BrokerReply::ResponseHead {
-            id: 2,
-            status: 200,
-            ..
-        }
-    ));
 }
 
 #[tokio::test]
@@ -449,11 +419,9 @@ async fn an_unreachable_upstream_is_a_clear_error_without_the_key() {
         .local_addr()
         .unwrap()
         .port();
-    let broker = Broker::start(BrokerSpec {
-        config: json!({"providers": {"openai": {"base_url": format!("http://127.0.0.1:{closed_port}/v1")}}}),
-        env: vec![("OPENAI_API_KEY".into(), OPENAI_KEY.into())],
-        ..Default::default()
-    });
+    let broker = openai_broker(
+        json!({"providers": {"openai": {"base_url": format!("http://127.0.0.1:{closed_port}/v1")}}}),
+    );
     let mut client = broker.client().await;
     let got = call(
         &mut client,
@@ -478,11 +446,7 @@ async fn bad_requests_get_clear_errors_and_the_broker_keeps_serving() {
         .as_object_mut()
         .unwrap()
         .remove("azure-openai");
-    let broker = Broker::start(BrokerSpec {
-        config,
-        env: vec![("OPENAI_API_KEY".into(), OPENAI_KEY.into())],
-        ..Default::default()
-    });
+    let broker = openai_broker(config);
     let mut client = broker.client().await;
 
     let request = |id: u64,
@@ -644,132 +608,10 @@ async fn bad_requests_get_clear_errors_and_the_broker_keeps_serving() {
 }
 
 #[tokio::test]
-async fn duplicate_ids_in_flight_are_refused() {
-    let (server, mut senders) = endless_stream_server().await;
-    let broker = Broker::start(BrokerSpec {
-        config: all_providers(&server),
-        env: vec![("OPENAI_API_KEY".into(), OPENAI_KEY.into())],
-        ..Default::default()
-    });
-    let mut client = broker.client().await;
-    client
-        .send(provider_request(1, "openai", "/responses", json!({})))
-        .await
-        .unwrap();
-    assert!(matches!(
-        client.next().await.unwrap(),
-        BrokerReply::ResponseHead { id: 1, .. }
-    ));
-    let _upstream = senders.recv().await.unwrap();
-    client
-        .send(provider_request(1, "openai", "/responses", json!({})))
-        .await
-        .unwrap();
-    loop {
-        match client.next().await.unwrap() {
-            BrokerReply::BodyChunk { id: 1, .. } => continue,
-            BrokerReply::Error {
-                id: Some(1), code, ..
-            } => {
-                assert_eq!(code, ErrorCode::DuplicateRequestId);
-                break;
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-}
-
-#[tokio::test]
-async fn the_upstream_concurrency_cap_makes_extra_requests_wait_then_refuses_them_as_busy() {
-    let (server, mut senders) = endless_stream_server().await;
-    let mut config = all_providers(&server);
-    config["limits"] = json!({"max_concurrent_upstream": 1, "queue_timeout_ms": 300});
-    let broker = Broker::start(BrokerSpec {
-        config,
-        env: vec![("OPENAI_API_KEY".into(), OPENAI_KEY.into())],
-        ..Default::default()
-    });
-    let mut holder = broker.client().await;
-    holder
-        .send(provider_request(1, "openai", "/responses", json!({})))
-        .await
-        .unwrap();
-    assert!(matches!(
-        holder.next().await.unwrap(),
-        BrokerReply::ResponseHead { id: 1, .. }
-    ));
-    let upstream = senders.recv().await.unwrap();
-
-    let mut other = broker.client().await;
-    let got = call(
-        &mut other,
-        provider_request(2, "openai", "/responses", json!({})),
-    )
-    .await;
-    assert_eq!(got.error.map(|e| e.0), Some(ErrorCode::Busy));
-    assert_eq!(
-        server.seen().len(),
-        1,
-        "the refused request never reached the upstream"
-    );
-
-    drop(upstream); // the first stream ends, its slot frees
-    let first = collect(&mut holder, 1).await;
-    assert!(first.ended);
-    other
-        .send(provider_request(3, "openai", "/responses", json!({})))
-        .await
-        .unwrap();
-    let head = other.next().await.unwrap();
-    assert!(
-        matches!(
-            head,
-            BrokerReply::ResponseHead {
-                id: 3,
-                status: 200,
-                ..
-            }
-        ),
-        "a freed slot is reused: {head:?}"
-    );
-}
-
-#[tokio::test]
-async fn an_upstream_that_goes_silent_mid_stream_times_out() {
-    let (server, mut senders) = endless_stream_server().await;
-    let mut config = all_providers(&server);
-    config["limits"] = json!({"idle_read_timeout_ms": 300});
-    let broker = Broker::start(BrokerSpec {
-        config,
-        env: vec![("OPENAI_API_KEY".into(), OPENAI_KEY.into())],
-        ..Default::default()
-    });
-    let mut client = broker.client().await;
-    client
-        .send(provider_request(1, "openai", "/responses", json!({})))
-        .await
-        .unwrap();
-    let _upstream = senders.recv().await.unwrap(); // kept open, never sends again
-    let got = collect(&mut client, 1).await;
-    assert_eq!(got.status, Some(200));
-    assert_eq!(
-        got.body_text(),
-        "data: {}\n\n",
-        "what arrived was forwarded"
-    );
-    let (code, _) = got.error.expect("the silence ends in an error, not a hang");
-    assert_eq!(code, ErrorCode::UpstreamTimeout);
-}
-
-#[tokio::test]
 async fn requests_on_one_connection_run_concurrently_and_replies_carry_their_ids() {
     let server =
         LocalServer::start(|seen| Reply::json(200, json!({"echo": seen.path_and_query}))).await;
-    let broker = Broker::start(BrokerSpec {
-        config: all_providers(&server),
-        env: vec![("OPENAI_API_KEY".into(), OPENAI_KEY.into())],
-        ..Default::default()
-    });
+    let broker = openai_broker(all_providers(&server));
     let mut client = broker.client().await;
     for id in 0..20u64 {
         client
@@ -802,4 +644,241 @@ async fn requests_on_one_connection_run_concurrently_and_replies_carry_their_ids
             "reply {id} matches its request"
         );
     }
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_told_why() {
+    let broker = Broker::start(BrokerSpec {
+        config: json!({"limits": {"max_connections": 1}}),
+        ..Default::default()
+    });
+    let mut first = broker.client().await;
+    assert!(matches!(
+        first
+            .call(BrokerRequest::CredentialStatus { id: 1 })
+            .await
+            .unwrap(),
+        BrokerReply::CredentialStatus { .. }
+    ));
+    let mut second = broker.client().await;
+    let reply = second.next().await.unwrap();
+    assert!(
+        matches!(&reply, BrokerReply::Error { code: ErrorCode::Busy, message, .. } if message.contains("limits.max_connections")),
+        "{reply:?}"
+    );
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = broker.client().await;
+    assert!(matches!(
+        third
+            .call(BrokerRequest::CredentialStatus { id: 2 })
+            .await
+            .unwrap(),
+        BrokerReply::CredentialStatus { .. }
+    ));
+}
+
+#[tokio::test]
+async fn a_large_upstream_body_is_split_into_frames_that_fit_the_limit() {
+    let big = Bytes::from(vec![b'a'; 300_000]);
+    let body = big.clone();
+    let server = LocalServer::start(move |_| Reply::Full {
+        status: 200,
+        headers: vec![("content-type", "application/octet-stream".into())],
+        body: body.clone(),
+    })
+    .await;
+    let mut config = all_providers(&server);
+    config["limits"] = json!({"max_request_body_bytes": 1024, "max_frame_bytes": 20000});
+    let broker = openai_broker(config);
+    let mut client = broker.client().await;
+    let got = call(
+        &mut client,
+        provider_request(1, "openai", "/files/x/content", json!({})),
+    )
+    .await;
+    assert!(got.ended, "{:?}", got.error);
+    assert_eq!(got.body.len(), big.len());
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_aborts_its_upstream_request() {
+    let (server, mut upstreams) = endless_stream_server().await;
+    let broker = openai_broker(all_providers(&server));
+    let mut client = broker.client().await;
+    let upstream = open_stream(&mut client, 1, &mut upstreams).await;
+    drop(client);
+    tokio::time::timeout(Duration::from_secs(10), upstream.closed())
+        .await
+        .expect("the broker closes the upstream connection when its client leaves");
+}
+
+#[tokio::test]
+async fn cancel_aborts_one_request_and_the_connection_goes_on() {
+    let (server, mut upstreams) = endless_stream_server().await;
+    let broker = openai_broker(all_providers(&server));
+    let mut client = broker.client().await;
+    let upstream = open_stream(&mut client, 1, &mut upstreams).await;
+    client.send(BrokerRequest::Cancel { id: 1 }).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), upstream.closed())
+        .await
+        .expect("upstream aborted");
+    assert_eq!(error_of(&mut client, 1).await, ErrorCode::Cancelled);
+    open_stream(&mut client, 2, &mut upstreams).await;
+}
+
+#[tokio::test]
+async fn duplicate_ids_in_flight_are_refused() {
+    let (server, mut upstreams) = endless_stream_server().await;
+    let broker = openai_broker(all_providers(&server));
+    let mut client = broker.client().await;
+    let _upstream = open_stream(&mut client, 1, &mut upstreams).await;
+    client
+        .send(provider_request(1, "openai", "/responses", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(
+        error_of(&mut client, 1).await,
+        ErrorCode::DuplicateRequestId
+    );
+}
+
+#[tokio::test]
+async fn the_upstream_concurrency_cap_makes_extra_requests_wait_then_refuses_them_as_busy() {
+    let (server, mut upstreams) = endless_stream_server().await;
+    let mut config = all_providers(&server);
+    config["limits"] = json!({"max_concurrent_upstream": 1, "queue_timeout_ms": 300});
+    let broker = openai_broker(config);
+    let mut holder = broker.client().await;
+    let upstream = open_stream(&mut holder, 1, &mut upstreams).await;
+
+    let mut other = broker.client().await;
+    other
+        .send(provider_request(2, "openai", "/responses", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(error_of(&mut other, 2).await, ErrorCode::Busy);
+    assert_eq!(
+        server.seen().len(),
+        1,
+        "the refused request never reached the upstream"
+    );
+
+    drop(upstream); // the first stream ends, its slot frees
+    assert!(collect(&mut holder, 1).await.ended);
+    open_stream(&mut other, 3, &mut upstreams).await;
+}
+
+#[tokio::test]
+async fn an_upstream_that_goes_silent_mid_stream_times_out() {
+    let (server, mut upstreams) = endless_stream_server().await;
+    let mut config = all_providers(&server);
+    config["limits"] = json!({"idle_read_timeout_ms": 300});
+    let broker = openai_broker(config);
+    let mut client = broker.client().await;
+    let _upstream = open_stream(&mut client, 1, &mut upstreams).await; // kept open, silent
+    let got = collect(&mut client, 1).await;
+    assert_eq!(
+        got.body_text(),
+        "data: {}\n\n",
+        "what arrived was forwarded"
+    );
+    let (code, _) = got.error.expect("the silence ends in an error, not a hang");
+    assert_eq!(code, ErrorCode::UpstreamTimeout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_client_runs_many_requests_on_one_connection_and_a_dropped_response_cancels() {
+    use spiderweb_broker::shared_client::{Outgoing, ProviderError, SharedClient};
+    let (stream_server, mut upstreams) = endless_stream_server().await;
+    let echo =
+        LocalServer::start(|seen| Reply::json(200, json!({"echo": seen.path_and_query}))).await;
+    let broker = openai_broker(json!({"providers": {
+        "openai": {"base_url": echo.url("/v1")},
+        "local": {"kind": "openai-compatible", "base_url": stream_server.url("/v1")},
+    }}));
+    let client = std::sync::Arc::new(SharedClient::connect(&broker.socket).await.unwrap());
+    let outgoing = |provider: &str, path: String| Outgoing {
+        provider: provider.into(),
+        method: "POST".into(),
+        path,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: Bytes::from_static(b"{}"),
+    };
+
+    let tasks: Vec<_> = (0..30)
+        .map(|i| {
+            let client = client.clone();
+            let request = outgoing("openai", format!("/r/{i}"));
+            tokio::spawn(async move {
+                let mut response = client.provider_request(request).await.unwrap();
+                assert_eq!(response.status, 200);
+                let mut body = Vec::new();
+                while let Some(chunk) = response.chunk().await.unwrap() {
+                    body.extend_from_slice(&chunk);
+                }
+                let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                assert_eq!(body["echo"], format!("/v1/r/{i}"));
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+
+    // A refused request is an error value, and the connection goes on.
+    let refused = client
+        .provider_request(outgoing("nope", "/x".into()))
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(
+            refused,
+            ProviderError::Broker {
+                code: ErrorCode::UnknownProvider,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+
+    // Dropping a response mid-stream cancels the upstream request.
+    let mut streaming = client
+        .provider_request(outgoing("local", "/chat/completions".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        streaming.chunk().await.unwrap().unwrap(),
+        Bytes::from("data: {}\n\n")
+    );
+    let upstream = upstreams.recv().await.unwrap();
+    drop(streaming);
+    tokio::time::timeout(Duration::from_secs(10), upstream.closed())
+        .await
+        .expect("dropping the response aborted the upstream");
+    let again = client
+        .provider_request(outgoing("openai", "/after".into()))
+        .await
+        .unwrap();
+    assert_eq!(again.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_stream_in_flight_aborts_it_and_exits_cleanly() {
+    let (server, mut upstreams) = endless_stream_server().await;
+    let mut broker = openai_broker(all_providers(&server));
+    let mut client = broker.client().await;
+    let upstream = open_stream(&mut client, 1, &mut upstreams).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(broker.pid() as i32),
+        nix::sys::signal::SIGTERM,
+    )
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), upstream.closed())
+        .await
+        .expect("upstream aborted at shutdown");
+    let status = tokio::task::block_in_place(|| broker.wait_exit(Duration::from_secs(10)));
+    assert_eq!(status.code(), Some(0));
+    drop(client);
 }

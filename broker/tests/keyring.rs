@@ -227,3 +227,28 @@ async fn keys_for_unknown_or_keyless_providers_are_refused() {
         assert!(err.contains(needle), "{provider}: {err}");
     }
 }
+
+#[tokio::test]
+async fn malformed_keys_are_refused_without_being_quoted() {
+    let broker = Broker::start(BrokerSpec::default());
+    let mut client = broker.client().await;
+    for (key, needle) in [
+        ("  ", "empty"),
+        ("sk-has\nnewline", "control"),
+        (&*"k".repeat(20_000), "longer"),
+    ] {
+        let reply = client
+            .call(BrokerRequest::SetKey {
+                id: 1,
+                provider: "openai".into(),
+                key: key.to_owned().into(),
+            })
+            .await
+            .unwrap();
+        let BrokerReply::Error { message, .. } = &reply else {
+            panic!("{reply:?}")
+        };
+        assert!(message.contains(needle), "{message}");
+        assert!(!message.contains("sk-has"), "{message}");
+    }
+}

@@ -172,7 +172,11 @@ impl Resolver {
         match self.keyring.lookup(&provider.id).await {
             Ok(Some(key)) => return Some((key, CredentialSource::SecretService)),
             Ok(None) => {}
-            Err(e) => tracing::debug!(provider = %provider.id, "Secret Service skipped: {e}"),
+            // No Secret Service at all is normal on a server; a locked or failing one is not.
+            Err(e @ KeyringError::Unavailable(_)) => {
+                tracing::debug!(provider = %provider.id, "Secret Service skipped: {e}")
+            }
+            Err(e) => tracing::warn!(provider = %provider.id, "Secret Service skipped: {e}"),
         }
         if let Some(dir) = &self.credentials_dir {
             match systemd::read(dir, &provider.id) {
