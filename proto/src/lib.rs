@@ -12,11 +12,14 @@
 //! - [`codes`]: the error codes of the control plane and of the world filesystem.
 //! - [`frame`]: length-prefixed JSON frames, the framing of every internal Unix-socket
 //!   protocol (broker, worker supervisor).
+//! - [`worker`]: the worker supervisor's protocol (tool requests, streamed output, results),
+//!   the five tools' argument/result shapes and their generated JSON Schemas.
 
 pub mod codes;
 pub mod envelope;
 pub mod frame;
 pub mod names;
 pub mod reply;
+pub mod worker;
 
 pub use envelope::{AcheronFields, Channel, Envelope, FrameError, ParseErrorName};
