@@ -1,0 +1,90 @@
+//! The supervisor's configuration file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use spiderweb_policy::UidAllowlist;
+use spiderweb_policy::sandbox::SandboxConfig;
+
+use crate::ids::{IdRange, check_tenants};
+use crate::plan::{Ids, SearchBackend};
+
+fn default_max_workers() -> usize {
+    16
+}
+
+fn default_socket_mode() -> u32 {
+    0o660
+}
+
+/// Most concurrent workers a configuration may ask for.
+pub const MAX_WORKERS_CAP: usize = 1024;
+
+/// `spiderweb-worker supervise --config FILE`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupervisorConfig {
+    /// The Unix socket to listen on.
+    pub socket: PathBuf,
+    /// Mode of the socket file (the peer uid is checked regardless).
+    #[serde(default = "default_socket_mode")]
+    pub socket_mode: u32,
+    /// Uids allowed to connect (the gateway's); default: only the supervisor's own uid.
+    #[serde(default = "UidAllowlist::only_self")]
+    pub allowed_uids: UidAllowlist,
+    /// Workers running at once; further requests wait.
+    #[serde(default = "default_max_workers")]
+    pub max_workers: usize,
+    /// Directories under which workspaces may live.
+    pub workspace_roots: Vec<PathBuf>,
+    /// Profiles' protected paths and limits.
+    #[serde(default)]
+    pub sandbox: SandboxConfig,
+    /// Ids tenants may be given (required when running as root).
+    #[serde(default)]
+    pub uid_range: Option<IdRange>,
+    /// Tenant → uid/gid (required when running as root).
+    #[serde(default)]
+    pub tenants: BTreeMap<String, Ids>,
+    /// `search_code` implementation.
+    #[serde(default)]
+    pub search_backend: SearchBackend,
+}
+
+impl SupervisorConfig {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path, running_as_root: bool) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let config: SupervisorConfig =
+            serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        config.validate(running_as_root)?;
+        Ok(config)
+    }
+
+    /// Refuses values that would weaken or break the supervisor.
+    pub fn validate(&self, running_as_root: bool) -> anyhow::Result<()> {
+        self.sandbox.validate()?;
+        if self.max_workers == 0 || self.max_workers > MAX_WORKERS_CAP {
+            anyhow::bail!("max_workers must be 1..={MAX_WORKERS_CAP}");
+        }
+        if self.workspace_roots.is_empty() {
+            anyhow::bail!("workspace_roots must name at least one directory");
+        }
+        for root in &self.workspace_roots {
+            if !root.is_absolute() {
+                anyhow::bail!("workspace root {} must be absolute", root.display());
+            }
+        }
+        if running_as_root {
+            let Some(range) = self.uid_range else {
+                anyhow::bail!(
+                    "running as root: uid_range and tenants are required (tools never run as root)"
+                );
+            };
+            check_tenants(&range, &self.tenants)?;
+        }
+        Ok(())
+    }
+}
