@@ -50,6 +50,9 @@ enum Cmd {
         /// `search_code` implementation.
         #[arg(long, value_enum, default_value = "auto")]
         search_backend: SearchBackend,
+        /// Sandbox configuration (JSON, the `sandbox` section: limits, protected paths).
+        #[arg(long)]
+        sandbox_config: Option<PathBuf>,
         /// Wall-clock limit in ms (default: the profile's).
         #[arg(long)]
         wall_clock_ms: Option<u64>,
@@ -114,22 +117,22 @@ fn main() -> std::process::ExitCode {
             uid,
             gid,
             search_backend,
+            sandbox_config,
             wall_clock_ms,
             stream,
             tool,
             args,
         } => {
-            match run_one(
-                workspace,
+            let options = RunOptions {
                 profile,
                 uid,
                 gid,
                 search_backend,
+                sandbox_config,
                 wall_clock_ms,
                 stream,
-                tool,
-                &args,
-            ) {
+            };
+            match run_one(workspace, options, tool, &args) {
                 Ok(outcome) => {
                     println!(
                         "{}",
@@ -155,18 +158,18 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_one(
-    workspace: PathBuf,
+struct RunOptions {
     profile: SandboxProfile,
     uid: Option<u32>,
     gid: Option<u32>,
     search_backend: SearchBackend,
+    sandbox_config: Option<PathBuf>,
     wall_clock_ms: Option<u64>,
     stream: bool,
-    tool: String,
-    args: &str,
-) -> anyhow::Result<ToolOutcome> {
+}
+
+fn run_one(workspace: PathBuf, options: RunOptions, tool: String, args: &str) -> anyhow::Result<ToolOutcome> {
+    let RunOptions { profile, uid, gid, search_backend, sandbox_config, wall_clock_ms, stream } = options;
     let workspace = workspace
         .canonicalize()
         .map_err(|e| anyhow::anyhow!("workspace {}: {e}", workspace.display()))?;
@@ -189,7 +192,17 @@ fn run_one(
     } else {
         None
     };
-    let mut rules = SandboxConfig::default().rules(profile);
+    let sandbox = match sandbox_config {
+        Some(path) => {
+            let text = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let config: SandboxConfig =
+                serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            config.validate()?;
+            config
+        }
+        None => SandboxConfig::default(),
+    };
+    let mut rules = sandbox.rules(profile);
     if let Some(ms) = wall_clock_ms {
         rules.limits.wall_clock_ms = ms;
     }

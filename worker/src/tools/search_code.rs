@@ -123,7 +123,7 @@ fn ripgrep(
         ));
     }
     let text = String::from_utf8_lossy(&output.stdout);
-    Ok(text.lines().map(str::to_owned).collect())
+    Ok(text.split_terminator('\n').map(str::to_owned).collect())
 }
 
 /// The built-in search: ripgrep's walker and searcher with ripgrep's defaults.
