@@ -75,11 +75,7 @@ pub struct ApprovalKey {
 impl ApprovalKey {
     /// The key of a call.
     pub fn of(call: &CommandCall<'_>) -> Self {
-        ApprovalKey {
-            argv: call.argv.to_vec(),
-            cwd: call.cwd.to_owned(),
-            session: call.session.to_owned(),
-        }
+        ApprovalKey { argv: call.argv.to_vec(), cwd: call.cwd.to_owned(), session: call.session.to_owned() }
     }
 }
 
@@ -157,10 +153,8 @@ pub fn resolve(decision: Decision, call: &CommandCall<'_>) -> Resolution {
 }
 
 /// Characters that make a shell line more than one simple command (or expand something).
-const SHELL_SYNTAX: &[char] = &[
-    ';', '&', '|', '<', '>', '$', '`', '(', ')', '{', '}', '*', '?', '[', ']', '~', '!', '#', '\n',
-    '\r', '\\', '=',
-];
+const SHELL_SYNTAX: &[char] =
+    &[';', '&', '|', '<', '>', '$', '`', '(', ')', '{', '}', '*', '?', '[', ']', '~', '!', '#', '\n', '\r', '\\', '='];
 
 /// The argv of a `shell_exec` command line when it is one simple command without any shell
 /// syntax (pipes, redirections, expansions, globs, assignments); otherwise
@@ -185,35 +179,22 @@ pub fn is_known_read_only(argv: &[String]) -> bool {
     }
     let any = |bad: &dyn Fn(&str) -> bool| args.iter().any(|a| bad(a));
     match program.as_str() {
-        "ls" | "cat" | "head" | "tail" | "wc" | "pwd" | "echo" | "true" | "false" | "stat"
-        | "which" | "whoami" | "id" | "uname" | "du" | "df" | "nl" | "cut" | "tr" | "basename"
-        | "dirname" | "realpath" | "file" | "diff" | "cmp" | "grep" | "egrep" | "fgrep" => true,
+        "ls" | "cat" | "head" | "tail" | "wc" | "pwd" | "echo" | "true" | "false" | "stat" | "which" | "whoami"
+        | "id" | "uname" | "du" | "df" | "nl" | "cut" | "tr" | "basename" | "dirname" | "realpath" | "file"
+        | "diff" | "cmp" | "grep" | "egrep" | "fgrep" => true,
         // -o FILE writes the result; --compress-program runs a program.
-        "sort" => !any(&|a| {
-            a.starts_with("-o") || a.starts_with("--output") || a.starts_with("--compress")
-        }),
+        "sort" => !any(&|a| a.starts_with("-o") || a.starts_with("--output") || a.starts_with("--compress")),
         "tree" => !any(&|a| a.starts_with("-o")),
         "rg" => !any(&|a| a.starts_with("--pre") || a == "-z" || a.starts_with("--search-zip")),
         "find" => !any(&|a| {
             matches!(
                 a,
-                "-exec"
-                    | "-execdir"
-                    | "-ok"
-                    | "-okdir"
-                    | "-delete"
-                    | "-fls"
-                    | "-fprint"
-                    | "-fprint0"
-                    | "-fprintf"
+                "-exec" | "-execdir" | "-ok" | "-okdir" | "-delete" | "-fls" | "-fprint" | "-fprint0" | "-fprintf"
             )
         }),
         // Only `sed -n <N>p` / `sed -n <N>,<M>p` FILE…: no in-place edit, no `e`/`w` command.
         "sed" => {
-            args.len() >= 2
-                && args[0] == "-n"
-                && is_line_print(&args[1])
-                && !any(&|a| a.starts_with('-') && a != "-n")
+            args.len() >= 2 && args[0] == "-n" && is_line_print(&args[1]) && !any(&|a| a.starts_with('-') && a != "-n")
         }
         "git" => is_read_only_git(args),
         _ => false,
@@ -233,10 +214,7 @@ fn is_read_only_git(args: &[String]) -> bool {
         return false;
     };
     // A global option (-c, -C, --git-dir, --exec-path …) before the subcommand can run code.
-    if !matches!(
-        sub.as_str(),
-        "status" | "log" | "diff" | "show" | "branch" | "rev-parse" | "ls-files"
-    ) {
+    if !matches!(sub.as_str(), "status" | "log" | "diff" | "show" | "branch" | "rev-parse" | "ls-files") {
         return false;
     }
     let writes_or_runs = |a: &String| {
@@ -250,12 +228,7 @@ fn is_read_only_git(args: &[String]) -> bool {
     }
     // `git branch NAME` creates a branch; only listing forms are read-only.
     sub != "branch"
-        || rest.iter().all(|a| {
-            matches!(
-                a.as_str(),
-                "-a" | "-r" | "-v" | "-vv" | "--list" | "--show-current"
-            )
-        })
+        || rest.iter().all(|a| matches!(a.as_str(), "-a" | "-r" | "-v" | "-vv" | "--list" | "--show-current"))
 }
 
 #[cfg(test)]
@@ -266,18 +239,8 @@ mod tests {
         shlex::split(s).unwrap()
     }
 
-    fn call<'a>(
-        argv: &'a [String],
-        cwd: &'a str,
-        session: &'a str,
-        requested: bool,
-    ) -> CommandCall<'a> {
-        CommandCall {
-            argv,
-            cwd,
-            session,
-            model_requested_approval: requested,
-        }
+    fn call<'a>(argv: &'a [String], cwd: &'a str, session: &'a str, requested: bool) -> CommandCall<'a> {
+        CommandCall { argv, cwd, session, model_requested_approval: requested }
     }
 
     #[test]
@@ -301,11 +264,7 @@ mod tests {
             (ApprovalMode::Untrusted, &ls, true, Gate::Ask),
         ];
         for (mode, a, requested, want) in table {
-            assert_eq!(
-                gate(mode, &call(a, ".", "s1", requested), &none),
-                want,
-                "{mode:?} {a:?} {requested}"
-            );
+            assert_eq!(gate(mode, &call(a, ".", "s1", requested), &none), want, "{mode:?} {a:?} {requested}");
         }
     }
 
@@ -313,11 +272,7 @@ mod tests {
     fn decisions_map_to_outcomes() {
         let a = argv("make test");
         let c = call(&a, "src", "s1", true);
-        let key = ApprovalKey {
-            argv: a.clone(),
-            cwd: "src".into(),
-            session: "s1".into(),
-        };
+        let key = ApprovalKey { argv: a.clone(), cwd: "src".into(), session: "s1".into() };
         let table = [
             (Decision::Yes, Resolution::Run),
             (Decision::No, Resolution::Deny { stop_turn: true }),
@@ -328,28 +283,17 @@ mod tests {
         for (decision, want) in table {
             assert_eq!(resolve(decision, &c), want, "{decision:?}");
         }
-        let names: Vec<Decision> =
-            serde_json::from_str(r#"["YES","NO","NO_CONTINUE","ALWAYS","EXPLAIN"]"#).unwrap();
+        let names: Vec<Decision> = serde_json::from_str(r#"["YES","NO","NO_CONTINUE","ALWAYS","EXPLAIN"]"#).unwrap();
         assert_eq!(names.len(), 5);
-        let modes: Vec<ApprovalMode> =
-            serde_json::from_str(r#"["never","on-request","untrusted"]"#).unwrap();
-        assert_eq!(
-            modes,
-            [
-                ApprovalMode::Never,
-                ApprovalMode::OnRequest,
-                ApprovalMode::Untrusted
-            ]
-        );
+        let modes: Vec<ApprovalMode> = serde_json::from_str(r#"["never","on-request","untrusted"]"#).unwrap();
+        assert_eq!(modes, [ApprovalMode::Never, ApprovalMode::OnRequest, ApprovalMode::Untrusted]);
     }
 
     #[test]
     fn always_binds_to_exact_argv_cwd_and_session_and_wrappers_do_not_inherit() {
         let approved = argv("git push origin main");
         let mut approvals = SessionApprovals::default();
-        let Resolution::RunAndRemember(key) =
-            resolve(Decision::Always, &call(&approved, ".", "s1", true))
-        else {
+        let Resolution::RunAndRemember(key) = resolve(Decision::Always, &call(&approved, ".", "s1", true)) else {
             panic!("ALWAYS must remember")
         };
         assert!(approvals.remember(key));
@@ -367,26 +311,14 @@ mod tests {
             "/usr/bin/git push origin main",
             "xargs git push origin main",
         ];
-        let expected_run = [
-            true, false, false, false, false, false, false, false, false, false,
-        ];
+        let expected_run = [true, false, false, false, false, false, false, false, false, false];
         for (line, want) in variants.iter().zip(expected_run) {
             let a = argv(line);
-            let got = gate(
-                ApprovalMode::Untrusted,
-                &call(&a, ".", "s1", true),
-                &approvals,
-            ) == Gate::Run;
+            let got = gate(ApprovalMode::Untrusted, &call(&a, ".", "s1", true), &approvals) == Gate::Run;
             assert_eq!(got, want, "{line}");
         }
-        assert_eq!(
-            gate(ApprovalMode::Untrusted, &other_cwd, &approvals),
-            Gate::Ask
-        );
-        assert_eq!(
-            gate(ApprovalMode::Untrusted, &other_session, &approvals),
-            Gate::Ask
-        );
+        assert_eq!(gate(ApprovalMode::Untrusted, &other_cwd, &approvals), Gate::Ask);
+        assert_eq!(gate(ApprovalMode::Untrusted, &other_session, &approvals), Gate::Ask);
     }
 
     #[test]
@@ -399,17 +331,9 @@ mod tests {
                 session: "s".into()
             }));
         }
-        let extra = ApprovalKey {
-            argv: vec!["x".into()],
-            cwd: ".".into(),
-            session: "s".into(),
-        };
+        let extra = ApprovalKey { argv: vec!["x".into()], cwd: ".".into(), session: "s".into() };
         assert!(!approvals.remember(extra));
-        assert!(approvals.remember(ApprovalKey {
-            argv: vec!["0".into()],
-            cwd: ".".into(),
-            session: "s".into()
-        }));
+        assert!(approvals.remember(ApprovalKey { argv: vec!["0".into()], cwd: ".".into(), session: "s".into() }));
     }
 
     #[test]

@@ -65,10 +65,7 @@ impl ResourceLimits {
         };
         match profile {
             // Nothing in the workspace can grow, so files are bounded by /tmp.
-            SandboxProfile::ReadOnly => ResourceLimits {
-                file_size_bytes: 256 * MIB,
-                ..base
-            },
+            SandboxProfile::ReadOnly => ResourceLimits { file_size_bytes: 256 * MIB, ..base },
             SandboxProfile::WorkspaceWrite | SandboxProfile::WorkspaceWriteNetwork => base,
         }
     }
@@ -76,17 +73,9 @@ impl ResourceLimits {
     fn check(&self) -> Result<(), SandboxConfigError> {
         let fields = [
             ("cpu_seconds", self.cpu_seconds, HARD_CAPS.cpu_seconds),
-            (
-                "address_space_bytes",
-                self.address_space_bytes,
-                HARD_CAPS.address_space_bytes,
-            ),
+            ("address_space_bytes", self.address_space_bytes, HARD_CAPS.address_space_bytes),
             ("open_files", self.open_files, HARD_CAPS.open_files),
-            (
-                "file_size_bytes",
-                self.file_size_bytes,
-                HARD_CAPS.file_size_bytes,
-            ),
+            ("file_size_bytes", self.file_size_bytes, HARD_CAPS.file_size_bytes),
             ("processes", self.processes, HARD_CAPS.processes),
             ("wall_clock_ms", self.wall_clock_ms, HARD_CAPS.wall_clock_ms),
             ("tmp_bytes", self.tmp_bytes, HARD_CAPS.tmp_bytes),
@@ -189,12 +178,7 @@ pub enum SandboxConfigError {
 /// Checks that a protected path is a plain relative path inside the workspace: non-empty,
 /// not absolute, no `.`/`..`/empty components, no NUL, at most 16 components and 1024 bytes.
 pub fn check_protected_path(path: &str) -> Result<(), SandboxConfigError> {
-    let refuse = |reason| {
-        Err(SandboxConfigError::BadProtectedPath {
-            path: path.to_owned(),
-            reason,
-        })
-    };
+    let refuse = |reason| Err(SandboxConfigError::BadProtectedPath { path: path.to_owned(), reason });
     if path.is_empty() {
         return refuse("empty");
     }
@@ -207,10 +191,7 @@ pub fn check_protected_path(path: &str) -> Result<(), SandboxConfigError> {
     if path.contains('\0') {
         return refuse("contains NUL");
     }
-    if path
-        .split('/')
-        .any(|c| c.is_empty() || c == "." || c == "..")
-    {
+    if path.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
         return refuse("empty, `.` or `..` component");
     }
     Ok(())
@@ -239,10 +220,7 @@ impl SandboxConfig {
 
     /// The rules of a profile under this configuration.
     pub fn rules(&self, profile: SandboxProfile) -> SandboxRules {
-        let mut protected_paths: Vec<String> = DEFAULT_PROTECTED_PATHS
-            .iter()
-            .map(|p| p.to_string())
-            .collect();
+        let mut protected_paths: Vec<String> = DEFAULT_PROTECTED_PATHS.iter().map(|p| p.to_string()).collect();
         for extra in &self.protected_paths {
             if !protected_paths.contains(extra) {
                 protected_paths.push(extra.clone());
@@ -253,11 +231,7 @@ impl SandboxConfig {
             workspace_writable: profile != SandboxProfile::ReadOnly,
             network: profile == SandboxProfile::WorkspaceWriteNetwork,
             protected_paths,
-            limits: self
-                .limits
-                .get(&profile)
-                .copied()
-                .unwrap_or(ResourceLimits::defaults(profile)),
+            limits: self.limits.get(&profile).copied().unwrap_or(ResourceLimits::defaults(profile)),
         }
     }
 }
@@ -293,38 +267,19 @@ mod tests {
             ("carol", Some("web"), ReadOnly),
         ];
         for (tenant, project, want) in table {
-            assert_eq!(
-                cfg.profile_for(tenant, project),
-                want,
-                "{tenant}/{project:?}"
-            );
+            assert_eq!(cfg.profile_for(tenant, project), want, "{tenant}/{project:?}");
         }
-        assert_eq!(
-            SandboxConfig::default().profile_for("anyone", None),
-            WorkspaceWrite
-        );
+        assert_eq!(SandboxConfig::default().profile_for("anyone", None), WorkspaceWrite);
     }
 
     #[test]
     fn each_profile_grants_exactly_what_its_name_says() {
         let cfg = SandboxConfig::default();
-        let table = [
-            (ReadOnly, false, false),
-            (WorkspaceWrite, true, false),
-            (WorkspaceWriteNetwork, true, true),
-        ];
+        let table = [(ReadOnly, false, false), (WorkspaceWrite, true, false), (WorkspaceWriteNetwork, true, true)];
         for (profile, writable, network) in table {
             let rules = cfg.rules(profile);
-            assert_eq!(
-                (rules.workspace_writable, rules.network),
-                (writable, network),
-                "{profile}"
-            );
-            assert_eq!(
-                rules.protected_paths,
-                [".git/hooks", ".git/config"],
-                "{profile}"
-            );
+            assert_eq!((rules.workspace_writable, rules.network), (writable, network), "{profile}");
+            assert_eq!(rules.protected_paths, [".git/hooks", ".git/config"], "{profile}");
             assert_eq!(rules.limits, ResourceLimits::defaults(profile));
             rules.limits.check().unwrap();
         }
@@ -332,10 +287,8 @@ mod tests {
 
     #[test]
     fn extra_protected_paths_add_to_the_defaults_which_cannot_be_removed() {
-        let cfg: SandboxConfig = serde_json::from_value(
-            json!({"protected_paths": [".envrc", ".git/hooks", ".vscode/tasks.json"]}),
-        )
-        .unwrap();
+        let cfg: SandboxConfig =
+            serde_json::from_value(json!({"protected_paths": [".envrc", ".git/hooks", ".vscode/tasks.json"]})).unwrap();
         cfg.validate().unwrap();
         assert_eq!(
             cfg.rules(WorkspaceWrite).protected_paths,
@@ -368,52 +321,27 @@ mod tests {
     fn limits_are_per_profile_and_refused_outside_their_caps() {
         let mut limits = ResourceLimits::defaults(WorkspaceWrite);
         limits.processes = 64;
-        let cfg = SandboxConfig {
-            limits: BTreeMap::from([(ReadOnly, limits)]),
-            ..Default::default()
-        };
+        let cfg = SandboxConfig { limits: BTreeMap::from([(ReadOnly, limits)]), ..Default::default() };
         cfg.validate().unwrap();
         assert_eq!(cfg.rules(ReadOnly).limits.processes, 64);
         assert_eq!(cfg.rules(WorkspaceWrite).limits.processes, 512);
 
         let bad = [
-            ResourceLimits {
-                cpu_seconds: 0,
-                ..limits
-            },
-            ResourceLimits {
-                processes: 5000,
-                ..limits
-            },
-            ResourceLimits {
-                wall_clock_ms: HARD_CAPS.wall_clock_ms + 1,
-                ..limits
-            },
-            ResourceLimits {
-                open_files: 3,
-                ..limits
-            },
+            ResourceLimits { cpu_seconds: 0, ..limits },
+            ResourceLimits { processes: 5000, ..limits },
+            ResourceLimits { wall_clock_ms: HARD_CAPS.wall_clock_ms + 1, ..limits },
+            ResourceLimits { open_files: 3, ..limits },
         ];
         for l in bad {
-            let cfg = SandboxConfig {
-                limits: BTreeMap::from([(WorkspaceWrite, l)]),
-                ..Default::default()
-            };
+            let cfg = SandboxConfig { limits: BTreeMap::from([(WorkspaceWrite, l)]), ..Default::default() };
             assert!(cfg.validate().is_err(), "{l:?}");
         }
     }
 
     #[test]
     fn unknown_keys_and_profiles_are_refused() {
-        assert!(
-            serde_json::from_value::<SandboxConfig>(
-                json!({"default_profile": "danger-full-access"})
-            )
-            .is_err()
-        );
+        assert!(serde_json::from_value::<SandboxConfig>(json!({"default_profile": "danger-full-access"})).is_err());
         assert!(serde_json::from_value::<SandboxConfig>(json!({"network": true})).is_err());
-        assert!(
-            serde_json::from_value::<SandboxConfig>(json!({"tenants": {"a": {"uid": 5}}})).is_err()
-        );
+        assert!(serde_json::from_value::<SandboxConfig>(json!({"tenants": {"a": {"uid": 5}}})).is_err());
     }
 }

@@ -32,9 +32,7 @@ pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
 pub const MAX_STREAM_BYTES: usize = 1024 * 1024;
 
 /// A sandbox profile as named on the wire and in configuration.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum SandboxProfile {
     /// The workspace and system paths are read-only; no network.
     #[serde(rename = "read-only")]
@@ -50,11 +48,8 @@ pub enum SandboxProfile {
 
 impl SandboxProfile {
     /// Every profile, for tables and tests.
-    pub const ALL: [SandboxProfile; 3] = [
-        SandboxProfile::ReadOnly,
-        SandboxProfile::WorkspaceWrite,
-        SandboxProfile::WorkspaceWriteNetwork,
-    ];
+    pub const ALL: [SandboxProfile; 3] =
+        [SandboxProfile::ReadOnly, SandboxProfile::WorkspaceWrite, SandboxProfile::WorkspaceWriteNetwork];
 
     /// The configuration / wire name.
     pub fn as_str(self) -> &'static str {
@@ -74,18 +69,13 @@ impl fmt::Display for SandboxProfile {
 
 /// An unknown profile name.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "unknown sandbox profile `{0}` (expected read-only, workspace-write or workspace-write+network)"
-)]
+#[error("unknown sandbox profile `{0}` (expected read-only, workspace-write or workspace-write+network)")]
 pub struct UnknownProfile(pub String);
 
 impl FromStr for SandboxProfile {
     type Err = UnknownProfile;
     fn from_str(s: &str) -> Result<Self, UnknownProfile> {
-        SandboxProfile::ALL
-            .into_iter()
-            .find(|p| p.as_str() == s)
-            .ok_or_else(|| UnknownProfile(s.to_owned()))
+        SandboxProfile::ALL.into_iter().find(|p| p.as_str() == s).ok_or_else(|| UnknownProfile(s.to_owned()))
     }
 }
 
@@ -107,13 +97,8 @@ pub enum ToolName {
 
 impl ToolName {
     /// Every tool, in the order schemas are published.
-    pub const ALL: [ToolName; 5] = [
-        ToolName::FileRead,
-        ToolName::FileWrite,
-        ToolName::FileList,
-        ToolName::SearchCode,
-        ToolName::ShellExec,
-    ];
+    pub const ALL: [ToolName; 5] =
+        [ToolName::FileRead, ToolName::FileWrite, ToolName::FileList, ToolName::SearchCode, ToolName::ShellExec];
 
     /// The tool's wire name.
     pub fn as_str(self) -> &'static str {
@@ -188,10 +173,7 @@ pub enum ToolOutcome {
 impl ToolOutcome {
     /// A failure with a message.
     pub fn failed(code: FailureCode, message: impl Into<String>) -> Self {
-        ToolOutcome::Failed {
-            code,
-            message: message.into(),
-        }
+        ToolOutcome::Failed { code, message: message.into() }
     }
 }
 
@@ -469,32 +451,19 @@ pub fn tool_schemas() -> Vec<ToolSchema> {
 /// One tool's description and argument schema.
 pub fn tool_schema(tool: ToolName) -> ToolSchema {
     let (description, schema) = match tool {
-        ToolName::FileRead => (
-            "Read a text file of the workspace.",
-            schemars::schema_for!(FileReadArgs),
-        ),
-        ToolName::FileWrite => (
-            "Write or append text to a file of the workspace.",
-            schemars::schema_for!(FileWriteArgs),
-        ),
-        ToolName::FileList => (
-            "List a directory of the workspace.",
-            schemars::schema_for!(FileListArgs),
-        ),
-        ToolName::SearchCode => (
-            "Search file contents of the workspace with a regular expression.",
-            schemars::schema_for!(SearchCodeArgs),
-        ),
-        ToolName::ShellExec => (
-            "Run a shell command (bash -lc) in the workspace.",
-            schemars::schema_for!(ShellExecArgs),
-        ),
+        ToolName::FileRead => ("Read a text file of the workspace.", schemars::schema_for!(FileReadArgs)),
+        ToolName::FileWrite => {
+            ("Write or append text to a file of the workspace.", schemars::schema_for!(FileWriteArgs))
+        }
+        ToolName::FileList => ("List a directory of the workspace.", schemars::schema_for!(FileListArgs)),
+        ToolName::SearchCode => {
+            ("Search file contents of the workspace with a regular expression.", schemars::schema_for!(SearchCodeArgs))
+        }
+        ToolName::ShellExec => {
+            ("Run a shell command (bash -lc) in the workspace.", schemars::schema_for!(ShellExecArgs))
+        }
     };
-    ToolSchema {
-        name: tool.as_str(),
-        description,
-        parameters: schema.to_value(),
-    }
+    ToolSchema { name: tool.as_str(), description, parameters: schema.to_value() }
 }
 
 #[cfg(test)]
@@ -521,16 +490,7 @@ mod tests {
     #[test]
     fn tool_names_are_the_spec_names() {
         let names: Vec<_> = ToolName::ALL.iter().map(|t| t.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "file_read",
-                "file_write",
-                "file_list",
-                "search_code",
-                "shell_exec"
-            ]
-        );
+        assert_eq!(names, ["file_read", "file_write", "file_list", "search_code", "shell_exec"]);
         for t in ToolName::ALL {
             assert_eq!(ToolName::parse(t.as_str()), Some(t));
             assert_eq!(serde_json::to_value(t).unwrap(), json!(t.as_str()));
@@ -548,25 +508,14 @@ mod tests {
             serde_json::to_value(&done).unwrap(),
             json!({"type":"result","request_id":"r9","status":"failed","code":"timeout","message":"command timed out"})
         );
-        let out = SupervisorReply::Output {
-            request_id: "r9".into(),
-            stream: OutputStream::Stderr,
-            data: "x".into(),
-        };
+        let out = SupervisorReply::Output { request_id: "r9".into(), stream: OutputStream::Stderr, data: "x".into() };
         assert_eq!(
             serde_json::to_value(&out).unwrap(),
             json!({"type":"output","request_id":"r9","stream":"stderr","data":"x"})
         );
-        let ok = WorkerEvent::Done {
-            outcome: ToolOutcome::Ok {
-                payload: json!({"exit_code":0}),
-            },
-        };
+        let ok = WorkerEvent::Done { outcome: ToolOutcome::Ok { payload: json!({"exit_code":0}) } };
         let text = serde_json::to_string(&ok).unwrap();
-        assert_eq!(
-            text,
-            r#"{"type":"done","status":"ok","payload":{"exit_code":0}}"#
-        );
+        assert_eq!(text, r#"{"type":"done","status":"ok","payload":{"exit_code":0}}"#);
         assert_eq!(serde_json::from_str::<WorkerEvent>(&text).unwrap(), ok);
     }
 
@@ -577,8 +526,7 @@ mod tests {
         let required = |name: &str| -> Vec<String> {
             let s = schemas.iter().find(|s| s.name == name).unwrap();
             assert_eq!(s.parameters["type"], "object", "{name}");
-            serde_json::from_value(s.parameters.get("required").cloned().unwrap_or(json!([])))
-                .unwrap()
+            serde_json::from_value(s.parameters.get("required").cloned().unwrap_or(json!([]))).unwrap()
         };
         assert_eq!(required("file_read"), ["path"]);
         assert_eq!(required("file_write"), ["path", "content"]);

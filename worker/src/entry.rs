@@ -36,9 +36,7 @@ pub fn run(plan: &ConfinementPlan) -> ! {
     if let Err(e) = confine(plan) {
         let message = format!("worker not started, sandbox unavailable: {e}");
         eprintln!("spiderweb-worker: {message}");
-        send(&WorkerEvent::Done {
-            outcome: ToolOutcome::failed(FailureCode::SandboxUnavailable, message),
-        });
+        send(&WorkerEvent::Done { outcome: ToolOutcome::failed(FailureCode::SandboxUnavailable, message) });
         std::process::exit(EXIT_UNCONFINED);
     }
     let workspace: OwnedFd = match std::fs::File::open(SANDBOX_WORKSPACE).and_then(|f| {
@@ -46,31 +44,18 @@ pub fn run(plan: &ConfinementPlan) -> ! {
         Ok(f)
     }) {
         Ok(f) => f.into(),
-        Err(e) => done(ToolOutcome::failed(
-            FailureCode::ExecutionFailed,
-            format!("workspace unavailable: {e}"),
-        )),
+        Err(e) => done(ToolOutcome::failed(FailureCode::ExecutionFailed, format!("workspace unavailable: {e}"))),
     };
     send(&WorkerEvent::Confined);
     let task: WorkerTask = match read_frame(&mut io::stdin().lock(), MAX_FRAME_BYTES) {
         Ok(Some(Ok(task))) => task,
-        Ok(Some(Err(malformed))) => done(ToolOutcome::failed(
-            FailureCode::InvalidParams,
-            malformed.to_string(),
-        )),
+        Ok(Some(Err(malformed))) => done(ToolOutcome::failed(FailureCode::InvalidParams, malformed.to_string())),
         Ok(None) | Err(_) => std::process::exit(0),
     };
     let mut emit = |stream, bytes: &[u8]| {
-        send(&WorkerEvent::Output {
-            stream,
-            data: String::from_utf8_lossy(bytes).into_owned(),
-        });
+        send(&WorkerEvent::Output { stream, data: String::from_utf8_lossy(bytes).into_owned() });
     };
-    let mut ctx = ToolContext {
-        workspace: &workspace,
-        search_backend: plan.search_backend,
-        emit: &mut emit,
-    };
+    let mut ctx = ToolContext { workspace: &workspace, search_backend: plan.search_backend, emit: &mut emit };
     let outcome = tools::dispatch(&task.tool, task.args, &mut ctx);
     done(outcome)
 }

@@ -73,11 +73,7 @@ pub fn check_tenants(range: &IdRange, tenants: &BTreeMap<String, Ids>) -> Result
     let mut seen: BTreeMap<u32, &str> = BTreeMap::new();
     for (tenant, ids) in tenants {
         if ids.uid == 0 || ids.gid == 0 || !range.contains(ids.uid) || !range.contains(ids.gid) {
-            return Err(IdError::OutOfRange {
-                tenant: tenant.clone(),
-                uid: ids.uid,
-                gid: ids.gid,
-            });
+            return Err(IdError::OutOfRange { tenant: tenant.clone(), uid: ids.uid, gid: ids.gid });
         }
         if let Some(other) = seen.insert(ids.uid, tenant) {
             return Err(IdError::Shared(other.to_owned(), tenant.clone()));
@@ -88,22 +84,13 @@ pub fn check_tenants(range: &IdRange, tenants: &BTreeMap<String, Ids>) -> Result
 
 /// The workspace must belong to the uid the tool runs as.
 pub fn check_workspace_owner(path: &str, ids: Ids) -> Result<(), IdError> {
-    let meta = std::fs::metadata(path).map_err(|e| IdError::Workspace {
-        path: path.to_owned(),
-        message: e.to_string(),
-    })?;
+    let meta =
+        std::fs::metadata(path).map_err(|e| IdError::Workspace { path: path.to_owned(), message: e.to_string() })?;
     if !meta.is_dir() {
-        return Err(IdError::Workspace {
-            path: path.to_owned(),
-            message: "not a directory".into(),
-        });
+        return Err(IdError::Workspace { path: path.to_owned(), message: "not a directory".into() });
     }
     if meta.uid() != ids.uid {
-        return Err(IdError::WrongOwner {
-            path: path.to_owned(),
-            owner: meta.uid(),
-            uid: ids.uid,
-        });
+        return Err(IdError::WrongOwner { path: path.to_owned(), owner: meta.uid(), uid: ids.uid });
     }
     Ok(())
 }
@@ -114,37 +101,21 @@ mod tests {
 
     #[test]
     fn tenant_ids_must_be_unique_nonzero_and_in_range() {
-        let range = IdRange {
-            start: 100_000,
-            count: 100,
-        };
+        let range = IdRange { start: 100_000, count: 100 };
         let ids = |uid, gid| Ids { uid, gid };
-        let ok = BTreeMap::from([
-            ("a".to_string(), ids(100_000, 100_000)),
-            ("b".to_string(), ids(100_099, 100_001)),
-        ]);
+        let ok = BTreeMap::from([("a".to_string(), ids(100_000, 100_000)), ("b".to_string(), ids(100_099, 100_001))]);
         check_tenants(&range, &ok).unwrap();
         let table = [
             BTreeMap::from([("a".to_string(), ids(100_100, 100_000))]),
             BTreeMap::from([("a".to_string(), ids(99_999, 100_000))]),
             BTreeMap::from([("a".to_string(), ids(100_000, 5))]),
-            BTreeMap::from([
-                ("a".to_string(), ids(100_001, 100_001)),
-                ("b".to_string(), ids(100_001, 100_002)),
-            ]),
+            BTreeMap::from([("a".to_string(), ids(100_001, 100_001)), ("b".to_string(), ids(100_001, 100_002))]),
         ];
         for tenants in table {
             assert!(check_tenants(&range, &tenants).is_err(), "{tenants:?}");
         }
         assert!(
-            check_tenants(
-                &IdRange {
-                    start: 0,
-                    count: 10
-                },
-                &BTreeMap::from([("r".to_string(), ids(0, 0))])
-            )
-            .is_err()
+            check_tenants(&IdRange { start: 0, count: 10 }, &BTreeMap::from([("r".to_string(), ids(0, 0))])).is_err()
         );
     }
 }

@@ -13,16 +13,18 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use spiderweb_proto::frame::{JsonFrames, write_frame};
-use spiderweb_proto::worker::{
-    FailureCode, MAX_FRAME_BYTES, OutputStream, ToolOutcome, WorkerEvent, WorkerTask,
-};
+use spiderweb_proto::worker::{FailureCode, MAX_FRAME_BYTES, OutputStream, ToolOutcome, WorkerEvent, WorkerTask};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 use tokio_util::codec::FramedRead;
 
 use crate::plan::ConfinementPlan;
 
+/// How long a worker may take to exit after its result before it is killed.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
 /// Bytes of the worker's stderr kept for an error message.
 const STDERR_KEEP: u64 = 16 * 1024;
 
@@ -49,34 +51,33 @@ pub async fn run_task(
     {
         Ok(child) => child,
         Err(e) => {
-            return ToolOutcome::failed(
-                FailureCode::SandboxUnavailable,
-                format!("cannot start worker: {e}"),
-            );
+            return ToolOutcome::failed(FailureCode::SandboxUnavailable, format!("cannot start worker: {e}"));
         }
     };
     let wall_clock = Duration::from_millis(plan.limits.wall_clock_ms);
-    let outcome =
-        match tokio::time::timeout(wall_clock, drive(&mut child, task, &mut on_output)).await {
-            Ok(outcome) => outcome,
-            Err(_) => ToolOutcome::failed(
+    let outcome = match tokio::time::timeout(wall_clock, drive(&mut child, task, &mut on_output)).await {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            // The relay kills PID 1 (and with it the namespace), reaps it, and exits.
+            if let Some(pid) = child.id() {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+            }
+            ToolOutcome::failed(
                 FailureCode::Timeout,
-                format!(
-                    "worker exceeded its wall-clock limit of {} ms and was killed",
-                    plan.limits.wall_clock_ms
-                ),
-            ),
-        };
-    let _ = child.start_kill();
-    let _ = child.wait().await;
+                format!("worker exceeded its wall-clock limit of {} ms and was killed", plan.limits.wall_clock_ms),
+            )
+        }
+    };
+    // After its result the worker exits by itself and its relay reaps it; kill only a worker
+    // that lingers (or already failed), so every process is reaped by its own parent.
+    if tokio::time::timeout(EXIT_GRACE, child.wait()).await.is_err() {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
     outcome
 }
 
-async fn drive(
-    child: &mut Child,
-    task: &WorkerTask,
-    on_output: &mut impl FnMut(OutputStream, String),
-) -> ToolOutcome {
+async fn drive(child: &mut Child, task: &WorkerTask, on_output: &mut impl FnMut(OutputStream, String)) -> ToolOutcome {
     let (Some(stdout), Some(stdin)) = (child.stdout.take(), child.stdin.take()) else {
         return ToolOutcome::failed(FailureCode::SandboxUnavailable, "worker pipes missing");
     };
@@ -98,9 +99,7 @@ async fn drive(
                     return exited(child, "the worker closed its input").await;
                 }
             }
-            Some(Ok(Ok(WorkerEvent::Output { stream, data }))) if confined => {
-                on_output(stream, data)
-            }
+            Some(Ok(Ok(WorkerEvent::Output { stream, data }))) if confined => on_output(stream, data),
             Some(Ok(Ok(WorkerEvent::Done { outcome }))) => return outcome,
             Some(Ok(Ok(_))) => return exited(child, "the worker broke the protocol").await,
             Some(Ok(Err(malformed))) => {
@@ -119,10 +118,6 @@ async fn exited(child: &mut Child, what: &str) -> ToolOutcome {
         let _ = err.take(STDERR_KEEP).read_to_string(&mut stderr).await;
     }
     let detail = stderr.trim();
-    let message = if detail.is_empty() {
-        what.to_owned()
-    } else {
-        format!("{what}: {detail}")
-    };
+    let message = if detail.is_empty() { what.to_owned() } else { format!("{what}: {detail}") };
     ToolOutcome::failed(FailureCode::ExecutionFailed, message)
 }

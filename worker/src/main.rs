@@ -6,20 +6,14 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use spiderweb_policy::sandbox::SandboxConfig;
-use spiderweb_proto::worker::{
-    OutputStream, SandboxProfile, ToolOutcome, WorkerTask, tool_schemas,
-};
+use spiderweb_proto::worker::{OutputStream, SandboxProfile, ToolOutcome, WorkerTask, tool_schemas};
 use spiderweb_worker::entry;
 use spiderweb_worker::launch::run_task;
 use spiderweb_worker::plan::{ConfinementPlan, Ids, SearchBackend};
 use spiderweb_worker::supervise::{config::SupervisorConfig, server};
 
 #[derive(Parser)]
-#[command(
-    name = "spiderweb-worker",
-    version,
-    about = "spiderweb tool-worker supervisor and confined workers"
-)]
+#[command(name = "spiderweb-worker", version, about = "spiderweb tool-worker supervisor and confined workers")]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -86,23 +80,19 @@ fn main() -> std::process::ExitCode {
             }
         },
         Cmd::Schemas => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&tool_schemas()).expect("schemas serialise")
-            );
+            println!("{}", serde_json::to_string_pretty(&tool_schemas()).expect("schemas serialise"));
             std::process::ExitCode::SUCCESS
         }
         Cmd::Supervise { config } => {
             tracing_subscriber::fmt()
                 .with_writer(std::io::stderr)
                 .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_env("SPIDERWEB_LOG")
-                        .unwrap_or_else(|_| "info".into()),
+                    tracing_subscriber::EnvFilter::try_from_env("SPIDERWEB_LOG").unwrap_or_else(|_| "info".into()),
                 )
                 .init();
             let root = nix::unistd::geteuid().is_root();
-            let result = SupervisorConfig::load(&config, root)
-                .and_then(|config| runtime()?.block_on(server::serve(config)));
+            let result =
+                SupervisorConfig::load(&config, root).and_then(|config| runtime()?.block_on(server::serve(config)));
             match result {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {
@@ -123,21 +113,10 @@ fn main() -> std::process::ExitCode {
             tool,
             args,
         } => {
-            let options = RunOptions {
-                profile,
-                uid,
-                gid,
-                search_backend,
-                sandbox_config,
-                wall_clock_ms,
-                stream,
-            };
+            let options = RunOptions { profile, uid, gid, search_backend, sandbox_config, wall_clock_ms, stream };
             match run_one(workspace, options, tool, &args) {
                 Ok(outcome) => {
-                    println!(
-                        "{}",
-                        serde_json::to_string(&outcome).expect("outcome serialises")
-                    );
+                    println!("{}", serde_json::to_string(&outcome).expect("outcome serialises"));
                     match outcome {
                         ToolOutcome::Ok { .. } => std::process::ExitCode::SUCCESS,
                         ToolOutcome::Failed { .. } => std::process::ExitCode::FAILURE,
@@ -153,9 +132,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
 struct RunOptions {
@@ -170,21 +147,14 @@ struct RunOptions {
 
 fn run_one(workspace: PathBuf, options: RunOptions, tool: String, args: &str) -> anyhow::Result<ToolOutcome> {
     let RunOptions { profile, uid, gid, search_backend, sandbox_config, wall_clock_ms, stream } = options;
-    let workspace = workspace
-        .canonicalize()
-        .map_err(|e| anyhow::anyhow!("workspace {}: {e}", workspace.display()))?;
+    let workspace = workspace.canonicalize().map_err(|e| anyhow::anyhow!("workspace {}: {e}", workspace.display()))?;
     let args: serde_json::Value =
         serde_json::from_str(args).map_err(|e| anyhow::anyhow!("arguments are not JSON: {e}"))?;
     let ids = if nix::unistd::geteuid().is_root() {
         let meta = std::fs::metadata(&workspace)?;
-        let ids = Ids {
-            uid: uid.unwrap_or(meta.uid()),
-            gid: gid.unwrap_or(meta.gid()),
-        };
+        let ids = Ids { uid: uid.unwrap_or(meta.uid()), gid: gid.unwrap_or(meta.gid()) };
         if ids.uid == 0 || ids.gid == 0 {
-            anyhow::bail!(
-                "running as root: pass --uid/--gid, or chown the workspace to an unprivileged user"
-            );
+            anyhow::bail!("running as root: pass --uid/--gid, or chown the workspace to an unprivileged user");
         }
         Some(ids)
     } else if uid.is_some() || gid.is_some() {
@@ -209,16 +179,10 @@ fn run_one(workspace: PathBuf, options: RunOptions, tool: String, args: &str) ->
     let plan = ConfinementPlan::new(workspace.display().to_string(), rules, ids, search_backend);
     let exe = std::env::current_exe()?;
     let task = WorkerTask { tool, args };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     Ok(runtime.block_on(run_task(&exe, &plan, &task, |s, data| {
         if stream {
-            let tag = if s == OutputStream::Stdout {
-                "stdout"
-            } else {
-                "stderr"
-            };
+            let tag = if s == OutputStream::Stdout { "stdout" } else { "stderr" };
             eprint!("[{tag}] {data}");
         }
     })))

@@ -58,12 +58,7 @@ pub struct ConfinementPlan {
 
 impl ConfinementPlan {
     /// A plan from policy rules.
-    pub fn new(
-        workspace: String,
-        rules: SandboxRules,
-        ids: Option<Ids>,
-        search_backend: SearchBackend,
-    ) -> Self {
+    pub fn new(workspace: String, rules: SandboxRules, ids: Option<Ids>, search_backend: SearchBackend) -> Self {
         ConfinementPlan {
             workspace,
             profile: rules.profile,

@@ -45,12 +45,24 @@ fn file_write_creates_parents_appends_and_respects_profiles() {
         *r.ok(),
         json!({"path":"d/e/f.txt","bytes_written":4,"append":false,"ready":true,"wait_until_ready":true})
     );
-    run_tool(&w, "workspace-write", "file_write", json!({"path": "d/e/f.txt", "content": "two\n", "append": true}), &[])
-        .ok();
+    run_tool(
+        &w,
+        "workspace-write",
+        "file_write",
+        json!({"path": "d/e/f.txt", "content": "two\n", "append": true}),
+        &[],
+    )
+    .ok();
     assert_eq!(w.read("d/e/f.txt").unwrap(), "one\ntwo\n");
     use std::os::unix::fs::MetadataExt;
     assert_eq!(std::fs::metadata(w.join("d/e/f.txt")).unwrap().uid(), w.uid, "files belong to the tenant uid");
-    let r = run_tool(&w, "workspace-write", "file_write", json!({"path": "x/y", "content": "", "create_parents": false}), &[]);
+    let r = run_tool(
+        &w,
+        "workspace-write",
+        "file_write",
+        json!({"path": "x/y", "content": "", "create_parents": false}),
+        &[],
+    );
     r.failed("execution_failed");
     run_tool(&w, "workspace-write", "file_write", json!({"path": "a"}), &[]).failed("invalid_params");
     run_tool(&w, "read-only", "file_write", json!({"path": "ro.txt", "content": "x"}), &[]).failed("permission_denied");
@@ -121,7 +133,10 @@ fn search_code_ripgrep_and_builtin_give_identical_results() {
     let all = search(&w, "builtin", json!({"query": "needle"}));
     let matches: Vec<&str> = all["matches"].as_array().unwrap().iter().map(|m| m.as_str().unwrap()).collect();
     assert!(matches.contains(&"./src/main.rs:2:    println!(\"Needle one\");"), "{matches:?}");
-    assert!(matches.iter().all(|m| !m.contains("hidden") && !m.contains("ignored")), "hidden/ignored skipped: {matches:?}");
+    assert!(
+        matches.iter().all(|m| !m.contains("hidden") && !m.contains("ignored")),
+        "hidden/ignored skipped: {matches:?}"
+    );
     assert_eq!(all["count"], matches.len());
     let one = search(&w, "builtin", json!({"query": "needle", "path": "notes.txt"}));
     assert_eq!(one["matches"], json!(["notes.txt:2:needle in notes"]));
@@ -154,20 +169,15 @@ fn shell_exec_reports_both_streams_exit_codes_signals_and_timeouts() {
     assert!(out.starts_with("/workspace\n"), "{out}");
     assert!(out.contains("PATH=/usr/local/bin:/usr/bin:/bin"), "{out}");
     assert!(!out.contains("CARGO") && !out.contains("RUST"), "launcher environment leaked: {out}");
-    run_tool(&w, "read-only", "shell_exec", json!({"command": "true", "cwd": "../.."}), &[]).failed("permission_denied");
+    run_tool(&w, "read-only", "shell_exec", json!({"command": "true", "cwd": "../.."}), &[])
+        .failed("permission_denied");
     run_tool(&w, "read-only", "shell_exec", json!({"timeout_ms": 5}), &[]).failed("invalid_params");
 }
 
 #[test]
 fn streamed_output_arrives_before_the_result() {
     let w = ws("streamed");
-    let r = run_tool(
-        &w,
-        "read-only",
-        "shell_exec",
-        json!({"command": "echo first; echo second >&2"}),
-        &["--stream"],
-    );
+    let r = run_tool(&w, "read-only", "shell_exec", json!({"command": "echo first; echo second >&2"}), &["--stream"]);
     r.ok();
     assert!(r.stderr.contains("[stdout] first\n") && r.stderr.contains("[stderr] second\n"), "{}", r.stderr);
 }

@@ -18,8 +18,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use landlock::{
-    ABI, Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd,
-    Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetError, RulesetStatus, Scope,
+    ABI, Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset, RulesetAttr,
+    RulesetCreatedAttr, RulesetError, RulesetStatus, Scope,
 };
 
 use crate::confine::mounts::DEVICES;
@@ -74,10 +74,7 @@ pub enum LandlockError {
 
 /// Restricts this process (and everything it starts) to the sandbox's grant.
 pub fn restrict(plan: &ConfinementPlan) -> Result<(), LandlockError> {
-    let unsupported = |source| LandlockError::Unsupported {
-        abi: REQUIRED_ABI as i32,
-        source,
-    };
+    let unsupported = |source| LandlockError::Unsupported { abi: REQUIRED_ABI as i32, source };
     let all = AccessFs::from_all(REQUIRED_ABI);
     let read = AccessFs::from_read(REQUIRED_ABI);
     let mut ruleset = Ruleset::default()
@@ -87,18 +84,13 @@ pub fn restrict(plan: &ConfinementPlan) -> Result<(), LandlockError> {
         .scope(Scope::from_all(REQUIRED_ABI))
         .map_err(unsupported)?;
     if !plan.network {
-        ruleset = ruleset
-            .handle_access(AccessNet::from_all(REQUIRED_ABI))
-            .map_err(unsupported)?;
+        ruleset = ruleset.handle_access(AccessNet::from_all(REQUIRED_ABI)).map_err(unsupported)?;
     }
     let mut created = ruleset.create().map_err(unsupported)?;
 
     // Listing directory names (not reading files) everywhere keeps `ls /`, `find /` working.
-    let mut grants: Vec<(PathBuf, BitFlags<AccessFs>)> =
-        vec![("/".into(), AccessFs::ReadDir.into())];
-    for dir in [
-        "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/proc",
-    ] {
+    let mut grants: Vec<(PathBuf, BitFlags<AccessFs>)> = vec![("/".into(), AccessFs::ReadDir.into())];
+    for dir in ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/proc"] {
         if Path::new(dir).exists() {
             grants.push((dir.into(), read));
         }
@@ -110,68 +102,40 @@ pub fn restrict(plan: &ConfinementPlan) -> Result<(), LandlockError> {
     }
     grants.push(("/dev".into(), AccessFs::ReadDir.into()));
     grants.push(("/tmp".into(), all));
-    grants.push((
-        SANDBOX_WORKSPACE.into(),
-        if plan.workspace_writable { all } else { read },
-    ));
+    grants.push((SANDBOX_WORKSPACE.into(), if plan.workspace_writable { all } else { read }));
 
     for (path, access) in grants {
-        let fd = PathFd::new(&path).map_err(|e| LandlockError::Rule {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
+        let fd = PathFd::new(&path)
+            .map_err(|e| LandlockError::Rule { path: path.display().to_string(), message: e.to_string() })?;
         // A rule on a file may only carry file rights; the crate rejects the rest.
-        let access = if path.is_dir() {
-            access
-        } else {
-            access & AccessFs::from_file(REQUIRED_ABI)
-        };
+        let access = if path.is_dir() { access } else { access & AccessFs::from_file(REQUIRED_ABI) };
         created = created
             .add_rule(PathBeneath::new(fd, access))
-            .map_err(|e| LandlockError::Rule {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| LandlockError::Rule { path: path.display().to_string(), message: e.to_string() })?;
     }
     // ABI 7: audit-log denials of the tool after it execs. Best effort: logging is
     // observability, not confinement, so an older kernel does not block the worker.
-    let created = created
-        .set_compatibility(CompatLevel::BestEffort)
-        .log_new_exec(true)
-        .map_err(unsupported)?;
+    let created = created.set_compatibility(CompatLevel::BestEffort).log_new_exec(true).map_err(unsupported)?;
     let status = created.restrict_self().map_err(unsupported)?;
     if status.ruleset != RulesetStatus::FullyEnforced {
-        return Err(LandlockError::Partial {
-            status: status.ruleset,
-        });
+        return Err(LandlockError::Partial { status: status.ruleset });
     }
     Ok(())
 }
 
 /// Read grants for `/etc`, one per entry, skipping [`ETC_SECRETS`] and descending into
 /// directories that contain one.
-fn etc_grants(
-    dir: &Path,
-    prefix: &str,
-    read: BitFlags<AccessFs>,
-    out: &mut Vec<(PathBuf, BitFlags<AccessFs>)>,
-) {
+fn etc_grants(dir: &Path, prefix: &str, read: BitFlags<AccessFs>, out: &mut Vec<(PathBuf, BitFlags<AccessFs>)>) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let relative = if prefix.is_empty() {
-            name
-        } else {
-            format!("{prefix}/{name}")
-        };
+        let relative = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
         if ETC_SECRETS.contains(&relative.as_str()) {
             continue;
         }
-        let holds_secret = ETC_SECRETS
-            .iter()
-            .any(|s| s.starts_with(&format!("{relative}/")));
+        let holds_secret = ETC_SECRETS.iter().any(|s| s.starts_with(&format!("{relative}/")));
         if holds_secret && entry.file_type().is_ok_and(|t| t.is_dir()) {
             etc_grants(&entry.path(), &relative, read, out);
         } else {

@@ -58,18 +58,13 @@ pub fn confine(plan: &ConfinementPlan) -> Result<(), ConfineError> {
     let root = nix::unistd::geteuid().is_root();
     match plan.ids {
         Some(ids) if !root => {
-            return Err(ConfineError::Plan(format!(
-                "switching to uid {} needs root",
-                ids.uid
-            )));
+            return Err(ConfineError::Plan(format!("switching to uid {} needs root", ids.uid)));
         }
         Some(ids) if ids.uid == 0 || ids.gid == 0 => {
             return Err(ConfineError::Plan("tools never run as uid or gid 0".into()));
         }
         None if root => {
-            return Err(ConfineError::Plan(
-                "running as root: a tenant uid/gid is required".into(),
-            ));
+            return Err(ConfineError::Plan("running as root: a tenant uid/gid is required".into()));
         }
         _ => {}
     }

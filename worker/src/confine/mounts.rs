@@ -29,9 +29,7 @@ use nix::unistd::{chdir, pivot_root};
 use crate::plan::{ConfinementPlan, SANDBOX_WORKSPACE};
 
 /// System directories bound read-only when present (symlinks are recreated as symlinks).
-const SYSTEM_DIRS: [&str; 8] = [
-    "usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc",
-];
+const SYSTEM_DIRS: [&str; 8] = ["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc"];
 /// Device nodes a shell needs; no others exist in the sandbox.
 pub const DEVICES: [&str; 5] = ["null", "zero", "full", "random", "urandom"];
 /// Where the new root is assembled (a private tmpfs covers it, hiding the host's).
@@ -77,50 +75,28 @@ pub enum MountError {
 }
 
 fn mnt(what: impl Into<String>, target: &Path, errno: Errno) -> MountError {
-    MountError::Mount {
-        what: what.into(),
-        target: target.display().to_string(),
-        errno,
-    }
+    MountError::Mount { what: what.into(), target: target.display().to_string(), errno }
 }
 
 fn prepare(path: &Path, source: std::io::Error) -> MountError {
-    MountError::Prepare {
-        path: path.display().to_string(),
-        source,
-    }
+    MountError::Prepare { path: path.display().to_string(), source }
 }
 
 /// Builds the new root and pivots into it. Afterwards `/` is a read-only tmpfs.
 pub fn build_root(plan: &ConfinementPlan) -> Result<(), MountError> {
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(|e| mnt("private propagation", Path::new("/"), e))?;
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+        .map_err(|e| mnt("private propagation", Path::new("/"), e))?;
     // Held before anything is covered: the workspace may live under the staging directory.
     let workspace = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
         .open(&plan.workspace)
-        .map_err(|source| MountError::Workspace {
-            path: plan.workspace.clone(),
-            source,
-        })?;
+        .map_err(|source| MountError::Workspace { path: plan.workspace.clone(), source })?;
 
     let root = Path::new(STAGING);
     let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    mount(
-        Some("tmpfs"),
-        root,
-        Some("tmpfs"),
-        nosuid_nodev,
-        Some("mode=0755,size=1m"),
-    )
-    .map_err(|e| mnt("tmpfs root", root, e))?;
+    mount(Some("tmpfs"), root, Some("tmpfs"), nosuid_nodev, Some("mode=0755,size=1m"))
+        .map_err(|e| mnt("tmpfs root", root, e))?;
 
     for dir in SYSTEM_DIRS {
         bind_system_dir(root, dir)?;
@@ -130,34 +106,23 @@ pub fn build_root(plan: &ConfinementPlan) -> Result<(), MountError> {
     make_dir(&ws_target, 0o755)?;
     bind(&fd_path(&workspace), &ws_target, !plan.workspace_writable)?;
     drop(workspace);
+    let mut pinned = Vec::new();
     for protected in &plan.protected_paths {
-        protect(&ws_target, protected)?;
+        protect(&ws_target, protected, &mut pinned)?;
     }
 
     let tmp = root.join("tmp");
     make_dir(&tmp, 0o1777)?;
     let tmp_opts = format!("mode=1777,size={}", plan.limits.tmp_bytes);
-    mount(
-        Some("tmpfs"),
-        &tmp,
-        Some("tmpfs"),
-        nosuid_nodev,
-        Some(tmp_opts.as_str()),
-    )
-    .map_err(|e| mnt("tmpfs /tmp", &tmp, e))?;
+    mount(Some("tmpfs"), &tmp, Some("tmpfs"), nosuid_nodev, Some(tmp_opts.as_str()))
+        .map_err(|e| mnt("tmpfs /tmp", &tmp, e))?;
 
     build_dev(root)?;
 
     let proc_dir = root.join("proc");
     make_dir(&proc_dir, 0o555)?;
-    mount(
-        Some("proc"),
-        &proc_dir,
-        Some("proc"),
-        nosuid_nodev | MsFlags::MS_NOEXEC,
-        None::<&str>,
-    )
-    .map_err(|e| mnt("proc", &proc_dir, e))?;
+    mount(Some("proc"), &proc_dir, Some("proc"), nosuid_nodev | MsFlags::MS_NOEXEC, None::<&str>)
+        .map_err(|e| mnt("proc", &proc_dir, e))?;
 
     // pivot_root(".", "."): the old root ends up stacked on the new one; detaching it leaves
     // no path back to the host tree.
@@ -165,21 +130,12 @@ pub fn build_root(plan: &ConfinementPlan) -> Result<(), MountError> {
     pivot_root(".", ".").map_err(|e| mnt("pivot_root", root, e))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(|e| mnt("detach old root", root, e))?;
     chdir("/").map_err(|e| mnt("chdir", Path::new("/"), e))?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | nosuid_nodev,
-        None::<&str>,
-    )
-    .map_err(|e| mnt("read-only root", Path::new("/"), e))
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | nosuid_nodev, None::<&str>)
+        .map_err(|e| mnt("read-only root", Path::new("/"), e))
 }
 
 fn make_dir(path: &Path, mode: u32) -> Result<(), MountError> {
-    fs::DirBuilder::new()
-        .mode(mode)
-        .create(path)
-        .map_err(|e| prepare(path, e))?;
+    fs::DirBuilder::new().mode(mode).create(path).map_err(|e| prepare(path, e))?;
     // The umask must not narrow a sticky world-writable /tmp.
     nix::sys::stat::fchmodat(
         nix::fcntl::AT_FDCWD,
@@ -209,14 +165,8 @@ fn bind_system_dir(root: &Path, dir: &str) -> Result<(), MountError> {
 /// Bind-mounts `source` on `target`, then (if asked) remounts it read-only, always nosuid and
 /// nodev, keeping the flags the kernel locks on mounts inherited into a user namespace.
 fn bind(source: &Path, target: &Path, read_only: bool) -> Result<(), MountError> {
-    mount(
-        Some(source),
-        target,
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .map_err(|e| mnt(format!("bind {}", source.display()), target, e))?;
+    mount(Some(source), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .map_err(|e| mnt(format!("bind {}", source.display()), target, e))?;
     let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID;
     if read_only {
         flags |= MsFlags::MS_RDONLY;
@@ -253,57 +203,38 @@ fn open_no_symlinks(workspace: &Path, relative: &str) -> Result<Option<OwnedFd>,
     match openat2(&dir, relative, how) {
         Ok(fd) => Ok(Some(fd)),
         Err(Errno::ENOENT) => Ok(None),
-        Err(errno) => Err(MountError::Protect {
-            path: relative.to_owned(),
-            errno,
-        }),
+        Err(errno) => Err(MountError::Protect { path: relative.to_owned(), errno }),
     }
 }
 
 /// Pins a protected path: every existing ancestor is bound onto itself (a mount point cannot
-/// be renamed or removed), and the path itself is bound onto itself read-only.
-fn protect(workspace: &Path, relative: &str) -> Result<(), MountError> {
+/// be renamed or removed), and the path itself is bound onto itself read-only. `pinned`
+/// records what is already a mount: binding it again would stack a copy without the
+/// read-only submounts made so far (`.git` for `.git/config` hiding `.git/hooks`).
+fn protect(workspace: &Path, relative: &str, pinned: &mut Vec<String>) -> Result<(), MountError> {
     let components: Vec<&str> = relative.split('/').collect();
     for depth in 1..=components.len() {
         let prefix = components[..depth].join("/");
         let is_target = depth == components.len();
+        if pinned.contains(&prefix) {
+            continue;
+        }
+        pinned.push(prefix.clone());
         let Some(fd) = open_no_symlinks(workspace, &prefix)? else {
             return Ok(());
         };
         let path = fd_path(&fd);
-        mount(
-            Some(&path),
-            &path,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(|errno| MountError::Protect {
-            path: prefix.clone(),
-            errno,
-        })?;
+        mount(Some(&path), &path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .map_err(|errno| MountError::Protect { path: prefix.clone(), errno })?;
         drop(fd);
         // Reopen to reach the new mount's root, then make only the target read-only.
         let Some(top) = open_no_symlinks(workspace, &prefix)? else {
             return Ok(());
         };
         let flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-        let flags = if is_target {
-            flags | MsFlags::MS_RDONLY
-        } else {
-            flags
-        };
-        mount(
-            None::<&str>,
-            &fd_path(&top),
-            None::<&str>,
-            flags,
-            None::<&str>,
-        )
-        .map_err(|errno| MountError::Protect {
-            path: prefix.clone(),
-            errno,
-        })?;
+        let flags = if is_target { flags | MsFlags::MS_RDONLY } else { flags };
+        mount(None::<&str>, &fd_path(&top), None::<&str>, flags, None::<&str>)
+            .map_err(|errno| MountError::Protect { path: prefix.clone(), errno })?;
     }
     Ok(())
 }
@@ -312,25 +243,13 @@ fn protect(workspace: &Path, relative: &str) -> Result<(), MountError> {
 fn build_dev(root: &Path) -> Result<(), MountError> {
     let dev = root.join("dev");
     make_dir(&dev, 0o755)?;
-    mount(
-        Some("tmpfs"),
-        &dev,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("mode=0755,size=64k"),
-    )
-    .map_err(|e| mnt("tmpfs /dev", &dev, e))?;
+    mount(Some("tmpfs"), &dev, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("mode=0755,size=64k"))
+        .map_err(|e| mnt("tmpfs /dev", &dev, e))?;
     for name in DEVICES {
         let target = dev.join(name);
         fs::File::create(&target).map_err(|e| prepare(&target, e))?;
-        mount(
-            Some(&Path::new("/dev").join(name)),
-            &target,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(|e| mnt(format!("bind /dev/{name}"), &target, e))?;
+        mount(Some(&Path::new("/dev").join(name)), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .map_err(|e| mnt(format!("bind /dev/{name}"), &target, e))?;
     }
     for (name, link) in [
         ("fd", "/proc/self/fd"),

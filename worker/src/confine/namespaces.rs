@@ -9,9 +9,10 @@
 //! Order: this runs first, before anything else is touched, in the freshly executed worker.
 //! `unshare(CLONE_NEWPID)` only applies to children, so the process forks: the parent stays
 //! outside as a relay that only waits and forwards the exit status (it never reads request
-//! data), the child continues as PID 1. Both ask for SIGKILL when their parent dies, so
-//! killing the relay (the supervisor's timeout) kills PID 1, and the kernel then kills the
-//! whole namespace. Must run while the process is single-threaded.
+//! data), the child continues as PID 1. The supervisor's timeout sends SIGTERM to the relay,
+//! which SIGKILLs PID 1, reaps it and exits; the kernel kills the rest of the namespace with
+//! its init. As a last resort both ask for SIGKILL when their parent dies. Must run while the
+//! process is single-threaded.
 
 use std::fs;
 use std::os::fd::{AsFd, OwnedFd};
@@ -20,8 +21,8 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sched::{CloneFlags, unshare};
 use nix::sys::prctl;
-use nix::sys::signal::Signal;
-use nix::sys::wait::{WaitStatus, waitpid};
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Gid, Uid, fork, getegid, geteuid, pipe};
 
 /// Why the namespaces could not be set up.
@@ -80,32 +81,28 @@ pub fn enter(network: bool) -> Result<(), NamespaceError> {
     let (uid, gid) = (geteuid(), getegid());
     let user = !uid.is_root();
     let flags = flags(network, user);
-    unshare(flags).map_err(|errno| NamespaceError::Unshare {
-        flags: format!("{flags:?}"),
-        errno,
-    })?;
+    unshare(flags).map_err(|errno| NamespaceError::Unshare { flags: format!("{flags:?}"), errno })?;
     if user {
         map_ids(uid, gid)?;
     }
     die_with_parent()?;
     // The relay keeps `alive_w` open; PID 1 sees it hang up if the relay died before
     // PID 1 armed its parent-death signal (the one window that signal cannot cover).
-    let (alive_r, alive_w) = pipe().map_err(|errno| NamespaceError::Process {
-        call: "pipe",
-        errno,
-    })?;
+    let (alive_r, alive_w) = pipe().map_err(|errno| NamespaceError::Process { call: "pipe", errno })?;
+    // The relay takes SIGTERM/SIGCHLD synchronously (sigwait); blocked before the fork so
+    // neither can arrive unhandled, unblocked again in PID 1.
+    let signals = relay_signals();
+    signals.thread_block().map_err(|errno| NamespaceError::Process { call: "sigprocmask", errno })?;
     // SAFETY: the process is single-threaded here (the worker forks before starting any
     // thread), so the child may run arbitrary code.
-    match unsafe { fork() }.map_err(|errno| NamespaceError::Process {
-        call: "fork",
-        errno,
-    })? {
+    match unsafe { fork() }.map_err(|errno| NamespaceError::Process { call: "fork", errno })? {
         ForkResult::Parent { child } => {
             drop(alive_r);
-            relay(child, alive_w)
+            relay(child, alive_w, &signals)
         }
         ForkResult::Child => {
             drop(alive_w);
+            signals.thread_unblock().map_err(|errno| NamespaceError::Process { call: "sigprocmask", errno })?;
             die_with_parent()?;
             if relay_is_gone(&alive_r) {
                 return Err(NamespaceError::RelayGone);
@@ -116,10 +113,7 @@ pub fn enter(network: bool) -> Result<(), NamespaceError> {
 }
 
 fn die_with_parent() -> Result<(), NamespaceError> {
-    prctl::set_pdeathsig(Signal::SIGKILL).map_err(|errno| NamespaceError::Process {
-        call: "prctl(PDEATHSIG)",
-        errno,
-    })
+    prctl::set_pdeathsig(Signal::SIGKILL).map_err(|errno| NamespaceError::Process { call: "prctl(PDEATHSIG)", errno })
 }
 
 fn relay_is_gone(alive_r: &OwnedFd) -> bool {
@@ -131,23 +125,37 @@ fn relay_is_gone(alive_r: &OwnedFd) -> bool {
 /// unprivileged process may write for itself, after giving up `setgroups`).
 fn map_ids(uid: Uid, gid: Gid) -> Result<(), NamespaceError> {
     let write = |file: &'static str, text: String| {
-        fs::write(format!("/proc/self/{file}"), text)
-            .map_err(|source| NamespaceError::IdMap { file, source })
+        fs::write(format!("/proc/self/{file}"), text).map_err(|source| NamespaceError::IdMap { file, source })
     };
     write("setgroups", "deny".into())?;
     write("uid_map", format!("0 {uid} 1\n"))?;
     write("gid_map", format!("0 {gid} 1\n"))
 }
 
-/// The relay: waits for PID 1 and exits as it did. Never returns.
-fn relay(child: nix::unistd::Pid, alive_w: OwnedFd) -> ! {
-    // stdin/stdout belong to PID 1 now; the relay holds no request data.
+fn relay_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGCHLD);
+    set
+}
+
+/// The relay: waits for PID 1 and exits as it did; SIGTERM/SIGINT kill PID 1 first. Never
+/// returns.
+fn relay(child: nix::unistd::Pid, alive_w: OwnedFd, signals: &SigSet) -> ! {
+    // stdin/stdout belong to PID 1; the relay holds no request data and never reads.
     let code = loop {
-        match waitpid(child, None) {
+        match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(_, code)) => break code,
             Ok(WaitStatus::Signaled(_, signal, _)) => break 128 + signal as i32,
-            Ok(_) | Err(Errno::EINTR) => continue,
+            Ok(_) | Err(Errno::EINTR) => {}
             Err(_) => break 70,
+        }
+        match signals.wait() {
+            Ok(Signal::SIGTERM | Signal::SIGINT) => {
+                let _ = kill(child, Signal::SIGKILL);
+            }
+            Ok(_) | Err(_) => {}
         }
     };
     drop(alive_w);

@@ -68,17 +68,12 @@ pub fn drop_all(ids: Option<Ids>) -> Result<(), PrivilegeError> {
     setsid().map_err(call("setsid"))?;
     sethostname("spiderweb-worker").map_err(call("sethostname"))?;
     for cap in caps::all() {
-        caps::drop(None, CapSet::Bounding, cap).map_err(|e| PrivilegeError::Caps {
-            set: "bounding",
-            message: e.to_string(),
-        })?;
+        caps::drop(None, CapSet::Bounding, cap)
+            .map_err(|e| PrivilegeError::Caps { set: "bounding", message: e.to_string() })?;
     }
     // SAFETY: prctl with integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_SECUREBITS, SECUREBITS_LOCKED_DOWN, 0, 0, 0) } != 0 {
-        return Err(PrivilegeError::Call {
-            call: "prctl(PR_SET_SECUREBITS)",
-            errno: Errno::last(),
-        });
+        return Err(PrivilegeError::Call { call: "prctl(PR_SET_SECUREBITS)", errno: Errno::last() });
     }
     if let Some(Ids { uid, gid }) = ids {
         let (uid, gid) = (Uid::from_raw(uid), Gid::from_raw(gid));
@@ -87,21 +82,13 @@ pub fn drop_all(ids: Option<Ids>) -> Result<(), PrivilegeError> {
         setresuid(uid, uid, uid).map_err(call("setresuid"))?;
     }
     for (set, name) in SETS {
-        caps::set(None, set, &CapsHashSet::new()).map_err(|e| PrivilegeError::Caps {
-            set: name,
-            message: e.to_string(),
-        })?;
+        caps::set(None, set, &CapsHashSet::new())
+            .map_err(|e| PrivilegeError::Caps { set: name, message: e.to_string() })?;
     }
     for (set, name) in SETS.into_iter().chain([(CapSet::Bounding, "bounding")]) {
-        let left = caps::read(None, set).map_err(|e| PrivilegeError::Caps {
-            set: name,
-            message: e.to_string(),
-        })?;
+        let left = caps::read(None, set).map_err(|e| PrivilegeError::Caps { set: name, message: e.to_string() })?;
         if !left.is_empty() {
-            return Err(PrivilegeError::CapsLeft {
-                set: name,
-                left: left.into_iter().collect(),
-            });
+            return Err(PrivilegeError::CapsLeft { set: name, left: left.into_iter().collect() });
         }
     }
     prctl::set_pdeathsig(Signal::SIGKILL).map_err(call("prctl(PDEATHSIG)"))?;
@@ -116,10 +103,7 @@ fn close_inherited_fds() -> Result<(), PrivilegeError> {
     // Rust objects owning descriptors above 2 were dropped before this step.
     let rc = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
     if rc != 0 {
-        return Err(PrivilegeError::Call {
-            call: "close_range",
-            errno: Errno::last(),
-        });
+        return Err(PrivilegeError::Call { call: "close_range", errno: Errno::last() });
     }
     Ok(())
 }

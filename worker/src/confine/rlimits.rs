@@ -29,20 +29,13 @@ pub fn apply(limits: &ResourceLimits) -> Result<(), RlimitError> {
         (Resource::RLIMIT_CPU, "RLIMIT_CPU", limits.cpu_seconds),
         (Resource::RLIMIT_AS, "RLIMIT_AS", limits.address_space_bytes),
         (Resource::RLIMIT_NOFILE, "RLIMIT_NOFILE", limits.open_files),
-        (
-            Resource::RLIMIT_FSIZE,
-            "RLIMIT_FSIZE",
-            limits.file_size_bytes,
-        ),
+        (Resource::RLIMIT_FSIZE, "RLIMIT_FSIZE", limits.file_size_bytes),
         (Resource::RLIMIT_NPROC, "RLIMIT_NPROC", limits.processes),
         (Resource::RLIMIT_CORE, "RLIMIT_CORE", 0),
         (Resource::RLIMIT_MEMLOCK, "RLIMIT_MEMLOCK", 0),
     ];
     for (resource, name, value) in table {
-        setrlimit(resource, value, value).map_err(|errno| RlimitError {
-            resource: name,
-            errno,
-        })?;
+        setrlimit(resource, value, value).map_err(|errno| RlimitError { resource: name, errno })?;
     }
     Ok(())
 }

@@ -18,8 +18,7 @@
 use std::collections::BTreeMap;
 
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule, TargetArch,
 };
 
 /// The filter could not be built or installed.
@@ -106,18 +105,12 @@ fn rule(conditions: Vec<SeccompCondition>) -> Result<SeccompRule, SeccompError> 
     Ok(SeccompRule::new(conditions)?)
 }
 
-fn arg(
-    index: u8,
-    len: SeccompCmpArgLen,
-    op: SeccompCmpOp,
-    value: u64,
-) -> Result<SeccompCondition, SeccompError> {
+fn arg(index: u8, len: SeccompCmpArgLen, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, SeccompError> {
     Ok(SeccompCondition::new(index, len, op, value)?)
 }
 
 fn arch() -> Result<TargetArch, SeccompError> {
-    TargetArch::try_from(std::env::consts::ARCH)
-        .map_err(|_| SeccompError::Arch(std::env::consts::ARCH))
+    TargetArch::try_from(std::env::consts::ARCH).map_err(|_| SeccompError::Arch(std::env::consts::ARCH))
 }
 
 /// The `EPERM` filter.
@@ -129,14 +122,7 @@ fn deny_filter(network: bool) -> Result<BpfProgram, SeccompError> {
     }
     let clone_rules = NAMESPACE_FLAGS
         .iter()
-        .map(|flag| {
-            rule(vec![arg(
-                0,
-                Qword,
-                SeccompCmpOp::MaskedEq(*flag as u64),
-                *flag as u64,
-            )?])
-        })
+        .map(|flag| rule(vec![arg(0, Qword, SeccompCmpOp::MaskedEq(*flag as u64), *flag as u64)?]))
         .collect::<Result<Vec<_>, _>>()?;
     rules.insert(libc::SYS_clone, clone_rules);
     let ioctl_rules = [libc::TIOCSTI, libc::TIOCLINUX]
@@ -144,11 +130,8 @@ fn deny_filter(network: bool) -> Result<BpfProgram, SeccompError> {
         .map(|cmd| rule(vec![arg(1, Dword, SeccompCmpOp::Eq, *cmd)?]))
         .collect::<Result<Vec<_>, _>>()?;
     rules.insert(libc::SYS_ioctl, ioctl_rules);
-    let allowed_families: &[i32] = if network {
-        &[libc::AF_UNIX, libc::AF_INET, libc::AF_INET6]
-    } else {
-        &[libc::AF_UNIX]
-    };
+    let allowed_families: &[i32] =
+        if network { &[libc::AF_UNIX, libc::AF_INET, libc::AF_INET6] } else { &[libc::AF_UNIX] };
     for nr in [libc::SYS_socket, libc::SYS_socketpair] {
         let not_allowed = allowed_families
             .iter()
@@ -156,24 +139,14 @@ fn deny_filter(network: bool) -> Result<BpfProgram, SeccompError> {
             .collect::<Result<Vec<_>, _>>()?;
         rules.insert(nr, vec![rule(not_allowed)?]);
     }
-    let filter = SeccompFilter::new(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::EPERM as u32),
-        arch()?,
-    )?;
+    let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), arch()?)?;
     Ok(filter.try_into()?)
 }
 
 /// The `ENOSYS` filter for `clone3`.
 fn clone3_filter() -> Result<BpfProgram, SeccompError> {
     let rules = BTreeMap::from([(libc::SYS_clone3, Vec::new())]);
-    let filter = SeccompFilter::new(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::ENOSYS as u32),
-        arch()?,
-    )?;
+    let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::ENOSYS as u32), arch()?)?;
     Ok(filter.try_into()?)
 }
 

@@ -55,8 +55,7 @@ pub struct SupervisorConfig {
 impl SupervisorConfig {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path, running_as_root: bool) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let config: SupervisorConfig =
             serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         config.validate(running_as_root)?;
@@ -79,9 +78,7 @@ impl SupervisorConfig {
         }
         if running_as_root {
             let Some(range) = self.uid_range else {
-                anyhow::bail!(
-                    "running as root: uid_range and tenants are required (tools never run as root)"
-                );
+                anyhow::bail!("running as root: uid_range and tenants are required (tools never run as root)");
             };
             check_tenants(&range, &self.tenants)?;
         }

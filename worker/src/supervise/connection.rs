@@ -10,8 +10,7 @@ use std::sync::Arc;
 use futures_util::{SinkExt, StreamExt};
 use spiderweb_proto::frame::JsonFrames;
 use spiderweb_proto::worker::{
-    FailureCode, MAX_FRAME_BYTES, MAX_STREAM_BYTES, SupervisorReply, ToolOutcome, ToolRequest,
-    WorkerTask,
+    FailureCode, MAX_FRAME_BYTES, MAX_STREAM_BYTES, SupervisorReply, ToolOutcome, ToolRequest, WorkerTask,
 };
 use tokio::net::UnixStream;
 use tokio::sync::{Semaphore, mpsc};
@@ -33,10 +32,7 @@ const OUTPUT_FORWARD_CAP: usize = 6 * MAX_STREAM_BYTES;
 pub async fn serve(stream: UnixStream, shared: Arc<Shared>) {
     let (read, write) = stream.into_split();
     let mut requests = FramedRead::new(read, JsonFrames::<ToolRequest, ()>::new(MAX_FRAME_BYTES));
-    let mut replies = FramedWrite::new(
-        write,
-        JsonFrames::<(), SupervisorReply>::new(MAX_FRAME_BYTES),
-    );
+    let mut replies = FramedWrite::new(write, JsonFrames::<(), SupervisorReply>::new(MAX_FRAME_BYTES));
     let (tx, mut rx) = mpsc::channel::<SupervisorReply>(REPLY_QUEUE);
     let writer = tokio::spawn(async move {
         while let Some(reply) = rx.recv().await {
@@ -50,11 +46,7 @@ pub async fn serve(stream: UnixStream, shared: Arc<Shared>) {
         let request = match frame {
             Ok(Ok(request)) => request,
             Ok(Err(malformed)) => {
-                let _ = tx
-                    .send(SupervisorReply::Malformed {
-                        message: malformed.to_string(),
-                    })
-                    .await;
+                let _ = tx.send(SupervisorReply::Malformed { message: malformed.to_string() }).await;
                 continue;
             }
             Err(e) => {
@@ -63,28 +55,15 @@ pub async fn serve(stream: UnixStream, shared: Arc<Shared>) {
             }
         };
         let Ok(permit) = in_flight.clone().try_acquire_owned() else {
-            let outcome = ToolOutcome::failed(
-                FailureCode::Rejected,
-                "too many requests in flight on this connection",
-            );
-            let _ = tx
-                .send(SupervisorReply::Result {
-                    request_id: request.request_id,
-                    outcome,
-                })
-                .await;
+            let outcome = ToolOutcome::failed(FailureCode::Rejected, "too many requests in flight on this connection");
+            let _ = tx.send(SupervisorReply::Result { request_id: request.request_id, outcome }).await;
             continue;
         };
         let (shared, tx) = (shared.clone(), tx.clone());
         tokio::spawn(async move {
             let request_id = request.request_id.clone();
             let outcome = handle(&shared, request, &tx).await;
-            let _ = tx
-                .send(SupervisorReply::Result {
-                    request_id,
-                    outcome,
-                })
-                .await;
+            let _ = tx.send(SupervisorReply::Result { request_id, outcome }).await;
             drop(permit);
         });
     }
@@ -92,11 +71,7 @@ pub async fn serve(stream: UnixStream, shared: Arc<Shared>) {
     let _ = writer.await;
 }
 
-async fn handle(
-    shared: &Shared,
-    request: ToolRequest,
-    tx: &mpsc::Sender<SupervisorReply>,
-) -> ToolOutcome {
+async fn handle(shared: &Shared, request: ToolRequest, tx: &mpsc::Sender<SupervisorReply>) -> ToolOutcome {
     let plan = match plan_for(&shared.config, &request, shared.root) {
         Ok(plan) => plan,
         Err(message) => return ToolOutcome::failed(FailureCode::Rejected, message),
@@ -105,10 +80,7 @@ async fn handle(
         return ToolOutcome::failed(FailureCode::Rejected, "supervisor shutting down");
     };
     tracing::info!(request_id = %request.request_id, tenant = %request.tenant, tool = %request.tool, profile = %plan.profile, "tool call");
-    let task = WorkerTask {
-        tool: request.tool,
-        args: request.args,
-    };
+    let task = WorkerTask { tool: request.tool, args: request.args };
     // Output is forwarded through an unbounded queue, bounded in total by the cap below
     // (the worker caps each stream at MAX_STREAM_BYTES; a worker that lies is cut off here).
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
@@ -116,11 +88,7 @@ async fn handle(
         let (tx, request_id) = (tx.clone(), request.request_id.clone());
         tokio::spawn(async move {
             while let Some((stream, data)) = out_rx.recv().await {
-                let reply = SupervisorReply::Output {
-                    request_id: request_id.clone(),
-                    stream,
-                    data,
-                };
+                let reply = SupervisorReply::Output { request_id: request_id.clone(), stream, data };
                 if tx.send(reply).await.is_err() {
                     break;
                 }

@@ -20,33 +20,23 @@ pub fn plan_for(
     request: &ToolRequest,
     running_as_root: bool,
 ) -> Result<ConfinementPlan, String> {
-    for (field, value) in [
-        ("request_id", &request.request_id),
-        ("tenant", &request.tenant),
-        ("session", &request.session),
-    ] {
+    for (field, value) in
+        [("request_id", &request.request_id), ("tenant", &request.tenant), ("session", &request.session)]
+    {
         if value.is_empty() || value.len() > MAX_ID_BYTES {
             return Err(format!("{field} must be 1..={MAX_ID_BYTES} bytes"));
         }
     }
     let workspace = check_workspace(config, &request.workspace)?;
     let ids = if running_as_root {
-        let ids = *config
-            .tenants
-            .get(&request.tenant)
-            .ok_or_else(|| format!("unknown tenant `{}`", request.tenant))?;
+        let ids = *config.tenants.get(&request.tenant).ok_or_else(|| format!("unknown tenant `{}`", request.tenant))?;
         check_workspace_owner(&workspace, ids).map_err(|e| e.to_string())?;
         Some(ids)
     } else {
         None
     };
     let rules = config.sandbox.rules(request.profile);
-    Ok(ConfinementPlan::new(
-        workspace,
-        rules,
-        ids,
-        config.search_backend,
-    ))
+    Ok(ConfinementPlan::new(workspace, rules, ids, config.search_backend))
 }
 
 /// The workspace must be an existing directory strictly inside a configured root, named by
@@ -54,25 +44,16 @@ pub fn plan_for(
 /// that was checked.
 fn check_workspace(config: &SupervisorConfig, workspace: &str) -> Result<String, String> {
     let path = Path::new(workspace);
-    let canonical: PathBuf = path
-        .canonicalize()
-        .map_err(|e| format!("workspace {workspace}: {e}"))?;
+    let canonical: PathBuf = path.canonicalize().map_err(|e| format!("workspace {workspace}: {e}"))?;
     if canonical != path {
-        return Err(format!(
-            "workspace {workspace} must be given as its canonical path"
-        ));
+        return Err(format!("workspace {workspace} must be given as its canonical path"));
     }
     let inside = config.workspace_roots.iter().any(|root| {
-        root.canonicalize().is_ok_and(|root| {
-            canonical
-                .strip_prefix(&root)
-                .is_ok_and(|rest| !rest.as_os_str().is_empty())
-        })
+        root.canonicalize()
+            .is_ok_and(|root| canonical.strip_prefix(&root).is_ok_and(|rest| !rest.as_os_str().is_empty()))
     });
     if !inside {
-        return Err(format!(
-            "workspace {workspace} is not inside a configured workspace root"
-        ));
+        return Err(format!("workspace {workspace} is not inside a configured workspace root"));
     }
     if !canonical.is_dir() {
         return Err(format!("workspace {workspace} is not a directory"));

@@ -29,18 +29,10 @@ pub async fn serve(config: SupervisorConfig) -> anyhow::Result<()> {
     let own_uid = nix::unistd::geteuid().as_raw();
     let exe = std::env::current_exe()?;
     let _ = std::fs::remove_file(&config.socket);
-    let listener = UnixListener::bind(&config.socket)
-        .map_err(|e| anyhow::anyhow!("binding {}: {e}", config.socket.display()))?;
-    std::fs::set_permissions(
-        &config.socket,
-        std::fs::Permissions::from_mode(config.socket_mode),
-    )?;
-    let shared = Arc::new(Shared {
-        workers: Semaphore::new(config.max_workers),
-        root: own_uid == 0,
-        exe,
-        config,
-    });
+    let listener =
+        UnixListener::bind(&config.socket).map_err(|e| anyhow::anyhow!("binding {}: {e}", config.socket.display()))?;
+    std::fs::set_permissions(&config.socket, std::fs::Permissions::from_mode(config.socket_mode))?;
+    let shared = Arc::new(Shared { workers: Semaphore::new(config.max_workers), root: own_uid == 0, exe, config });
     tracing::info!(socket = %shared.config.socket.display(), root = shared.root, "supervisor listening");
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

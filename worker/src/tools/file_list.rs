@@ -29,34 +29,14 @@ struct Walk {
 }
 
 /// Runs the tool.
-pub fn run(
-    args: serde_json::Value,
-    ctx: &mut ToolContext<'_>,
-) -> Result<FileListResult, ToolError> {
+pub fn run(args: serde_json::Value, ctx: &mut ToolContext<'_>) -> Result<FileListResult, ToolError> {
     let args: FileListArgs = parse_args(args, &[])?;
     let path = args.path.unwrap_or_else(|| ".".into());
-    let max = args
-        .max_entries
-        .unwrap_or(DEFAULT_MAX_ENTRIES)
-        .min(MAX_ENTRIES_CAP) as usize;
-    let dir = paths::open(
-        ctx.workspace,
-        &path,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY,
-        Mode::empty(),
-    )?;
-    let mut walk = Walk {
-        entries: Vec::new(),
-        max,
-        deadline: Instant::now() + TIME_LIMIT,
-        truncated: false,
-    };
+    let max = args.max_entries.unwrap_or(DEFAULT_MAX_ENTRIES).min(MAX_ENTRIES_CAP) as usize;
+    let dir = paths::open(ctx.workspace, &path, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())?;
+    let mut walk = Walk { entries: Vec::new(), max, deadline: Instant::now() + TIME_LIMIT, truncated: false };
     list(dir, "", args.recursive.unwrap_or(false), &mut walk)?;
-    Ok(FileListResult {
-        path,
-        entries: walk.entries,
-        truncated: walk.truncated,
-    })
+    Ok(FileListResult { path, entries: walk.entries, truncated: walk.truncated })
 }
 
 fn list(dir: OwnedFd, prefix: &str, recursive: bool, walk: &mut Walk) -> Result<(), ToolError> {
@@ -86,15 +66,8 @@ fn list(dir: OwnedFd, prefix: &str, recursive: bool, walk: &mut Walk) -> Result<
             walk.truncated = true;
             return Ok(());
         }
-        let full = if prefix.is_empty() {
-            name.clone()
-        } else {
-            format!("{prefix}/{name}")
-        };
-        walk.entries.push(ListEntry {
-            name: full.clone(),
-            kind,
-        });
+        let full = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
+        walk.entries.push(ListEntry { name: full.clone(), kind });
         if recursive && kind == EntryType::Directory {
             let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW;
             // An unreadable subdirectory is listed but not entered.

@@ -15,15 +15,9 @@ pub const DEFAULT_MAX_BYTES: u64 = 1024 * 1024;
 pub const MAX_BYTES_CAP: u64 = 8 * 1024 * 1024;
 
 /// Runs the tool.
-pub fn run(
-    args: serde_json::Value,
-    ctx: &mut ToolContext<'_>,
-) -> Result<FileReadResult, ToolError> {
+pub fn run(args: serde_json::Value, ctx: &mut ToolContext<'_>) -> Result<FileReadResult, ToolError> {
     let args: FileReadArgs = parse_args(args, &["path"])?;
-    let max = args
-        .max_bytes
-        .unwrap_or(DEFAULT_MAX_BYTES)
-        .min(MAX_BYTES_CAP) as usize;
+    let max = args.max_bytes.unwrap_or(DEFAULT_MAX_BYTES).min(MAX_BYTES_CAP) as usize;
     let wait = args.wait_until_ready.unwrap_or(true);
     let mut flags = OFlag::O_RDONLY | OFlag::O_NOCTTY;
     if !wait {
@@ -54,9 +48,7 @@ pub fn run(
         }
         Err(e) if !wait && e.raw_os_error() == Some(Errno::EAGAIN as i32) => {}
         Err(e) => {
-            return Err(paths::os_error(Errno::from_raw(
-                e.raw_os_error().unwrap_or(libc::EIO),
-            )));
+            return Err(paths::os_error(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))));
         }
     }
     let truncated = buf.len() > max;

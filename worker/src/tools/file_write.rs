@@ -10,10 +10,7 @@ use spiderweb_proto::worker::{FileWriteArgs, FileWriteResult};
 use super::{ToolContext, ToolError, parse_args, paths};
 
 /// Runs the tool.
-pub fn run(
-    args: serde_json::Value,
-    ctx: &mut ToolContext<'_>,
-) -> Result<FileWriteResult, ToolError> {
+pub fn run(args: serde_json::Value, ctx: &mut ToolContext<'_>) -> Result<FileWriteResult, ToolError> {
     let args: FileWriteArgs = parse_args(args, &["path", "content"])?;
     let append = args.append.unwrap_or(false);
     let wait = args.wait_until_ready.unwrap_or(true);
@@ -22,11 +19,7 @@ pub fn run(
         create_parents(ctx, relative)?;
     }
     let mut flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_NOCTTY;
-    flags |= if append {
-        OFlag::O_APPEND
-    } else {
-        OFlag::O_TRUNC
-    };
+    flags |= if append { OFlag::O_APPEND } else { OFlag::O_TRUNC };
     if !wait {
         flags |= OFlag::O_NONBLOCK;
     }
@@ -37,12 +30,7 @@ pub fn run(
         ready,
         wait_until_ready: wait,
     };
-    let fd = match paths::open_at(
-        ctx.workspace,
-        relative,
-        flags,
-        Mode::from_bits_truncate(0o644),
-    ) {
+    let fd = match paths::open_at(ctx.workspace, relative, flags, Mode::from_bits_truncate(0o644)) {
         Err(e) if !wait && e.message.contains("Unexpected") => return Ok(result(0, false)),
         other => other?,
     };
@@ -57,9 +45,7 @@ pub fn run(
                 return Ok(result(written, false));
             }
             Err(e) => {
-                return Err(paths::os_error(Errno::from_raw(
-                    e.raw_os_error().unwrap_or(libc::EIO),
-                )));
+                return Err(paths::os_error(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))));
             }
         }
     }
@@ -80,17 +66,9 @@ fn create_parents(ctx: &ToolContext<'_>, relative: &str) -> Result<(), ToolError
             Err(e) if e.message == "FileNotFound" => {}
             Err(e) => return Err(e),
         }
-        let above = if depth == 1 {
-            ".".to_owned()
-        } else {
-            components[..depth - 1].join("/")
-        };
+        let above = if depth == 1 { ".".to_owned() } else { components[..depth - 1].join("/") };
         let above_fd = paths::open_at(ctx.workspace, &above, dir_flags, Mode::empty())?;
-        match mkdirat(
-            &above_fd,
-            components[depth - 1],
-            Mode::from_bits_truncate(0o755),
-        ) {
+        match mkdirat(&above_fd, components[depth - 1], Mode::from_bits_truncate(0o755)) {
             Ok(()) | Err(Errno::EEXIST) => {}
             Err(errno) => return Err(paths::os_error(errno)),
         }

@@ -35,10 +35,7 @@ pub struct ToolError {
 impl ToolError {
     /// A failure.
     pub fn new(code: FailureCode, message: impl Into<String>) -> Self {
-        ToolError {
-            code,
-            message: message.into(),
-        }
+        ToolError { code, message: message.into() }
     }
 
     /// `invalid_params`.
@@ -65,9 +62,7 @@ pub fn parse_args<T: DeserializeOwned>(args: Value, required: &[&str]) -> Result
     };
     for key in required {
         if map.get(*key).is_none_or(Value::is_null) {
-            return Err(ToolError::invalid(format!(
-                "missing required parameter: {key}"
-            )));
+            return Err(ToolError::invalid(format!("missing required parameter: {key}")));
         }
     }
     serde_path_to_error::deserialize(args).map_err(|e| {
@@ -77,15 +72,11 @@ pub fn parse_args<T: DeserializeOwned>(args: Value, required: &[&str]) -> Result
 }
 
 fn ok<T: Serialize>(result: Result<T, ToolError>) -> ToolOutcome {
-    match result.and_then(|r| {
-        serde_json::to_value(r)
-            .map_err(|e| ToolError::new(FailureCode::ExecutionFailed, e.to_string()))
-    }) {
+    match result
+        .and_then(|r| serde_json::to_value(r).map_err(|e| ToolError::new(FailureCode::ExecutionFailed, e.to_string())))
+    {
         Ok(payload) => ToolOutcome::Ok { payload },
-        Err(e) => ToolOutcome::Failed {
-            code: e.code,
-            message: e.message,
-        },
+        Err(e) => ToolOutcome::Failed { code: e.code, message: e.message },
     }
 }
 

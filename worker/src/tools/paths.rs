@@ -29,20 +29,12 @@ pub fn relative(path: &str) -> Result<&str, ToolError> {
         return Err(ToolError::invalid("path is too long or contains NUL"));
     }
     if path.starts_with('~') {
-        return Err(ToolError::new(
-            FailureCode::PermissionDenied,
-            "home directory references are not allowed",
-        ));
+        return Err(ToolError::new(FailureCode::PermissionDenied, "home directory references are not allowed"));
     }
     if path.starts_with('-') {
-        return Err(ToolError::new(
-            FailureCode::PermissionDenied,
-            "paths may not start with '-'",
-        ));
+        return Err(ToolError::new(FailureCode::PermissionDenied, "paths may not start with '-'"));
     }
-    let inside = path
-        .strip_prefix(SANDBOX_WORKSPACE)
-        .filter(|rest| rest.is_empty() || rest.starts_with('/'));
+    let inside = path.strip_prefix(SANDBOX_WORKSPACE).filter(|rest| rest.is_empty() || rest.starts_with('/'));
     Ok(match inside {
         Some(rest) => match rest.trim_start_matches('/') {
             "" => ".",
@@ -53,22 +45,12 @@ pub fn relative(path: &str) -> Result<&str, ToolError> {
 }
 
 /// Opens `path` beneath the workspace.
-pub fn open(
-    workspace: &OwnedFd,
-    path: &str,
-    flags: OFlag,
-    mode: Mode,
-) -> Result<OwnedFd, ToolError> {
+pub fn open(workspace: &OwnedFd, path: &str, flags: OFlag, mode: Mode) -> Result<OwnedFd, ToolError> {
     open_at(workspace, relative(path)?, flags, mode)
 }
 
 /// Opens an already-relative path beneath `dir` (the workspace or a directory inside it).
-pub fn open_at(
-    dir: &impl AsFd,
-    relative: &str,
-    flags: OFlag,
-    mode: Mode,
-) -> Result<OwnedFd, ToolError> {
+pub fn open_at(dir: &impl AsFd, relative: &str, flags: OFlag, mode: Mode) -> Result<OwnedFd, ToolError> {
     let how = OpenHow::new()
         .flags(flags | OFlag::O_CLOEXEC)
         .mode(mode)
@@ -84,14 +66,10 @@ pub fn open_at(
 /// Maps an OS error to the spec's failure codes and names.
 pub fn os_error(errno: Errno) -> ToolError {
     match errno {
-        Errno::EXDEV | Errno::ELOOP => ToolError::new(
-            FailureCode::PermissionDenied,
-            "path resolves outside workspace",
-        ),
-        Errno::EACCES | Errno::EPERM | Errno::EROFS => ToolError::new(
-            FailureCode::PermissionDenied,
-            format!("AccessDenied: {}", errno.desc()),
-        ),
+        Errno::EXDEV | Errno::ELOOP => ToolError::new(FailureCode::PermissionDenied, "path resolves outside workspace"),
+        Errno::EACCES | Errno::EPERM | Errno::EROFS => {
+            ToolError::new(FailureCode::PermissionDenied, format!("AccessDenied: {}", errno.desc()))
+        }
         other => ToolError::new(FailureCode::ExecutionFailed, error_name(other)),
     }
 }

@@ -32,10 +32,7 @@ pub const MAX_QUERY_BYTES: usize = 4096;
 const RG_CANDIDATES: [&str; 3] = ["/usr/bin/rg", "/usr/local/bin/rg", "/bin/rg"];
 
 /// Runs the tool.
-pub fn run(
-    args: serde_json::Value,
-    ctx: &mut ToolContext<'_>,
-) -> Result<SearchCodeResult, ToolError> {
+pub fn run(args: serde_json::Value, ctx: &mut ToolContext<'_>) -> Result<SearchCodeResult, ToolError> {
     let args: SearchCodeArgs = parse_args(args, &["query"])?;
     if args.query.is_empty() || args.query.len() > MAX_QUERY_BYTES {
         return Err(ToolError::invalid("query must be 1..=4096 bytes"));
@@ -45,10 +42,7 @@ pub fn run(
     // Proves the path resolves beneath the workspace before any search names it.
     paths::open_at(ctx.workspace, &relative, OFlag::O_PATH, Mode::empty())?;
     let case_sensitive = args.case_sensitive.unwrap_or(false);
-    let max = args
-        .max_results
-        .unwrap_or(DEFAULT_MAX_RESULTS)
-        .min(MAX_RESULTS_CAP) as usize;
+    let max = args.max_results.unwrap_or(DEFAULT_MAX_RESULTS).min(MAX_RESULTS_CAP) as usize;
     let matcher = RegexMatcherBuilder::new()
         .case_insensitive(!case_sensitive)
         .build(&args.query)
@@ -61,10 +55,7 @@ pub fn run(
             ripgrep(rg, &args.query, case_sensitive, &relative)?
         }
         (SearchBackend::Ripgrep, None) => {
-            return Err(ToolError::new(
-                FailureCode::ToolNotExecutable,
-                "rg is not installed",
-            ));
+            return Err(ToolError::new(FailureCode::ToolNotExecutable, "rg is not installed"));
         }
     };
     matches.sort();
@@ -78,49 +69,20 @@ pub fn run(
         matches.truncate(cut);
         truncated = true;
     }
-    Ok(SearchCodeResult {
-        path,
-        query: args.query,
-        count: matches.len() as u64,
-        matches,
-        truncated,
-    })
+    Ok(SearchCodeResult { path, query: args.query, count: matches.len() as u64, matches, truncated })
 }
 
-fn ripgrep(
-    rg: &str,
-    query: &str,
-    case_sensitive: bool,
-    path: &str,
-) -> Result<Vec<String>, ToolError> {
+fn ripgrep(rg: &str, query: &str, case_sensitive: bool, path: &str) -> Result<Vec<String>, ToolError> {
     let output = Command::new(rg)
-        .args([
-            "-n",
-            "-H",
-            if case_sensitive {
-                "--case-sensitive"
-            } else {
-                "-i"
-            },
-            "--color=never",
-            "--no-config",
-        ])
+        .args(["-n", "-H", if case_sensitive { "--case-sensitive" } else { "-i" }, "--color=never", "--no-config"])
         .args(["-m", &MAX_RESULTS_CAP.to_string(), "-e", query, "--", path])
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .output()
-        .map_err(|e| {
-            ToolError::new(
-                FailureCode::ToolNotExecutable,
-                format!("rg could not start: {e}"),
-            )
-        })?;
+        .map_err(|e| ToolError::new(FailureCode::ToolNotExecutable, format!("rg could not start: {e}")))?;
     let found = !output.stdout.is_empty();
     if !(output.status.success() || output.status.code() == Some(1) || found) {
-        return Err(ToolError::new(
-            FailureCode::ExecutionFailed,
-            "rg command failed",
-        ));
+        return Err(ToolError::new(FailureCode::ExecutionFailed, "rg command failed"));
     }
     let text = String::from_utf8_lossy(&output.stdout);
     Ok(text.split_terminator('\n').map(str::to_owned).collect())
@@ -129,24 +91,15 @@ fn ripgrep(
 /// The built-in search: ripgrep's walker and searcher with ripgrep's defaults.
 pub fn builtin(matcher: &RegexMatcher, path: &str) -> Vec<String> {
     let mut out = Vec::new();
-    let walk = WalkBuilder::new(path)
-        .add_custom_ignore_filename(".rgignore")
-        .build();
+    let walk = WalkBuilder::new(path).add_custom_ignore_filename(".rgignore").build();
     for entry in walk.flatten() {
         let explicit = entry.depth() == 0;
-        if !entry
-            .file_type()
-            .is_some_and(|t| t.is_file() || (explicit && !t.is_dir()))
-        {
+        if !entry.file_type().is_some_and(|t| t.is_file() || (explicit && !t.is_dir())) {
             continue;
         }
         // ripgrep converts binary data in files named on the command line and stops at the
         // first NUL in files it found by walking.
-        let binary = if explicit {
-            BinaryDetection::convert(b'\0')
-        } else {
-            BinaryDetection::quit(b'\0')
-        };
+        let binary = if explicit { BinaryDetection::convert(b'\0') } else { BinaryDetection::quit(b'\0') };
         let mut searcher = SearcherBuilder::new()
             .line_number(true)
             .binary_detection(binary)
@@ -157,10 +110,7 @@ pub fn builtin(matcher: &RegexMatcher, path: &str) -> Vec<String> {
             matcher,
             entry.path(),
             Lossy(|line, text| {
-                out.push(format!(
-                    "{name}:{line}:{}",
-                    text.strip_suffix('\n').unwrap_or(text)
-                ));
+                out.push(format!("{name}:{line}:{}", text.strip_suffix('\n').unwrap_or(text)));
                 Ok(true)
             }),
         );

@@ -16,9 +16,7 @@ use nix::fcntl::OFlag;
 use nix::sys::signal::{Signal, kill};
 use nix::sys::stat::Mode;
 use nix::unistd::Pid;
-use spiderweb_proto::worker::{
-    FailureCode, MAX_STREAM_BYTES, OutputStream, ShellExecArgs, ShellExecResult,
-};
+use spiderweb_proto::worker::{FailureCode, MAX_STREAM_BYTES, OutputStream, ShellExecArgs, ShellExecResult};
 
 use super::{ToolContext, ToolError, parse_args, paths};
 use crate::plan::SANDBOX_WORKSPACE;
@@ -50,28 +48,16 @@ enum Event {
 }
 
 /// Runs the tool.
-pub fn run(
-    args: serde_json::Value,
-    ctx: &mut ToolContext<'_>,
-) -> Result<ShellExecResult, ToolError> {
+pub fn run(args: serde_json::Value, ctx: &mut ToolContext<'_>) -> Result<ShellExecResult, ToolError> {
     let args: ShellExecArgs = parse_args(args, &["command"])?;
     if args.command.len() > MAX_COMMAND_BYTES {
         return Err(ToolError::invalid("command is longer than 262144 bytes"));
     }
-    let timeout = Duration::from_millis(
-        args.timeout_ms
-            .unwrap_or(DEFAULT_TIMEOUT_MS)
-            .clamp(1, TIMEOUT_CAP_MS),
-    );
+    let timeout = Duration::from_millis(args.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS).clamp(1, TIMEOUT_CAP_MS));
     let cwd = match &args.cwd {
         Some(cwd) if !cwd.is_empty() => {
             let relative = paths::relative(cwd)?;
-            paths::open_at(
-                ctx.workspace,
-                relative,
-                OFlag::O_PATH | OFlag::O_DIRECTORY,
-                Mode::empty(),
-            )?;
+            paths::open_at(ctx.workspace, relative, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty())?;
             format!("{SANDBOX_WORKSPACE}/{relative}")
         }
         _ => SANDBOX_WORKSPACE.to_owned(),
@@ -86,12 +72,7 @@ pub fn run(
         .stderr(Stdio::piped())
         .process_group(0)
         .spawn()
-        .map_err(|e| {
-            ToolError::new(
-                FailureCode::ToolNotExecutable,
-                format!("bash could not start: {e}"),
-            )
-        })?;
+        .map_err(|e| ToolError::new(FailureCode::ToolNotExecutable, format!("bash could not start: {e}")))?;
     let (tx, rx) = mpsc::channel();
     let stdout = child.stdout.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");
@@ -107,11 +88,7 @@ pub fn run(
         let wake = drain_until.map_or(deadline, |d| d.min(deadline));
         match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
             Ok(Event::Chunk(stream, bytes)) => {
-                let buf = if stream == OutputStream::Stdout {
-                    &mut stdout_buf
-                } else {
-                    &mut stderr_buf
-                };
+                let buf = if stream == OutputStream::Stdout { &mut stdout_buf } else { &mut stderr_buf };
                 let room = MAX_STREAM_BYTES.saturating_sub(buf.len());
                 let kept = &bytes[..bytes.len().min(room)];
                 if !kept.is_empty() {
