@@ -198,7 +198,7 @@ fn fd_path(fd: &impl AsRawFd) -> PathBuf {
 fn open_no_symlinks(workspace: &Path, relative: &str) -> Result<Option<OwnedFd>, MountError> {
     let dir = fs::File::open(workspace).map_err(|e| prepare(workspace, e))?;
     let how = OpenHow::new()
-        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
         .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
     match openat2(&dir, relative, how) {
         Ok(fd) => Ok(Some(fd)),

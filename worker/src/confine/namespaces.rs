@@ -151,11 +151,8 @@ fn relay(child: nix::unistd::Pid, alive_w: OwnedFd, signals: &SigSet) -> ! {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(_) => break 70,
         }
-        match signals.wait() {
-            Ok(Signal::SIGTERM | Signal::SIGINT) => {
-                let _ = kill(child, Signal::SIGKILL);
-            }
-            Ok(_) | Err(_) => {}
+        if let Ok(Signal::SIGTERM | Signal::SIGINT) = signals.wait() {
+            let _ = kill(child, Signal::SIGKILL);
         }
     };
     drop(alive_w);
