@@ -272,3 +272,24 @@ fn a_root_supervisor_without_tenant_ids_refuses_to_start() {
     let err = UnixStream::connect(dir.path().join("s")).unwrap_err();
     assert!(matches!(err.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused));
 }
+
+#[test]
+fn consecutive_calls_share_nothing_even_with_warm_workers() {
+    let uid = test_uid("sup-warm");
+    let sup = Supervisor::start(&[("alice", uid)], json!({"warm_workers_per_plan": 1}));
+    let ws = Workspace::new(uid);
+    let mut conn = sup.connect();
+    let first = "echo leftover > /tmp/state; (sleep 1000 &); export LEAK=1; echo done";
+    send(&mut conn, &request("1", "alice", ws.path(), "shell_exec", json!({"command": first})));
+    assert_eq!(collect(&mut conn, "1").1["payload"]["stdout"], "done\n");
+    // Let the supervisor start the warm worker the next call will use.
+    std::thread::sleep(Duration::from_millis(300));
+    let second = "cat /tmp/state 2>&1; ps -eo args | grep -c '[s]leep 1000'; echo LEAK=${LEAK:-unset}";
+    for id in ["2", "3"] {
+        send(&mut conn, &request(id, "alice", ws.path(), "shell_exec", json!({"command": second})));
+        let (_, result) = collect(&mut conn, id);
+        let stdout = result["payload"]["stdout"].as_str().unwrap();
+        assert!(stdout.contains("No such file or directory"), "/tmp is private per call: {stdout}");
+        assert!(stdout.contains("\n0\nLEAK=unset\n"), "no process or environment survives a call: {stdout}");
+    }
+}

@@ -82,7 +82,9 @@ fn run(socket: &Path, ws: &str) -> anyhow::Result<()> {
     println!("| `file_read` 1 MiB round trip p50 / p99 | {} / {} | — |", ms(read.0), ms(read.1));
     println!("| `shell_exec true` calls/s, {CONCURRENT_CALLERS} concurrent callers | {calls_per_s:.0} | ≥ 200 |");
     match bwrap {
-        Some((p50, p99)) => println!("| `bwrap --unshare-all true` p50 / p99 (reference) | {} / {} | — |", ms(p50), ms(p99)),
+        Some((p50, p99)) => {
+            println!("| `bwrap --unshare-all true` p50 / p99 (reference) | {} / {} | — |", ms(p50), ms(p99))
+        }
         None => println!("| `bwrap --unshare-all true` | bwrap not installed | — |"),
     }
     let line = json!({

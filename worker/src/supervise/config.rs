@@ -18,6 +18,17 @@ fn default_socket_mode() -> u32 {
     0o660
 }
 
+fn default_warm_workers() -> usize {
+    1
+}
+
+fn default_warm_ttl_ms() -> u64 {
+    30_000
+}
+
+/// Most idle warm workers per plan a configuration may ask for.
+pub const MAX_WARM_PER_PLAN: usize = 8;
+
 /// Most concurrent workers a configuration may ask for.
 pub const MAX_WORKERS_CAP: usize = 1024;
 
@@ -36,6 +47,12 @@ pub struct SupervisorConfig {
     /// Workers running at once; further requests wait.
     #[serde(default = "default_max_workers")]
     pub max_workers: usize,
+    /// Idle confined workers kept ready per plan (tenant, workspace, profile); 0 disables.
+    #[serde(default = "default_warm_workers")]
+    pub warm_workers_per_plan: usize,
+    /// How long a warm worker may wait for a call before it is ended.
+    #[serde(default = "default_warm_ttl_ms")]
+    pub warm_ttl_ms: u64,
     /// Directories under which workspaces may live.
     pub workspace_roots: Vec<PathBuf>,
     /// Profiles' protected paths and limits.
@@ -67,6 +84,9 @@ impl SupervisorConfig {
         self.sandbox.validate()?;
         if self.max_workers == 0 || self.max_workers > MAX_WORKERS_CAP {
             anyhow::bail!("max_workers must be 1..={MAX_WORKERS_CAP}");
+        }
+        if self.warm_workers_per_plan > MAX_WARM_PER_PLAN || !(1_000..=3_600_000).contains(&self.warm_ttl_ms) {
+            anyhow::bail!("warm_workers_per_plan must be 0..={MAX_WARM_PER_PLAN}, warm_ttl_ms 1000..=3600000");
         }
         if self.workspace_roots.is_empty() {
             anyhow::bail!("workspace_roots must name at least one directory");

@@ -18,7 +18,7 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 
 use super::request::plan_for;
 use super::server::Shared;
-use crate::launch::run_task;
+use crate::launch::start;
 
 /// Requests one connection may have running or queued.
 pub const MAX_IN_FLIGHT: usize = 64;
@@ -71,7 +71,7 @@ pub async fn serve(stream: UnixStream, shared: Arc<Shared>) {
     let _ = writer.await;
 }
 
-async fn handle(shared: &Shared, request: ToolRequest, tx: &mpsc::Sender<SupervisorReply>) -> ToolOutcome {
+async fn handle(shared: &Arc<Shared>, request: ToolRequest, tx: &mpsc::Sender<SupervisorReply>) -> ToolOutcome {
     let plan = match plan_for(&shared.config, &request, shared.root) {
         Ok(plan) => plan,
         Err(message) => return ToolOutcome::failed(FailureCode::Rejected, message),
@@ -95,14 +95,31 @@ async fn handle(shared: &Shared, request: ToolRequest, tx: &mpsc::Sender<Supervi
             }
         })
     };
+    let plan_key = serde_json::to_string(&plan).unwrap_or_default();
+    let worker = match shared.warm.take(&plan_key) {
+        Some(worker) => worker,
+        None => match start(&shared.exe, &plan).await {
+            Ok(worker) => worker,
+            Err(outcome) => return outcome,
+        },
+    };
     let mut forwarded = 0usize;
-    let outcome = run_task(&shared.exe, &plan, &task, |stream, data| {
-        forwarded += data.len();
-        if forwarded <= OUTPUT_FORWARD_CAP {
-            let _ = out_tx.send((stream, data));
-        }
-    })
-    .await;
+    let outcome = worker
+        .run(&task, |stream, data| {
+            forwarded += data.len();
+            if forwarded <= OUTPUT_FORWARD_CAP {
+                let _ = out_tx.send((stream, data));
+            }
+        })
+        .await;
+    if shared.warm.enabled() {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            if let Ok(worker) = start(&shared.exe, &plan).await {
+                shared.warm.put(plan_key, worker);
+            }
+        });
+    }
     drop(out_tx);
     let _ = forward.await;
     outcome

@@ -11,6 +11,7 @@ use tokio::sync::Semaphore;
 
 use super::config::SupervisorConfig;
 use super::connection;
+use super::pool::WarmPool;
 
 /// What every connection shares.
 pub struct Shared {
@@ -22,6 +23,8 @@ pub struct Shared {
     pub workers: Semaphore,
     /// Whether the supervisor runs as root (tenants get their own uids).
     pub root: bool,
+    /// Confined workers started ahead of calls.
+    pub warm: WarmPool,
 }
 
 /// Serves until SIGTERM/SIGINT.
@@ -32,10 +35,18 @@ pub async fn serve(config: SupervisorConfig) -> anyhow::Result<()> {
     let listener =
         UnixListener::bind(&config.socket).map_err(|e| anyhow::anyhow!("binding {}: {e}", config.socket.display()))?;
     std::fs::set_permissions(&config.socket, std::fs::Permissions::from_mode(config.socket_mode))?;
-    let shared = Arc::new(Shared { workers: Semaphore::new(config.max_workers), root: own_uid == 0, exe, config });
+    let warm_ttl = std::time::Duration::from_millis(config.warm_ttl_ms);
+    let shared = Arc::new(Shared {
+        warm: WarmPool::new(config.warm_workers_per_plan, config.max_workers, warm_ttl),
+        workers: Semaphore::new(config.max_workers),
+        root: own_uid == 0,
+        exe,
+        config,
+    });
     tracing::info!(socket = %shared.config.socket.display(), root = shared.root, "supervisor listening");
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut expiry = tokio::time::interval(warm_ttl / 2);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -53,6 +64,7 @@ pub async fn serve(config: SupervisorConfig) -> anyhow::Result<()> {
                 }
                 tokio::spawn(connection::serve(stream, shared.clone()));
             }
+            _ = expiry.tick() => shared.warm.expire(),
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
