@@ -135,8 +135,17 @@ fn etc_grants(dir: &Path, prefix: &str, read: BitFlags<AccessFs>, out: &mut Vec<
         if ETC_SECRETS.contains(&relative.as_str()) {
             continue;
         }
+        let Ok(kind) = entry.file_type() else { continue };
+        if kind.is_symlink() {
+            // A rule follows the link: a link to a secret (or to nothing in this root)
+            // grants nothing and is skipped.
+            let Ok(target) = fs::canonicalize(entry.path()) else { continue };
+            if ETC_SECRETS.iter().any(|secret| target.starts_with(Path::new("/etc").join(secret))) {
+                continue;
+            }
+        }
         let holds_secret = ETC_SECRETS.iter().any(|s| s.starts_with(&format!("{relative}/")));
-        if holds_secret && entry.file_type().is_ok_and(|t| t.is_dir()) {
+        if holds_secret && kind.is_dir() {
             etc_grants(&entry.path(), &relative, read, out);
         } else {
             out.push((entry.path(), read));
