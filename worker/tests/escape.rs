@@ -209,7 +209,7 @@ impl Ctx<'_> {
             std::thread::sleep(Duration::from_millis(20));
         }
         let left: Vec<i32> = processes_of(self.uid).into_iter().filter(|p| *p as u32 != self.gateway_pid).collect();
-        Err(format!("processes of the tenant survived the call: {left:?}"))
+        Err(format!("processes of the tenant survived the call: {}", describe(&left)))
     }
 }
 

@@ -208,7 +208,9 @@ fn wall_clock_timeout_kills_the_whole_tree() {
     let uid = test_uid("sup-timeout");
     let limits = json!({"cpu_seconds": 10, "address_space_bytes": 1073741824u64, "open_files": 256,
         "file_size_bytes": 1048576, "processes": 64, "wall_clock_ms": 1500, "tmp_bytes": 1048576});
-    let sup = Supervisor::start(&[("alice", uid)], json!({"sandbox": {"limits": {"workspace-write": limits}}}));
+    // No warm worker: any process of the tenant left afterwards would be the call's.
+    let config = json!({"warm_workers_per_plan": 0, "sandbox": {"limits": {"workspace-write": limits}}});
+    let sup = Supervisor::start(&[("alice", uid)], config);
     let ws = Workspace::new(uid);
     let mut conn = sup.connect();
     let cmd = "sleep 1000 & (setsid sleep 1000 &); nohup sleep 1000 >/dev/null 2>&1 & echo started; sleep 1000";
@@ -218,7 +220,7 @@ fn wall_clock_timeout_kills_the_whole_tree() {
     assert_eq!(result["code"], "timeout", "{result}");
     let deadline = Instant::now() + Duration::from_secs(5);
     while !processes_of(uid).is_empty() {
-        assert!(Instant::now() < deadline, "processes survived the timeout: {:?}", processes_of(uid));
+        assert!(Instant::now() < deadline, "processes survived the timeout: {}", describe(&processes_of(uid)));
         std::thread::sleep(Duration::from_millis(20));
     }
 }

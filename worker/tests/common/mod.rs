@@ -141,6 +141,15 @@ pub fn shell(ws: &Workspace, profile: &str, command: &str) -> Outcome {
     run_tool(ws, profile, "shell_exec", serde_json::json!({ "command": command }), &[])
 }
 
+/// `pid: command line` of each process, for failure messages.
+pub fn describe(pids: &[i32]) -> String {
+    let line = |pid: &i32| {
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        format!("{pid}: {}", String::from_utf8_lossy(&cmd).replace('\0', " "))
+    };
+    pids.iter().map(line).collect::<Vec<_>>().join("; ")
+}
+
 /// Host processes (pids) running as `uid`.
 pub fn processes_of(uid: u32) -> Vec<i32> {
     use std::os::unix::fs::MetadataExt;
