@@ -8,6 +8,7 @@
 //! on expiry the worker's relay process gets SIGTERM, SIGKILLs PID 1 (the kernel then kills
 //! every process of the worker's PID namespace), reaps it and exits.
 
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -27,6 +28,8 @@ use crate::plan::ConfinementPlan;
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a worker may take to exit after its result before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
+/// Pipe buffer asked for the worker's stdout.
+const RESULT_PIPE_BYTES: i32 = 1024 * 1024;
 /// Bytes of the worker's stderr kept for an error message.
 const STDERR_KEEP: u64 = 16 * 1024;
 
@@ -57,6 +60,9 @@ pub async fn start(exe: &Path, plan: &ConfinementPlan) -> Result<ReadyWorker, To
     let (Some(stdout), Some(stdin)) = (child.stdout.take(), child.stdin.take()) else {
         return Err(ToolOutcome::failed(FailureCode::SandboxUnavailable, "worker pipes missing"));
     };
+    // A result frame can be MiBs; a larger pipe saves dozens of wake-ups per frame. Best
+    // effort: the kernel caps it at fs.pipe-max-size.
+    let _ = nix::fcntl::fcntl(stdout.as_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(RESULT_PIPE_BYTES));
     let mut worker = ReadyWorker {
         child,
         events: FramedRead::new(stdout, JsonFrames::new(MAX_FRAME_BYTES)),

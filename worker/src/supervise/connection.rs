@@ -103,15 +103,6 @@ async fn handle(shared: &Arc<Shared>, request: ToolRequest, tx: &mpsc::Sender<Su
             Err(outcome) => return outcome,
         },
     };
-    // Warm the next worker while this one runs.
-    if shared.warm.enabled() {
-        let (shared, plan_key, plan) = (shared.clone(), plan_key.clone(), plan.clone());
-        tokio::spawn(async move {
-            if let Ok(worker) = start(&shared.exe, &plan).await {
-                shared.warm.put(plan_key, worker);
-            }
-        });
-    }
     let mut forwarded = 0usize;
     let outcome = worker
         .run(&task, |stream, data| {
@@ -121,6 +112,16 @@ async fn handle(shared: &Arc<Shared>, request: ToolRequest, tx: &mpsc::Sender<Su
             }
         })
         .await;
+    // Warm the next worker once this one is done, so starting it does not compete with the
+    // call for CPU.
+    if shared.warm.enabled() {
+        let (shared, plan_key, plan) = (shared.clone(), plan_key.clone(), plan.clone());
+        tokio::spawn(async move {
+            if let Ok(worker) = start(&shared.exe, &plan).await {
+                shared.warm.put(plan_key, worker);
+            }
+        });
+    }
     drop(out_tx);
     let _ = forward.await;
     outcome
