@@ -304,6 +304,7 @@ fn battery() -> Vec<(&'static str, &'static [&'static str], ProbeFn)> {
             let marker_ssh = PathBuf::from(format!("/root/.ssh/sw-probe-{}", std::process::id()));
             let codex_dir = PathBuf::from("/root/.codex");
             let created_codex = !codex_dir.exists();
+            let created_ssh = !std::path::Path::new("/root/.ssh").exists();
             std::fs::create_dir_all("/root/.ssh").unwrap();
             std::fs::create_dir_all(&codex_dir).unwrap();
             let marker_codex = codex_dir.join(format!("sw-probe-{}.json", std::process::id()));
@@ -318,6 +319,9 @@ fn battery() -> Vec<(&'static str, &'static [&'static str], ProbeFn)> {
             let _ = std::fs::remove_file(&marker_codex);
             if created_codex {
                 let _ = std::fs::remove_dir(&codex_dir);
+            }
+            if created_ssh {
+                let _ = std::fs::remove_dir("/root/.ssh");
             }
             lacks(&read, SECRET)?;
             lacks(&out, SECRET)
@@ -485,6 +489,7 @@ fn battery() -> Vec<(&'static str, &'static [&'static str], ProbeFn)> {
             c.probes(ws, &["finit_module".into(), "open_by_handle_at".into()])
         }),
         ("TIOCSTI terminal injection", ALL, |c, ws| c.probes(ws, &["tiocsti".into()])),
+        ("32-bit syscall entry (int 0x80) past the filter", ALL, |c, ws| c.probes(ws, &["int80".into()])),
         ("setuid copy of bash", WRITABLE, |c, ws| {
             let out = c.shell(ws, "cp /bin/bash ./sbash && chmod 4755 ./sbash; ./sbash -p -c 'echo EUID=$EUID'; su -c id root; sudo id; ./probe setuid0");
             let text = out.shell_text();

@@ -90,6 +90,22 @@ int main(int argc, char **argv) {
         printf("BLOCKED memfill allocated %zu MiB before ENOMEM\n", total >> 20);
         return total > (16ULL << 30);
     }
+    if (!strcmp(p, "int80")) {
+        /* i386 ptrace(PTRACE_TRACEME) through the 32-bit entry point: a filter that only
+         * knows x86_64 numbers must kill the process on the architecture check. */
+        pid_t c = fork();
+        if (c == 0) {
+            long r;
+            __asm__ volatile("int $0x80" : "=a"(r) : "a"(26L), "b"(0L), "c"(0L), "d"(0L) : "memory");
+            _exit(r < 0 ? 4 : 3);
+        }
+        int st = 0;
+        waitpid(c, &st, 0);
+        if (WIFSIGNALED(st)) { printf("BLOCKED int80 killed by signal %d\n", WTERMSIG(st)); return 0; }
+        if (WEXITSTATUS(st) == 4) { printf("BLOCKED int80 refused\n"); return 0; }
+        printf("ESCAPED int80 exit %d\n", WEXITSTATUS(st));
+        return 1;
+    }
     if (!strcmp(p, "inherited_fd")) { char b[64]; ssize_t n = read(atoi(arg), b, sizeof b); return verdict(n, p); }
     fprintf(stderr, "unknown probe %s\n", p);
     return 2;
