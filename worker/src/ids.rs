@@ -1,17 +1,59 @@
 //! Which uid/gid a tool runs as.
 //!
-//! A root launcher runs every tenant under its own uid/gid from a configured range, so tenants
-//! are separated by the kernel's ordinary permission checks on top of the sandbox, and requires
-//! the workspace to be owned by that uid. An unprivileged launcher cannot switch ids: every
-//! worker then runs as the launcher's uid (mapped to root inside a user namespace, with no
-//! capabilities), and only the sandbox separates tenants.
+//! A launcher that may switch ids (root, or holding CAP_SETUID and CAP_SETGID) runs every tenant
+//! under its own uid/gid from a configured range, so tenants are separated by the kernel's
+//! ordinary permission checks on top of the sandbox, and requires the workspace to be owned by
+//! that uid. A launcher without those capabilities cannot: every worker then runs as the
+//! launcher's uid (mapped to root inside a user namespace, with no capabilities), and only the
+//! sandbox separates tenants.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 
+use caps::{CapSet, Capability};
 use serde::{Deserialize, Serialize};
 
 use crate::plan::Ids;
+
+/// How the launcher can give tools their tenant's ids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdSwitch {
+    /// Root: the worker builds its namespaces and mounts, then switches ids.
+    Root,
+    /// CAP_SETUID + CAP_SETGID, raised to the ambient set so workers inherit them: the worker
+    /// switches ids first, then builds its namespaces in a user namespace as the tenant.
+    Capabilities,
+    /// Neither: workers run as the launcher's uid.
+    Unavailable,
+}
+
+impl IdSwitch {
+    /// Whether tenants get their own ids.
+    pub fn available(self) -> bool {
+        self != IdSwitch::Unavailable
+    }
+}
+
+/// Finds out how ids can be switched, making CAP_SETUID/CAP_SETGID ambient when that is the
+/// way. Call before any thread starts: ambient capabilities are per thread, inherited by
+/// threads created later. A launcher holding the capabilities but unable to pass them on is an
+/// error, not a silent fall-back to one uid for all tenants.
+pub fn id_switch() -> Result<IdSwitch, String> {
+    if nix::unistd::geteuid().is_root() {
+        return Ok(IdSwitch::Root);
+    }
+    let needed = [Capability::CAP_SETUID, Capability::CAP_SETGID];
+    let held = |cap| caps::has_cap(None, CapSet::Effective, cap).unwrap_or(false);
+    if !needed.iter().all(|cap| held(*cap)) {
+        return Ok(IdSwitch::Unavailable);
+    }
+    for cap in needed {
+        caps::raise(None, CapSet::Inheritable, cap)
+            .and_then(|()| caps::raise(None, CapSet::Ambient, cap))
+            .map_err(|e| format!("holding {cap} but cannot pass it to workers (ambient): {e}"))?;
+    }
+    Ok(IdSwitch::Capabilities)
+}
 
 /// The uids/gids tenants may be given.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

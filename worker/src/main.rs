@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use spiderweb_policy::sandbox::SandboxConfig;
 use spiderweb_proto::worker::{OutputStream, SandboxProfile, ToolOutcome, WorkerTask, tool_schemas};
 use spiderweb_worker::entry;
+use spiderweb_worker::ids::id_switch;
 use spiderweb_worker::launch::run_task;
 use spiderweb_worker::plan::{ConfinementPlan, Ids, SearchBackend};
 use spiderweb_worker::supervise::{config::SupervisorConfig, server};
@@ -90,9 +91,11 @@ fn main() -> std::process::ExitCode {
                     tracing_subscriber::EnvFilter::try_from_env("SPIDERWEB_LOG").unwrap_or_else(|_| "info".into()),
                 )
                 .init();
-            let root = nix::unistd::geteuid().is_root();
-            let result =
-                SupervisorConfig::load(&config, root).and_then(|config| runtime()?.block_on(server::serve(config)));
+            // Before the runtime starts its threads: ambient capabilities are per thread.
+            let result = id_switch().map_err(anyhow::Error::msg).and_then(|switch| {
+                let config = SupervisorConfig::load(&config, switch.available())?;
+                runtime()?.block_on(server::serve(config, switch))
+            });
             match result {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {

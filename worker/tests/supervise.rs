@@ -23,8 +23,17 @@ struct Supervisor {
 
 impl Supervisor {
     fn start(tenants: &[(&str, u32)], extra: Value) -> Supervisor {
+        Supervisor::start_as(tenants, extra, None)
+    }
+
+    /// `run_as`: start the supervisor as this non-root uid holding only CAP_SETUID and
+    /// CAP_SETGID (as a systemd unit with `AmbientCapabilities=` would), via `setpriv`.
+    fn start_as(tenants: &[(&str, u32)], extra: Value, run_as: Option<u32>) -> Supervisor {
         require_root();
         let dir = tempfile::Builder::new().prefix("sw-sup-").tempdir().unwrap();
+        if let Some(uid) = run_as {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(uid)).unwrap();
+        }
         let socket = dir.path().join("worker.sock");
         let tenants: serde_json::Map<String, Value> =
             tenants.iter().map(|(t, uid)| (t.to_string(), json!({"uid": uid, "gid": uid}))).collect();
@@ -37,7 +46,19 @@ impl Supervisor {
         config.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
         let config_path = dir.path().join("config.json");
         std::fs::write(&config_path, config.to_string()).unwrap();
-        let child = Command::new(WORKER)
+        let mut command = match run_as {
+            None => Command::new(WORKER),
+            Some(uid) => {
+                let mut setpriv = Command::new("setpriv");
+                setpriv
+                    .args(["--reuid", &uid.to_string(), "--regid", &uid.to_string(), "--clear-groups"])
+                    .args(["--inh-caps", "-all,+setuid,+setgid", "--ambient-caps", "+setuid,+setgid"])
+                    .args(["--bounding-set", "-all,+setuid,+setgid", "--"])
+                    .arg(WORKER);
+                setpriv
+            }
+        };
+        let child = command
             .args(["supervise", "--config"])
             .arg(&config_path)
             .env("SPIDERWEB_LOG", "warn")
@@ -294,4 +315,29 @@ fn consecutive_calls_share_nothing_even_with_warm_workers() {
         assert!(stdout.contains("No such file or directory"), "/tmp is private per call: {stdout}");
         assert!(stdout.contains("\n0\nLEAK=unset\n"), "no process or environment survives a call: {stdout}");
     }
+}
+
+#[test]
+fn a_supervisor_with_only_setuid_setgid_capabilities_runs_tenants_under_their_uids() {
+    let uid = test_uid("sup-caps");
+    let supervisor_uid = uid + 1;
+    let sup = Supervisor::start_as(&[("alice", uid)], json!({"allowed_uids": [0]}), Some(supervisor_uid));
+    let ws = Workspace::new(uid);
+    let mut conn = sup.connect();
+    let cmd =
+        "cat /proc/self/uid_map; grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status; echo x > made.txt";
+    send(&mut conn, &request("c", "alice", ws.path(), "shell_exec", json!({ "command": cmd })));
+    let (_, result) = collect(&mut conn, "c");
+    let stdout = result["payload"]["stdout"].as_str().unwrap_or_else(|| panic!("{result}"));
+    let map: Vec<&str> = stdout.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(map, ["0", &uid.to_string(), "1"], "the tenant uid, not the supervisor's, backs the user namespace");
+    for line in ["CapEff:\t0000000000000000", "CapBnd:\t0000000000000000", "NoNewPrivs:\t1", "Seccomp:\t2"] {
+        assert!(stdout.contains(line), "missing {line:?}: {stdout}");
+    }
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(ws.join("made.txt")).unwrap().uid(), uid, "files belong to the tenant");
+    // Another tenant's workspace is refused before a worker starts.
+    let other = Workspace::new(uid + 2);
+    send(&mut conn, &request("d", "alice", other.path(), "file_list", json!({})));
+    assert_eq!(collect(&mut conn, "d").1["code"], "rejected");
 }

@@ -4,6 +4,8 @@
 //! order, each step needing what the previous ones left and removing what the next ones no
 //! longer need:
 //!
+//! 0. Only for a non-root launcher holding CAP_SETUID/CAP_SETGID:
+//!    [`privileges::assume_tenant`] switches to the tenant's ids first.
 //! 1. [`namespaces`]: mount, PID, IPC, UTS, cgroup and (without network) network namespaces,
 //!    plus a user namespace when not root; fork so the worker is PID 1.
 //! 2. [`mounts`]: a new root with only system directories (read-only), the workspace, a private
@@ -57,21 +59,22 @@ pub enum ConfineError {
 pub fn confine(plan: &ConfinementPlan) -> Result<(), ConfineError> {
     let root = nix::unistd::geteuid().is_root();
     match plan.ids {
-        Some(ids) if !root => {
-            return Err(ConfineError::Plan(format!("switching to uid {} needs root", ids.uid)));
-        }
         Some(ids) if ids.uid == 0 || ids.gid == 0 => {
             return Err(ConfineError::Plan("tools never run as uid or gid 0".into()));
         }
         None if root => {
             return Err(ConfineError::Plan("running as root: a tenant uid/gid is required".into()));
         }
+        // Not root: become the tenant first (needs CAP_SETUID/CAP_SETGID), then build the
+        // namespaces in a user namespace exactly as an unprivileged launcher would.
+        Some(ids) if !root => privileges::assume_tenant(ids)?,
         _ => {}
     }
     namespaces::enter(plan.network)?;
     mounts::build_root(plan)?;
     rlimits::apply(&plan.limits)?;
-    privileges::drop_all(plan.ids)?;
+    // A non-root worker already is the tenant (mapped to root in its user namespace).
+    privileges::drop_all(if root { plan.ids } else { None })?;
     landlock::restrict(plan)?;
     seccomp::install(plan.network)?;
     Ok(())

@@ -63,6 +63,20 @@ const SETS: [(CapSet, &str); 4] = [
     (CapSet::Ambient, "ambient"),
 ];
 
+/// Step 0 for a launcher that is not root but holds CAP_SETUID/CAP_SETGID: become the tenant
+/// before any namespace exists, so everything the worker creates belongs to the tenant.
+/// Dumpable is restored because the uid change clears it and a non-dumpable process cannot
+/// open its own `/proc/self/uid_map` to map itself into its user namespace (step 1); step 4
+/// clears it again.
+pub fn assume_tenant(ids: Ids) -> Result<(), PrivilegeError> {
+    let needs = |name: &'static str| move |errno| PrivilegeError::Call { call: name, errno };
+    let (uid, gid) = (Uid::from_raw(ids.uid), Gid::from_raw(ids.gid));
+    setgroups(&[gid]).map_err(needs("setgroups (needs root or CAP_SETGID)"))?;
+    setresgid(gid, gid, gid).map_err(needs("setresgid (needs root or CAP_SETGID)"))?;
+    setresuid(uid, uid, uid).map_err(needs("setresuid (needs root or CAP_SETUID)"))?;
+    prctl::set_dumpable(true).map_err(call("prctl(PR_SET_DUMPABLE)"))
+}
+
 /// Drops every privilege; `ids` switches uid/gid when the launcher is root.
 pub fn drop_all(ids: Option<Ids>) -> Result<(), PrivilegeError> {
     setsid().map_err(call("setsid"))?;

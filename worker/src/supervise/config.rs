@@ -71,16 +71,16 @@ pub struct SupervisorConfig {
 
 impl SupervisorConfig {
     /// Reads and validates a configuration file.
-    pub fn load(path: &Path, running_as_root: bool) -> anyhow::Result<Self> {
+    pub fn load(path: &Path, switch_ids: bool) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let config: SupervisorConfig =
             serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        config.validate(running_as_root)?;
+        config.validate(switch_ids)?;
         Ok(config)
     }
 
     /// Refuses values that would weaken or break the supervisor.
-    pub fn validate(&self, running_as_root: bool) -> anyhow::Result<()> {
+    pub fn validate(&self, switch_ids: bool) -> anyhow::Result<()> {
         self.sandbox.validate()?;
         if self.max_workers == 0 || self.max_workers > MAX_WORKERS_CAP {
             anyhow::bail!("max_workers must be 1..={MAX_WORKERS_CAP}");
@@ -96,9 +96,11 @@ impl SupervisorConfig {
                 anyhow::bail!("workspace root {} must be absolute", root.display());
             }
         }
-        if running_as_root {
+        if switch_ids {
             let Some(range) = self.uid_range else {
-                anyhow::bail!("running as root: uid_range and tenants are required (tools never run as root)");
+                anyhow::bail!(
+                    "running as root or with CAP_SETUID/CAP_SETGID: uid_range and tenants are required (tools never run as root)"
+                );
             };
             check_tenants(&range, &self.tenants)?;
         }

@@ -72,7 +72,7 @@ pub async fn serve(stream: UnixStream, shared: Arc<Shared>) {
 }
 
 async fn handle(shared: &Arc<Shared>, request: ToolRequest, tx: &mpsc::Sender<SupervisorReply>) -> ToolOutcome {
-    let plan = match plan_for(&shared.config, &request, shared.root) {
+    let plan = match plan_for(&shared.config, &request, shared.switch_ids.available()) {
         Ok(plan) => plan,
         Err(message) => return ToolOutcome::failed(FailureCode::Rejected, message),
     };

@@ -15,11 +15,7 @@ use crate::plan::ConfinementPlan;
 pub const MAX_ID_BYTES: usize = 256;
 
 /// Checks a request and builds its plan; the error is the `rejected` message.
-pub fn plan_for(
-    config: &SupervisorConfig,
-    request: &ToolRequest,
-    running_as_root: bool,
-) -> Result<ConfinementPlan, String> {
+pub fn plan_for(config: &SupervisorConfig, request: &ToolRequest, switch_ids: bool) -> Result<ConfinementPlan, String> {
     for (field, value) in
         [("request_id", &request.request_id), ("tenant", &request.tenant), ("session", &request.session)]
     {
@@ -28,7 +24,7 @@ pub fn plan_for(
         }
     }
     let workspace = check_workspace(config, &request.workspace)?;
-    let ids = if running_as_root {
+    let ids = if switch_ids {
         let ids = *config.tenants.get(&request.tenant).ok_or_else(|| format!("unknown tenant `{}`", request.tenant))?;
         check_workspace_owner(&workspace, ids).map_err(|e| e.to_string())?;
         Some(ids)

@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 use super::config::SupervisorConfig;
 use super::connection;
 use super::pool::WarmPool;
+use crate::ids::IdSwitch;
 
 /// What every connection shares.
 pub struct Shared {
@@ -21,14 +22,14 @@ pub struct Shared {
     pub exe: PathBuf,
     /// Concurrent workers.
     pub workers: Semaphore,
-    /// Whether the supervisor runs as root (tenants get their own uids).
-    pub root: bool,
+    /// How tenants get their own uids (if at all).
+    pub switch_ids: IdSwitch,
     /// Confined workers started ahead of calls.
     pub warm: WarmPool,
 }
 
 /// Serves until SIGTERM/SIGINT.
-pub async fn serve(config: SupervisorConfig) -> anyhow::Result<()> {
+pub async fn serve(config: SupervisorConfig, switch_ids: IdSwitch) -> anyhow::Result<()> {
     let own_uid = nix::unistd::geteuid().as_raw();
     let exe = std::env::current_exe()?;
     let _ = std::fs::remove_file(&config.socket);
@@ -39,11 +40,11 @@ pub async fn serve(config: SupervisorConfig) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         warm: WarmPool::new(config.warm_workers_per_plan, config.max_workers, warm_ttl),
         workers: Semaphore::new(config.max_workers),
-        root: own_uid == 0,
+        switch_ids,
         exe,
         config,
     });
-    tracing::info!(socket = %shared.config.socket.display(), root = shared.root, "supervisor listening");
+    tracing::info!(socket = %shared.config.socket.display(), switch_ids = ?shared.switch_ids, "supervisor listening");
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut expiry = tokio::time::interval(warm_ttl / 2);
