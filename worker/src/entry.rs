@@ -1,9 +1,11 @@
-//! `spiderweb-worker confined PLAN`: the worker process itself.
+//! `spiderweb-worker confined`: the worker process itself.
 //!
-//! It confines itself (all of [`crate::confine`]), announces [`WorkerEvent::Confined`] on
-//! stdout, and only then reads its one [`WorkerTask`] from stdin, runs it, streams output and
-//! writes [`WorkerEvent::Done`]. If confinement fails it writes a `sandbox_unavailable`
-//! result naming the failed step and exits without reading the task.
+//! It reads its [`ConfinementPlan`] (built by the launcher from its own configuration, sent as
+//! the first frame on stdin rather than in argv, where every host user could read it), confines
+//! itself (all of [`crate::confine`]), announces [`WorkerEvent::Confined`] on stdout, and only
+//! then reads its one [`WorkerTask`] from stdin, runs it, streams output and writes
+//! [`WorkerEvent::Done`]. If confinement fails it writes a `sandbox_unavailable` result naming
+//! the failed step and exits without reading the task.
 
 use std::io::{self, Write};
 use std::os::fd::OwnedFd;
@@ -14,6 +16,19 @@ use spiderweb_proto::worker::{FailureCode, MAX_FRAME_BYTES, ToolOutcome, WorkerE
 use crate::confine::confine;
 use crate::plan::{ConfinementPlan, SANDBOX_WORKSPACE};
 use crate::tools::{self, ToolContext};
+
+/// Largest plan frame accepted.
+pub const MAX_PLAN_BYTES: usize = 64 * 1024;
+
+/// Reads the plan frame. Only `read` calls on stdin happen before confinement.
+pub fn read_plan() -> Result<ConfinementPlan, String> {
+    match read_frame(&mut io::stdin().lock(), MAX_PLAN_BYTES) {
+        Ok(Some(Ok(plan))) => Ok(plan),
+        Ok(Some(Err(malformed))) => Err(format!("bad plan: {malformed}")),
+        Ok(None) => Err("no plan on stdin".into()),
+        Err(e) => Err(format!("reading the plan: {e}")),
+    }
+}
 
 /// Exit status when confinement failed.
 pub const EXIT_UNCONFINED: i32 = 70;

@@ -2,7 +2,8 @@
 //! `spiderweb-worker run` and the supervisor.
 //!
 //! The worker is this same executable with the hidden `confined` subcommand, started with an
-//! empty environment (no secret of the launcher's can reach it) and the plan as its argument.
+//! empty environment (no secret of the launcher's can reach it); the plan is its first stdin
+//! frame.
 //! [`start`] returns a [`ReadyWorker`] only once the worker has announced that it is confined;
 //! [`ReadyWorker::run`] then sends the task, relays output chunks and enforces the wall clock:
 //! on expiry the worker's relay process gets SIGTERM, SIGKILLs PID 1 (the kernel then kills
@@ -22,6 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio_util::codec::FramedRead;
 
+use crate::entry::MAX_PLAN_BYTES;
 use crate::plan::ConfinementPlan;
 
 /// How long a worker may take to confine itself.
@@ -46,11 +48,11 @@ pub struct ReadyWorker {
 /// Starts a worker and waits until it reports itself confined. A worker that cannot confine
 /// itself yields its `sandbox_unavailable` outcome.
 pub async fn start(exe: &Path, plan: &ConfinementPlan) -> Result<ReadyWorker, ToolOutcome> {
-    let plan_json =
-        serde_json::to_string(plan).map_err(|e| ToolOutcome::failed(FailureCode::Rejected, format!("plan: {e}")))?;
+    let mut plan_frame = Vec::new();
+    write_frame(&mut plan_frame, plan, MAX_PLAN_BYTES)
+        .map_err(|e| ToolOutcome::failed(FailureCode::Rejected, format!("plan: {e}")))?;
     let mut child = Command::new(exe)
         .arg("confined")
-        .arg(plan_json)
         .env_clear()
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -63,6 +65,11 @@ pub async fn start(exe: &Path, plan: &ConfinementPlan) -> Result<ReadyWorker, To
     // A result frame can be MiBs; a larger pipe saves dozens of wake-ups per frame. Best
     // effort: the kernel caps it at fs.pipe-max-size.
     let _ = nix::fcntl::fcntl(stdout.as_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(RESULT_PIPE_BYTES));
+    let mut stdin = stdin;
+    if stdin.write_all(&plan_frame).await.is_err() {
+        let _ = child.start_kill();
+        return Err(ToolOutcome::failed(FailureCode::SandboxUnavailable, "the worker closed its input"));
+    }
     let mut worker = ReadyWorker {
         child,
         events: FramedRead::new(stdout, JsonFrames::new(MAX_FRAME_BYTES)),

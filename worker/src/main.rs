@@ -62,21 +62,19 @@ enum Cmd {
     },
     /// Print the tools' names, descriptions and argument schemas.
     Schemas,
-    /// The confined worker (started by `run` and `supervise`).
+    /// The confined worker (started by `run` and `supervise`; reads its plan, then its task,
+    /// from stdin).
     #[command(hide = true)]
-    Confined {
-        /// The plan (JSON).
-        plan: String,
-    },
+    Confined,
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Confined { plan } => match serde_json::from_str::<ConfinementPlan>(&plan) {
+        Cmd::Confined => match entry::read_plan() {
             Ok(plan) => entry::run(&plan),
             Err(e) => {
-                eprintln!("spiderweb-worker confined: bad plan: {e}");
+                eprintln!("spiderweb-worker confined: {e}");
                 std::process::ExitCode::from(2)
             }
         },

@@ -1,10 +1,10 @@
 //! What one confined worker is told before it confines itself.
 //!
 //! The launcher (`spiderweb-worker run` or the supervisor) resolves a request into a
-//! [`ConfinementPlan`] and passes it to a fresh `spiderweb-worker confined` process as one
-//! argv element. Nothing in the plan comes from the model: it is built from the supervisor's
-//! configuration and the validated request envelope. The tool and its arguments travel
-//! separately, on stdin, and are read only after confinement.
+//! [`ConfinementPlan`] and sends it as the first stdin frame of a fresh `spiderweb-worker
+//! confined` process (not in argv, which every host user can read). Nothing in the plan comes
+//! from the model: it is built from the supervisor's configuration and the validated request
+//! envelope. The tool and its arguments follow as a second frame, read only after confinement.
 
 use serde::{Deserialize, Serialize};
 use spiderweb_policy::sandbox::{ResourceLimits, SandboxRules};

@@ -18,6 +18,9 @@ fn every_layer_is_active_inside_the_tool() {
          echo pid1=$(cat /proc/1/comm); awk '{print $2}' /proc/self/mounts | sort | tr '\\n' ' '; echo; ulimit -u; ulimit -n; ulimit -f",
     );
     let text = out.ok()["stdout"].as_str().unwrap().to_owned();
+    let cmdline = shell(&w, "read-only", "tr '\\0' ' ' < /proc/1/cmdline");
+    let cmdline = cmdline.ok()["stdout"].as_str().unwrap();
+    assert_eq!(cmdline.trim_end(), format!("{WORKER} confined"), "the plan is not in argv");
     for line in ["NoNewPrivs:\t1", "Seccomp:\t2", "CapEff:\t0000000000000000", "CapBnd:\t0000000000000000"] {
         assert!(text.contains(line), "missing {line:?} in {text}");
     }
