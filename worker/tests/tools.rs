@@ -67,6 +67,13 @@ fn file_write_creates_parents_appends_and_respects_profiles() {
     run_tool(&w, "workspace-write", "file_write", json!({"path": "a"}), &[]).failed("invalid_params");
     run_tool(&w, "read-only", "file_write", json!({"path": "ro.txt", "content": "x"}), &[]).failed("permission_denied");
     assert!(w.read("ro.txt").is_none());
+
+    // wait_until_ready:false on a FIFO nobody reads: success, not ready, nothing written.
+    nix::unistd::mkfifo(&w.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    std::os::unix::fs::chown(w.join("fifo"), Some(w.uid), Some(w.uid)).unwrap();
+    let args = json!({"path": "fifo", "content": "x", "wait_until_ready": false, "create_parents": false});
+    let r = run_tool(&w, "workspace-write", "file_write", args, &[]);
+    assert_eq!((r.ok()["ready"].as_bool(), r.ok()["bytes_written"].as_u64()), (Some(false), Some(0)));
 }
 
 #[test]

@@ -31,9 +31,10 @@ pub fn run(args: serde_json::Value, ctx: &mut ToolContext<'_>) -> Result<FileRea
         ready: false,
         wait_until_ready: wait,
     };
-    let fd = match paths::open(ctx.workspace, &args.path, flags, Mode::empty()) {
-        Err(e) if !wait && e.message.contains("Unexpected") => return Ok(not_ready(args.path)),
-        other => other?,
+    let relative = paths::relative(&args.path)?;
+    let fd = match paths::open_at_raw(ctx.workspace, relative, flags, Mode::empty()) {
+        Err(errno) if !wait && paths::would_block(errno) => return Ok(not_ready(args.path)),
+        other => other.map_err(paths::os_error)?,
     };
     let stat = fstat(&fd).map_err(paths::os_error)?;
     if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR {

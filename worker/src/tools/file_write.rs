@@ -30,9 +30,9 @@ pub fn run(args: serde_json::Value, ctx: &mut ToolContext<'_>) -> Result<FileWri
         ready,
         wait_until_ready: wait,
     };
-    let fd = match paths::open_at(ctx.workspace, relative, flags, Mode::from_bits_truncate(0o644)) {
-        Err(e) if !wait && e.message.contains("Unexpected") => return Ok(result(0, false)),
-        other => other?,
+    let fd = match paths::open_at_raw(ctx.workspace, relative, flags, Mode::from_bits_truncate(0o644)) {
+        Err(errno) if !wait && paths::would_block(errno) => return Ok(result(0, false)),
+        other => other.map_err(paths::os_error)?,
     };
     let mut file = std::fs::File::from(fd);
     let data = args.content.as_bytes();
@@ -61,10 +61,10 @@ fn create_parents(ctx: &ToolContext<'_>, relative: &str) -> Result<(), ToolError
     let dir_flags = OFlag::O_PATH | OFlag::O_DIRECTORY;
     for depth in 1..=components.len() {
         let prefix = components[..depth].join("/");
-        match paths::open_at(ctx.workspace, &prefix, dir_flags, Mode::empty()) {
+        match paths::open_at_raw(ctx.workspace, &prefix, dir_flags, Mode::empty()) {
             Ok(_) => continue,
-            Err(e) if e.message == "FileNotFound" => {}
-            Err(e) => return Err(e),
+            Err(Errno::ENOENT) => {}
+            Err(errno) => return Err(paths::os_error(errno)),
         }
         let above = if depth == 1 { ".".to_owned() } else { components[..depth - 1].join("/") };
         let above_fd = paths::open_at(ctx.workspace, &above, dir_flags, Mode::empty())?;

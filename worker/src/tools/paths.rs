@@ -51,6 +51,12 @@ pub fn open(workspace: &OwnedFd, path: &str, flags: OFlag, mode: Mode) -> Result
 
 /// Opens an already-relative path beneath `dir` (the workspace or a directory inside it).
 pub fn open_at(dir: &impl AsFd, relative: &str, flags: OFlag, mode: Mode) -> Result<OwnedFd, ToolError> {
+    open_at_raw(dir, relative, flags, mode).map_err(os_error)
+}
+
+/// As [`open_at`], keeping the errno for callers that treat some errors as outcomes
+/// (`ENOENT` before creating a directory, `EAGAIN`/`ENXIO` of a non-blocking open).
+pub fn open_at_raw(dir: &impl AsFd, relative: &str, flags: OFlag, mode: Mode) -> Result<OwnedFd, Errno> {
     let how = OpenHow::new()
         .flags(flags | OFlag::O_CLOEXEC)
         .mode(mode)
@@ -58,9 +64,14 @@ pub fn open_at(dir: &impl AsFd, relative: &str, flags: OFlag, mode: Mode) -> Res
     loop {
         match openat2(dir, relative, how) {
             Err(Errno::EAGAIN | Errno::EINTR) if !flags.contains(OFlag::O_NONBLOCK) => continue,
-            other => return other.map_err(os_error),
+            other => return other,
         }
     }
+}
+
+/// Whether a non-blocking open or I/O failed only because the other end is not ready.
+pub fn would_block(errno: Errno) -> bool {
+    matches!(errno, Errno::EAGAIN | Errno::ENXIO)
 }
 
 /// Maps an OS error to the spec's failure codes and names.
