@@ -152,3 +152,26 @@ fn etc_grants(dir: &Path, prefix: &str, read: BitFlags<AccessFs>, out: &mut Vec<
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etc_grants_leave_out_secrets_and_descend_only_where_one_lives() {
+        let etc = tempfile::tempdir().unwrap();
+        for dir in ["ssl/private", "ssl/certs", "ssh", "sudoers.d", "apt"] {
+            fs::create_dir_all(etc.path().join(dir)).unwrap();
+        }
+        for file in ["passwd", "shadow", "gshadow-", "hostname", "sudoers", "ssl/openssl.cnf", "ssl/private/key.pem"] {
+            fs::write(etc.path().join(file), "x").unwrap();
+        }
+        std::os::unix::fs::symlink("/nonexistent/target", etc.path().join("dangling")).unwrap();
+        let mut grants = Vec::new();
+        etc_grants(etc.path(), "", AccessFs::from_read(REQUIRED_ABI), &mut grants);
+        let mut names: Vec<String> =
+            grants.iter().map(|(path, _)| path.strip_prefix(etc.path()).unwrap().display().to_string()).collect();
+        names.sort();
+        assert_eq!(names, ["apt", "hostname", "passwd", "ssl/certs", "ssl/openssl.cnf"]);
+    }
+}

@@ -107,3 +107,46 @@ impl SupervisorConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn config(extra: serde_json::Value) -> Result<SupervisorConfig, String> {
+        let mut base = json!({"socket": "/run/w.sock", "workspace_roots": ["/srv/ws"]});
+        base.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        serde_json::from_value(base).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_are_the_safe_ones() {
+        let c = config(json!({})).unwrap();
+        assert_eq!(c.allowed_uids, UidAllowlist::only_self());
+        assert_eq!((c.socket_mode, c.max_workers, c.warm_workers_per_plan), (0o660, 16, 1));
+        c.validate(false).unwrap();
+        let err = c.validate(true).unwrap_err().to_string();
+        assert!(err.contains("uid_range"), "switching ids needs tenant ids: {err}");
+    }
+
+    #[test]
+    fn bad_values_are_refused_by_name() {
+        let table = [
+            (json!({"max_workers": 0}), "max_workers"),
+            (json!({"max_workers": 5000}), "max_workers"),
+            (json!({"warm_workers_per_plan": 9}), "warm_workers_per_plan"),
+            (json!({"warm_ttl_ms": 10}), "warm_ttl_ms"),
+            (json!({"workspace_roots": []}), "workspace_roots"),
+            (json!({"workspace_roots": ["relative/dir"]}), "absolute"),
+            (json!({"sandbox": {"protected_paths": ["../x"]}}), "protected path"),
+        ];
+        for (extra, needle) in table {
+            let err = config(extra.clone()).unwrap().validate(false).unwrap_err().to_string();
+            assert!(err.contains(needle), "{extra}: {err}");
+        }
+        assert!(config(json!({"unknown_key": 1})).unwrap_err().contains("unknown field"));
+        let dup = json!({"uid_range": {"start": 1000, "count": 10},
+            "tenants": {"a": {"uid": 1001, "gid": 1001}, "b": {"uid": 1001, "gid": 1002}}});
+        assert!(config(dup).unwrap().validate(true).unwrap_err().to_string().contains("share a uid"));
+    }
+}
