@@ -114,7 +114,7 @@ async fn handle(shared: &Arc<Shared>, request: ToolRequest, tx: &mpsc::Sender<Su
         .await;
     // Warm the next worker once this one is done, so starting it does not compete with the
     // call for CPU.
-    if shared.warm.enabled() {
+    if shared.warm.has_room(&plan_key) {
         let (shared, plan_key, plan) = (shared.clone(), plan_key.clone(), plan.clone());
         tokio::spawn(async move {
             if let Ok(worker) = start(&shared.exe, &plan).await {

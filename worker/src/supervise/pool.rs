@@ -27,11 +27,6 @@ impl WarmPool {
         WarmPool { idle: Mutex::new(HashMap::new()), per_plan, total, ttl }
     }
 
-    /// Whether warm workers are enabled.
-    pub fn enabled(&self) -> bool {
-        self.per_plan > 0
-    }
-
     /// An idle, live, unexpired worker for `plan_key`.
     pub fn take(&self, plan_key: &str) -> Option<ReadyWorker> {
         let mut idle = self.idle.lock().expect("pool lock");
@@ -42,6 +37,13 @@ impl WarmPool {
             }
         }
         None
+    }
+
+    /// Whether a worker for `plan_key` would be kept (checked before starting one).
+    pub fn has_room(&self, plan_key: &str) -> bool {
+        let idle = self.idle.lock().expect("pool lock");
+        let total: usize = idle.values().map(Vec::len).sum();
+        self.per_plan > 0 && total < self.total && idle.get(plan_key).is_none_or(|w| w.len() < self.per_plan)
     }
 
     /// Keeps a worker for `plan_key`, or drops (ends) it when the pool is full.
