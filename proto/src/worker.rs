@@ -5,7 +5,8 @@
 //! - gateway ⇄ supervisor (`spiderweb-worker supervise`): the gateway writes [`ToolRequest`]
 //!   frames and reads [`SupervisorReply`] frames. Requests may be pipelined on one connection;
 //!   every reply carries the `request_id` of its request, and each request ends with exactly
-//!   one [`SupervisorReply::Result`].
+//!   one [`SupervisorReply::Result`]. Closing the connection cancels the calls still running
+//!   on it (their workers are killed), so keep it open until the results are in.
 //! - supervisor ⇄ confined worker (stdin/stdout of the worker process): the worker reads one
 //!   [`WorkerTask`] *after* it has confined itself and writes [`WorkerEvent`]s.
 //!

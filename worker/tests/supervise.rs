@@ -341,3 +341,24 @@ fn a_supervisor_with_only_setuid_setgid_capabilities_runs_tenants_under_their_ui
     send(&mut conn, &request("d", "alice", other.path(), "file_list", json!({})));
     assert_eq!(collect(&mut conn, "d").1["code"], "rejected");
 }
+
+#[test]
+fn a_vanished_gateway_takes_its_running_calls_with_it() {
+    let uid = test_uid("sup-vanish");
+    let sup = Supervisor::start(&[("alice", uid)], json!({"warm_workers_per_plan": 0}));
+    let ws = Workspace::new(uid);
+    let mut conn = sup.connect();
+    let cmd = "echo started; sleep 1000; echo never";
+    send(&mut conn, &request("v", "alice", ws.path(), "shell_exec", json!({"command": cmd, "timeout_ms": 300000})));
+    match recv(&mut conn) {
+        SupervisorReply::Output { data, .. } => assert_eq!(data, "started\n"),
+        other => panic!("{other:?}"),
+    }
+    assert!(!processes_of(uid).is_empty(), "the call is running");
+    drop(conn);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_of(uid).is_empty() {
+        assert!(Instant::now() < deadline, "the call outlived its gateway: {}", describe(&processes_of(uid)));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -2,7 +2,9 @@
 //! replies (output chunks, then one result) go through one writer in order per request.
 //!
 //! A malformed frame is answered with [`SupervisorReply::Malformed`] and the connection stays
-//! open; a broken stream closes it. In-flight requests per connection and output forwarded per
+//! open; a broken stream closes it. When the gateway closes the connection (or replies can no
+//! longer be delivered) every worker still running for it is ended with its whole tree, so the
+//! gateway keeps the connection open until it has its results. In-flight requests per connection and output forwarded per
 //! request are bounded, so no peer can grow the supervisor's memory without limit.
 
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use spiderweb_proto::worker::{
 use tokio::net::UnixStream;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
 
 use super::request::plan_for;
 use super::server::Shared;
@@ -34,13 +37,18 @@ pub async fn serve(stream: UnixStream, shared: Arc<Shared>) {
     let mut requests = FramedRead::new(read, JsonFrames::<ToolRequest, ()>::new(MAX_FRAME_BYTES));
     let mut replies = FramedWrite::new(write, JsonFrames::<(), SupervisorReply>::new(MAX_FRAME_BYTES));
     let (tx, mut rx) = mpsc::channel::<SupervisorReply>(REPLY_QUEUE);
-    let writer = tokio::spawn(async move {
-        while let Some(reply) = rx.recv().await {
-            if replies.send(reply).await.is_err() {
-                break;
+    let gateway_gone = CancellationToken::new();
+    let writer = {
+        let gateway_gone = gateway_gone.clone();
+        tokio::spawn(async move {
+            while let Some(reply) = rx.recv().await {
+                if replies.send(reply).await.is_err() {
+                    gateway_gone.cancel();
+                    break;
+                }
             }
-        }
-    });
+        })
+    };
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     while let Some(frame) = requests.next().await {
         let request = match frame {
@@ -59,14 +67,20 @@ pub async fn serve(stream: UnixStream, shared: Arc<Shared>) {
             let _ = tx.send(SupervisorReply::Result { request_id: request.request_id, outcome }).await;
             continue;
         };
-        let (shared, tx) = (shared.clone(), tx.clone());
+        let (shared, tx, gateway_gone) = (shared.clone(), tx.clone(), gateway_gone.clone());
         tokio::spawn(async move {
             let request_id = request.request_id.clone();
-            let outcome = handle(&shared, request, &tx).await;
-            let _ = tx.send(SupervisorReply::Result { request_id, outcome }).await;
+            // Dropping `handle` drops its worker, which ends the worker's whole tree.
+            tokio::select! {
+                outcome = handle(&shared, request, &tx) => {
+                    let _ = tx.send(SupervisorReply::Result { request_id, outcome }).await;
+                }
+                _ = gateway_gone.cancelled() => {}
+            }
             drop(permit);
         });
     }
+    gateway_gone.cancel();
     drop(tx);
     let _ = writer.await;
 }
