@@ -8,13 +8,19 @@
 //! This crate must never perform I/O, read the environment or the clock, hold or compare
 //! secrets, or keep state: a decision depends only on its arguments.
 
+//! - [`sandbox`]: sandbox profiles of tool workers, protected paths, resource limits, and the
+//!   profile of each tenant/project.
+//! - [`approval`]: when a command needs a human's approval, and what each answer means.
+
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod approval;
 pub mod broker_access;
 pub mod peer;
 pub mod project_access;
 pub mod role;
+pub mod sandbox;
 pub mod scope;
 pub mod session;
 

@@ -13,6 +13,8 @@
 //! - [`frame`]: length-prefixed JSON frames, the framing of every internal Unix-socket
 //!   protocol (broker, worker supervisor).
 //! - [`broker`]: the credential broker's requests, replies and streamed provider responses.
+//! - [`worker`]: the worker supervisor's protocol (tool requests, streamed output, results),
+//!   the five tools' argument/result shapes and their generated JSON Schemas.
 
 pub mod broker;
 pub mod codes;
@@ -20,5 +22,6 @@ pub mod envelope;
 pub mod frame;
 pub mod names;
 pub mod reply;
+pub mod worker;
 
 pub use envelope::{AcheronFields, Channel, Envelope, FrameError, ParseErrorName};
