@@ -30,9 +30,7 @@ fn sse_reply() -> Reply {
     Reply::Full {
         status: 200,
         headers: vec![("content-type", "text/event-stream".into())],
-        body: Bytes::from_static(
-            b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\ndata: [DONE]\n\n",
-        ),
+        body: Bytes::from_static(b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\ndata: [DONE]\n\n"),
     }
 }
 
@@ -43,10 +41,7 @@ fn request(id: u64) -> BrokerRequest {
         method: "POST".into(),
         path: "/chat/completions".into(),
         headers: vec![("content-type".into(), "application/json".into())],
-        body: Bytes::from_static(
-            br#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
-        )
-        .into(),
+        body: Bytes::from_static(br#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#).into(),
     })
 }
 
@@ -59,10 +54,7 @@ fn micros(d: Duration) -> f64 {
 }
 
 async fn ttfb_direct(url: &str) -> Vec<Duration> {
-    let http = reqwest::Client::builder()
-        .tcp_nodelay(true)
-        .build()
-        .unwrap();
+    let http = reqwest::Client::builder().tcp_nodelay(true).build().unwrap();
     let mut samples = Vec::with_capacity(SAMPLES);
     for i in 0..WARMUP + SAMPLES {
         let start = Instant::now();
@@ -140,10 +132,7 @@ async fn pump(mut client: BrokerClient, until: Instant) -> u64 {
 
 fn main() {
     // Client and provider share one thread, leaving the other core to the broker.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let server = LocalServer::start(|_| sse_reply()).await;
         let broker = Broker::start(BrokerSpec {

@@ -44,13 +44,8 @@ impl BrokerClient {
     pub async fn connect(path: &Path) -> Result<Self, ClientError> {
         let stream = UnixStream::connect(path)
             .await
-            .map_err(|source| ClientError::Connect {
-                path: path.display().to_string(),
-                source,
-            })?;
-        Ok(BrokerClient {
-            framed: Framed::new(stream, ClientCodec::new(DEFAULT_MAX_FRAME_BYTES)),
-        })
+            .map_err(|source| ClientError::Connect { path: path.display().to_string(), source })?;
+        Ok(BrokerClient { framed: Framed::new(stream, ClientCodec::new(DEFAULT_MAX_FRAME_BYTES)) })
     }
 
     /// Sends one request.

@@ -181,9 +181,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig {
-            level: "info".into(),
-        }
+        LogConfig { level: "info".into() }
     }
 }
 
@@ -209,23 +207,14 @@ pub fn config_path(flag: Option<&Path>) -> PathBuf {
 
 /// Reads and validates the file at `path` (defaults when it does not exist).
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-    let invalid = |message: String| ConfigError::Invalid {
-        path: path.to_path_buf(),
-        message,
-    };
+    let invalid = |message: String| ConfigError::Invalid { path: path.to_path_buf(), message };
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(Loaded {
-                config: Config::default(),
-                warnings: vec![],
-            });
+            return Ok(Loaded { config: Config::default(), warnings: vec![] });
         }
         Err(source) => {
-            return Err(ConfigError::Read {
-                path: path.to_path_buf(),
-                source,
-            });
+            return Err(ConfigError::Read { path: path.to_path_buf(), source });
         }
     };
     let mut unknown = Vec::new();
@@ -237,10 +226,7 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         invalid(format!("{key}: {}", e.into_inner()))
     })?;
     validate(&config).map_err(invalid)?;
-    let warnings = unknown
-        .into_iter()
-        .map(|key| format!("unknown config key {key} (ignored)"))
-        .collect();
+    let warnings = unknown.into_iter().map(|key| format!("unknown config key {key} (ignored)")).collect();
     Ok(Loaded { config, warnings })
 }
 
@@ -249,19 +235,10 @@ fn validate(c: &Config) -> Result<(), String> {
     let l = &c.limits;
     let positive: &[(&str, u64)] = &[
         ("limits.max_frame_bytes", l.max_frame_bytes as u64),
-        (
-            "limits.max_request_body_bytes",
-            l.max_request_body_bytes as u64,
-        ),
+        ("limits.max_request_body_bytes", l.max_request_body_bytes as u64),
         ("limits.max_connections", l.max_connections as u64),
-        (
-            "limits.max_requests_per_connection",
-            l.max_requests_per_connection as u64,
-        ),
-        (
-            "limits.max_concurrent_upstream",
-            l.max_concurrent_upstream as u64,
-        ),
+        ("limits.max_requests_per_connection", l.max_requests_per_connection as u64),
+        ("limits.max_concurrent_upstream", l.max_concurrent_upstream as u64),
         ("limits.queue_timeout_ms", l.queue_timeout_ms),
         ("limits.connect_timeout_ms", l.connect_timeout_ms),
         ("limits.response_timeout_ms", l.response_timeout_ms),
@@ -284,10 +261,7 @@ fn validate(c: &Config) -> Result<(), String> {
         ));
     }
     if c.log.level.parse::<tracing::Level>().is_err() {
-        return Err(format!(
-            "log.level: {:?} is not one of trace, debug, info, warn, error",
-            c.log.level
-        ));
+        return Err(format!("log.level: {:?} is not one of trace, debug, info, warn, error", c.log.level));
     }
     if let Some(url) = &c.codex.token_url {
         crate::providers::parse_base_url(url).map_err(|e| format!("codex.token_url: {e}"))?;
@@ -295,8 +269,7 @@ fn validate(c: &Config) -> Result<(), String> {
     for (id, p) in &c.providers {
         crate::providers::check_id(id).map_err(|e| format!("providers.{id}: {e}"))?;
         if let Some(url) = &p.base_url {
-            crate::providers::parse_base_url(url)
-                .map_err(|e| format!("providers.{id}.base_url: {e}"))?;
+            crate::providers::parse_base_url(url).map_err(|e| format!("providers.{id}.base_url: {e}"))?;
         }
     }
     crate::providers::Catalogue::build(&c.providers)?;
@@ -323,49 +296,24 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_warned_by_path() {
-        let loaded =
-            load_text(r#"{"limits":{"max_connections":5,"bogus":1},"api_key":"x"}"#).unwrap();
+        let loaded = load_text(r#"{"limits":{"max_connections":5,"bogus":1},"api_key":"x"}"#).unwrap();
         assert_eq!(loaded.config.limits.max_connections, 5);
         let all = loaded.warnings.join("\n");
-        assert!(
-            all.contains("limits.bogus") && all.contains("api_key"),
-            "{all}"
-        );
+        assert!(all.contains("limits.bogus") && all.contains("api_key"), "{all}");
     }
 
     #[test]
     fn invalid_values_name_the_key() {
         for (text, key) in [
-            (
-                r#"{"limits":{"max_connections":0}}"#,
-                "limits.max_connections",
-            ),
-            (
-                r#"{"limits":{"queue_timeout_ms":"soon"}}"#,
-                "limits.queue_timeout_ms",
-            ),
-            (
-                r#"{"limits":{"max_request_body_bytes":60000000}}"#,
-                "limits.max_request_body_bytes",
-            ),
+            (r#"{"limits":{"max_connections":0}}"#, "limits.max_connections"),
+            (r#"{"limits":{"queue_timeout_ms":"soon"}}"#, "limits.queue_timeout_ms"),
+            (r#"{"limits":{"max_request_body_bytes":60000000}}"#, "limits.max_request_body_bytes"),
             (r#"{"log":{"level":"loud"}}"#, "log.level"),
             (r#"{"access":{"key_admin":["root"]}}"#, "access.key_admin"),
-            (
-                r#"{"providers":{"local":{"base_url":"http://127.0.0.1:1/v1"}}}"#,
-                "providers.local",
-            ),
-            (
-                r#"{"providers":{"openai":{"base_url":"ftp://x"}}}"#,
-                "providers.openai.base_url",
-            ),
-            (
-                r#"{"providers":{"openai":{"base_url":"https://u:p@x/v1"}}}"#,
-                "providers.openai.base_url",
-            ),
-            (
-                r#"{"providers":{"Bad Id":{"kind":"openai","base_url":"https://x"}}}"#,
-                "providers.Bad Id",
-            ),
+            (r#"{"providers":{"local":{"base_url":"http://127.0.0.1:1/v1"}}}"#, "providers.local"),
+            (r#"{"providers":{"openai":{"base_url":"ftp://x"}}}"#, "providers.openai.base_url"),
+            (r#"{"providers":{"openai":{"base_url":"https://u:p@x/v1"}}}"#, "providers.openai.base_url"),
+            (r#"{"providers":{"Bad Id":{"kind":"openai","base_url":"https://x"}}}"#, "providers.Bad Id"),
             (r#"{"codex":{"token_url":"not a url"}}"#, "codex.token_url"),
         ] {
             let err = load_text(text).unwrap_err().to_string();

@@ -19,9 +19,7 @@ use std::sync::{Arc, Mutex};
 use futures_util::{SinkExt, StreamExt};
 use secrecy::{ExposeSecret, SecretString};
 use spiderweb_policy::broker_access::BrokerOperation;
-use spiderweb_proto::broker::{
-    BrokerReply, BrokerRequest, CredentialEntry, ErrorCode, ProviderRequest, ServerCodec,
-};
+use spiderweb_proto::broker::{BrokerReply, BrokerRequest, CredentialEntry, ErrorCode, ProviderRequest, ServerCodec};
 use spiderweb_proto::frame::FrameError;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
@@ -53,10 +51,7 @@ pub async fn serve(stream: UnixStream, shared: Arc<Shared>, shutdown: Cancellati
     let mut writer = FramedWrite::new(write_half, ServerCodec::new(max));
 
     if !shared.access.admits_any(peer_uid, shared.own_uid) {
-        tracing::warn!(
-            peer_uid,
-            "connection from a uid that may use no broker operation refused"
-        );
+        tracing::warn!(peer_uid, "connection from a uid that may use no broker operation refused");
         let _ = writer.send(forbidden(None, peer_uid, "this broker")).await;
         return;
     }
@@ -67,11 +62,7 @@ pub async fn serve(stream: UnixStream, shared: Arc<Shared>, shutdown: Cancellati
     let writer_task = tokio::spawn(async move {
         while let Some(reply) = rx.recv().await {
             let more = rx.len();
-            let result = if more == 0 {
-                writer.send(reply).await
-            } else {
-                writer.feed(reply).await
-            };
+            let result = if more == 0 { writer.send(reply).await } else { writer.feed(reply).await };
             if let Err(e) = result {
                 tracing::debug!("client write failed: {e}");
                 break;
@@ -81,13 +72,7 @@ pub async fn serve(stream: UnixStream, shared: Arc<Shared>, shutdown: Cancellati
         writer_done.cancel();
     });
 
-    let conn = Conn {
-        shared,
-        peer_uid,
-        tx,
-        in_flight: Arc::default(),
-        cancel: connection.clone(),
-    };
+    let conn = Conn { shared, peer_uid, tx, in_flight: Arc::default(), cancel: connection.clone() };
     loop {
         let frame = tokio::select! {
             _ = connection.cancelled() => break,
@@ -97,24 +82,13 @@ pub async fn serve(stream: UnixStream, shared: Arc<Shared>, shutdown: Cancellati
             None => break,
             Some(Ok(Ok(request))) => conn.dispatch(request).await,
             Some(Ok(Err(malformed))) => {
-                let reply = BrokerReply::Error {
-                    id: None,
-                    code: ErrorCode::MalformedRequest,
-                    message: malformed.to_string(),
-                };
+                let reply =
+                    BrokerReply::Error { id: None, code: ErrorCode::MalformedRequest, message: malformed.to_string() };
                 let _ = conn.tx.send(reply).await;
             }
             Some(Err(FrameError::TooLarge { len, max })) => {
-                let message =
-                    format!("frame of {len} bytes exceeds limits.max_frame_bytes ({max}); closing");
-                let _ = conn
-                    .tx
-                    .send(BrokerReply::Error {
-                        id: None,
-                        code: ErrorCode::MalformedRequest,
-                        message,
-                    })
-                    .await;
+                let message = format!("frame of {len} bytes exceeds limits.max_frame_bytes ({max}); closing");
+                let _ = conn.tx.send(BrokerReply::Error { id: None, code: ErrorCode::MalformedRequest, message }).await;
                 break;
             }
             Some(Err(e)) => {
@@ -128,10 +102,7 @@ pub async fn serve(stream: UnixStream, shared: Arc<Shared>, shutdown: Cancellati
     // Let queued replies (e.g. the error that explains a close) go out, but never wait
     // forever on a client that stopped reading: that would hold up shutdown.
     let writer_abort = writer_task.abort_handle();
-    if tokio::time::timeout(WRITER_DRAIN, writer_task)
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(WRITER_DRAIN, writer_task).await.is_err() {
         writer_abort.abort();
     }
 }
@@ -153,11 +124,7 @@ fn check_key_shape(key: &str) -> Result<(), String> {
 }
 
 fn forbidden(id: Option<u64>, uid: u32, what: &str) -> BrokerReply {
-    BrokerReply::Error {
-        id,
-        code: ErrorCode::Forbidden,
-        message: format!("uid {uid} may not use {what}"),
-    }
+    BrokerReply::Error { id, code: ErrorCode::Forbidden, message: format!("uid {uid} may not use {what}") }
 }
 
 struct Conn {
@@ -170,9 +137,7 @@ struct Conn {
 
 impl Conn {
     fn admits(&self, op: BrokerOperation) -> bool {
-        self.shared
-            .access
-            .admits(op, self.peer_uid, self.shared.own_uid)
+        self.shared.access.admits(op, self.peer_uid, self.shared.own_uid)
     }
 
     async fn reply(&self, reply: BrokerReply) {
@@ -180,12 +145,7 @@ impl Conn {
     }
 
     async fn error(&self, id: u64, code: ErrorCode, message: impl Into<String>) {
-        self.reply(BrokerReply::Error {
-            id: Some(id),
-            code,
-            message: message.into(),
-        })
-        .await;
+        self.reply(BrokerReply::Error { id: Some(id), code, message: message.into() }).await;
     }
 
     async fn dispatch(&self, request: BrokerRequest) {
@@ -194,9 +154,7 @@ impl Conn {
             BrokerRequest::ProviderRequest(req) => self.start_provider_request(req).await,
             BrokerRequest::Cancel { id } => {
                 if !self.admits(BrokerOperation::ProviderRequest) {
-                    return self
-                        .reply(forbidden(Some(id), self.peer_uid, "provider requests"))
-                        .await;
+                    return self.reply(forbidden(Some(id), self.peer_uid, "provider requests")).await;
                 }
                 if let Some(token) = self.in_flight.lock().expect("in-flight lock").get(&id) {
                     token.cancel();
@@ -204,30 +162,17 @@ impl Conn {
             }
             BrokerRequest::CredentialStatus { .. } => {
                 if !self.admits(BrokerOperation::CredentialStatus) {
-                    return self
-                        .reply(forbidden(Some(id), self.peer_uid, "credential status"))
-                        .await;
+                    return self.reply(forbidden(Some(id), self.peer_uid, "credential status")).await;
                 }
                 let mut providers = Vec::new();
                 for p in self.shared.egress.catalogue().iter() {
                     let keyless = !p.needs_credential();
-                    let source = if keyless {
-                        None
-                    } else {
-                        self.shared.resolver.source(p).await
-                    };
-                    providers.push(CredentialEntry {
-                        provider: p.id.clone(),
-                        source,
-                        keyless,
-                    });
+                    let source = if keyless { None } else { self.shared.resolver.source(p).await };
+                    providers.push(CredentialEntry { provider: p.id.clone(), source, keyless });
                 }
-                self.reply(BrokerReply::CredentialStatus { id, providers })
-                    .await;
+                self.reply(BrokerReply::CredentialStatus { id, providers }).await;
             }
-            BrokerRequest::SetKey { provider, key, .. } => {
-                self.set_key(id, &provider, Some(key)).await
-            }
+            BrokerRequest::SetKey { provider, key, .. } => self.set_key(id, &provider, Some(key)).await,
             BrokerRequest::ClearKey { provider, .. } => self.set_key(id, &provider, None).await,
         }
     }
@@ -235,23 +180,15 @@ impl Conn {
     async fn start_provider_request(&self, req: ProviderRequest) {
         let id = req.id;
         if !self.admits(BrokerOperation::ProviderRequest) {
-            return self
-                .reply(forbidden(Some(id), self.peer_uid, "provider requests"))
-                .await;
+            return self.reply(forbidden(Some(id), self.peer_uid, "provider requests")).await;
         }
         let admitted = {
             let mut in_flight = self.in_flight.lock().expect("in-flight lock");
             let max = self.shared.limits.max_requests_per_connection;
             if in_flight.contains_key(&id) {
-                Err((
-                    ErrorCode::DuplicateRequestId,
-                    format!("request {id} is already in flight"),
-                ))
+                Err((ErrorCode::DuplicateRequestId, format!("request {id} is already in flight")))
             } else if in_flight.len() >= max {
-                Err((
-                    ErrorCode::TooManyRequests,
-                    format!("more than {max} requests in flight on this connection"),
-                ))
+                Err((ErrorCode::TooManyRequests, format!("more than {max} requests in flight on this connection")))
             } else {
                 let token = self.cancel.child_token();
                 in_flight.insert(id, token.clone());
@@ -280,9 +217,7 @@ impl Conn {
 
     async fn set_key(&self, id: u64, provider: &str, key: Option<SecretString>) {
         if !self.admits(BrokerOperation::KeyAdmin) {
-            return self
-                .reply(forbidden(Some(id), self.peer_uid, "key administration"))
-                .await;
+            return self.reply(forbidden(Some(id), self.peer_uid, "key administration")).await;
         }
         if let Some(key) = &key
             && let Err(why) = check_key_shape(key.expose_secret())
@@ -290,22 +225,10 @@ impl Conn {
             return self.error(id, ErrorCode::MalformedRequest, why).await;
         }
         let Some(p) = self.shared.egress.catalogue().get(provider) else {
-            return self
-                .error(
-                    id,
-                    ErrorCode::UnknownProvider,
-                    format!("no provider {provider:?} is configured"),
-                )
-                .await;
+            return self.error(id, ErrorCode::UnknownProvider, format!("no provider {provider:?} is configured")).await;
         };
         if !p.needs_credential() {
-            return self
-                .error(
-                    id,
-                    ErrorCode::UnknownProvider,
-                    format!("provider {provider} takes no key"),
-                )
-                .await;
+            return self.error(id, ErrorCode::UnknownProvider, format!("provider {provider} takes no key")).await;
         }
         let keyring = self.shared.resolver.keyring();
         let result = match &key {
@@ -335,10 +258,7 @@ impl Conn {
                 );
                 self.error(id, ErrorCode::KeyringUnavailable, message).await;
             }
-            Err(e) => {
-                self.error(id, ErrorCode::KeyringUnavailable, e.to_string())
-                    .await
-            }
+            Err(e) => self.error(id, ErrorCode::KeyringUnavailable, e.to_string()).await,
         }
     }
 }

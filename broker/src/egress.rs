@@ -38,10 +38,7 @@ pub struct EgressError {
 }
 
 fn fail(code: ErrorCode, message: impl Into<String>) -> EgressError {
-    EgressError {
-        code,
-        message: message.into(),
-    }
+    EgressError { code, message: message.into() }
 }
 
 /// Sends provider requests. Shared by all connections.
@@ -68,19 +65,8 @@ pub fn http_client(limits: &Limits) -> reqwest::Client {
 
 impl Egress {
     /// Egress over `http` with the configured providers and limits.
-    pub fn new(
-        http: reqwest::Client,
-        limits: Limits,
-        catalogue: Catalogue,
-        resolver: Arc<Resolver>,
-    ) -> Self {
-        Egress {
-            http,
-            slots: Arc::new(Semaphore::new(limits.max_concurrent_upstream)),
-            limits,
-            catalogue,
-            resolver,
-        }
+    pub fn new(http: reqwest::Client, limits: Limits, catalogue: Catalogue, resolver: Arc<Resolver>) -> Self {
+        Egress { http, slots: Arc::new(Semaphore::new(limits.max_concurrent_upstream)), limits, catalogue, resolver }
     }
 
     /// The provider catalogue.
@@ -92,27 +78,15 @@ impl Egress {
     pub async fn run(&self, req: ProviderRequest, out: &mpsc::Sender<BrokerReply>) {
         let id = req.id;
         if let Err(e) = self.stream(req, out).await {
-            let _ = out
-                .send(BrokerReply::Error {
-                    id: Some(id),
-                    code: e.code,
-                    message: e.message,
-                })
-                .await;
+            let _ = out.send(BrokerReply::Error { id: Some(id), code: e.code, message: e.message }).await;
         }
     }
 
-    async fn stream(
-        &self,
-        req: ProviderRequest,
-        out: &mpsc::Sender<BrokerReply>,
-    ) -> Result<(), EgressError> {
-        let provider = self.catalogue.get(&req.provider).ok_or_else(|| {
-            fail(
-                ErrorCode::UnknownProvider,
-                format!("no provider {:?} is configured", req.provider),
-            )
-        })?;
+    async fn stream(&self, req: ProviderRequest, out: &mpsc::Sender<BrokerReply>) -> Result<(), EgressError> {
+        let provider = self
+            .catalogue
+            .get(&req.provider)
+            .ok_or_else(|| fail(ErrorCode::UnknownProvider, format!("no provider {:?} is configured", req.provider)))?;
         let method = match req.method.as_str() {
             "GET" => Method::GET,
             "POST" => Method::POST,
@@ -124,21 +98,14 @@ impl Egress {
             }
         };
         let target = |with_api_key| {
-            provider
-                .target_url(&req.path, with_api_key)
-                .map_err(|e| match e {
-                    providers::TargetError::Path(_) => {
-                        fail(ErrorCode::PathNotAllowed, e.to_string())
-                    }
-                    providers::TargetError::Unconfigured(_) => {
-                        fail(ErrorCode::UnknownProvider, e.to_string())
-                    }
-                })
+            provider.target_url(&req.path, with_api_key).map_err(|e| match e {
+                providers::TargetError::Path(_) => fail(ErrorCode::PathNotAllowed, e.to_string()),
+                providers::TargetError::Unconfigured(_) => fail(ErrorCode::UnknownProvider, e.to_string()),
+            })
         };
         // Checked before anything else; the final base depends on the credential's kind.
         target(false)?;
-        let headers = providers::request_headers(&req.headers)
-            .map_err(|m| fail(ErrorCode::HeaderNotAllowed, m))?;
+        let headers = providers::request_headers(&req.headers).map_err(|m| fail(ErrorCode::HeaderNotAllowed, m))?;
         if req.body.0.len() > self.limits.max_request_body_bytes {
             return Err(fail(
                 ErrorCode::BodyTooLarge,
@@ -151,12 +118,7 @@ impl Egress {
         }
         let _slot = tokio::time::timeout(self.limits.queue_timeout(), self.slots.acquire())
             .await
-            .map_err(|_| {
-                fail(
-                    ErrorCode::Busy,
-                    "all upstream slots stayed busy; retry later",
-                )
-            })?
+            .map_err(|_| fail(ErrorCode::Busy, "all upstream slots stayed busy; retry later"))?
             .expect("the semaphore is never closed");
 
         let mut credential = self.credential(provider).await?;
@@ -167,20 +129,11 @@ impl Egress {
             if let Some(c) = &credential {
                 authenticate(provider.kind, c, &mut request_headers)?;
             }
-            let send = self
-                .http
-                .request(method.clone(), url.clone())
-                .headers(request_headers)
-                .body(req.body.0.clone())
-                .send();
+            let send =
+                self.http.request(method.clone(), url.clone()).headers(request_headers).body(req.body.0.clone()).send();
             let response = tokio::time::timeout(self.limits.response_timeout(), send)
                 .await
-                .map_err(|_| {
-                    fail(
-                        ErrorCode::UpstreamTimeout,
-                        format!("{} did not answer in time", provider.id),
-                    )
-                })?
+                .map_err(|_| fail(ErrorCode::UpstreamTimeout, format!("{} did not answer in time", provider.id)))?
                 .map_err(|e| upstream_error(provider, &e))?;
             if response.status() != StatusCode::UNAUTHORIZED {
                 break response;
@@ -188,12 +141,8 @@ impl Egress {
             match &credential {
                 Some(Credential::CodexOauth { access_token, .. }) if !retried_after_401 => {
                     tracing::info!(provider = %provider.id, "upstream refused the Codex token; refreshing once");
-                    let fresh = self
-                        .resolver
-                        .codex()
-                        .refresh_after_unauthorized(access_token)
-                        .await
-                        .map_err(codex_error)?;
+                    let fresh =
+                        self.resolver.codex().refresh_after_unauthorized(access_token).await.map_err(codex_error)?;
                     credential = Some(fresh);
                     retried_after_401 = true;
                 }
@@ -214,9 +163,7 @@ impl Egress {
                 .headers()
                 .iter()
                 .filter(|(name, _)| providers::forward_response_header(name.as_str()))
-                .filter_map(|(name, value)| {
-                    Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
-                })
+                .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
                 .collect(),
         };
         if out.send(head).await.is_err() {
@@ -226,12 +173,7 @@ impl Egress {
         loop {
             let chunk = tokio::time::timeout(self.limits.idle_read_timeout(), response.chunk())
                 .await
-                .map_err(|_| {
-                    fail(
-                        ErrorCode::UpstreamTimeout,
-                        format!("{} stopped sending mid-body", provider.id),
-                    )
-                })?
+                .map_err(|_| fail(ErrorCode::UpstreamTimeout, format!("{} stopped sending mid-body", provider.id)))?
                 .map_err(|e| upstream_error(provider, &e))?;
             let Some(mut data) = chunk else {
                 let _ = out.send(BrokerReply::End { id }).await;
@@ -239,10 +181,7 @@ impl Egress {
             };
             while !data.is_empty() {
                 let piece = data.split_to(data.len().min(self.max_chunk_bytes()));
-                let reply = BrokerReply::BodyChunk {
-                    id,
-                    data: piece.into(),
-                };
+                let reply = BrokerReply::BodyChunk { id, data: piece.into() };
                 if out.send(reply).await.is_err() {
                     return Ok(());
                 }
@@ -264,9 +203,7 @@ impl Egress {
         match self.resolver.resolve(provider).await {
             Ok(c) => Ok(Some(c)),
             Err(ResolveError::Codex(e)) => Err(codex_error(e)),
-            Err(e @ ResolveError::Missing { .. }) => {
-                Err(fail(ErrorCode::NoCredential, e.to_string()))
-            }
+            Err(e @ ResolveError::Missing { .. }) => Err(fail(ErrorCode::NoCredential, e.to_string())),
         }
     }
 }
@@ -282,37 +219,20 @@ fn codex_error(e: crate::codex::CodexError) -> EgressError {
 }
 
 /// Adds the credential in the header `kind` documents.
-fn authenticate(
-    kind: ProviderKind,
-    credential: &Credential,
-    headers: &mut HeaderMap,
-) -> Result<(), EgressError> {
+fn authenticate(kind: ProviderKind, credential: &Credential, headers: &mut HeaderMap) -> Result<(), EgressError> {
     let secret_header = |value: &str| {
         let mut v = HeaderValue::from_str(value).map_err(|_| {
-            fail(
-                ErrorCode::NoCredential,
-                "the stored credential contains characters not allowed in a header",
-            )
+            fail(ErrorCode::NoCredential, "the stored credential contains characters not allowed in a header")
         })?;
         v.set_sensitive(true);
         Ok::<_, EgressError>(v)
     };
     match credential {
-        Credential::CodexOauth {
-            access_token,
-            account_id,
-        } => {
-            headers.insert(
-                "authorization",
-                secret_header(&format!("Bearer {}", access_token.expose_secret()))?,
-            );
+        Credential::CodexOauth { access_token, account_id } => {
+            headers.insert("authorization", secret_header(&format!("Bearer {}", access_token.expose_secret()))?);
             if let Some(account) = account_id {
-                let v = HeaderValue::from_str(account).map_err(|_| {
-                    fail(
-                        ErrorCode::NoCredential,
-                        "auth.json account_id is not a valid header value",
-                    )
-                })?;
+                let v = HeaderValue::from_str(account)
+                    .map_err(|_| fail(ErrorCode::NoCredential, "auth.json account_id is not a valid header value"))?;
                 headers.insert("chatgpt-account-id", v);
             }
         }
@@ -324,9 +244,7 @@ fn authenticate(
                 }
                 ProviderKind::Anthropic => {
                     headers.insert("x-api-key", secret_header(key)?);
-                    headers
-                        .entry("anthropic-version")
-                        .or_insert(HeaderValue::from_static(ANTHROPIC_VERSION));
+                    headers.entry("anthropic-version").or_insert(HeaderValue::from_static(ANTHROPIC_VERSION));
                 }
                 ProviderKind::Gemini => {
                     headers.insert("x-goog-api-key", secret_header(key)?);
@@ -342,11 +260,7 @@ fn authenticate(
 }
 
 fn upstream_error(provider: &Provider, e: &reqwest::Error) -> EgressError {
-    let code = if e.is_timeout() {
-        ErrorCode::UpstreamTimeout
-    } else {
-        ErrorCode::UpstreamUnreachable
-    };
+    let code = if e.is_timeout() { ErrorCode::UpstreamTimeout } else { ErrorCode::UpstreamUnreachable };
     fail(code, format!("{}: {}", provider.id, describe(e)))
 }
 

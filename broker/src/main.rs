@@ -15,11 +15,7 @@ use spiderweb_broker::{config, hardening, paths};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(
-    name = "spiderweb-broker",
-    version,
-    about = "spiderweb's credential broker"
-)]
+#[command(name = "spiderweb-broker", version, about = "spiderweb's credential broker")]
 struct Args {
     /// Config file (default `$SPIDERWEB_BROKER_CONFIG`, else `~/.config/spiderweb/broker.json`).
     #[arg(long)]
@@ -52,10 +48,7 @@ fn main() -> std::process::ExitCode {
     for warning in &loaded.warnings {
         tracing::warn!(path = %config_path.display(), "{warning}");
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match runtime.block_on(run(args, loaded.config)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -93,9 +86,7 @@ async fn run(args: Args, config: config::Config) -> anyhow::Result<()> {
         },
         http.clone(),
     );
-    let credentials_dir = std::env::var_os("CREDENTIALS_DIRECTORY")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from);
+    let credentials_dir = std::env::var_os("CREDENTIALS_DIRECTORY").filter(|d| !d.is_empty()).map(PathBuf::from);
     let resolver = Arc::new(Resolver::new(
         credentials_dir,
         EnvKeys::from_process(),
@@ -109,10 +100,7 @@ async fn run(args: Args, config: config::Config) -> anyhow::Result<()> {
             Listener::Activated(l)
         }
         None => {
-            let path = args
-                .socket
-                .or(config.socket.path.clone())
-                .unwrap_or_else(paths::default_socket_path);
+            let path = args.socket.or(config.socket.path.clone()).unwrap_or_else(paths::default_socket_path);
             let listener = server::bind(&path, config.socket.group)?;
             tracing::info!(socket = %path.display(), non_dumpable = hardening::is_non_dumpable(), "spiderweb-broker listening");
             Listener::Created { listener, path }

@@ -97,11 +97,7 @@ const BUILTINS: &[Builtin] = &[
         id: "openai-codex-spark",
         kind: ProviderKind::OpenaiCodex,
         base_url: Some("https://chatgpt.com/backend-api/codex"),
-        env_vars: &[
-            "OPENAI_CODEX_SPARK_API_KEY",
-            "OPENAI_CODEX_API_KEY",
-            "OPENAI_API_KEY",
-        ],
+        env_vars: &["OPENAI_CODEX_SPARK_API_KEY", "OPENAI_CODEX_API_KEY", "OPENAI_API_KEY"],
     },
     Builtin {
         id: "kimi-coding",
@@ -140,18 +136,10 @@ impl Catalogue {
     pub fn build(overrides: &BTreeMap<String, ProviderOverride>) -> Result<Catalogue, String> {
         let mut providers = BTreeMap::new();
         for b in BUILTINS {
-            let base_url = b
-                .base_url
-                .map(|u| parse_base_url(u).expect("built-in URLs are valid"));
+            let base_url = b.base_url.map(|u| parse_base_url(u).expect("built-in URLs are valid"));
             providers.insert(
                 b.id.to_owned(),
-                Provider {
-                    id: b.id.into(),
-                    kind: b.kind,
-                    base_url,
-                    env_vars: b.env_vars,
-                    api_key_base_url: None,
-                },
+                Provider { id: b.id.into(), kind: b.kind, base_url, env_vars: b.env_vars, api_key_base_url: None },
             );
         }
         for (id, o) in overrides {
@@ -180,23 +168,15 @@ impl Catalogue {
                     }
                 }
                 None => {
-                    let kind = o.kind.ok_or_else(|| {
-                        format!("providers.{id}.kind: required for a provider that is not built in")
-                    })?;
+                    let kind = o
+                        .kind
+                        .ok_or_else(|| format!("providers.{id}.kind: required for a provider that is not built in"))?;
                     let base_url = base_url.ok_or_else(|| {
-                        format!(
-                            "providers.{id}.base_url: required for a provider that is not built in"
-                        )
+                        format!("providers.{id}.base_url: required for a provider that is not built in")
                     })?;
                     providers.insert(
                         id.clone(),
-                        Provider {
-                            id: id.clone(),
-                            kind,
-                            base_url: Some(base_url),
-                            env_vars: &[],
-                            api_key_base_url,
-                        },
+                        Provider { id: id.clone(), kind, base_url: Some(base_url), env_vars: &[], api_key_base_url },
                     );
                 }
             }
@@ -235,9 +215,7 @@ impl Provider {
     /// for a Codex provider reached with an API key (`with_api_key`), below `api_key_base_url`.
     pub fn target_url(&self, path_and_query: &str, with_api_key: bool) -> Result<Url, TargetError> {
         let api_key_base = self.api_key_base_url.as_ref().filter(|_| with_api_key);
-        let base = api_key_base
-            .or(self.base_url.as_ref())
-            .ok_or_else(|| TargetError::Unconfigured(self.id.clone()))?;
+        let base = api_key_base.or(self.base_url.as_ref()).ok_or_else(|| TargetError::Unconfigured(self.id.clone()))?;
         let (path, query) = match path_and_query.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (path_and_query, None),
@@ -246,9 +224,7 @@ impl Provider {
         if let Some(q) = query
             && (q.contains('#') || q.chars().any(|c| c.is_control() || c == ' '))
         {
-            return Err(TargetError::Path(
-                "query contains a fragment, space or control character",
-            ));
+            return Err(TargetError::Path("query contains a fragment, space or control character"));
         }
         let mut url = base.clone();
         let joined = format!("{}{}", base.path().trim_end_matches('/'), path);
@@ -259,9 +235,7 @@ impl Provider {
         let base_path = base.path().trim_end_matches('/');
         let below = url.path() == base_path || url.path().starts_with(&format!("{base_path}/"));
         if url.origin() != base.origin() || !below || url.fragment().is_some() {
-            return Err(TargetError::Path(
-                "resolves outside the provider's base URL",
-            ));
+            return Err(TargetError::Path("resolves outside the provider's base URL"));
         }
         Ok(url)
     }
@@ -277,28 +251,14 @@ fn check_path(path: &str) -> Result<(), TargetError> {
     if path.starts_with("//") {
         return Err(TargetError::Path("starts with // (a second authority)"));
     }
-    if path
-        .chars()
-        .any(|c| c.is_control() || c == '\\' || c == ' ' || c == '#' || c == '@')
-    {
-        return Err(TargetError::Path(
-            "contains a backslash, space, #, @ or control character",
-        ));
+    if path.chars().any(|c| c.is_control() || c == '\\' || c == ' ' || c == '#' || c == '@') {
+        return Err(TargetError::Path("contains a backslash, space, #, @ or control character"));
     }
     let lower = path.to_ascii_lowercase();
-    if lower.contains("%2e")
-        || lower.contains("%2f")
-        || lower.contains("%5c")
-        || lower.contains("%00")
-    {
-        return Err(TargetError::Path(
-            "contains an encoded dot, slash, backslash or NUL",
-        ));
+    if lower.contains("%2e") || lower.contains("%2f") || lower.contains("%5c") || lower.contains("%00") {
+        return Err(TargetError::Path("contains an encoded dot, slash, backslash or NUL"));
     }
-    if path
-        .split('/')
-        .any(|segment| segment == "." || segment == "..")
-    {
+    if path.split('/').any(|segment| segment == "." || segment == "..") {
         return Err(TargetError::Path("contains a . or .. segment"));
     }
     Ok(())
@@ -326,15 +286,9 @@ pub fn parse_base_url(text: &str) -> Result<Url, String> {
 pub fn check_id(id: &str) -> Result<(), String> {
     let plain = !id.is_empty()
         && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
         && !id.starts_with('-');
-    if plain {
-        Ok(())
-    } else {
-        Err("a provider id is 1-64 characters of a-z, 0-9, - and _".into())
-    }
+    if plain { Ok(()) } else { Err("a provider id is 1-64 characters of a-z, 0-9, - and _".into()) }
 }
 
 /// Request headers a client may pass to the provider. Anything else (in particular
@@ -364,14 +318,10 @@ pub fn request_headers(pairs: &[(String, String)]) -> Result<HeaderMap, String> 
     for (name, value) in pairs {
         let lower = name.to_ascii_lowercase();
         if !REQUEST_HEADERS.contains(&lower.as_str()) {
-            return Err(format!(
-                "header {lower:?} is not allowed (credentials are added by the broker)"
-            ));
+            return Err(format!("header {lower:?} is not allowed (credentials are added by the broker)"));
         }
-        let name = HeaderName::from_bytes(lower.as_bytes())
-            .map_err(|_| format!("header name {lower:?} is invalid"))?;
-        let value = HeaderValue::from_str(value)
-            .map_err(|_| format!("header {lower:?} has an invalid value"))?;
+        let name = HeaderName::from_bytes(lower.as_bytes()).map_err(|_| format!("header name {lower:?} is invalid"))?;
+        let value = HeaderValue::from_str(value).map_err(|_| format!("header {lower:?} has an invalid value"))?;
         map.append(name, value);
     }
     Ok(map)
@@ -382,12 +332,7 @@ pub fn request_headers(pairs: &[(String, String)]) -> Result<HeaderMap, String> 
 pub fn forward_response_header(name: &str) -> bool {
     matches!(
         name,
-        "content-type"
-            | "retry-after"
-            | "request-id"
-            | "x-request-id"
-            | "openai-processing-ms"
-            | "openai-model"
+        "content-type" | "retry-after" | "request-id" | "x-request-id" | "openai-processing-ms" | "openai-model"
     ) || name.starts_with("x-ratelimit-")
         || name.starts_with("anthropic-ratelimit-")
 }
@@ -415,9 +360,7 @@ mod tests {
         );
         let g = openai_at("https://g.example.com/v1beta/");
         assert_eq!(
-            g.target_url("/models/gemini-2.0:streamGenerateContent?alt=sse", false)
-                .unwrap()
-                .as_str(),
+            g.target_url("/models/gemini-2.0:streamGenerateContent?alt=sse", false).unwrap().as_str(),
             "https://g.example.com/v1beta/models/gemini-2.0:streamGenerateContent?alt=sse"
         );
     }
@@ -447,12 +390,7 @@ mod tests {
     #[test]
     fn unconfigured_builtin_says_which_key_to_set() {
         let c = Catalogue::build(&BTreeMap::new()).unwrap();
-        let err = c
-            .get("azure-openai")
-            .unwrap()
-            .target_url("/chat/completions", false)
-            .unwrap_err()
-            .to_string();
+        let err = c.get("azure-openai").unwrap().target_url("/chat/completions", false).unwrap_err().to_string();
         assert!(err.contains("providers.azure-openai.base_url"), "{err}");
     }
 
@@ -462,21 +400,11 @@ mod tests {
         let chain = |id: &str| c.get(id).unwrap().env_vars.to_vec();
         assert_eq!(
             chain("openai-codex-spark"),
-            [
-                "OPENAI_CODEX_SPARK_API_KEY",
-                "OPENAI_CODEX_API_KEY",
-                "OPENAI_API_KEY"
-            ]
+            ["OPENAI_CODEX_SPARK_API_KEY", "OPENAI_CODEX_API_KEY", "OPENAI_API_KEY"]
         );
-        assert_eq!(
-            chain("openai-codex"),
-            ["OPENAI_CODEX_API_KEY", "OPENAI_API_KEY"]
-        );
+        assert_eq!(chain("openai-codex"), ["OPENAI_CODEX_API_KEY", "OPENAI_API_KEY"]);
         assert_eq!(chain("openai"), ["OPENAI_API_KEY"]);
-        assert_eq!(
-            chain("kimi-coding"),
-            ["KIMICODE_API_KEY", "KIMI_API_KEY", "ANTHROPIC_API_KEY"]
-        );
+        assert_eq!(chain("kimi-coding"), ["KIMICODE_API_KEY", "KIMI_API_KEY", "ANTHROPIC_API_KEY"]);
         assert_eq!(chain("anthropic"), ["ANTHROPIC_API_KEY"]);
         assert_eq!(chain("azure-openai"), ["AZURE_OPENAI_API_KEY"]);
         assert_eq!(chain("gemini"), ["GEMINI_API_KEY", "GOOGLE_API_KEY"]);
@@ -484,15 +412,8 @@ mod tests {
 
     #[test]
     fn credential_headers_from_clients_are_refused() {
-        for name in [
-            "Authorization",
-            "x-api-key",
-            "api-key",
-            "x-goog-api-key",
-            "cookie",
-            "host",
-            "ChatGPT-Account-Id",
-        ] {
+        for name in ["Authorization", "x-api-key", "api-key", "x-goog-api-key", "cookie", "host", "ChatGPT-Account-Id"]
+        {
             let err = request_headers(&[(name.into(), "v".into())]).unwrap_err();
             assert!(err.contains(&name.to_ascii_lowercase()), "{err}");
         }
@@ -504,8 +425,6 @@ mod tests {
     fn set_cookie_is_never_forwarded() {
         assert!(!forward_response_header("set-cookie"));
         assert!(forward_response_header("retry-after"));
-        assert!(forward_response_header(
-            "anthropic-ratelimit-requests-remaining"
-        ));
+        assert!(forward_response_header("anthropic-ratelimit-requests-remaining"));
     }
 }

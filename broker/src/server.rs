@@ -75,53 +75,32 @@ pub enum Listener {
 
 /// The systemd-activated socket, if this process was started with one.
 pub fn activated() -> Result<Option<UnixListener>, ListenError> {
-    let ours = std::env::var("LISTEN_PID")
-        .ok()
-        .and_then(|p| p.parse::<u32>().ok())
-        == Some(std::process::id());
-    let count = std::env::var("LISTEN_FDS")
-        .ok()
-        .and_then(|n| n.parse::<i32>().ok())
-        .unwrap_or(0);
+    let ours = std::env::var("LISTEN_PID").ok().and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
+    let count = std::env::var("LISTEN_FDS").ok().and_then(|n| n.parse::<i32>().ok()).unwrap_or(0);
     if !ours || count < 1 {
         return Ok(None);
     }
     // SAFETY: systemd passes the listening socket as fd 3 (SD_LISTEN_FDS_START) to the process
     // named by LISTEN_PID, which we checked is us; nothing else in this process owns fd 3.
     let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(3) };
-    let io = |source| ListenError::Io {
-        what: "using the activated socket",
-        path: PathBuf::from("fd 3"),
-        source,
-    };
+    let io = |source| ListenError::Io { what: "using the activated socket", path: PathBuf::from("fd 3"), source };
     std_listener.set_nonblocking(true).map_err(io)?;
     UnixListener::from_std(std_listener).map(Some).map_err(io)
 }
 
 /// Creates the socket at `path` with the permissions described in the module doc.
 pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, ListenError> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     fn io<'a>(what: &'static str, p: &'a Path) -> impl FnOnce(std::io::Error) -> ListenError + 'a {
-        move |source| ListenError::Io {
-            what,
-            path: p.to_path_buf(),
-            source,
-        }
+        move |source| ListenError::Io { what, path: p.to_path_buf(), source }
     }
     std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
     let meta = std::fs::symlink_metadata(dir).map_err(io("inspecting", dir))?;
     if !meta.is_dir() || meta.uid() != nix::unistd::geteuid().as_raw() {
-        return Err(ListenError::Unsafe {
-            path: dir.into(),
-            why: "not a directory owned by the broker's uid".into(),
-        });
+        return Err(ListenError::Unsafe { path: dir.into(), why: "not a directory owned by the broker's uid".into() });
     }
     let dir_mode = if group.is_some() { 0o710 } else { 0o700 };
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(dir_mode))
-        .map_err(io("setting the mode of", dir))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(dir_mode)).map_err(io("setting the mode of", dir))?;
     if let Some(gid) = group {
         std::os::unix::fs::chown(dir, None, Some(gid)).map_err(io("setting the group of", dir))?;
     }
@@ -139,11 +118,9 @@ pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, ListenError
     }
     let listener = UnixListener::bind(path).map_err(io("binding", path))?;
     let mode = if group.is_some() { 0o660 } else { 0o600 };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(io("setting the mode of", path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io("setting the mode of", path))?;
     if let Some(gid) = group {
-        std::os::unix::fs::chown(path, None, Some(gid))
-            .map_err(io("setting the group of", path))?;
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(io("setting the group of", path))?;
     }
     Ok(listener)
 }
@@ -152,16 +129,9 @@ pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, ListenError
 async fn refuse_busy(stream: tokio::net::UnixStream, max: usize) {
     use futures_util::SinkExt;
     use spiderweb_proto::broker::{BrokerReply, DEFAULT_MAX_FRAME_BYTES, ErrorCode, ServerCodec};
-    let mut framed =
-        tokio_util::codec::FramedWrite::new(stream, ServerCodec::new(DEFAULT_MAX_FRAME_BYTES));
-    let message = format!(
-        "the broker serves at most {max} connections (limits.max_connections); retry later"
-    );
-    let reply = BrokerReply::Error {
-        id: None,
-        code: ErrorCode::Busy,
-        message,
-    };
+    let mut framed = tokio_util::codec::FramedWrite::new(stream, ServerCodec::new(DEFAULT_MAX_FRAME_BYTES));
+    let message = format!("the broker serves at most {max} connections (limits.max_connections); retry later");
+    let reply = BrokerReply::Error { id: None, code: ErrorCode::Busy, message };
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), framed.send(reply)).await;
 }
 
@@ -188,10 +158,7 @@ pub async fn run(listener: Listener, shared: Arc<Shared>, shutdown: Cancellation
             }
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(
-                max = shared.limits.max_connections,
-                "connection refused: limits.max_connections reached"
-            );
+            tracing::warn!(max = shared.limits.max_connections, "connection refused: limits.max_connections reached");
             tracker.spawn(refuse_busy(stream, shared.limits.max_connections));
             continue;
         };

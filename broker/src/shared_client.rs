@@ -76,10 +76,7 @@ impl SharedClient {
     pub async fn connect(path: &Path) -> Result<Self, ClientError> {
         let stream = UnixStream::connect(path)
             .await
-            .map_err(|source| ClientError::Connect {
-                path: path.display().to_string(),
-                source,
-            })?;
+            .map_err(|source| ClientError::Connect { path: path.display().to_string(), source })?;
         let (read_half, write_half) = stream.into_split();
         let mut reader = FramedRead::new(read_half, ClientCodec::new(DEFAULT_MAX_FRAME_BYTES));
         let mut writer = FramedWrite::new(write_half, ClientCodec::new(DEFAULT_MAX_FRAME_BYTES));
@@ -107,20 +104,9 @@ impl SharedClient {
                         let BrokerReply::Error { code, message, .. } = reply else {
                             continue;
                         };
-                        let routes: Vec<_> = reader_routes
-                            .lock()
-                            .expect("routes lock")
-                            .values()
-                            .cloned()
-                            .collect();
+                        let routes: Vec<_> = reader_routes.lock().expect("routes lock").values().cloned().collect();
                         for route in routes {
-                            let _ = route
-                                .send(BrokerReply::Error {
-                                    id: None,
-                                    code,
-                                    message: message.clone(),
-                                })
-                                .await;
+                            let _ = route.send(BrokerReply::Error { id: None, code, message: message.clone() }).await;
                         }
                     }
                 }
@@ -128,28 +114,16 @@ impl SharedClient {
             // Dropping the routes ends every waiting request with `Disconnected`.
             reader_routes.lock().expect("routes lock").clear();
         });
-        Ok(SharedClient {
-            outbox,
-            routes,
-            next_id: AtomicU64::new(1),
-        })
+        Ok(SharedClient { outbox, routes, next_id: AtomicU64::new(1) })
     }
 
     /// Sends a provider request and waits for its response head (or its error).
-    pub async fn provider_request(
-        &self,
-        outgoing: Outgoing,
-    ) -> Result<ProviderResponse, ProviderError> {
+    pub async fn provider_request(&self, outgoing: Outgoing) -> Result<ProviderResponse, ProviderError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (route, mut replies) = mpsc::channel(REPLIES_PER_REQUEST);
         self.routes.lock().expect("routes lock").insert(id, route);
         // From here on, dropping this future (the caller gave up) cancels the request.
-        let mut guard = RequestGuard {
-            id,
-            outbox: self.outbox.clone(),
-            routes: self.routes.clone(),
-            finished: false,
-        };
+        let mut guard = RequestGuard { id, outbox: self.outbox.clone(), routes: self.routes.clone(), finished: false };
         let request = BrokerRequest::ProviderRequest(ProviderRequest {
             id,
             provider: outgoing.provider,
@@ -163,14 +137,9 @@ impl SharedClient {
             return Err(ProviderError::Disconnected);
         }
         match replies.recv().await {
-            Some(BrokerReply::ResponseHead {
-                status, headers, ..
-            }) => Ok(ProviderResponse {
-                status,
-                headers,
-                replies,
-                guard,
-            }),
+            Some(BrokerReply::ResponseHead { status, headers, .. }) => {
+                Ok(ProviderResponse { status, headers, replies, guard })
+            }
             Some(BrokerReply::Error { code, message, .. }) => {
                 guard.finished = true;
                 Err(ProviderError::Broker { code, message })
@@ -226,9 +195,7 @@ impl ProviderResponse {
         match reply {
             Some(BrokerReply::BodyChunk { data, .. }) => Ok(Some(data.0)),
             Some(BrokerReply::End { .. }) => Ok(None),
-            Some(BrokerReply::Error { code, message, .. }) => {
-                Err(ProviderError::Broker { code, message })
-            }
+            Some(BrokerReply::Error { code, message, .. }) => Err(ProviderError::Broker { code, message }),
             _ => Err(ProviderError::Disconnected),
         }
     }

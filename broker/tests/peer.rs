@@ -8,9 +8,7 @@ use std::os::unix::process::CommandExt;
 
 use common::*;
 use serde_json::json;
-use spiderweb_proto::broker::{
-    BrokerReply, BrokerRequest, DEFAULT_MAX_FRAME_BYTES, ProviderRequest,
-};
+use spiderweb_proto::broker::{BrokerReply, BrokerRequest, DEFAULT_MAX_FRAME_BYTES, ProviderRequest};
 use spiderweb_proto::frame::{read_frame, write_frame};
 
 const NOBODY: u32 = 65534;
@@ -33,12 +31,10 @@ fn as_nobody(socket: &std::path::Path, request: &BrokerRequest) -> String {
         nix::unistd::ForkResult::Child => {
             let outcome = (|| -> Result<String, String> {
                 nix::unistd::setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?;
-                nix::unistd::setgid(nix::unistd::Gid::from_raw(NOBODY))
-                    .map_err(|e| format!("setgid: {e}"))?;
-                nix::unistd::setuid(nix::unistd::Uid::from_raw(NOBODY))
-                    .map_err(|e| format!("setuid: {e}"))?;
-                let mut stream = std::os::unix::net::UnixStream::connect(socket)
-                    .map_err(|e| format!("connect: {e}"))?;
+                nix::unistd::setgid(nix::unistd::Gid::from_raw(NOBODY)).map_err(|e| format!("setgid: {e}"))?;
+                nix::unistd::setuid(nix::unistd::Uid::from_raw(NOBODY)).map_err(|e| format!("setuid: {e}"))?;
+                let mut stream =
+                    std::os::unix::net::UnixStream::connect(socket).map_err(|e| format!("connect: {e}"))?;
                 let request: serde_json::Value = serde_json::from_slice(&payload).unwrap();
                 // A broker that refuses at connect may already have answered and closed, so a
                 // failed write is not the outcome: its reply is still there to read.
@@ -88,32 +84,19 @@ fn a_uid_is_admitted_only_to_the_operations_its_class_allows() {
         ..Default::default()
     });
     let status = as_nobody(&broker.socket, &BrokerRequest::CredentialStatus { id: 3 });
-    assert!(
-        status.contains(r#""type":"credential_status","id":3"#),
-        "nobody may read the status: {status}"
-    );
+    assert!(status.contains(r#""type":"credential_status","id":3"#), "nobody may read the status: {status}");
     assert!(!status.contains("sk-peer-test-1"));
 
     let refused = as_nobody(&broker.socket, &provider_request_json(4));
     assert!(
-        refused.contains(r#""code":"forbidden""#)
-            && refused.contains("uid 65534 may not use provider requests"),
+        refused.contains(r#""code":"forbidden""#) && refused.contains("uid 65534 may not use provider requests"),
         "{refused}"
     );
 
-    let out = broker
-        .config_cli()
-        .args(["config", "clear-key", "openai"])
-        .uid(NOBODY)
-        .gid(NOBODY)
-        .output()
-        .unwrap();
+    let out = broker.config_cli().args(["config", "clear-key", "openai"]).uid(NOBODY).gid(NOBODY).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("uid 65534 may not use key administration"),
-        "{err}"
-    );
+    assert!(err.contains("uid 65534 may not use key administration"), "{err}");
 }
 
 #[test]
@@ -126,14 +109,10 @@ fn a_uid_in_no_list_is_turned_away_at_connect() {
     });
     let refused = as_nobody(&broker.socket, &BrokerRequest::CredentialStatus { id: 1 });
     assert!(
-        refused.contains(r#""code":"forbidden""#)
-            && refused.contains("uid 65534 may not use this broker"),
+        refused.contains(r#""code":"forbidden""#) && refused.contains("uid 65534 may not use this broker"),
         "{refused}"
     );
-    assert!(
-        broker.stderr().contains("peer_uid=65534"),
-        "refusals are logged with the uid"
-    );
+    assert!(broker.stderr().contains("peer_uid=65534"), "refusals are logged with the uid");
 }
 
 #[test]
@@ -144,10 +123,7 @@ fn the_socket_is_private_by_default_and_group_shared_when_configured() {
     assert_eq!(mode(private.socket.parent().unwrap()), 0o700);
 
     require_root();
-    let shared = Broker::start(BrokerSpec {
-        config: json!({"socket": {"group": NOBODY}}),
-        ..Default::default()
-    });
+    let shared = Broker::start(BrokerSpec { config: json!({"socket": {"group": NOBODY}}), ..Default::default() });
     assert_eq!(mode(&shared.socket), 0o660);
     assert_eq!(mode(shared.socket.parent().unwrap()), 0o710);
     assert_eq!(std::fs::metadata(&shared.socket).unwrap().gid(), NOBODY);
@@ -178,25 +154,14 @@ fn the_broker_is_non_dumpable() {
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !socket.exists() {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "broker as nobody exited early"
-        );
-        assert!(
-            std::time::Instant::now() < deadline,
-            "broker as nobody did not start"
-        );
+        assert!(child.try_wait().unwrap().is_none(), "broker as nobody exited early");
+        assert!(std::time::Instant::now() < deadline, "broker as nobody did not start");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let owner = std::fs::metadata(format!("/proc/{}/mem", child.id()))
-        .unwrap()
-        .uid();
+    let owner = std::fs::metadata(format!("/proc/{}/mem", child.id())).unwrap().uid();
     child.kill().unwrap();
     child.wait().unwrap();
-    assert_eq!(
-        owner, 0,
-        "/proc/<pid>/mem of a non-dumpable process belongs to root"
-    );
+    assert_eq!(owner, 0, "/proc/<pid>/mem of a non-dumpable process belongs to root");
 }
 
 #[test]
@@ -215,17 +180,8 @@ fn a_bad_config_stops_the_broker_naming_the_key_and_unknown_keys_are_warned() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("limits.max_concurrent_upstream"), "{err}");
 
-    let broker = Broker::start(BrokerSpec {
-        config: json!({"limits": {"max_conections": 3}}),
-        ..Default::default()
-    });
-    assert!(
-        broker
-            .stderr()
-            .contains("unknown config key limits.max_conections"),
-        "{}",
-        broker.stderr()
-    );
+    let broker = Broker::start(BrokerSpec { config: json!({"limits": {"max_conections": 3}}), ..Default::default() });
+    assert!(broker.stderr().contains("unknown config key limits.max_conections"), "{}", broker.stderr());
 }
 
 #[tokio::test]
@@ -251,18 +207,11 @@ async fn sigterm_stops_the_broker_and_removes_its_socket() {
     let mut broker = Broker::start(BrokerSpec::default());
     let mut client = broker.client().await;
     assert!(matches!(
-        client
-            .call(BrokerRequest::CredentialStatus { id: 1 })
-            .await
-            .unwrap(),
+        client.call(BrokerRequest::CredentialStatus { id: 1 }).await.unwrap(),
         BrokerReply::CredentialStatus { .. }
     ));
     drop(client);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(broker.pid() as i32),
-        nix::sys::signal::SIGTERM,
-    )
-    .unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(broker.pid() as i32), nix::sys::signal::SIGTERM).unwrap();
     let status = broker.wait_exit(std::time::Duration::from_secs(10));
     assert_eq!(status.code(), Some(0));
     assert!(!broker.socket.exists());
@@ -279,19 +228,14 @@ async fn a_socket_passed_by_systemd_is_used_as_is() {
     let mut cmd = std::process::Command::new("sh");
     // As systemd does: the socket on fd 3, LISTEN_FDS=1 and LISTEN_PID naming the service's pid
     // (`exec` keeps the shell's pid).
-    cmd.args([
-        "-c",
-        r#"LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@""#,
-        BROKER,
-        "--config",
-    ])
-    .arg(dir.path().join("none.json"))
-    .arg("--socket")
-    .arg(&unused)
-    .env_clear()
-    .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-    .env("HOME", dir.path())
-    .stderr(std::process::Stdio::null());
+    cmd.args(["-c", r#"LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@""#, BROKER, "--config"])
+        .arg(dir.path().join("none.json"))
+        .arg("--socket")
+        .arg(&unused)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", dir.path())
+        .stderr(std::process::Stdio::null());
     // SAFETY: dup2 is async-signal-safe; the closure allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
@@ -312,14 +256,8 @@ async fn a_socket_passed_by_systemd_is_used_as_is() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let mut client = client.expect("the broker answers on the activated socket");
-    let reply = client
-        .call(BrokerRequest::CredentialStatus { id: 9 })
-        .await
-        .unwrap();
-    assert!(
-        matches!(reply, BrokerReply::CredentialStatus { id: 9, .. }),
-        "{reply:?}"
-    );
+    let reply = client.call(BrokerRequest::CredentialStatus { id: 9 }).await.unwrap();
+    assert!(matches!(reply, BrokerReply::CredentialStatus { id: 9, .. }), "{reply:?}");
     assert!(!unused.exists(), "no socket of its own is created");
     child.kill().unwrap();
     child.wait().unwrap();

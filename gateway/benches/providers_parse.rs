@@ -28,20 +28,11 @@ fn openai_chat() -> Vec<String> {
         r#"{"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"file_write","arguments":""}}]}"#,
         "null",
     ));
-    events.push(chunk(
-        r#"{"tool_calls":[{"index":0,"function":{"arguments":"{\"content\":\""}}]}"#,
-        "null",
-    ));
+    events.push(chunk(r#"{"tool_calls":[{"index":0,"function":{"arguments":"{\"content\":\""}}]}"#, "null"));
     for _ in 0..ARG_FRAGMENTS {
-        events.push(chunk(
-            r#"{"tool_calls":[{"index":0,"function":{"arguments":"abc def "}}]}"#,
-            "null",
-        ));
+        events.push(chunk(r#"{"tool_calls":[{"index":0,"function":{"arguments":"abc def "}}]}"#, "null"));
     }
-    events.push(chunk(
-        r#"{"tool_calls":[{"index":0,"function":{"arguments":"\"}"}}]}"#,
-        "null",
-    ));
+    events.push(chunk(r#"{"tool_calls":[{"index":0,"function":{"arguments":"\"}"}}]}"#, "null"));
     events.push(chunk("{}", "\"tool_calls\""));
     events.push("data: {\"choices\":[],\"usage\":{\"prompt_tokens\":900,\"completion_tokens\":24000,\"total_tokens\":24900}}\n\n".into());
     events.push("data: [DONE]\n\n".into());
@@ -76,8 +67,7 @@ fn anthropic() -> Vec<String> {
     events.push(event("message_start", r#"{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":"claude-sonnet-4-5-20250929","content":[],"stop_reason":null,"usage":{"input_tokens":900,"output_tokens":1}}}"#.into()));
     events.push(event(
         "content_block_start",
-        r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#
-            .into(),
+        r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#.into(),
     ));
     for i in 0..TEXT_DELTAS {
         events.push(event(
@@ -85,21 +75,16 @@ fn anthropic() -> Vec<String> {
             format!(r#"{{"type":"content_block_delta","index":0,"delta":{{"type":"text_delta","text":" word{i}"}}}}"#),
         ));
     }
-    events.push(event(
-        "content_block_stop",
-        r#"{"type":"content_block_stop","index":0}"#.into(),
-    ));
+    events.push(event("content_block_stop", r#"{"type":"content_block_stop","index":0}"#.into()));
     events.push(event("content_block_start", r#"{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"toolu_1","name":"file_write","input":{}}}"#.into()));
     for _ in 0..ARG_FRAGMENTS {
         events.push(event(
             "content_block_delta",
-            r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"abc def "}}"#.into(),
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"abc def "}}"#
+                .into(),
         ));
     }
-    events.push(event(
-        "content_block_stop",
-        r#"{"type":"content_block_stop","index":1}"#.into(),
-    ));
+    events.push(event("content_block_stop", r#"{"type":"content_block_stop","index":1}"#.into()));
     events.push(event("message_delta", r#"{"type":"message_delta","delta":{"stop_reason":"tool_use","stop_sequence":null},"usage":{"output_tokens":24000}}"#.into()));
     events.push(event("message_stop", r#"{"type":"message_stop"}"#.into()));
     events
@@ -118,9 +103,7 @@ fn gemini() -> Vec<String> {
 
 fn parse(kind: ProviderKind, chunks: &[&[u8]]) -> usize {
     let mut parser = Provider::new(kind).parser();
-    parser
-        .head(200, &[("content-type", "text/event-stream")])
-        .unwrap();
+    parser.head(200, &[("content-type", "text/event-stream")]).unwrap();
     let mut count = 0;
     let mut done = false;
     for chunk in chunks {

@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use spiderweb_gateway::providers::plugin::{PluginError, PluginProvider};
-use spiderweb_gateway::providers::{
-    ChatRequest, Message, StopReason, StreamEvent, ToolCall, ToolSchema, Usage,
-};
+use spiderweb_gateway::providers::{ChatRequest, Message, StopReason, StreamEvent, ToolCall, ToolSchema, Usage};
 
 /// Writes `body` as a bash script in a fresh temp dir. The plugin is started as
 /// `/bin/bash <script> <dir>` so no test execs a file it has just written (which can
@@ -20,10 +18,7 @@ fn plugin(body: &str) -> (tempfile::TempDir, PluginProvider) {
     let provider = PluginProvider::new(
         "test-plugin",
         "/bin/bash",
-        vec![
-            script.display().to_string(),
-            dir.path().display().to_string(),
-        ],
+        vec![script.display().to_string(), dir.path().display().to_string()],
     );
     (dir, provider)
 }
@@ -82,12 +77,7 @@ echo '{"jsonrpc":"2.0","id":1,"result":{"content":"hello from plugin","tool_call
     assert_eq!(sent, expected);
     assert_eq!(
         events,
-        [
-            StreamEvent::TextDelta("hello from plugin".into()),
-            StreamEvent::Done {
-                stop_reason: StopReason::EndTurn
-            },
-        ]
+        [StreamEvent::TextDelta("hello from plugin".into()), StreamEvent::Done { stop_reason: StopReason::EndTurn },]
     );
 }
 
@@ -106,24 +96,12 @@ echo '{"jsonrpc":"2.0","id":1,"result":{"content":"","tool_calls":[{"id":"c9","n
         })
         .collect();
     assert_eq!(calls.len(), 2, "the entry without a name is skipped");
-    assert_eq!(
-        (calls[0].id.as_str(), calls[0].name.as_str()),
-        ("c9", "search")
-    );
+    assert_eq!((calls[0].id.as_str(), calls[0].name.as_str()), ("c9", "search"));
     assert_eq!(calls[0].arguments, r#"{"q":"rust"}"#);
     assert_eq!(calls[1].id, "call_1");
     assert_eq!(calls[1].arguments, r#"{"cmd":"ls"}"#);
-    assert!(events.contains(&StreamEvent::Usage(Usage {
-        input_tokens: 10,
-        output_tokens: 5,
-        ..Usage::default()
-    })));
-    assert_eq!(
-        events.last(),
-        Some(&StreamEvent::Done {
-            stop_reason: StopReason::ToolUse
-        })
-    );
+    assert!(events.contains(&StreamEvent::Usage(Usage { input_tokens: 10, output_tokens: 5, ..Usage::default() })));
+    assert_eq!(events.last(), Some(&StreamEvent::Done { stop_reason: StopReason::ToolUse }));
 }
 
 #[tokio::test]
@@ -144,10 +122,7 @@ echo '{"jsonrpc":"2.0","id":1,"error":{"code":-32000,"message":"model unavailabl
 fn dead(pid: &str) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
     }
 }
 
@@ -205,11 +180,7 @@ wait"#,
 
 fn read_when_written(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    assert!(
-        !text.trim().is_empty(),
-        "{} was not written",
-        path.display()
-    );
+    assert!(!text.trim().is_empty(), "{} was not written", path.display());
     text.trim().to_owned()
 }
 
@@ -234,20 +205,11 @@ exit 3"#,
 async fn garbage_output_is_refused_with_a_quote() {
     let (_dir, provider) = plugin("cat > /dev/null\necho 'this is not json-rpc'");
     let error = provider.chat(&chat()).await.unwrap_err();
-    assert!(
-        matches!(&error, PluginError::Garbage { line, .. } if line == "this is not json-rpc"),
-        "{error:?}"
-    );
+    assert!(matches!(&error, PluginError::Garbage { line, .. } if line == "this is not json-rpc"), "{error:?}");
     let (_dir, provider) = plugin("cat > /dev/null\necho '{\"jsonrpc\":\"2.0\",\"id\":1}'");
-    assert!(matches!(
-        provider.chat(&chat()).await.unwrap_err(),
-        PluginError::Empty { .. }
-    ));
+    assert!(matches!(provider.chat(&chat()).await.unwrap_err(), PluginError::Empty { .. }));
     let (_dir, provider) = plugin("cat > /dev/null");
-    assert!(matches!(
-        provider.chat(&chat()).await.unwrap_err(),
-        PluginError::NoOutput { .. }
-    ));
+    assert!(matches!(provider.chat(&chat()).await.unwrap_err(), PluginError::NoOutput { .. }));
 }
 
 #[tokio::test]
@@ -255,10 +217,7 @@ async fn oversized_output_is_cut_off() {
     let (_dir, provider) = plugin("cat > /dev/null\nhead -c 3000000 /dev/zero | tr '\\0' x\necho");
     let provider = provider.with_max_output_bytes(1 << 20);
     let error = provider.chat(&chat()).await.unwrap_err();
-    assert!(
-        matches!(error, PluginError::OutputTooLarge { limit, .. } if limit == 1 << 20),
-        "{error:?}"
-    );
+    assert!(matches!(error, PluginError::OutputTooLarge { limit, .. } if limit == 1 << 20), "{error:?}");
 }
 
 #[tokio::test]

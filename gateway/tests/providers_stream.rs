@@ -11,10 +11,7 @@ const SSE: [(&str, &str); 1] = [("content-type", "text/event-stream; charset=utf
 const JSON: [(&str, &str); 1] = [("content-type", "application/json")];
 
 fn fixture(name: &str) -> Vec<u8> {
-    let path = format!(
-        "{}/tests/fixtures/providers/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let path = format!("{}/tests/fixtures/providers/{name}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {path}: {e}"))
 }
 
@@ -71,16 +68,10 @@ fn assert_well_ordered(events: &[StreamEvent]) {
         match event {
             StreamEvent::ToolCallStart { id, .. } => open.push(id),
             StreamEvent::ToolCallArgsDelta { id, .. } => {
-                assert!(
-                    open.contains(&id.as_str()),
-                    "delta for {id} outside its call"
-                )
+                assert!(open.contains(&id.as_str()), "delta for {id} outside its call")
             }
             StreamEvent::ToolCallEnd(call) => {
-                let at = open
-                    .iter()
-                    .position(|id| *id == call.id)
-                    .expect("end of an open call");
+                let at = open.iter().position(|id| *id == call.id).expect("end of an open call");
                 open.remove(at);
             }
             StreamEvent::Usage(_) => assert!(
@@ -130,20 +121,10 @@ fn stop(events: &[StreamEvent]) -> StopReason {
 }
 
 fn call(id: &str, name: &str, arguments: &str) -> ToolCall {
-    ToolCall {
-        id: id.into(),
-        name: name.into(),
-        arguments: arguments.into(),
-        signature: None,
-    }
+    ToolCall { id: id.into(), name: name.into(), arguments: arguments.into(), signature: None }
 }
 
-fn error_reply(
-    kind: ProviderKind,
-    status: u16,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> ProviderError {
+fn error_reply(kind: ProviderKind, status: u16, headers: &[(&str, &str)], body: &str) -> ProviderError {
     let (events, end) = run(kind, status, headers, &[body.as_bytes()]);
     assert!(events.is_empty());
     end.expect_err("an error reply must fail")
@@ -153,35 +134,18 @@ fn error_reply(
 
 #[test]
 fn openai_chat_assembles_parallel_tool_calls_at_every_split() {
-    for kind in [
-        ProviderKind::OpenAi,
-        ProviderKind::AzureOpenAi,
-        ProviderKind::OpenAiCompatible,
-    ] {
+    for kind in [ProviderKind::OpenAi, ProviderKind::AzureOpenAi, ProviderKind::OpenAiCompatible] {
         let events = parse_split_everywhere(kind, &fixture("openai_chat_parallel_tools.sse"));
         assert_eq!(
             calls(&events),
             [
-                call(
-                    "call_DdmO9pD3xa9XTPNJ32zg2hcA",
-                    "file_read",
-                    r#"{"path": "src/main.rs"}"#
-                ),
-                call(
-                    "call_zQvXbXlyZcjXn3J1sDo2lQbe",
-                    "file_list",
-                    r#"{"path": "src", "recursive": true}"#
-                ),
+                call("call_DdmO9pD3xa9XTPNJ32zg2hcA", "file_read", r#"{"path": "src/main.rs"}"#),
+                call("call_zQvXbXlyZcjXn3J1sDo2lQbe", "file_list", r#"{"path": "src", "recursive": true}"#),
             ]
         );
         assert_eq!(
             usage(&events),
-            Some(Usage {
-                input_tokens: 82,
-                output_tokens: 47,
-                cached_input_tokens: 64,
-                cache_write_tokens: 0
-            })
+            Some(Usage { input_tokens: 82, output_tokens: 47, cached_input_tokens: 64, cache_write_tokens: 0 })
         );
         assert_eq!(stop(&events), StopReason::ToolUse);
     }
@@ -196,10 +160,7 @@ fn compatible_servers_sending_whole_calls_and_stop_still_mean_tool_use() {
         "data: [DONE]\n\n"
     );
     let events = parse_split_everywhere(ProviderKind::OpenAiCompatible, body.as_bytes());
-    assert_eq!(
-        calls(&events),
-        [call("call_a1b2c3", "file_read", r#"{"path":"README.md"}"#)]
-    );
+    assert_eq!(calls(&events), [call("call_a1b2c3", "file_read", r#"{"path":"README.md"}"#)]);
     assert_eq!(usage(&events), None, "no usage was sent");
     assert_eq!(stop(&events), StopReason::ToolUse);
 }
@@ -215,9 +176,7 @@ fn openai_chat_streams_text_split_inside_utf8() {
 #[test]
 fn openai_chat_without_done_marker_is_incomplete() {
     let body = fixture("openai_chat_text.sse");
-    let cut = String::from_utf8(body)
-        .unwrap()
-        .replace("data: [DONE]\n\n", "");
+    let cut = String::from_utf8(body).unwrap().replace("data: [DONE]\n\n", "");
     let (events, end) = run(ProviderKind::OpenAi, 200, &SSE, &[cut.as_bytes()]);
     assert_eq!(text(&events), "Grüße aus dem Netz 🕸️.");
     let error = end.unwrap_err();
@@ -237,21 +196,11 @@ fn a_stream_cut_mid_event_is_incomplete_and_keeps_what_came_before() {
 
 #[test]
 fn garbage_in_the_stream_is_a_malformed_stream_error() {
-    let (_, end) = run(
-        ProviderKind::OpenAi,
-        200,
-        &SSE,
-        &[b"data: {\"choices\": [oops\n\n", b"data: [DONE]\n\n"],
-    );
+    let (_, end) = run(ProviderKind::OpenAi, 200, &SSE, &[b"data: {\"choices\": [oops\n\n", b"data: [DONE]\n\n"]);
     let error = end.unwrap_err();
     assert_eq!(error.kind, ErrorKind::MalformedStream);
     assert!(error.message.contains("oops"), "{error}");
-    let (_, end) = run(
-        ProviderKind::Anthropic,
-        200,
-        &SSE,
-        &[b"\xff\xfe\x00garbage\n\n"],
-    );
+    let (_, end) = run(ProviderKind::Anthropic, 200, &SSE, &[b"\xff\xfe\x00garbage\n\n"]);
     assert!(end.is_err());
 }
 
@@ -265,12 +214,8 @@ fn a_mid_stream_error_chunk_is_typed() {
 #[test]
 fn openai_429_honours_retry_after_and_quota_is_not_rate_limit() {
     let body = r#"{"error":{"message":"Rate limit reached for gpt-4o-mini in organization org-x on tokens per min (TPM): Limit 200000, Used 199500, Requested 900. Please try again in 120ms.","type":"tokens","param":null,"code":"rate_limit_exceeded"}}"#;
-    let error = error_reply(
-        ProviderKind::OpenAi,
-        429,
-        &[("content-type", "application/json"), ("retry-after", "3")],
-        body,
-    );
+    let error =
+        error_reply(ProviderKind::OpenAi, 429, &[("content-type", "application/json"), ("retry-after", "3")], body);
     assert_eq!(error.kind, ErrorKind::RateLimited);
     assert_eq!(error.status, Some(429));
     assert_eq!(error.retry_after, Some(Duration::from_secs(3)));
@@ -290,22 +235,12 @@ fn openai_errors_are_typed_from_their_documented_bodies() {
     assert!(error.to_string().contains("HTTP 401"), "{error}");
 
     let long = r#"{"error":{"message":"This model's maximum context length is 128000 tokens. However, your messages resulted in 130341 tokens. Please reduce the length of the messages.","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}"#;
-    assert_eq!(
-        error_reply(ProviderKind::OpenAi, 400, &JSON, long).kind,
-        ErrorKind::ContextLengthExceeded
-    );
-    let azure = r#"{"error":{"code":"DeploymentNotFound","message":"The API deployment for this resource does not exist."}}"#;
-    assert_eq!(
-        error_reply(ProviderKind::AzureOpenAi, 404, &JSON, azure).kind,
-        ErrorKind::NotFound
-    );
+    assert_eq!(error_reply(ProviderKind::OpenAi, 400, &JSON, long).kind, ErrorKind::ContextLengthExceeded);
+    let azure =
+        r#"{"error":{"code":"DeploymentNotFound","message":"The API deployment for this resource does not exist."}}"#;
+    assert_eq!(error_reply(ProviderKind::AzureOpenAi, 404, &JSON, azure).kind, ErrorKind::NotFound);
     let html = "<html><body><h1>502 Bad Gateway</h1></body></html>";
-    let error = error_reply(
-        ProviderKind::OpenAiCompatible,
-        502,
-        &[("content-type", "text/html")],
-        html,
-    );
+    let error = error_reply(ProviderKind::OpenAiCompatible, 502, &[("content-type", "text/html")], html);
     assert_eq!(error.kind, ErrorKind::Server);
     assert!(error.message.contains("502 Bad Gateway"));
     let ollama = r#"{"error":{"message":"model \"llama9\" not found, try pulling it first","type":"api_error","param":null,"code":null}}"#;
@@ -316,12 +251,7 @@ fn openai_errors_are_typed_from_their_documented_bodies() {
 
 #[test]
 fn a_success_status_without_an_event_stream_is_refused() {
-    let (_, end) = run(
-        ProviderKind::OpenAi,
-        200,
-        &[("content-type", "text/html")],
-        &[b"<html>captive portal</html>"],
-    );
+    let (_, end) = run(ProviderKind::OpenAi, 200, &[("content-type", "text/html")], &[b"<html>captive portal</html>"]);
     let error = end.unwrap_err();
     assert_eq!(error.kind, ErrorKind::MalformedStream);
     assert!(error.message.contains("captive portal"), "{error}");
@@ -332,11 +262,7 @@ fn huge_error_bodies_are_cut() {
     let body = format!(r#"{{"error":{{"message":"{}"}}}}"#, "x".repeat(1 << 20));
     let error = error_reply(ProviderKind::OpenAi, 500, &JSON, &body);
     assert_eq!(error.kind, ErrorKind::Server);
-    assert!(
-        error.message.len() < 100 << 10,
-        "{} bytes kept",
-        error.message.len()
-    );
+    assert!(error.message.len() < 100 << 10, "{} bytes kept", error.message.len());
 }
 
 // ---- OpenAI Responses API (also the Codex backend) ----
@@ -355,12 +281,7 @@ fn responses_assembles_interleaved_function_calls_at_every_split() {
         );
         assert_eq!(
             usage(&events),
-            Some(Usage {
-                input_tokens: 291,
-                output_tokens: 58,
-                cached_input_tokens: 128,
-                cache_write_tokens: 0
-            })
+            Some(Usage { input_tokens: 291, output_tokens: 58, cached_input_tokens: 128, cache_write_tokens: 0 })
         );
         assert_eq!(stop(&events), StopReason::ToolUse);
     }
@@ -407,27 +328,14 @@ fn anthropic_assembles_text_and_tool_use_at_every_split() {
         assert_eq!(
             calls(&events),
             [
-                call(
-                    "toolu_01T1x1fJ34qAmk2tNTrN7Up6",
-                    "file_list",
-                    r#"{"path": "src"}"#
-                ),
-                call(
-                    "toolu_01AbCdEfGhIjKlMnOpQrStUv",
-                    "file_read",
-                    r#"{"path": "README.md", "max_bytes": 4096}"#
-                ),
+                call("toolu_01T1x1fJ34qAmk2tNTrN7Up6", "file_list", r#"{"path": "src"}"#),
+                call("toolu_01AbCdEfGhIjKlMnOpQrStUv", "file_read", r#"{"path": "README.md", "max_bytes": 4096}"#),
             ]
         );
         // input_tokens excludes the 1024 cache reads on the wire; normalized, it includes them.
         assert_eq!(
             usage(&events),
-            Some(Usage {
-                input_tokens: 1496,
-                output_tokens: 89,
-                cached_input_tokens: 1024,
-                cache_write_tokens: 0
-            })
+            Some(Usage { input_tokens: 1496, output_tokens: 89, cached_input_tokens: 1024, cache_write_tokens: 0 })
         );
         assert_eq!(stop(&events), StopReason::ToolUse);
     }
@@ -456,40 +364,23 @@ fn anthropic_error_bodies_are_typed() {
     let error = error_reply(
         ProviderKind::Anthropic,
         429,
-        &[
-            ("content-type", "application/json"),
-            ("retry-after", "Sat, 21 Nov 2099 00:00:00 GMT"),
-        ],
+        &[("content-type", "application/json"), ("retry-after", "Sat, 21 Nov 2099 00:00:00 GMT")],
         limited,
     );
     assert_eq!(error.kind, ErrorKind::RateLimited);
     assert!(error.retry_after.unwrap() > Duration::from_secs(3600));
     let long = r#"{"type":"error","error":{"type":"invalid_request_error","message":"prompt is too long: 208310 tokens > 200000 maximum"}}"#;
-    assert_eq!(
-        error_reply(ProviderKind::Anthropic, 400, &JSON, long).kind,
-        ErrorKind::ContextLengthExceeded
-    );
-    let auth =
-        r#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#;
-    assert_eq!(
-        error_reply(ProviderKind::KimiCoding, 401, &JSON, auth).kind,
-        ErrorKind::Auth
-    );
+    assert_eq!(error_reply(ProviderKind::Anthropic, 400, &JSON, long).kind, ErrorKind::ContextLengthExceeded);
+    let auth = r#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#;
+    assert_eq!(error_reply(ProviderKind::KimiCoding, 401, &JSON, auth).kind, ErrorKind::Auth);
 }
 
 #[test]
 fn anthropic_without_message_stop_is_incomplete() {
     let body = String::from_utf8(fixture("anthropic_tool_use.sse")).unwrap();
-    let cut = body.replace(
-        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
-        "",
-    );
+    let cut = body.replace("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n", "");
     let (events, end) = run(ProviderKind::Anthropic, 200, &SSE, &[cut.as_bytes()]);
-    assert_eq!(
-        calls(&events).len(),
-        2,
-        "completed blocks are still reported"
-    );
+    assert_eq!(calls(&events).len(), 2, "completed blocks are still reported");
     let error = end.unwrap_err();
     assert_eq!(error.kind, ErrorKind::IncompleteStream);
     assert!(error.message.contains("message_stop"));
@@ -513,12 +404,7 @@ fn gemini_function_calls_keep_their_signature_at_every_split() {
     assert_ne!(found[0].id, found[1].id, "made-up ids must differ");
     assert_eq!(
         usage(&events),
-        Some(Usage {
-            input_tokens: 96,
-            output_tokens: 73,
-            cached_input_tokens: 32,
-            cache_write_tokens: 0
-        })
+        Some(Usage { input_tokens: 96, output_tokens: 73, cached_input_tokens: 32, cache_write_tokens: 0 })
     );
     assert_eq!(stop(&events), StopReason::ToolUse);
 }
@@ -539,20 +425,12 @@ fn gemini_error_bodies_are_typed() {
     assert_eq!(error.kind, ErrorKind::RateLimited);
     assert_eq!(error.retry_after, Some(Duration::from_secs(38)));
     let bad_key = r#"[{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID","domain":"googleapis.com"}]}}]"#;
-    assert_eq!(
-        error_reply(ProviderKind::Gemini, 400, &JSON, bad_key).kind,
-        ErrorKind::Auth
-    );
+    assert_eq!(error_reply(ProviderKind::Gemini, 400, &JSON, bad_key).kind, ErrorKind::Auth);
     let long = r#"{"error":{"code":400,"message":"The input token count (1200000) exceeds the maximum number of tokens allowed (1048576).","status":"INVALID_ARGUMENT"}}"#;
-    assert_eq!(
-        error_reply(ProviderKind::Gemini, 400, &JSON, long).kind,
-        ErrorKind::ContextLengthExceeded
-    );
-    let unavailable = r#"{"error":{"code":503,"message":"The model is overloaded. Please try again later.","status":"UNAVAILABLE"}}"#;
-    assert_eq!(
-        error_reply(ProviderKind::Gemini, 503, &JSON, unavailable).kind,
-        ErrorKind::Overloaded
-    );
+    assert_eq!(error_reply(ProviderKind::Gemini, 400, &JSON, long).kind, ErrorKind::ContextLengthExceeded);
+    let unavailable =
+        r#"{"error":{"code":503,"message":"The model is overloaded. Please try again later.","status":"UNAVAILABLE"}}"#;
+    assert_eq!(error_reply(ProviderKind::Gemini, 503, &JSON, unavailable).kind, ErrorKind::Overloaded);
 }
 
 // ---- driver ----
@@ -560,10 +438,7 @@ fn gemini_error_bodies_are_typed() {
 #[test]
 fn the_parser_refuses_misuse_and_stays_failed() {
     let mut parser = Provider::new(ProviderKind::OpenAi).parser();
-    assert_eq!(
-        parser.feed(b"data: x\n\n").unwrap_err().kind,
-        ErrorKind::MalformedStream
-    );
+    assert_eq!(parser.feed(b"data: x\n\n").unwrap_err().kind, ErrorKind::MalformedStream);
     assert!(parser.finish().is_err());
 
     let mut parser = Provider::new(ProviderKind::OpenAi).parser();
@@ -596,16 +471,8 @@ data: {"type": "ping"}
     parser.head(200, &SSE).unwrap();
     let body = fixture("openai_chat_text.sse");
     let second = body.windows(2).position(|w| w == b"\n\n").unwrap() + 2;
-    let third = second
-        + body[second..]
-            .windows(2)
-            .position(|w| w == b"\n\n")
-            .unwrap()
-        + 2;
-    assert!(
-        parser.feed(&body[..second]).unwrap().is_empty(),
-        "an empty first delta"
-    );
+    let third = second + body[second..].windows(2).position(|w| w == b"\n\n").unwrap() + 2;
+    assert!(parser.feed(&body[..second]).unwrap().is_empty(), "an empty first delta");
     assert!(!parser.stream_started());
     assert!(!parser.feed(&body[second..third]).unwrap().is_empty());
     assert!(parser.stream_started());
@@ -613,10 +480,7 @@ data: {"type": "ping"}
     let mut parser = Provider::new(ProviderKind::OpenAi).parser();
     parser.head(429, &JSON).unwrap();
     parser.feed(b"{}").unwrap();
-    assert!(
-        !parser.stream_started(),
-        "an error body is not a started stream"
-    );
+    assert!(!parser.stream_started(), "an error body is not a started stream");
 }
 
 #[test]
@@ -639,10 +503,7 @@ fn a_runaway_number_of_tool_calls_is_refused() {
         ));
     }
     let (events, end) = run(ProviderKind::Anthropic, 200, &SSE, &[body.as_bytes()]);
-    assert!(
-        events.is_empty(),
-        "the chunk that overflowed is dropped whole"
-    );
+    assert!(events.is_empty(), "the chunk that overflowed is dropped whole");
     let error = end.unwrap_err();
     assert_eq!(error.kind, ErrorKind::ResponseTooLarge);
     assert!(error.message.contains("256"), "{error}");

@@ -61,13 +61,9 @@ impl BrokerAccess {
     /// Whether `peer_uid` may run any operation at all (checked once at connect, so that a
     /// stranger is turned away before it can send a frame).
     pub fn admits_any(&self, peer_uid: u32, own_uid: u32) -> bool {
-        [
-            BrokerOperation::ProviderRequest,
-            BrokerOperation::CredentialStatus,
-            BrokerOperation::KeyAdmin,
-        ]
-        .into_iter()
-        .any(|op| self.admits(op, peer_uid, own_uid))
+        [BrokerOperation::ProviderRequest, BrokerOperation::CredentialStatus, BrokerOperation::KeyAdmin]
+            .into_iter()
+            .any(|op| self.admits(op, peer_uid, own_uid))
     }
 }
 
@@ -104,10 +100,7 @@ mod tests {
             assert_eq!(access.admits(op, uid, BROKER), expected, "uid {uid} {op:?}");
         }
         assert!(access.admits_any(GATEWAY, BROKER));
-        assert!(
-            !access.admits_any(0, BROKER),
-            "root is a stranger unless listed"
-        );
+        assert!(!access.admits_any(0, BROKER), "root is a stranger unless listed");
     }
 
     #[test]

@@ -310,9 +310,7 @@ mod tests {
         let text = serde_json::to_string(&req).unwrap();
         assert!(text.contains(r#""op":"provider_request""#), "{text}");
         let back: BrokerRequest = serde_json::from_str(&text).unwrap();
-        let BrokerRequest::ProviderRequest(back) = back else {
-            panic!("{back:?}")
-        };
+        let BrokerRequest::ProviderRequest(back) = back else { panic!("{back:?}") };
         assert_eq!(back.body.0.as_ref(), &[0u8, 255, 10]);
         assert_eq!(back.id, 9);
     }
@@ -320,28 +318,18 @@ mod tests {
     #[test]
     fn set_key_never_prints_its_key() {
         let req: BrokerRequest =
-            serde_json::from_str(r#"{"op":"set_key","id":1,"provider":"openai","key":"sk-abc"}"#)
-                .unwrap();
+            serde_json::from_str(r#"{"op":"set_key","id":1,"provider":"openai","key":"sk-abc"}"#).unwrap();
         assert!(!format!("{req:?}").contains("sk-abc"));
-        let BrokerRequest::SetKey { key, .. } = req else {
-            panic!()
-        };
+        let BrokerRequest::SetKey { key, .. } = req else { panic!() };
         assert_eq!(key.expose_secret(), "sk-abc");
     }
 
     #[test]
     fn replies_echo_ids_and_render_codes_in_snake_case() {
-        let reply = BrokerReply::Error {
-            id: Some(4),
-            code: ErrorCode::PathNotAllowed,
-            message: "x".into(),
-        };
+        let reply = BrokerReply::Error { id: Some(4), code: ErrorCode::PathNotAllowed, message: "x".into() };
         let text = serde_json::to_string(&reply).unwrap();
         assert!(text.contains(r#""code":"path_not_allowed""#), "{text}");
-        assert_eq!(
-            serde_json::from_str::<BrokerReply>(&text).unwrap().id(),
-            Some(4)
-        );
+        assert_eq!(serde_json::from_str::<BrokerReply>(&text).unwrap().id(), Some(4));
     }
 
     #[test]

@@ -20,11 +20,7 @@ use spiderweb_broker::paths;
 use spiderweb_proto::broker::{BrokerReply, BrokerRequest};
 
 #[derive(Parser)]
-#[command(
-    name = "spiderweb-config",
-    version,
-    about = "Configure spiderweb and its provider keys"
-)]
+#[command(name = "spiderweb-config", version, about = "Configure spiderweb and its provider keys")]
 struct Cli {
     /// Gateway config file (default `$SPIDERWEB_CONFIG`, else `~/.config/spiderweb/config.json`).
     #[arg(long, global = true)]
@@ -88,10 +84,7 @@ fn default_model(provider: &str) -> &'static str {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config_path = gateway_config_path(cli.config.as_deref());
-    let socket = cli
-        .socket
-        .clone()
-        .unwrap_or_else(paths::default_socket_path);
+    let socket = cli.socket.clone().unwrap_or_else(paths::default_socket_path);
     let Top::Config { action } = cli.command;
     let result = match action {
         None => show(&config_path, &socket),
@@ -129,26 +122,13 @@ fn main() -> ExitCode {
                 Some(k) => Ok(SecretString::from(k)),
                 None => read_key_from_stdin(),
             };
-            key.and_then(|key| {
-                key_change(
-                    &socket,
-                    BrokerRequest::SetKey {
-                        id: 1,
-                        provider: provider.clone(),
-                        key,
-                    },
-                )
-            })
-            .map(|()| println!("stored the {provider} key in the Secret Service"))
+            key.and_then(|key| key_change(&socket, BrokerRequest::SetKey { id: 1, provider: provider.clone(), key }))
+                .map(|()| println!("stored the {provider} key in the Secret Service"))
         }
-        Some(Action::ClearKey { provider }) => key_change(
-            &socket,
-            BrokerRequest::ClearKey {
-                id: 1,
-                provider: provider.clone(),
-            },
-        )
-        .map(|()| println!("removed the {provider} key from the Secret Service")),
+        Some(Action::ClearKey { provider }) => {
+            key_change(&socket, BrokerRequest::ClearKey { id: 1, provider: provider.clone() })
+                .map(|()| println!("removed the {provider} key from the Secret Service"))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -186,17 +166,13 @@ fn read_key_from_stdin() -> Result<SecretString, String> {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime")
 }
 
 fn key_change(socket: &Path, request: BrokerRequest) -> Result<(), String> {
     runtime().block_on(async {
-        let mut client = BrokerClient::connect(socket)
-            .await
-            .map_err(|e| format!("{e} (is spiderweb-broker running?)"))?;
+        let mut client =
+            BrokerClient::connect(socket).await.map_err(|e| format!("{e} (is spiderweb-broker running?)"))?;
         match client.call(request).await.map_err(|e| e.to_string())? {
             BrokerReply::Done { .. } => Ok(()),
             BrokerReply::Error { message, .. } => Err(message),
@@ -213,35 +189,17 @@ fn show(config_path: &Path, socket: &Path) -> Result<(), String> {
         Some(other) => other.to_string(),
         None => default.to_owned(),
     };
-    let exists = if config_path.exists() {
-        ""
-    } else {
-        " (not created yet; defaults)"
-    };
+    let exists = if config_path.exists() { "" } else { " (not created yet; defaults)" };
     println!("config file:     {}{exists}", config_path.display());
-    println!(
-        "bind:            {}",
-        text(get("server", "bind"), "127.0.0.1")
-    );
+    println!("bind:            {}", text(get("server", "bind"), "127.0.0.1"));
     println!("port:            {}", text(get("server", "port"), "18790"));
-    println!(
-        "provider:        {}",
-        text(get("provider", "name"), "openai")
-    );
-    println!(
-        "model:           {}",
-        text(get("provider", "model"), "gpt-4o-mini")
-    );
+    println!("provider:        {}", text(get("provider", "name"), "openai"));
+    println!("model:           {}", text(get("provider", "model"), "gpt-4o-mini"));
     println!("log level:       {}", text(get("log", "level"), "info"));
     println!("broker socket:   {}", socket.display());
     let status = runtime().block_on(async {
-        let mut client = BrokerClient::connect(socket)
-            .await
-            .map_err(|e| e.to_string())?;
-        client
-            .call(BrokerRequest::CredentialStatus { id: 1 })
-            .await
-            .map_err(|e| e.to_string())
+        let mut client = BrokerClient::connect(socket).await.map_err(|e| e.to_string())?;
+        client.call(BrokerRequest::CredentialStatus { id: 1 }).await.map_err(|e| e.to_string())
     });
     match status {
         Ok(BrokerReply::CredentialStatus { providers, .. }) => {
@@ -256,9 +214,7 @@ fn show(config_path: &Path, socket: &Path) -> Result<(), String> {
             }
             Ok(())
         }
-        Ok(BrokerReply::Error { message, .. }) => {
-            Err(format!("the broker refused the key status: {message}"))
-        }
+        Ok(BrokerReply::Error { message, .. }) => Err(format!("the broker refused the key status: {message}")),
         Ok(other) => Err(format!("unexpected reply from the broker: {other:?}")),
         Err(e) => {
             println!("provider keys:   unknown ({e}; start spiderweb-broker to see them)");
@@ -291,18 +247,13 @@ fn section<'a>(doc: &'a mut Map<String, Value>, name: &str) -> &'a mut Map<Strin
 fn edit(path: &Path, change: impl FnOnce(&mut Map<String, Value>)) -> Result<(), String> {
     let mut doc = read_doc(path)?;
     change(&mut doc);
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut text = serde_json::to_string_pretty(&Value::Object(doc)).expect("JSON serialises");
     text.push('\n');
-    let tmp =
-        tempfile::NamedTempFile::new_in(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     std::fs::write(tmp.path(), text).map_err(|e| format!("{}: {e}", tmp.path().display()))?;
-    tmp.persist(path)
-        .map_err(|e| format!("{}: {}", path.display(), e.error))?;
+    tmp.persist(path).map_err(|e| format!("{}: {}", path.display(), e.error))?;
     println!("updated {}", path.display());
     Ok(())
 }

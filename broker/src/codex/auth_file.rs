@@ -80,10 +80,7 @@ pub struct AuthFile {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AuthFileError + '_ {
-    move |source| AuthFileError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| AuthFileError::Io { path: path.to_path_buf(), source }
 }
 
 impl AuthFile {
@@ -112,18 +109,12 @@ impl AuthFile {
             Err(e) => return Err(io(&self.path)(e)),
         };
         if meta.len() > MAX_FILE_BYTES {
-            return Err(AuthFileError::Format {
-                path: self.path.clone(),
-                what: "larger than 1 MiB",
-            });
+            return Err(AuthFileError::Format { path: self.path.clone(), what: "larger than 1 MiB" });
         }
         let text = zeroize::Zeroizing::new(std::fs::read(&self.path).map_err(io(&self.path))?);
         match serde_json::from_slice(&text) {
             Ok(Value::Object(map)) => Ok(Some(map)),
-            _ => Err(AuthFileError::Format {
-                path: self.path.clone(),
-                what: "not a JSON object",
-            }),
+            _ => Err(AuthFileError::Format { path: self.path.clone(), what: "not a JSON object" }),
         }
     }
 
@@ -137,63 +128,33 @@ impl AuthFile {
             .mode_0600()
             .open(&lock_path)
             .map_err(io(&lock_path))?;
-        Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, errno)| io(&lock_path)(errno.into()))
+        Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| io(&lock_path)(errno.into()))
     }
 
     /// Applies `update` and replaces the file atomically (mode 0600, unknown fields kept).
     /// The caller holds [`AuthFile::lock`].
-    pub fn write_refreshed(
-        &self,
-        update: &TokenUpdate,
-        now: SystemTime,
-    ) -> Result<(), AuthFileError> {
+    pub fn write_refreshed(&self, update: &TokenUpdate, now: SystemTime) -> Result<(), AuthFileError> {
         let mut doc = self.read_document()?.unwrap_or_default();
-        let tokens = doc
-            .entry("tokens")
-            .or_insert_with(|| Value::Object(Map::new()));
+        let tokens = doc.entry("tokens").or_insert_with(|| Value::Object(Map::new()));
         let Value::Object(tokens) = tokens else {
-            return Err(AuthFileError::Format {
-                path: self.path.clone(),
-                what: "tokens is not an object",
-            });
+            return Err(AuthFileError::Format { path: self.path.clone(), what: "tokens is not an object" });
         };
-        tokens.insert(
-            "access_token".into(),
-            Value::String(update.access_token.expose_secret().to_owned()),
-        );
+        tokens.insert("access_token".into(), Value::String(update.access_token.expose_secret().to_owned()));
         if let Some(id) = &update.id_token {
-            tokens.insert(
-                "id_token".into(),
-                Value::String(id.expose_secret().to_owned()),
-            );
+            tokens.insert("id_token".into(), Value::String(id.expose_secret().to_owned()));
         }
         if let Some(refresh) = &update.refresh_token {
-            tokens.insert(
-                "refresh_token".into(),
-                Value::String(refresh.expose_secret().to_owned()),
-            );
+            tokens.insert("refresh_token".into(), Value::String(refresh.expose_secret().to_owned()));
         }
-        doc.insert(
-            "last_refresh".into(),
-            Value::String(humantime::format_rfc3339_micros(now).to_string()),
-        );
-        let text = zeroize::Zeroizing::new(
-            serde_json::to_vec_pretty(&doc).expect("a JSON map serialises"),
-        );
+        doc.insert("last_refresh".into(), Value::String(humantime::format_rfc3339_micros(now).to_string()));
+        let text = zeroize::Zeroizing::new(serde_json::to_vec_pretty(&doc).expect("a JSON map serialises"));
         let dir = self.path.parent().unwrap_or(Path::new("."));
         // tempfile creates the file 0600 and with a random name; rename keeps that mode.
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".auth.json.")
-            .tempfile_in(dir)
-            .map_err(io(dir))?;
+        let mut tmp = tempfile::Builder::new().prefix(".auth.json.").tempfile_in(dir).map_err(io(dir))?;
         tmp.write_all(&text).map_err(io(tmp.path()))?;
         tmp.as_file().sync_all().map_err(io(&self.path))?;
-        tmp.persist(&self.path)
-            .map_err(|e| io(&self.path)(e.error))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(dir))?;
+        tmp.persist(&self.path).map_err(|e| io(&self.path)(e.error))?;
+        File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
         Ok(())
     }
 }
@@ -209,11 +170,7 @@ impl OpenOptionsExt600 for std::fs::OpenOptions {
 }
 
 fn contents(doc: &Map<String, Value>) -> AuthContents {
-    let text = |v: Option<&Value>| {
-        v.and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-    };
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned);
     let tokens = doc.get("tokens").and_then(Value::as_object);
     let access = tokens.and_then(|t| text(t.get("access_token")));
     let refresh = tokens.and_then(|t| text(t.get("refresh_token")));
@@ -233,10 +190,7 @@ fn contents(doc: &Map<String, Value>) -> AuthContents {
 
 /// RFC 3339 as the Codex CLI writes it (`2025-08-06T20:41:36.232376Z`), also with `+00:00`.
 fn parse_time(text: &str) -> Option<SystemTime> {
-    let normalised = text
-        .strip_suffix("+00:00")
-        .map(|t| format!("{t}Z"))
-        .unwrap_or_else(|| text.to_owned());
+    let normalised = text.strip_suffix("+00:00").map(|t| format!("{t}Z")).unwrap_or_else(|| text.to_owned());
     humantime::parse_rfc3339_weak(&normalised).ok()
 }
 
@@ -245,9 +199,7 @@ fn parse_time(text: &str) -> Option<SystemTime> {
 pub fn jwt_expiry(token: &str) -> Option<SystemTime> {
     use base64::Engine as _;
     let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .ok()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
     let claims: Value = serde_json::from_slice(&bytes).ok()?;
     let exp = claims.get("exp")?.as_u64()?;
     Some(SystemTime::UNIX_EPOCH + Duration::from_secs(exp))
@@ -270,34 +222,16 @@ mod tests {
         .unwrap();
         let file = AuthFile::new(path.clone());
         let _lock = file.lock().unwrap();
-        let update = TokenUpdate {
-            id_token: None,
-            access_token: "a2".into(),
-            refresh_token: Some("r2".into()),
-        };
-        file.write_refreshed(
-            &update,
-            SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
-        )
-        .unwrap();
+        let update = TokenUpdate { id_token: None, access_token: "a2".into(), refresh_token: Some("r2".into()) };
+        file.write_refreshed(&update, SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)).unwrap();
         let doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         assert_eq!(doc["future_field"]["x"][0], 1);
         assert_eq!(doc["tokens"]["extra"], 1);
         assert_eq!(doc["tokens"]["id_token"], "i");
         assert_eq!(doc["tokens"]["refresh_token"], "r2");
-        assert!(
-            doc["last_refresh"]
-                .as_str()
-                .unwrap()
-                .starts_with("2027-01-15T08:00:00")
-        );
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-        let Some(AuthContents::Tokens(t)) = file.read().unwrap() else {
-            panic!()
-        };
+        assert!(doc["last_refresh"].as_str().unwrap().starts_with("2027-01-15T08:00:00"));
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let Some(AuthContents::Tokens(t)) = file.read().unwrap() else { panic!() };
         assert_eq!(t.access_token.expose_secret(), "a2");
         assert_eq!(t.account_id.as_deref(), Some("acc"));
     }
@@ -308,13 +242,9 @@ mod tests {
         assert!(parse_time("2025-08-06T20:41:36+00:00").is_some());
         assert!(parse_time("yesterday").is_none());
         use base64::Engine as _;
-        let claims =
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"exp":1700000000}"#);
+        let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"exp":1700000000}"#);
         let exp = jwt_expiry(&format!("h.{claims}.s")).unwrap();
-        assert_eq!(
-            exp,
-            SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
-        );
+        assert_eq!(exp, SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000));
         assert!(jwt_expiry("not-a-jwt").is_none());
     }
 }

@@ -71,23 +71,15 @@ pub struct CodexSettings {
 impl CodexSettings {
     /// `auth.json` under `home`, else `$CODEX_HOME`, else `~/.codex`.
     pub fn auth_path(home: Option<PathBuf>) -> PathBuf {
-        home.or_else(|| {
-            std::env::var_os("CODEX_HOME")
-                .filter(|h| !h.is_empty())
-                .map(PathBuf::from)
-        })
-        .unwrap_or_else(|| crate::paths::home_dir().join(".codex"))
-        .join("auth.json")
+        home.or_else(|| std::env::var_os("CODEX_HOME").filter(|h| !h.is_empty()).map(PathBuf::from))
+            .unwrap_or_else(|| crate::paths::home_dir().join(".codex"))
+            .join("auth.json")
     }
 
     /// The configured URL, else `$CODEX_REFRESH_TOKEN_URL_OVERRIDE`, else OpenAI's.
     pub fn token_url(configured: Option<String>) -> String {
         configured
-            .or_else(|| {
-                std::env::var("CODEX_REFRESH_TOKEN_URL_OVERRIDE")
-                    .ok()
-                    .filter(|u| !u.is_empty())
-            })
+            .or_else(|| std::env::var("CODEX_REFRESH_TOKEN_URL_OVERRIDE").ok().filter(|u| !u.is_empty()))
             .unwrap_or_else(|| DEFAULT_TOKEN_URL.into())
     }
 }
@@ -124,10 +116,9 @@ impl CodexAuth {
     pub async fn credential(&self) -> Result<Option<Credential>, CodexError> {
         match self.file.read()? {
             None | Some(AuthContents::Empty) => Ok(None),
-            Some(AuthContents::ApiKey(key)) => Ok(Some(Credential::ApiKey {
-                key: Arc::new(key),
-                source: CredentialSource::CodexAuthFileKey,
-            })),
+            Some(AuthContents::ApiKey(key)) => {
+                Ok(Some(Credential::ApiKey { key: Arc::new(key), source: CredentialSource::CodexAuthFileKey }))
+            }
             Some(AuthContents::Tokens(t)) if self.is_fresh(&t) => Ok(Some(oauth(t))),
             Some(AuthContents::Tokens(_)) => self.refresh(None).await.map(Some),
         }
@@ -135,33 +126,25 @@ impl CodexAuth {
 
     /// After the upstream refused `rejected` with 401: a token other than `rejected` (one that
     /// someone else refreshed meanwhile, or a newly refreshed one).
-    pub async fn refresh_after_unauthorized(
-        &self,
-        rejected: &SecretString,
-    ) -> Result<Credential, CodexError> {
+    pub async fn refresh_after_unauthorized(&self, rejected: &SecretString) -> Result<Credential, CodexError> {
         self.refresh(Some(rejected)).await
     }
 
     fn is_fresh(&self, t: &CodexTokens) -> bool {
         let now = SystemTime::now();
-        let recent = t.last_refresh.is_some_and(|at| {
-            now.duration_since(at).unwrap_or_default() < self.settings.stale_after
-        });
-        let unexpired = auth_file::jwt_expiry(t.access_token.expose_secret())
-            .is_none_or(|exp| exp > now + EXPIRY_MARGIN);
+        let recent =
+            t.last_refresh.is_some_and(|at| now.duration_since(at).unwrap_or_default() < self.settings.stale_after);
+        let unexpired =
+            auth_file::jwt_expiry(t.access_token.expose_secret()).is_none_or(|exp| exp > now + EXPIRY_MARGIN);
         recent && unexpired
     }
 
     /// Fresh tokens that are not the rejected ones, if the file holds such.
-    fn usable_on_disk(
-        &self,
-        rejected: Option<&SecretString>,
-    ) -> Result<Option<Credential>, CodexError> {
+    fn usable_on_disk(&self, rejected: Option<&SecretString>) -> Result<Option<Credential>, CodexError> {
         match self.file.read()? {
             Some(AuthContents::Tokens(t))
                 if self.is_fresh(&t)
-                    && rejected
-                        .is_none_or(|r| r.expose_secret() != t.access_token.expose_secret()) =>
+                    && rejected.is_none_or(|r| r.expose_secret() != t.access_token.expose_secret()) =>
             {
                 Ok(Some(oauth(t)))
             }
@@ -182,9 +165,7 @@ impl CodexAuth {
             return Ok(c);
         }
         let Some(AuthContents::Tokens(tokens)) = self.file.read()? else {
-            return Err(CodexError::Reauth {
-                code: "no tokens in auth.json".into(),
-            });
+            return Err(CodexError::Reauth { code: "no tokens in auth.json".into() });
         };
         let mut attempt = 0;
         let update = loop {
@@ -214,16 +195,10 @@ impl CodexAuth {
         };
         self.file.write_refreshed(&update, SystemTime::now())?;
         tracing::info!(path = %self.file.path().display(), "Codex login refreshed");
-        Ok(Credential::CodexOauth {
-            access_token: Arc::new(update.access_token),
-            account_id: tokens.account_id,
-        })
+        Ok(Credential::CodexOauth { access_token: Arc::new(update.access_token), account_id: tokens.account_id })
     }
 }
 
 fn oauth(t: CodexTokens) -> Credential {
-    Credential::CodexOauth {
-        access_token: Arc::new(t.access_token),
-        account_id: t.account_id,
-    }
+    Credential::CodexOauth { access_token: Arc::new(t.access_token), account_id: t.account_id }
 }

@@ -13,11 +13,7 @@ use serde_json::Value;
 use super::auth_file::TokenUpdate;
 
 /// Error codes after which retrying cannot help.
-const PERMANENT_CODES: &[&str] = &[
-    "refresh_token_expired",
-    "refresh_token_reused",
-    "refresh_token_invalidated",
-];
+const PERMANENT_CODES: &[&str] = &["refresh_token_expired", "refresh_token_reused", "refresh_token_invalidated"];
 
 /// How one refresh attempt failed.
 #[derive(Debug)]
@@ -53,10 +49,7 @@ pub async fn exchange(
         .send()
         .await
         .map_err(|e| {
-            RefreshFailure::Retryable(format!(
-                "token endpoint unreachable: {}",
-                crate::egress::describe(&e)
-            ))
+            RefreshFailure::Retryable(format!("token endpoint unreachable: {}", crate::egress::describe(&e)))
         })?;
     let status = response.status();
     let bytes = zeroize::Zeroizing::new(
@@ -64,10 +57,7 @@ pub async fn exchange(
             .bytes()
             .await
             .map_err(|e| {
-                RefreshFailure::Retryable(format!(
-                    "token endpoint reply cut: {}",
-                    crate::egress::describe(&e)
-                ))
+                RefreshFailure::Retryable(format!("token endpoint reply cut: {}", crate::egress::describe(&e)))
             })?
             .to_vec(),
     );
@@ -78,25 +68,14 @@ pub async fn exchange(
         {
             return Err(RefreshFailure::Permanent(code));
         }
-        return Err(RefreshFailure::Retryable(format!(
-            "token endpoint answered HTTP {}",
-            status.as_u16()
-        )));
+        return Err(RefreshFailure::Retryable(format!("token endpoint answered HTTP {}", status.as_u16())));
     }
     let field = |name: &str| {
-        json.as_ref()
-            .and_then(|j| j.get(name))
-            .and_then(Value::as_str)
-            .map(|s| SecretString::from(s.to_owned()))
+        json.as_ref().and_then(|j| j.get(name)).and_then(Value::as_str).map(|s| SecretString::from(s.to_owned()))
     };
-    let access_token = field("access_token").ok_or_else(|| {
-        RefreshFailure::Retryable("token endpoint reply has no access_token".into())
-    })?;
-    Ok(TokenUpdate {
-        id_token: field("id_token"),
-        access_token,
-        refresh_token: field("refresh_token"),
-    })
+    let access_token = field("access_token")
+        .ok_or_else(|| RefreshFailure::Retryable("token endpoint reply has no access_token".into()))?;
+    Ok(TokenUpdate { id_token: field("id_token"), access_token, refresh_token: field("refresh_token") })
 }
 
 /// The error code in the shapes OAuth servers use: `{"error":"code"}`,
@@ -121,10 +100,7 @@ mod tests {
             r#"{"error":{"code":"refresh_token_reused","message":"m"}}"#,
             r#"{"code":"refresh_token_reused"}"#,
         ] {
-            assert_eq!(
-                error_code(&serde_json::from_str(body).unwrap()).as_deref(),
-                Some("refresh_token_reused")
-            );
+            assert_eq!(error_code(&serde_json::from_str(body).unwrap()).as_deref(), Some("refresh_token_reused"));
         }
     }
 }

@@ -42,10 +42,8 @@ impl EnvKeys {
 
     /// The first of `chain` that is set, with its name.
     pub fn first(&self, chain: &[&'static str]) -> Option<(&'static str, SecretString)> {
-        chain.iter().find_map(|name| {
-            self.0
-                .get(name)
-                .map(|k| (*name, SecretString::from(k.expose_secret().to_owned())))
-        })
+        chain
+            .iter()
+            .find_map(|name| self.0.get(name).map(|k| (*name, SecretString::from(k.expose_secret().to_owned()))))
     }
 }

@@ -48,33 +48,22 @@ fn attributes(provider: &str) -> HashMap<&str, &str> {
 fn backend(e: secret_service::Error) -> KeyringError {
     match e {
         secret_service::Error::Locked => KeyringError::Locked,
-        secret_service::Error::Unavailable => {
-            KeyringError::Unavailable("no provider on the session bus".into())
-        }
+        secret_service::Error::Unavailable => KeyringError::Unavailable("no provider on the session bus".into()),
         other => KeyringError::Backend(other.to_string()),
     }
 }
 
-async fn bounded<T>(
-    f: impl Future<Output = Result<T, secret_service::Error>>,
-) -> Result<T, KeyringError> {
-    tokio::time::timeout(CALL_TIMEOUT, f)
-        .await
-        .map_err(|_| KeyringError::Timeout)?
-        .map_err(backend)
+async fn bounded<T>(f: impl Future<Output = Result<T, secret_service::Error>>) -> Result<T, KeyringError> {
+    tokio::time::timeout(CALL_TIMEOUT, f).await.map_err(|_| KeyringError::Timeout)?.map_err(backend)
 }
 
 impl Keyring {
     /// The open session, opening it first if needed.
-    async fn session(
-        &self,
-    ) -> Result<tokio::sync::MutexGuard<'_, Option<SecretService<'static>>>, KeyringError> {
+    async fn session(&self) -> Result<tokio::sync::MutexGuard<'_, Option<SecretService<'static>>>, KeyringError> {
         let mut guard = self.session.lock().await;
         if guard.is_none() {
             if std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_none_or(|a| a.is_empty()) {
-                return Err(KeyringError::Unavailable(
-                    "DBUS_SESSION_BUS_ADDRESS is not set".into(),
-                ));
+                return Err(KeyringError::Unavailable("DBUS_SESSION_BUS_ADDRESS is not set".into()));
             }
             let ss = tokio::time::timeout(CALL_TIMEOUT, SecretService::connect(EncryptionType::Dh))
                 .await
@@ -91,10 +80,7 @@ impl Keyring {
         guard: &mut Option<SecretService<'static>>,
         result: Result<T, KeyringError>,
     ) -> Result<T, KeyringError> {
-        if matches!(
-            result,
-            Err(KeyringError::Backend(_) | KeyringError::Timeout)
-        ) {
+        if matches!(result, Err(KeyringError::Backend(_) | KeyringError::Timeout)) {
             *guard = None;
         }
         result
@@ -122,42 +108,24 @@ impl Keyring {
     }
 }
 
-async fn lookup_in(
-    ss: &SecretService<'static>,
-    provider: &str,
-) -> Result<Option<SecretString>, KeyringError> {
+async fn lookup_in(ss: &SecretService<'static>, provider: &str) -> Result<Option<SecretString>, KeyringError> {
     let found = bounded(ss.search_items(attributes(provider))).await?;
     let Some(item) = found.unlocked.first() else {
-        return if found.locked.is_empty() {
-            Ok(None)
-        } else {
-            Err(KeyringError::Locked)
-        };
+        return if found.locked.is_empty() { Ok(None) } else { Err(KeyringError::Locked) };
     };
     let bytes = zeroize::Zeroizing::new(bounded(item.get_secret()).await?);
-    let text = std::str::from_utf8(&bytes)
-        .map_err(|_| KeyringError::Backend("stored key is not UTF-8".into()))?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| KeyringError::Backend("stored key is not UTF-8".into()))?;
     Ok(Some(SecretString::from(text.trim().to_owned())))
 }
 
-async fn store_in(
-    ss: &SecretService<'static>,
-    provider: &str,
-    key: &SecretString,
-) -> Result<(), KeyringError> {
+async fn store_in(ss: &SecretService<'static>, provider: &str, key: &SecretString) -> Result<(), KeyringError> {
     let collection = bounded(ss.get_default_collection()).await?;
     if bounded(collection.is_locked()).await? {
         return Err(KeyringError::Locked);
     }
     let label = format!("spiderweb API key for {provider}");
-    bounded(collection.create_item(
-        &label,
-        attributes(provider),
-        key.expose_secret().as_bytes(),
-        true,
-        "text/plain",
-    ))
-    .await?;
+    bounded(collection.create_item(&label, attributes(provider), key.expose_secret().as_bytes(), true, "text/plain"))
+        .await?;
     Ok(())
 }
 

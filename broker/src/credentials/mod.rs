@@ -93,12 +93,7 @@ pub struct Resolver {
 
 impl Resolver {
     /// A resolver over the given sources. `credentials_dir` is `$CREDENTIALS_DIRECTORY`.
-    pub fn new(
-        credentials_dir: Option<PathBuf>,
-        env: EnvKeys,
-        codex: Arc<CodexAuth>,
-        cache_for: Duration,
-    ) -> Self {
+    pub fn new(credentials_dir: Option<PathBuf>, env: EnvKeys, codex: Arc<CodexAuth>, cache_for: Duration) -> Self {
         Resolver {
             keyring: Keyring::default(),
             credentials_dir,
@@ -133,25 +128,15 @@ impl Resolver {
             return Ok(c.credential.clone());
         }
         let credential = match self.static_key(provider).await {
-            Some((key, source)) => Credential::ApiKey {
-                key: Arc::new(key),
-                source,
-            },
-            None if provider.uses_codex_oauth() => self
-                .codex
-                .credential()
-                .await?
-                .ok_or_else(|| missing(provider))?,
+            Some((key, source)) => Credential::ApiKey { key: Arc::new(key), source },
+            None if provider.uses_codex_oauth() => self.codex.credential().await?.ok_or_else(|| missing(provider))?,
             None => return Err(missing(provider)),
         };
         if !matches!(credential, Credential::CodexOauth { .. }) {
-            self.cache.lock().expect("cache lock").insert(
-                provider.id.clone(),
-                Cached {
-                    credential: credential.clone(),
-                    at: Instant::now(),
-                },
-            );
+            self.cache
+                .lock()
+                .expect("cache lock")
+                .insert(provider.id.clone(), Cached { credential: credential.clone(), at: Instant::now() });
         }
         Ok(credential)
     }
@@ -188,12 +173,7 @@ impl Resolver {
             }
         }
         if let Some((variable, key)) = self.env.first(provider.env_vars) {
-            return Some((
-                key,
-                CredentialSource::Environment {
-                    variable: variable.into(),
-                },
-            ));
+            return Some((key, CredentialSource::Environment { variable: variable.into() }));
         }
         None
     }
@@ -204,13 +184,7 @@ fn missing(provider: &Provider) -> ResolveError {
         [] => String::new(),
         vars => format!(", or set {}", vars.join(" / ")),
     };
-    let env_hint = if provider.uses_codex_oauth() {
-        format!("{env_hint}, or log in with `codex login`")
-    } else {
-        env_hint
-    };
-    ResolveError::Missing {
-        provider: provider.id.clone(),
-        env_hint,
-    }
+    let env_hint =
+        if provider.uses_codex_oauth() { format!("{env_hint}, or log in with `codex login`") } else { env_hint };
+    ResolveError::Missing { provider: provider.id.clone(), env_hint }
 }

@@ -24,13 +24,10 @@ pub fn read(dir: &Path, provider: &str) -> std::io::Result<Option<SecretString>>
     let mut bytes = Zeroizing::new(Vec::new());
     file.take(MAX_KEY_BYTES + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > MAX_KEY_BYTES {
-        return Err(std::io::Error::other(format!(
-            "{} is larger than {MAX_KEY_BYTES} bytes",
-            path.display()
-        )));
+        return Err(std::io::Error::other(format!("{} is larger than {MAX_KEY_BYTES} bytes", path.display())));
     }
-    let text = std::str::from_utf8(&bytes)
-        .map_err(|_| std::io::Error::other(format!("{} is not UTF-8", path.display())))?;
+    let text =
+        std::str::from_utf8(&bytes).map_err(|_| std::io::Error::other(format!("{} is not UTF-8", path.display())))?;
     let key = text.trim();
     Ok((!key.is_empty()).then(|| SecretString::from(key.to_owned())))
 }

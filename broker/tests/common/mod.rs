@@ -33,25 +33,14 @@ pub struct Seen {
 
 impl Seen {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 }
 
 /// What the local server answers.
 pub enum Reply {
-    Full {
-        status: u16,
-        headers: Vec<(&'static str, String)>,
-        body: Bytes,
-    },
-    Stream {
-        status: u16,
-        headers: Vec<(&'static str, String)>,
-        chunks: mpsc::Receiver<Bytes>,
-    },
+    Full { status: u16, headers: Vec<(&'static str, String)>, body: Bytes },
+    Stream { status: u16, headers: Vec<(&'static str, String)>, chunks: mpsc::Receiver<Bytes> },
 }
 
 impl Reply {
@@ -87,40 +76,23 @@ impl LocalServer {
                 let handler = handler.clone();
                 let seen = seen_in.clone();
                 tokio::spawn(async move {
-                    let service =
-                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                            let handler = handler.clone();
-                            let seen = seen.clone();
-                            async move {
-                                let method = req.method().to_string();
-                                let path_and_query = req
-                                    .uri()
-                                    .path_and_query()
-                                    .map(|p| p.to_string())
-                                    .unwrap_or_default();
-                                let headers = req
-                                    .headers()
-                                    .iter()
-                                    .map(|(n, v)| {
-                                        (n.as_str().to_owned(), v.to_str().unwrap_or("").to_owned())
-                                    })
-                                    .collect();
-                                let body = req
-                                    .into_body()
-                                    .collect()
-                                    .await
-                                    .map(|b| b.to_bytes())
-                                    .unwrap_or_default();
-                                let s = Seen {
-                                    method,
-                                    path_and_query,
-                                    headers,
-                                    body,
-                                };
-                                seen.lock().unwrap().push(s.clone());
-                                Ok::<_, Infallible>(render(handler(&s)))
-                            }
-                        });
+                    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let handler = handler.clone();
+                        let seen = seen.clone();
+                        async move {
+                            let method = req.method().to_string();
+                            let path_and_query = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+                            let headers = req
+                                .headers()
+                                .iter()
+                                .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+                                .collect();
+                            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let s = Seen { method, path_and_query, headers, body };
+                            seen.lock().unwrap().push(s.clone());
+                            Ok::<_, Infallible>(render(handler(&s)))
+                        }
+                    });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                         .await;
@@ -141,20 +113,10 @@ impl LocalServer {
 
 fn render(reply: Reply) -> Response<BoxBody<Bytes, Infallible>> {
     let (status, headers, body) = match reply {
-        Reply::Full {
-            status,
-            headers,
-            body,
-        } => (status, headers, Full::new(body).boxed()),
-        Reply::Stream {
-            status,
-            headers,
-            chunks,
-        } => {
+        Reply::Full { status, headers, body } => (status, headers, Full::new(body).boxed()),
+        Reply::Stream { status, headers, chunks } => {
             let stream = futures_util::stream::unfold(chunks, |mut rx| async move {
-                rx.recv()
-                    .await
-                    .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+                rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
             });
             (status, headers, BodyExt::boxed(StreamBody::new(stream)))
         }
@@ -205,13 +167,9 @@ pub struct Broker {
 }
 
 pub fn require_tool(name: &str, package: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
-        .unwrap_or(false);
-    assert!(
-        found,
-        "this test needs `{name}` (Debian package {package}); scripts/test installs it"
-    );
+    let found =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file())).unwrap_or(false);
+    assert!(found, "this test needs `{name}` (Debian package {package}); scripts/test installs it");
 }
 
 impl Broker {
@@ -224,10 +182,7 @@ impl Broker {
         let socket = dir.path().join("run/spiderweb/broker.sock");
         if spec.world_traversable {
             use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .mode(0o755)
-                .create(dir.path().join("run"))
-                .unwrap();
+            std::fs::DirBuilder::new().mode(0o755).create(dir.path().join("run")).unwrap();
         }
         let config_path = dir.path().join("broker.json");
         std::fs::write(&config_path, spec.config.to_string()).unwrap();
@@ -235,10 +190,7 @@ impl Broker {
         let codex_home = dir.path().join("codex");
         std::fs::create_dir_all(&codex_home).unwrap();
         if let Some(auth) = &spec.codex_auth {
-            write_private(
-                &codex_home.join("auth.json"),
-                &serde_json::to_vec_pretty(auth).unwrap(),
-            );
+            write_private(&codex_home.join("auth.json"), &serde_json::to_vec_pretty(auth).unwrap());
         }
         let mut cmd = if spec.keyring {
             require_tool("dbus-run-session", "dbus");
@@ -255,10 +207,7 @@ exec "$@""#;
         } else {
             Command::new(BROKER)
         };
-        cmd.arg("--config")
-            .arg(&config_path)
-            .arg("--socket")
-            .arg(&socket);
+        cmd.arg("--config").arg(&config_path).arg("--socket").arg(&socket);
         let runtime_dir = dir.path().join("xdg-runtime");
         std::fs::create_dir_all(&runtime_dir).unwrap();
         cmd.env_clear()
@@ -282,18 +231,9 @@ exec "$@""#;
             cmd.env(k, v);
         }
         let stderr = std::fs::File::create(&stderr_path).unwrap();
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .process_group(0);
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr).process_group(0);
         let child = cmd.spawn().expect("start spiderweb-broker");
-        let mut broker = Broker {
-            child,
-            dir,
-            socket,
-            stderr_path,
-            bus_address: None,
-        };
+        let mut broker = Broker { child, dir, socket, stderr_path, bus_address: None };
         broker.wait_ready(spec.keyring);
         broker
     }
@@ -308,11 +248,7 @@ exec "$@""#;
             if self.socket.exists() && bus_ready {
                 break;
             }
-            assert!(
-                Instant::now() < deadline,
-                "broker did not start in 20 s: {}",
-                self.stderr()
-            );
+            assert!(Instant::now() < deadline, "broker did not start in 20 s: {}", self.stderr());
             std::thread::sleep(Duration::from_millis(20));
         }
         if keyring {
@@ -329,17 +265,12 @@ exec "$@""#;
     }
 
     pub async fn client(&self) -> BrokerClient {
-        BrokerClient::connect(&self.socket)
-            .await
-            .expect("connect to the broker")
+        BrokerClient::connect(&self.socket).await.expect("connect to the broker")
     }
 
     /// `secret-tool` on the broker's session bus.
     pub fn secret_tool(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
-        let bus = self
-            .bus_address
-            .as_ref()
-            .expect("broker started with a keyring");
+        let bus = self.bus_address.as_ref().expect("broker started with a keyring");
         let mut child = Command::new("secret-tool")
             .args(args)
             .env_clear()
@@ -381,10 +312,7 @@ exec "$@""#;
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(
-                Instant::now() < deadline,
-                "broker still running after {within:?}"
-            );
+            assert!(Instant::now() < deadline, "broker still running after {within:?}");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -397,10 +325,7 @@ exec "$@""#;
 impl Drop for Broker {
     fn drop(&mut self) {
         // The whole group: dbus-run-session, dbus-daemon, gnome-keyring-daemon and the broker.
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::SIGKILL,
-        );
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::SIGKILL);
         let _ = self.child.wait();
     }
 }
@@ -408,13 +333,7 @@ impl Drop for Broker {
 fn write_private(path: &Path, bytes: &[u8]) {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(path)
-        .unwrap();
+    let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(path).unwrap();
     f.write_all(bytes).unwrap();
 }
 
@@ -459,20 +378,12 @@ pub async fn call(client: &mut BrokerClient, request: BrokerRequest) -> Collecte
 pub async fn collect(client: &mut BrokerClient, id: u64) -> Collected {
     let mut c = Collected::default();
     loop {
-        let reply = tokio::time::timeout(Duration::from_secs(20), client.next())
-            .await
-            .expect("reply within 20 s")
-            .unwrap();
+        let reply =
+            tokio::time::timeout(Duration::from_secs(20), client.next()).await.expect("reply within 20 s").unwrap();
         c.wire.push_str(&serde_json::to_string(&reply).unwrap());
-        assert_eq!(
-            reply.id().unwrap_or(id),
-            id,
-            "reply for another request: {reply:?}"
-        );
+        assert_eq!(reply.id().unwrap_or(id), id, "reply for another request: {reply:?}");
         match reply {
-            BrokerReply::ResponseHead {
-                status, headers, ..
-            } => {
+            BrokerReply::ResponseHead { status, headers, .. } => {
                 c.status = Some(status);
                 c.headers = headers;
             }

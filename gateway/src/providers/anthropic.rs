@@ -47,12 +47,7 @@ pub(crate) fn build(chat: &ChatRequest) -> Result<ProviderRequest, BuildError> {
                         }));
                     }
                 }
-                Message::ToolResult {
-                    call_id,
-                    content,
-                    is_error,
-                    ..
-                } => {
+                Message::ToolResult { call_id, content, is_error, .. } => {
                     let mut block = json!({
                         "type": "tool_result",
                         "tool_use_id": call_id,
@@ -161,9 +156,7 @@ struct WireUsage {
 
 impl Decoder {
     fn absorb(&mut self, usage: WireUsage) {
-        let uncached = self.usage.input_tokens
-            - self.usage.cached_input_tokens
-            - self.usage.cache_write_tokens;
+        let uncached = self.usage.input_tokens - self.usage.cached_input_tokens - self.usage.cache_write_tokens;
         let uncached = usage.input_tokens.unwrap_or(uncached);
         if let Some(read) = usage.cache_read_input_tokens {
             self.usage.cached_input_tokens = read;
@@ -171,17 +164,14 @@ impl Decoder {
         if let Some(written) = usage.cache_creation_input_tokens {
             self.usage.cache_write_tokens = written;
         }
-        self.usage.input_tokens =
-            uncached + self.usage.cached_input_tokens + self.usage.cache_write_tokens;
+        self.usage.input_tokens = uncached + self.usage.cached_input_tokens + self.usage.cache_write_tokens;
         if let Some(output) = usage.output_tokens {
             self.usage.output_tokens = output;
         }
     }
 
     fn index(payload: &Payload) -> Result<u64, ProviderError> {
-        payload
-            .index
-            .ok_or_else(|| ProviderError::malformed(format!("{} without index", payload.kind)))
+        payload.index.ok_or_else(|| ProviderError::malformed(format!("{} without index", payload.kind)))
     }
 }
 
@@ -210,9 +200,7 @@ impl WireDecoder for Decoder {
                     }
                     "tool_use" => {
                         let (Some(id), Some(name)) = (block.id, block.name) else {
-                            return Err(ProviderError::malformed(
-                                "tool_use block without id or name",
-                            ));
+                            return Err(ProviderError::malformed("tool_use block without id or name"));
                         };
                         self.calls.start(index, id, name, out)?;
                     }
@@ -222,9 +210,8 @@ impl WireDecoder for Decoder {
             }
             "content_block_delta" => {
                 let index = Self::index(&payload)?;
-                let delta = payload
-                    .delta
-                    .ok_or_else(|| ProviderError::malformed("content_block_delta without delta"))?;
+                let delta =
+                    payload.delta.ok_or_else(|| ProviderError::malformed("content_block_delta without delta"))?;
                 match delta.kind.as_deref() {
                     Some("text_delta") => {
                         if let Some(text) = delta.text.filter(|t| !t.is_empty()) {
@@ -232,11 +219,7 @@ impl WireDecoder for Decoder {
                         }
                     }
                     Some("input_json_delta") => {
-                        self.calls.append(
-                            index,
-                            delta.partial_json.as_deref().unwrap_or_default(),
-                            out,
-                        )?;
+                        self.calls.append(index, delta.partial_json.as_deref().unwrap_or_default(), out)?;
                     }
                     _ => {}
                 }
@@ -258,14 +241,8 @@ impl WireDecoder for Decoder {
             "message_stop" => {
                 self.calls.end_all(out);
                 out.push(StreamEvent::Usage(self.usage));
-                let fallback = if self.calls.any() {
-                    StopReason::ToolUse
-                } else {
-                    StopReason::EndTurn
-                };
-                out.push(StreamEvent::Done {
-                    stop_reason: self.stop_reason.take().unwrap_or(fallback),
-                });
+                let fallback = if self.calls.any() { StopReason::ToolUse } else { StopReason::EndTurn };
+                out.push(StreamEvent::Done { stop_reason: self.stop_reason.take().unwrap_or(fallback) });
                 self.done = true;
             }
             "error" => {
@@ -308,14 +285,8 @@ fn stop_reason(reason: &str) -> StopReason {
 /// Reads Anthropic's documented error object `{"type":"error","error":{"type","message"}}`.
 fn error_from_value(status: Option<u16>, value: &Value) -> ProviderError {
     let error = value.get("error").unwrap_or(value);
-    let kind_name = error
-        .get("type")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let message = error
-        .get("message")
-        .and_then(Value::as_str)
-        .map_or_else(|| value.to_string(), str::to_owned);
+    let kind_name = error.get("type").and_then(Value::as_str).unwrap_or_default();
+    let message = error.get("message").and_then(Value::as_str).map_or_else(|| value.to_string(), str::to_owned);
     let kind = match kind_name {
         "authentication_error" => ErrorKind::Auth,
         "permission_error" => ErrorKind::PermissionDenied,
@@ -329,13 +300,6 @@ fn error_from_value(status: Option<u16>, value: &Value) -> ProviderError {
         "invalid_request_error" => ErrorKind::BadRequest,
         _ => status.map_or(ErrorKind::Server, kind_from_status),
     };
-    let shown = if kind_name.is_empty() {
-        message
-    } else {
-        format!("{message} [{kind_name}]")
-    };
-    ProviderError {
-        status,
-        ..ProviderError::new(kind, shown)
-    }
+    let shown = if kind_name.is_empty() { message } else { format!("{message} [{kind_name}]") };
+    ProviderError { status, ..ProviderError::new(kind, shown) }
 }

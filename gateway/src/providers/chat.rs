@@ -81,10 +81,7 @@ impl ChatRequest {
             };
             match turns.last_mut() {
                 Some(turn) if turn.role == role => turn.messages.push(message),
-                _ => turns.push(Turn {
-                    role,
-                    messages: vec![message],
-                }),
+                _ => turns.push(Turn { role, messages: vec![message] }),
             }
         }
         turns

@@ -45,10 +45,7 @@ pub enum ErrorKind {
 impl ErrorKind {
     /// The failures worth another attempt (if nothing was streamed yet, see `retry.rs`).
     pub fn is_transient(self) -> bool {
-        matches!(
-            self,
-            Self::RateLimited | Self::Overloaded | Self::Server | Self::Connection
-        )
+        matches!(self, Self::RateLimited | Self::Overloaded | Self::Server | Self::Connection)
     }
 
     fn describe(self) -> &'static str {
@@ -92,12 +89,7 @@ pub struct ProviderError {
 
 impl ProviderError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            status: None,
-            message: bounded(message.into()),
-            retry_after: None,
-        }
+        Self { kind, status: None, message: bounded(message.into()), retry_after: None }
     }
 
     pub(crate) fn malformed(message: impl Into<String>) -> Self {
@@ -164,15 +156,9 @@ pub(crate) fn mentions_context_overflow(text: &str) -> bool {
 /// Reads the provider's "come back later" hint from response headers: OpenAI's
 /// `retry-after-ms` (milliseconds) wins over the standard `retry-after` (seconds or an
 /// HTTP date, RFC 9110 §10.2.3), because it is more precise.
-pub fn retry_after_from_headers<K: AsRef<str>, V: AsRef<str>>(
-    headers: &[(K, V)],
-    now: SystemTime,
-) -> Option<Duration> {
+pub fn retry_after_from_headers<K: AsRef<str>, V: AsRef<str>>(headers: &[(K, V)], now: SystemTime) -> Option<Duration> {
     let header = |name: &str| {
-        headers
-            .iter()
-            .find(|(key, _)| key.as_ref().eq_ignore_ascii_case(name))
-            .map(|(_, value)| value.as_ref().trim())
+        headers.iter().find(|(key, _)| key.as_ref().eq_ignore_ascii_case(name)).map(|(_, value)| value.as_ref().trim())
     };
     if let Some(ms) = header("retry-after-ms").and_then(|v| v.parse::<f64>().ok())
         && ms.is_finite()
@@ -188,8 +174,7 @@ pub fn retry_after_from_headers<K: AsRef<str>, V: AsRef<str>>(
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
     if let Ok(seconds) = value.parse::<f64>() {
-        return (seconds.is_finite() && seconds >= 0.0)
-            .then(|| Duration::from_secs_f64(seconds.min(u32::MAX as f64)));
+        return (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds.min(u32::MAX as f64)));
     }
     let date = httpdate::parse_http_date(value).ok()?;
     Some(date.duration_since(now).unwrap_or(Duration::ZERO))
@@ -203,21 +188,12 @@ mod tests {
     fn retry_after_accepts_seconds_dates_and_milliseconds() {
         let now = httpdate::parse_http_date("Sat, 21 Nov 2026 21:00:00 GMT").unwrap();
         assert_eq!(parse_retry_after("20", now), Some(Duration::from_secs(20)));
-        assert_eq!(
-            parse_retry_after("Sat, 21 Nov 2026 21:00:30 GMT", now),
-            Some(Duration::from_secs(30))
-        );
-        assert_eq!(
-            parse_retry_after("Sat, 21 Nov 2026 20:00:00 GMT", now),
-            Some(Duration::ZERO)
-        );
+        assert_eq!(parse_retry_after("Sat, 21 Nov 2026 21:00:30 GMT", now), Some(Duration::from_secs(30)));
+        assert_eq!(parse_retry_after("Sat, 21 Nov 2026 20:00:00 GMT", now), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-3", now), None);
         let headers = [("Retry-After", "20"), ("retry-after-ms", "1500")];
-        assert_eq!(
-            retry_after_from_headers(&headers, now),
-            Some(Duration::from_millis(1500))
-        );
+        assert_eq!(retry_after_from_headers(&headers, now), Some(Duration::from_millis(1500)));
     }
 
     #[test]

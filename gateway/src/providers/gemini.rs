@@ -43,12 +43,7 @@ pub(crate) fn build(chat: &ChatRequest) -> Result<ProviderRequest, BuildError> {
                         parts.push(part);
                     }
                 }
-                Message::ToolResult {
-                    name,
-                    content,
-                    is_error,
-                    ..
-                } => {
+                Message::ToolResult { name, content, is_error, .. } => {
                     let key = if *is_error { "error" } else { "output" };
                     parts.push(json!({"functionResponse": {
                         "name": name,
@@ -69,10 +64,7 @@ pub(crate) fn build(chat: &ChatRequest) -> Result<ProviderRequest, BuildError> {
     let mut body = serde_json::Map::new();
     body.insert("contents".into(), Value::Array(contents));
     if let Some(system) = chat.system.as_deref().filter(|s| !s.is_empty()) {
-        body.insert(
-            "systemInstruction".into(),
-            json!({"parts": [{"text": system}]}),
-        );
+        body.insert("systemInstruction".into(), json!({"parts": [{"text": system}]}));
     }
     if !chat.tools.is_empty() {
         let declarations: Vec<Value> = chat
@@ -86,10 +78,7 @@ pub(crate) fn build(chat: &ChatRequest) -> Result<ProviderRequest, BuildError> {
                 })
             })
             .collect();
-        body.insert(
-            "tools".into(),
-            json!([{"functionDeclarations": declarations}]),
-        );
+        body.insert("tools".into(), json!([{"functionDeclarations": declarations}]));
     }
     let mut generation = json!({"maxOutputTokens": chat.max_output_tokens});
     if let Some(temperature) = chat.temperature {
@@ -97,10 +86,7 @@ pub(crate) fn build(chat: &ChatRequest) -> Result<ProviderRequest, BuildError> {
     }
     body.insert("generationConfig".into(), generation);
     Ok(ProviderRequest::post_json(
-        format!(
-            "/v1beta/models/{}:streamGenerateContent?alt=sse",
-            chat.model
-        ),
+        format!("/v1beta/models/{}:streamGenerateContent?alt=sse", chat.model),
         Vec::new(),
         &Value::Object(body),
     ))
@@ -241,9 +227,7 @@ impl WireDecoder for Decoder {
     fn error_from_body(&self, status: u16, body: &[u8]) -> ProviderError {
         match serde_json::from_slice::<Value>(body) {
             // The streaming endpoints may wrap the error object in an array.
-            Ok(Value::Array(items)) if !items.is_empty() => {
-                error_from_value(Some(status), &items[0])
-            }
+            Ok(Value::Array(items)) if !items.is_empty() => error_from_value(Some(status), &items[0]),
             Ok(value) => error_from_value(Some(status), &value),
             Err(_) => plain_error(status, body),
         }
@@ -265,24 +249,10 @@ fn stop_reason(reason: &str) -> StopReason {
 /// including `RetryInfo.retryDelay` and the `API_KEY_INVALID` reason (sent with a 400).
 fn error_from_value(status: Option<u16>, value: &Value) -> ProviderError {
     let error = value.get("error").unwrap_or(value);
-    let message = error
-        .get("message")
-        .and_then(Value::as_str)
-        .map_or_else(|| value.to_string(), str::to_owned);
-    let code = error
-        .get("status")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let details = error
-        .get("details")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let reason_is = |wanted: &str| {
-        details
-            .iter()
-            .any(|d| d.get("reason").and_then(Value::as_str) == Some(wanted))
-    };
+    let message = error.get("message").and_then(Value::as_str).map_or_else(|| value.to_string(), str::to_owned);
+    let code = error.get("status").and_then(Value::as_str).unwrap_or_default();
+    let details = error.get("details").and_then(Value::as_array).cloned().unwrap_or_default();
+    let reason_is = |wanted: &str| details.iter().any(|d| d.get("reason").and_then(Value::as_str) == Some(wanted));
     let retry_after = details
         .iter()
         .filter_map(|d| d.get("retryDelay").and_then(Value::as_str))
@@ -301,14 +271,6 @@ fn error_from_value(status: Option<u16>, value: &Value) -> ProviderError {
         "INVALID_ARGUMENT" | "FAILED_PRECONDITION" => ErrorKind::BadRequest,
         _ => status.map_or(ErrorKind::Server, kind_from_status),
     };
-    let shown = if code.is_empty() {
-        message
-    } else {
-        format!("{message} [{code}]")
-    };
-    ProviderError {
-        status,
-        retry_after,
-        ..ProviderError::new(kind, shown)
-    }
+    let shown = if code.is_empty() { message } else { format!("{message} [{code}]") };
+    ProviderError { status, retry_after, ..ProviderError::new(kind, shown) }
 }

@@ -95,9 +95,7 @@ impl ProviderKind {
             "kimi-coding" | "kimi" => Self::KimiCoding,
             "google" | "gemini" => Self::Gemini,
             "azure-openai" | "azure" => Self::AzureOpenAi,
-            "openai-compatible" | "ollama" | "vllm" | "llamacpp" | "llama.cpp" => {
-                Self::OpenAiCompatible
-            }
+            "openai-compatible" | "ollama" | "vllm" | "llamacpp" | "llama.cpp" => Self::OpenAiCompatible,
             "plugin" => Self::Plugin,
             _ => return None,
         })
@@ -135,10 +133,7 @@ impl ProviderKind {
     /// How to give the broker a key for this provider, for the message of an
     /// [`ErrorKind::Auth`] failure (the broker adds which source it actually tried).
     pub fn set_key_hint(self) -> String {
-        let store = format!(
-            "`spiderweb-config config set-key <api-key> {}`",
-            self.config_name()
-        );
+        let store = format!("`spiderweb-config config set-key <api-key> {}`", self.config_name());
         let vars = self.credential_env_vars();
         match self {
             Self::Codex => format!(
@@ -177,11 +172,7 @@ pub struct Provider {
 
 impl Provider {
     pub fn new(kind: ProviderKind) -> Self {
-        Self {
-            kind,
-            azure_api_version: DEFAULT_AZURE_API_VERSION.to_owned(),
-            limits: Limits::default(),
-        }
+        Self { kind, azure_api_version: DEFAULT_AZURE_API_VERSION.to_owned(), limits: Limits::default() }
     }
 
     /// Sets the Azure `api-version` query parameter.
@@ -207,20 +198,14 @@ impl Provider {
         }
         match self.kind {
             ProviderKind::OpenAi => openai_chat::build(&openai_chat::Flavour::OpenAi, chat),
-            ProviderKind::OpenAiCompatible => {
-                openai_chat::build(&openai_chat::Flavour::Compatible, chat)
-            }
+            ProviderKind::OpenAiCompatible => openai_chat::build(&openai_chat::Flavour::Compatible, chat),
             ProviderKind::AzureOpenAi => {
                 check_path_segment(&chat.model)?;
                 check_path_segment(&self.azure_api_version)?;
-                let flavour = openai_chat::Flavour::Azure {
-                    api_version: self.azure_api_version.clone(),
-                };
+                let flavour = openai_chat::Flavour::Azure { api_version: self.azure_api_version.clone() };
                 openai_chat::build(&flavour, chat)
             }
-            ProviderKind::OpenAiResponses => {
-                openai_responses::build(openai_responses::Flavour::OpenAi, chat)
-            }
+            ProviderKind::OpenAiResponses => openai_responses::build(openai_responses::Flavour::OpenAi, chat),
             ProviderKind::Codex => openai_responses::build(openai_responses::Flavour::Codex, chat),
             ProviderKind::Anthropic | ProviderKind::KimiCoding => anthropic::build(chat),
             ProviderKind::Gemini => {
@@ -239,12 +224,8 @@ impl Provider {
             ProviderKind::OpenAi | ProviderKind::OpenAiCompatible | ProviderKind::AzureOpenAi => {
                 Box::<openai_chat::Decoder>::default()
             }
-            ProviderKind::OpenAiResponses | ProviderKind::Codex => {
-                Box::<openai_responses::Decoder>::default()
-            }
-            ProviderKind::Anthropic | ProviderKind::KimiCoding => {
-                Box::<anthropic::Decoder>::default()
-            }
+            ProviderKind::OpenAiResponses | ProviderKind::Codex => Box::<openai_responses::Decoder>::default(),
+            ProviderKind::Anthropic | ProviderKind::KimiCoding => Box::<anthropic::Decoder>::default(),
             ProviderKind::Gemini => Box::<gemini::Decoder>::default(),
             ProviderKind::Plugin => Box::new(stream::NotStreamed),
         };
@@ -258,12 +239,6 @@ fn check_path_segment(value: &str) -> Result<(), BuildError> {
     let safe = !value.is_empty()
         && value != "."
         && value != ".."
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if safe {
-        Ok(())
-    } else {
-        Err(BuildError::UnsafePathSegment(value.to_owned()))
-    }
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if safe { Ok(()) } else { Err(BuildError::UnsafePathSegment(value.to_owned())) }
 }

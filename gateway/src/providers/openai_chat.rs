@@ -12,9 +12,7 @@ use serde_json::{Value, json};
 use sse_stream::Sse;
 
 use super::chat::{ChatRequest, Message};
-use super::error::{
-    ErrorKind, ProviderError, bounded, kind_from_status, mentions_context_overflow,
-};
+use super::error::{ErrorKind, ProviderError, bounded, kind_from_status, mentions_context_overflow};
 use super::event::{StopReason, StreamEvent, Usage};
 use super::request::{BuildError, ProviderRequest};
 use super::stream::{WireDecoder, incomplete, json_payload};
@@ -52,9 +50,9 @@ pub(crate) fn build(flavour: &Flavour, chat: &ChatRequest) -> Result<ProviderReq
                     "function": {"name": call.name, "arguments": call.arguments},
                 })).collect::<Vec<_>>(),
             }),
-            Message::ToolResult {
-                call_id, content, ..
-            } => json!({"role": "tool", "tool_call_id": call_id, "content": content}),
+            Message::ToolResult { call_id, content, .. } => {
+                json!({"role": "tool", "tool_call_id": call_id, "content": content})
+            }
         });
     }
     let mut body = serde_json::Map::new();
@@ -87,17 +85,12 @@ pub(crate) fn build(flavour: &Flavour, chat: &ChatRequest) -> Result<ProviderReq
         body.insert("temperature".into(), json!(temperature));
     }
     let path = match flavour {
-        Flavour::Azure { api_version } => format!(
-            "/openai/deployments/{}/chat/completions?api-version={api_version}",
-            chat.model
-        ),
+        Flavour::Azure { api_version } => {
+            format!("/openai/deployments/{}/chat/completions?api-version={api_version}", chat.model)
+        }
         _ => "/chat/completions".to_owned(),
     };
-    Ok(ProviderRequest::post_json(
-        path,
-        Vec::new(),
-        &Value::Object(body),
-    ))
+    Ok(ProviderRequest::post_json(path, Vec::new(), &Value::Object(body)))
 }
 
 #[derive(Default)]
@@ -197,13 +190,11 @@ impl WireDecoder for Decoder {
                 };
                 if !self.calls.is_open(key) {
                     let id = fragment.id.unwrap_or_else(|| format!("call_{key}"));
-                    let name = name.ok_or_else(|| {
-                        ProviderError::malformed(format!("tool call {key} starts without a name"))
-                    })?;
+                    let name =
+                        name.ok_or_else(|| ProviderError::malformed(format!("tool call {key} starts without a name")))?;
                     self.calls.start(key, id, name, out)?;
                 }
-                self.calls
-                    .append(key, arguments.as_deref().unwrap_or_default(), out)?;
+                self.calls.append(key, arguments.as_deref().unwrap_or_default(), out)?;
             }
             if let Some(reason) = choice.finish_reason {
                 self.calls.end_all(out);
@@ -257,18 +248,13 @@ pub(crate) fn error_from_value(status: Option<u16>, value: &Value) -> ProviderEr
         Some(Value::Number(number)) => Some(number.to_string()),
         _ => None,
     };
-    let message = error
-        .as_str()
-        .map(str::to_owned)
-        .or_else(|| field("message"))
-        .unwrap_or_else(|| value.to_string());
+    let message = error.as_str().map(str::to_owned).or_else(|| field("message")).unwrap_or_else(|| value.to_string());
     let code = field("code").unwrap_or_default();
     let kind_name = field("type").unwrap_or_default();
     let kind = match (code.as_str(), kind_name.as_str()) {
         ("context_length_exceeded", _) => ErrorKind::ContextLengthExceeded,
         ("insufficient_quota", _) | (_, "insufficient_quota") => ErrorKind::QuotaExceeded,
-        ("rate_limit_exceeded", _)
-        | (_, "rate_limit_error" | "requests" | "tokens" | "usage_limit_reached") => {
+        ("rate_limit_exceeded", _) | (_, "rate_limit_error" | "requests" | "tokens" | "usage_limit_reached") => {
             ErrorKind::RateLimited
         }
         ("invalid_api_key", _) | (_, "authentication_error") => ErrorKind::Auth,
@@ -278,30 +264,15 @@ pub(crate) fn error_from_value(status: Option<u16>, value: &Value) -> ProviderEr
         _ => status.map_or(ErrorKind::Server, kind_from_status),
     };
     // The Codex backend says when a plan's usage limit resets.
-    let resets_in = error
-        .get("resets_in_seconds")
-        .and_then(Value::as_u64)
-        .map(std::time::Duration::from_secs);
-    let shown = if code.is_empty() {
-        message
-    } else {
-        format!("{message} [{code}]")
-    };
-    ProviderError {
-        status,
-        retry_after: resets_in,
-        ..ProviderError::new(kind, shown)
-    }
+    let resets_in = error.get("resets_in_seconds").and_then(Value::as_u64).map(std::time::Duration::from_secs);
+    let shown = if code.is_empty() { message } else { format!("{message} [{code}]") };
+    ProviderError { status, retry_after: resets_in, ..ProviderError::new(kind, shown) }
 }
 
 /// An error reply that is not JSON (a proxy's HTML page, plain text).
 pub(crate) fn plain_error(status: u16, body: &[u8]) -> ProviderError {
     let text = String::from_utf8_lossy(body);
     let text = text.trim();
-    let message = if text.is_empty() {
-        format!("HTTP {status} with an empty body")
-    } else {
-        bounded(text.to_owned())
-    };
+    let message = if text.is_empty() { format!("HTTP {status} with an empty body") } else { bounded(text.to_owned()) };
     ProviderError::new(kind_from_status(status), message).with_status(status)
 }

@@ -54,9 +54,7 @@ pub(crate) fn build(flavour: Flavour, chat: &ChatRequest) -> Result<ProviderRequ
                     })
                 }));
             }
-            Message::ToolResult {
-                call_id, content, ..
-            } => input.push(json!({
+            Message::ToolResult { call_id, content, .. } => input.push(json!({
                 "type": "function_call_output",
                 "call_id": call_id,
                 "output": content,
@@ -65,10 +63,7 @@ pub(crate) fn build(flavour: Flavour, chat: &ChatRequest) -> Result<ProviderRequ
     }
     let mut body = serde_json::Map::new();
     body.insert("model".into(), json!(chat.model));
-    body.insert(
-        "instructions".into(),
-        json!(chat.system.as_deref().unwrap_or_default()),
-    );
+    body.insert("instructions".into(), json!(chat.system.as_deref().unwrap_or_default()));
     body.insert("input".into(), Value::Array(input));
     if !chat.tools.is_empty() {
         let tools: Vec<Value> = chat
@@ -100,11 +95,7 @@ pub(crate) fn build(flavour: Flavour, chat: &ChatRequest) -> Result<ProviderRequ
         }
         Flavour::Codex => headers.push(("openai-beta", "responses=experimental".to_owned())),
     }
-    Ok(ProviderRequest::post_json(
-        "/responses".to_owned(),
-        headers,
-        &Value::Object(body),
-    ))
+    Ok(ProviderRequest::post_json("/responses".to_owned(), headers, &Value::Object(body)))
 }
 
 #[derive(Default)]
@@ -161,18 +152,12 @@ struct InputDetails {
 
 impl Decoder {
     fn output_index(payload: &Payload) -> Result<u64, ProviderError> {
-        payload.output_index.ok_or_else(|| {
-            ProviderError::malformed(format!("{} without output_index", payload.kind))
-        })
+        payload.output_index.ok_or_else(|| ProviderError::malformed(format!("{} without output_index", payload.kind)))
     }
 
     fn finish(&mut self, response: Option<ResponseObject>, out: &mut Vec<StreamEvent>) {
         self.calls.end_all(out);
-        let response = response.unwrap_or(ResponseObject {
-            usage: None,
-            incomplete_details: None,
-            error: None,
-        });
+        let response = response.unwrap_or(ResponseObject { usage: None, incomplete_details: None, error: None });
         if let Some(usage) = response.usage {
             out.push(StreamEvent::Usage(Usage {
                 input_tokens: usage.input_tokens,
@@ -181,11 +166,7 @@ impl Decoder {
                 cache_write_tokens: 0,
             }));
         }
-        let stop_reason = match response
-            .incomplete_details
-            .and_then(|d| d.reason)
-            .as_deref()
-        {
+        let stop_reason = match response.incomplete_details.and_then(|d| d.reason).as_deref() {
             Some("max_output_tokens") => StopReason::MaxTokens,
             Some("content_filter") => StopReason::ContentFilter,
             Some(other) => StopReason::Other(other.to_owned()),
@@ -212,21 +193,16 @@ impl WireDecoder for Decoder {
             "response.output_item.added" => {
                 let index = Self::output_index(&payload)?;
                 if let Some(item) = payload.item.filter(|item| item.kind == "function_call") {
-                    let id = item.call_id.ok_or_else(|| {
-                        ProviderError::malformed("function_call item without call_id")
-                    })?;
-                    let name = item.name.ok_or_else(|| {
-                        ProviderError::malformed("function_call item without name")
-                    })?;
+                    let id =
+                        item.call_id.ok_or_else(|| ProviderError::malformed("function_call item without call_id"))?;
+                    let name = item.name.ok_or_else(|| ProviderError::malformed("function_call item without name"))?;
                     self.calls.start(index, id, name, out)?;
-                    self.calls
-                        .append(index, item.arguments.as_deref().unwrap_or_default(), out)?;
+                    self.calls.append(index, item.arguments.as_deref().unwrap_or_default(), out)?;
                 }
             }
             "response.function_call_arguments.delta" => {
                 let index = Self::output_index(&payload)?;
-                self.calls
-                    .append(index, payload.delta.as_deref().unwrap_or_default(), out)?;
+                self.calls.append(index, payload.delta.as_deref().unwrap_or_default(), out)?;
             }
             "response.output_item.done" => {
                 let index = Self::output_index(&payload)?;
@@ -236,10 +212,7 @@ impl WireDecoder for Decoder {
             }
             "response.completed" | "response.incomplete" => self.finish(payload.response, out),
             "response.failed" => {
-                let error = payload
-                    .response
-                    .and_then(|r| r.error)
-                    .unwrap_or(Value::Null);
+                let error = payload.response.and_then(|r| r.error).unwrap_or(Value::Null);
                 return Err(error_from_value(None, &json!({ "error": error })));
             }
             "error" => {

@@ -64,27 +64,15 @@ pub enum PluginError {
     #[error("provider plugin '{plugin}' timed out after {}s and was killed", after.as_secs_f64())]
     Timeout { plugin: String, after: Duration },
     #[error("provider plugin '{plugin}' {status}: {detail}")]
-    Exit {
-        plugin: String,
-        status: ExitStatus,
-        detail: String,
-    },
+    Exit { plugin: String, status: ExitStatus, detail: String },
     #[error("provider plugin '{plugin}' wrote more than {limit} bytes and was killed")]
     OutputTooLarge { plugin: String, limit: usize },
     #[error("provider plugin '{plugin}' produced no output")]
     NoOutput { plugin: String },
     #[error("provider plugin '{plugin}' returned invalid JSON-RPC ({reason}): {line}")]
-    Garbage {
-        plugin: String,
-        reason: String,
-        line: String,
-    },
+    Garbage { plugin: String, reason: String, line: String },
     #[error("provider plugin '{plugin}' error (code {code}): {message}")]
-    Rpc {
-        plugin: String,
-        code: i64,
-        message: String,
-    },
+    Rpc { plugin: String, code: i64, message: String },
     #[error("provider plugin '{plugin}' returned neither result nor error")]
     Empty { plugin: String },
 }
@@ -200,44 +188,27 @@ impl PluginProvider {
     pub fn request_line(chat: &ChatRequest) -> Vec<u8> {
         let mut messages = Vec::with_capacity(chat.messages.len() + 1);
         if let Some(system) = &chat.system {
-            messages.push(WireMessage {
-                role: "system",
-                content: system,
-                tool_calls: None,
-                tool_call_id: None,
-            });
+            messages.push(WireMessage { role: "system", content: system, tool_calls: None, tool_call_id: None });
         }
         for message in &chat.messages {
             messages.push(match message {
-                Message::User { text } => WireMessage {
-                    role: "user",
-                    content: text,
-                    tool_calls: None,
-                    tool_call_id: None,
-                },
+                Message::User { text } => {
+                    WireMessage { role: "user", content: text, tool_calls: None, tool_call_id: None }
+                }
                 Message::Assistant { text, tool_calls } => WireMessage {
                     role: "assistant",
                     content: text,
                     tool_calls: (!tool_calls.is_empty()).then(|| {
                         tool_calls
                             .iter()
-                            .map(|call| WireCall {
-                                id: &call.id,
-                                name: &call.name,
-                                arguments: &call.arguments,
-                            })
+                            .map(|call| WireCall { id: &call.id, name: &call.name, arguments: &call.arguments })
                             .collect()
                     }),
                     tool_call_id: None,
                 },
-                Message::ToolResult {
-                    call_id, content, ..
-                } => WireMessage {
-                    role: "tool",
-                    content,
-                    tool_calls: None,
-                    tool_call_id: Some(call_id),
-                },
+                Message::ToolResult { call_id, content, .. } => {
+                    WireMessage { role: "tool", content, tool_calls: None, tool_call_id: Some(call_id) }
+                }
             });
         }
         let request = RpcRequest {
@@ -256,10 +227,7 @@ impl PluginProvider {
                     })
                     .collect(),
                 model: (!chat.model.is_empty()).then_some(chat.model.as_str()),
-                options: Options {
-                    max_tokens: Some(chat.max_output_tokens),
-                    temperature: chat.temperature,
-                },
+                options: Options { max_tokens: Some(chat.max_output_tokens), temperature: chat.temperature },
             },
         };
         let mut line = serde_json::to_vec(&request).expect("plugin request always serializes");
@@ -304,46 +272,28 @@ impl PluginProvider {
                 }
                 output
             };
-            let (written, output, errors) = tokio::join!(
-                write,
-                read_answer,
-                read_bounded(stderr, MAX_STDERR_BYTES, true),
-            );
+            let (written, output, errors) =
+                tokio::join!(write, read_answer, read_bounded(stderr, MAX_STDERR_BYTES, true),);
             (written, output, errors, child.wait().await)
         };
-        let Ok((written, output, errors, status)) = tokio::time::timeout(self.timeout, run).await
-        else {
+        let Ok((written, output, errors, status)) = tokio::time::timeout(self.timeout, run).await else {
             group.kill();
             let _ = child.wait().await;
             group.reaped();
-            return Err(PluginError::Timeout {
-                plugin: self.name.clone(),
-                after: self.timeout,
-            });
+            return Err(PluginError::Timeout { plugin: self.name.clone(), after: self.timeout });
         };
-        let io = |stage, source| PluginError::Io {
-            plugin: self.name.clone(),
-            stage,
-            source,
-        };
+        let io = |stage, source| PluginError::Io { plugin: self.name.clone(), stage, source };
         let status = status.map_err(|e| io("waiting for exit", e))?;
         group.reaped();
         let (stdout, stdout_overflow) = output.map_err(|e| io("reading stdout", e))?;
         if stdout_overflow {
-            return Err(PluginError::OutputTooLarge {
-                plugin: self.name.clone(),
-                limit: self.max_output_bytes,
-            });
+            return Err(PluginError::OutputTooLarge { plugin: self.name.clone(), limit: self.max_output_bytes });
         }
         let (stderr, _) = errors.map_err(|e| io("reading stderr", e))?;
         let stdout = String::from_utf8_lossy(&stdout);
         if !status.success() {
             let stderr = String::from_utf8_lossy(&stderr);
-            let detail = if stderr.trim().is_empty() {
-                &stdout
-            } else {
-                &stderr
-            };
+            let detail = if stderr.trim().is_empty() { &stdout } else { &stderr };
             return Err(PluginError::Exit {
                 plugin: self.name.clone(),
                 status,
@@ -355,21 +305,18 @@ impl PluginProvider {
         let Some(answer) = stdout.lines().rev().find(|l| !l.trim().is_empty()) else {
             return Err(match written {
                 Err(source) => io("writing the request", source),
-                Ok(()) => PluginError::NoOutput {
-                    plugin: self.name.clone(),
-                },
+                Ok(()) => PluginError::NoOutput { plugin: self.name.clone() },
             });
         };
         self.parse_answer(answer)
     }
 
     fn parse_answer(&self, line: &str) -> Result<Vec<StreamEvent>, PluginError> {
-        let response: RpcResponse =
-            serde_json::from_str(line).map_err(|error| PluginError::Garbage {
-                plugin: self.name.clone(),
-                reason: error.to_string(),
-                line: snippet(line).to_owned(),
-            })?;
+        let response: RpcResponse = serde_json::from_str(line).map_err(|error| PluginError::Garbage {
+            plugin: self.name.clone(),
+            reason: error.to_string(),
+            line: snippet(line).to_owned(),
+        })?;
         if let Some(error) = response.error {
             return Err(PluginError::Rpc {
                 plugin: self.name.clone(),
@@ -377,27 +324,16 @@ impl PluginProvider {
                 message: bounded(error.message),
             });
         }
-        let result = response.result.ok_or_else(|| PluginError::Empty {
-            plugin: self.name.clone(),
-        })?;
+        let result = response.result.ok_or_else(|| PluginError::Empty { plugin: self.name.clone() })?;
         let mut events = Vec::new();
         if !result.content.is_empty() {
             events.push(StreamEvent::TextDelta(result.content));
         }
         let mut any_call = false;
-        for (position, entry) in result
-            .tool_calls
-            .as_array()
-            .into_iter()
-            .flatten()
-            .enumerate()
-        {
+        for (position, entry) in result.tool_calls.as_array().into_iter().flatten().enumerate() {
             // ZeptoClaw skips entries it cannot read; so do we, loudly.
-            let Ok(RpcToolCall {
-                id,
-                name: Some(name),
-                arguments,
-            }) = serde_json::from_value::<RpcToolCall>(entry.clone())
+            let Ok(RpcToolCall { id, name: Some(name), arguments }) =
+                serde_json::from_value::<RpcToolCall>(entry.clone())
             else {
                 tracing::warn!(plugin = %self.name, position, "skipping unreadable tool call");
                 continue;
@@ -408,20 +344,9 @@ impl PluginProvider {
                 Some(value) => value.to_string(),
                 None => "{}".to_owned(),
             };
-            events.push(StreamEvent::ToolCallStart {
-                id: id.clone(),
-                name: name.clone(),
-            });
-            events.push(StreamEvent::ToolCallArgsDelta {
-                id: id.clone(),
-                delta: arguments.clone(),
-            });
-            events.push(StreamEvent::ToolCallEnd(super::ToolCall {
-                id,
-                name,
-                arguments,
-                signature: None,
-            }));
+            events.push(StreamEvent::ToolCallStart { id: id.clone(), name: name.clone() });
+            events.push(StreamEvent::ToolCallArgsDelta { id: id.clone(), delta: arguments.clone() });
+            events.push(StreamEvent::ToolCallEnd(super::ToolCall { id, name, arguments, signature: None }));
             any_call = true;
         }
         if let Some(usage) = result.usage {
@@ -431,13 +356,8 @@ impl PluginProvider {
                 ..Usage::default()
             }));
         }
-        events.push(StreamEvent::Done {
-            stop_reason: if any_call {
-                StopReason::ToolUse
-            } else {
-                StopReason::EndTurn
-            },
-        });
+        events
+            .push(StreamEvent::Done { stop_reason: if any_call { StopReason::ToolUse } else { StopReason::EndTurn } });
         Ok(events)
     }
 }
@@ -450,10 +370,7 @@ async fn read_bounded(
     drain_excess: bool,
 ) -> std::io::Result<(Vec<u8>, bool)> {
     let mut kept = Vec::new();
-    (&mut reader)
-        .take(limit as u64)
-        .read_to_end(&mut kept)
-        .await?;
+    (&mut reader).take(limit as u64).read_to_end(&mut kept).await?;
     let mut probe = [0u8; 1];
     let overflow = reader.read(&mut probe).await? > 0;
     if overflow && drain_excess {
@@ -471,9 +388,7 @@ struct ProcessGroup {
 
 impl ProcessGroup {
     fn led_by(child: &tokio::process::Child) -> Self {
-        Self {
-            leader: child.id().and_then(|pid| i32::try_from(pid).ok()),
-        }
+        Self { leader: child.id().and_then(|pid| i32::try_from(pid).ok()) }
     }
 
     fn kill(&self) {

@@ -39,11 +39,7 @@ pub enum BuildError {
 }
 
 impl ProviderRequest {
-    pub(crate) fn post_json(
-        path: String,
-        mut headers: Vec<(&'static str, String)>,
-        body: &serde_json::Value,
-    ) -> Self {
+    pub(crate) fn post_json(path: String, mut headers: Vec<(&'static str, String)>, body: &serde_json::Value) -> Self {
         headers.insert(0, ("content-type", "application/json".to_owned()));
         headers.insert(1, ("accept", "text/event-stream".to_owned()));
         Self {
@@ -60,19 +56,10 @@ impl ProviderRequest {
 pub(crate) fn arguments_object(
     call: &super::ToolCall,
 ) -> Result<serde_json::Map<String, serde_json::Value>, BuildError> {
-    let text = if call.arguments.trim().is_empty() {
-        "{}"
-    } else {
-        &call.arguments
-    };
+    let text = if call.arguments.trim().is_empty() { "{}" } else { &call.arguments };
     match serde_json::from_str(text) {
         Ok(serde_json::Value::Object(map)) => Ok(map),
-        Ok(_) => Err(BuildError::ToolArgumentsNotObject {
-            call_id: call.id.clone(),
-        }),
-        Err(source) => Err(BuildError::InvalidToolArguments {
-            call_id: call.id.clone(),
-            source,
-        }),
+        Ok(_) => Err(BuildError::ToolArgumentsNotObject { call_id: call.id.clone() }),
+        Err(source) => Err(BuildError::InvalidToolArguments { call_id: call.id.clone(), source }),
     }
 }

@@ -86,15 +86,8 @@ impl RetryPolicy {
             };
         }
         let doublings = attempts_made.saturating_sub(1).min(30);
-        let ceiling = self
-            .base_delay
-            .saturating_mul(1 << doublings)
-            .min(self.max_delay);
-        let jitter = if jitter.is_nan() {
-            0.0
-        } else {
-            jitter.clamp(0.0, 1.0)
-        };
+        let ceiling = self.base_delay.saturating_mul(1 << doublings).min(self.max_delay);
+        let jitter = if jitter.is_nan() { 0.0 } else { jitter.clamp(0.0, 1.0) };
         RetryDecision::RetryAfter(ceiling / 2 + ceiling.mul_f64(jitter / 2.0))
     }
 }
@@ -111,10 +104,7 @@ mod tests {
     use crate::providers::ErrorKind;
 
     fn error(kind: ErrorKind, retry_after: Option<Duration>) -> ProviderError {
-        ProviderError {
-            retry_after,
-            ..ProviderError::new(kind, "test")
-        }
+        ProviderError { retry_after, ..ProviderError::new(kind, "test") }
     }
 
     #[test]
@@ -129,14 +119,8 @@ mod tests {
         assert_eq!(ms(policy.decide(1, &server, false, 1.0)), 500);
         assert_eq!(ms(policy.decide(2, &server, false, 1.0)), 1000);
         assert_eq!(ms(policy.decide(3, &server, false, 0.5)), 1500);
-        assert_eq!(
-            policy.decide(4, &server, false, 0.5),
-            RetryDecision::GiveUp(GiveUpReason::AttemptsExhausted)
-        );
-        let long = RetryPolicy {
-            max_attempts: 100,
-            ..policy
-        };
+        assert_eq!(policy.decide(4, &server, false, 0.5), RetryDecision::GiveUp(GiveUpReason::AttemptsExhausted));
+        let long = RetryPolicy { max_attempts: 100, ..policy };
         assert_eq!(ms(long.decide(60, &server, false, 1.0)), 30_000);
     }
 
@@ -144,10 +128,7 @@ mod tests {
     fn retry_after_is_honoured_and_bounded() {
         let policy = RetryPolicy::default();
         let limited = error(ErrorKind::RateLimited, Some(Duration::from_secs(7)));
-        assert_eq!(
-            policy.decide(1, &limited, false, 0.9),
-            RetryDecision::RetryAfter(Duration::from_secs(7))
-        );
+        assert_eq!(policy.decide(1, &limited, false, 0.9), RetryDecision::RetryAfter(Duration::from_secs(7)));
         let far = error(ErrorKind::RateLimited, Some(Duration::from_secs(3600)));
         assert_eq!(
             policy.decide(1, &far, false, 0.9),
@@ -171,24 +152,14 @@ mod tests {
                 "{kind:?}"
             );
         }
-        for kind in [
-            ErrorKind::Overloaded,
-            ErrorKind::Connection,
-            ErrorKind::Server,
-        ] {
-            assert!(matches!(
-                policy.decide(1, &error(kind, None), false, 0.5),
-                RetryDecision::RetryAfter(_)
-            ));
+        for kind in [ErrorKind::Overloaded, ErrorKind::Connection, ErrorKind::Server] {
+            assert!(matches!(policy.decide(1, &error(kind, None), false, 0.5), RetryDecision::RetryAfter(_)));
             assert_eq!(
                 policy.decide(1, &error(kind, None), true, 0.5),
                 RetryDecision::GiveUp(GiveUpReason::StreamStarted)
             );
         }
-        let never = RetryPolicy {
-            max_attempts: 1,
-            ..policy
-        };
+        let never = RetryPolicy { max_attempts: 1, ..policy };
         assert_eq!(
             never.decide(1, &error(ErrorKind::Server, None), false, 0.5),
             RetryDecision::GiveUp(GiveUpReason::AttemptsExhausted)

@@ -67,11 +67,7 @@ impl SseDecoder {
         if chunk.is_empty() {
             return Ok(());
         }
-        self.inbox
-            .lock()
-            .expect("inbox lock is never poisoned")
-            .chunks
-            .push_back(Bytes::copy_from_slice(chunk));
+        self.inbox.lock().expect("inbox lock is never poisoned").chunks.push_back(Bytes::copy_from_slice(chunk));
         let before = out.len();
         self.drain(out)?;
         // Counting from the end of this chunk when it completed an event under-counts the
@@ -85,10 +81,7 @@ impl SseDecoder {
         if self.bytes_since_event > self.max_event_bytes {
             return Err(ProviderError::new(
                 ErrorKind::ResponseTooLarge,
-                format!(
-                    "one server-sent event exceeds {} bytes",
-                    self.max_event_bytes
-                ),
+                format!("one server-sent event exceeds {} bytes", self.max_event_bytes),
             ));
         }
         Ok(())
@@ -98,10 +91,7 @@ impl SseDecoder {
     /// is dropped (as the SSE standard says); the provider parser then reports the
     /// missing terminal event.
     pub(crate) fn finish(&mut self, out: &mut Vec<Sse>) -> Result<(), ProviderError> {
-        self.inbox
-            .lock()
-            .expect("inbox lock is never poisoned")
-            .closed = true;
+        self.inbox.lock().expect("inbox lock is never poisoned").closed = true;
         self.drain(out)
     }
 
@@ -111,9 +101,7 @@ impl SseDecoder {
             match self.events.as_mut().poll_next(&mut context) {
                 Poll::Ready(Some(Ok(event))) => out.push(event),
                 Poll::Ready(Some(Err(error))) => {
-                    return Err(ProviderError::malformed(format!(
-                        "undecodable event stream: {error}"
-                    )));
+                    return Err(ProviderError::malformed(format!("undecodable event stream: {error}")));
                 }
                 Poll::Ready(None) | Poll::Pending => return Ok(()),
             }
@@ -127,8 +115,7 @@ mod tests {
 
     #[test]
     fn events_survive_any_split_including_inside_utf8() {
-        let body =
-            "event: a\ndata: h\u{e9}llo\n\n: comment\n\ndata: x\r\ndata: y\r\n\r\n".as_bytes();
+        let body = "event: a\ndata: h\u{e9}llo\n\n: comment\n\ndata: x\r\ndata: y\r\n\r\n".as_bytes();
         for split in 0..=body.len() {
             let mut decoder = SseDecoder::new(1 << 20);
             let mut events = Vec::new();

@@ -40,11 +40,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_event_bytes: 8 << 20,
-            max_body_bytes: 64 << 20,
-            max_error_body_bytes: 64 << 10,
-        }
+        Self { max_event_bytes: 8 << 20, max_body_bytes: 64 << 20, max_error_body_bytes: 64 << 10 }
     }
 }
 
@@ -90,11 +86,7 @@ impl StreamParser {
     /// Takes the reply's status and headers. A non-2xx status, or a 2xx that is not
     /// `text/event-stream`, is not an error yet: its body is collected and `finish`
     /// returns the typed error parsed from it.
-    pub fn head<K: AsRef<str>, V: AsRef<str>>(
-        &mut self,
-        status: u16,
-        headers: &[(K, V)],
-    ) -> Result<(), ProviderError> {
+    pub fn head<K: AsRef<str>, V: AsRef<str>>(&mut self, status: u16, headers: &[(K, V)]) -> Result<(), ProviderError> {
         if !matches!(self.state, State::AwaitingHead) {
             return Err(self.fail(ProviderError::malformed("response head received twice")));
         }
@@ -102,9 +94,7 @@ impl StreamParser {
             .iter()
             .find(|(key, _)| key.as_ref().eq_ignore_ascii_case("content-type"))
             .map(|(_, value)| value.as_ref().to_ascii_lowercase());
-        let is_stream = content_type
-            .as_deref()
-            .is_none_or(|value| value.contains("text/event-stream"));
+        let is_stream = content_type.as_deref().is_none_or(|value| value.contains("text/event-stream"));
         self.state = if (200..300).contains(&status) && is_stream {
             State::Streaming
         } else {
@@ -166,17 +156,12 @@ impl StreamParser {
             State::AwaitingHead => Err(ProviderError::malformed("reply ended before its status")),
             State::Done => Ok(out),
             State::Failed(error) => Err(error),
-            State::Rejected {
-                status,
-                content_type,
-                retry_after,
-                body,
-            } => Err(self.rejection(status, content_type, retry_after, &body)),
+            State::Rejected { status, content_type, retry_after, body } => {
+                Err(self.rejection(status, content_type, retry_after, &body))
+            }
             State::Streaming => {
                 self.state = State::Streaming;
-                self.sse
-                    .finish(&mut self.scratch)
-                    .map_err(|e| self.fail(e))?;
+                self.sse.finish(&mut self.scratch).map_err(|e| self.fail(e))?;
                 self.decode(&mut out)?;
                 if !self.decoder.is_done() {
                     self.decoder.on_end(&mut out)?;
@@ -241,17 +226,13 @@ pub(crate) struct NotStreamed;
 
 impl WireDecoder for NotStreamed {
     fn on_event(&mut self, _: Sse, _: &mut Vec<StreamEvent>) -> Result<(), ProviderError> {
-        Err(ProviderError::malformed(
-            "plugin providers do not stream over HTTP",
-        ))
+        Err(ProviderError::malformed("plugin providers do not stream over HTTP"))
     }
     fn is_done(&self) -> bool {
         false
     }
     fn on_end(&mut self, _: &mut Vec<StreamEvent>) -> Result<(), ProviderError> {
-        Err(ProviderError::malformed(
-            "plugin providers do not stream over HTTP",
-        ))
+        Err(ProviderError::malformed("plugin providers do not stream over HTTP"))
     }
     fn error_from_body(&self, status: u16, _: &[u8]) -> ProviderError {
         ProviderError::malformed("plugin providers do not stream over HTTP").with_status(status)
@@ -259,9 +240,7 @@ impl WireDecoder for NotStreamed {
 }
 
 /// Parses an event's JSON payload, naming the event in the error.
-pub(crate) fn json_payload<T: serde::de::DeserializeOwned>(
-    event: &Sse,
-) -> Result<T, ProviderError> {
+pub(crate) fn json_payload<T: serde::de::DeserializeOwned>(event: &Sse) -> Result<T, ProviderError> {
     let data = event.data.as_deref().unwrap_or_default();
     serde_json::from_str(data).map_err(|error| {
         ProviderError::malformed(format!(
@@ -273,8 +252,5 @@ pub(crate) fn json_payload<T: serde::de::DeserializeOwned>(
 }
 
 pub(crate) fn incomplete(what: &str) -> ProviderError {
-    ProviderError::new(
-        ErrorKind::IncompleteStream,
-        format!("the connection ended before {what}"),
-    )
+    ProviderError::new(ErrorKind::IncompleteStream, format!("the connection ended before {what}"))
 }

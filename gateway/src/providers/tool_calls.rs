@@ -45,19 +45,8 @@ impl ToolCallAssembler {
                 format!("more than {MAX_CALLS_PER_REPLY} tool calls in one reply"),
             ));
         }
-        out.push(StreamEvent::ToolCallStart {
-            id: id.clone(),
-            name: name.clone(),
-        });
-        self.open.push(OpenCall {
-            key,
-            call: ToolCall {
-                id,
-                name,
-                arguments: String::new(),
-                signature: None,
-            },
-        });
+        out.push(StreamEvent::ToolCallStart { id: id.clone(), name: name.clone() });
+        self.open.push(OpenCall { key, call: ToolCall { id, name, arguments: String::new(), signature: None } });
         Ok(())
     }
 
@@ -66,21 +55,13 @@ impl ToolCallAssembler {
     }
 
     /// Appends an argument fragment to the open call `key`.
-    pub(crate) fn append(
-        &mut self,
-        key: u64,
-        fragment: &str,
-        out: &mut Vec<StreamEvent>,
-    ) -> Result<(), ProviderError> {
+    pub(crate) fn append(&mut self, key: u64, fragment: &str, out: &mut Vec<StreamEvent>) -> Result<(), ProviderError> {
         if fragment.is_empty() {
             return Ok(());
         }
         let open = self.find(key)?;
         open.call.arguments.push_str(fragment);
-        out.push(StreamEvent::ToolCallArgsDelta {
-            id: open.call.id.clone(),
-            delta: fragment.to_owned(),
-        });
+        out.push(StreamEvent::ToolCallArgsDelta { id: open.call.id.clone(), delta: fragment.to_owned() });
         Ok(())
     }
 
@@ -98,11 +79,7 @@ impl ToolCallAssembler {
         final_arguments: Option<String>,
         out: &mut Vec<StreamEvent>,
     ) -> Result<(), ProviderError> {
-        let position = self
-            .open
-            .iter()
-            .position(|open| open.key == key)
-            .ok_or_else(|| unknown(key))?;
+        let position = self.open.iter().position(|open| open.key == key).ok_or_else(|| unknown(key))?;
         let mut call = self.open.remove(position).call;
         if let Some(arguments) = final_arguments {
             call.arguments = arguments;
@@ -128,15 +105,10 @@ impl ToolCallAssembler {
     }
 
     fn find(&mut self, key: u64) -> Result<&mut OpenCall, ProviderError> {
-        self.open
-            .iter_mut()
-            .find(|open| open.key == key)
-            .ok_or_else(|| unknown(key))
+        self.open.iter_mut().find(|open| open.key == key).ok_or_else(|| unknown(key))
     }
 }
 
 fn unknown(key: u64) -> ProviderError {
-    ProviderError::malformed(format!(
-        "fragment for tool call {key}, which was never started"
-    ))
+    ProviderError::malformed(format!("fragment for tool call {key}, which was never started"))
 }
