@@ -13,6 +13,9 @@
 //!
 //! [`JsonFrames`] is a `tokio_util` codec for async peers; [`read_frame`] and [`write_frame`]
 //! are the same format for blocking code (a confined worker has no runtime).
+//!
+//! A received payload is zeroed once parsed: one message type (the broker's `set_key`)
+//! carries a key, and its bytes must not outlive the zeroizing value they are parsed into.
 
 use std::io::{self, Read, Write};
 use std::marker::PhantomData;
@@ -21,6 +24,7 @@ use bytes::{Buf, BufMut, BytesMut};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::codec::{Decoder, Encoder};
+use zeroize::Zeroize as _;
 
 /// Size of the length prefix in bytes.
 pub const HEADER_LEN: usize = 4;
@@ -87,8 +91,10 @@ impl<In: DeserializeOwned, Out> Decoder for JsonFrames<In, Out> {
             return Ok(None);
         }
         src.advance(HEADER_LEN);
-        let payload = src.split_to(len);
-        Ok(Some(parse_payload(&payload)))
+        let mut payload = src.split_to(len);
+        let parsed = parse_payload(&payload);
+        payload.as_mut().zeroize();
+        Ok(Some(parsed))
     }
 }
 
@@ -124,7 +130,7 @@ pub fn read_frame<T: DeserializeOwned>(
     if len > max_len {
         return Err(FrameError::TooLarge { len, max: max_len });
     }
-    let mut payload = vec![0u8; len];
+    let mut payload = zeroize::Zeroizing::new(vec![0u8; len]);
     reader.read_exact(&mut payload)?;
     Ok(Some(parse_payload(&payload)))
 }

@@ -99,10 +99,10 @@ impl AuthFile {
         let Some(doc) = self.read_document()? else {
             return Ok(None);
         };
-        Ok(Some(contents(&doc)))
+        Ok(Some(contents(&doc.0)))
     }
 
-    fn read_document(&self) -> Result<Option<Map<String, Value>>, AuthFileError> {
+    fn read_document(&self) -> Result<Option<Document>, AuthFileError> {
         let meta = match std::fs::metadata(&self.path) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -113,8 +113,12 @@ impl AuthFile {
         }
         let text = zeroize::Zeroizing::new(std::fs::read(&self.path).map_err(io(&self.path))?);
         match serde_json::from_slice(&text) {
-            Ok(Value::Object(map)) => Ok(Some(map)),
-            _ => Err(AuthFileError::Format { path: self.path.clone(), what: "not a JSON object" }),
+            Ok(Value::Object(map)) => Ok(Some(Document(map))),
+            Ok(mut other) => {
+                scrub(&mut other);
+                Err(AuthFileError::Format { path: self.path.clone(), what: "not a JSON object" })
+            }
+            Err(_) => Err(AuthFileError::Format { path: self.path.clone(), what: "not a JSON object" }),
         }
     }
 
@@ -134,20 +138,25 @@ impl AuthFile {
     /// Applies `update` and replaces the file atomically (mode 0600, unknown fields kept).
     /// The caller holds [`AuthFile::lock`].
     pub fn write_refreshed(&self, update: &TokenUpdate, now: SystemTime) -> Result<(), AuthFileError> {
-        let mut doc = self.read_document()?.unwrap_or_default();
-        let tokens = doc.entry("tokens").or_insert_with(|| Value::Object(Map::new()));
+        let mut doc = self.read_document()?.unwrap_or_else(|| Document(Map::new()));
+        let tokens = doc.0.entry("tokens").or_insert_with(|| Value::Object(Map::new()));
         let Value::Object(tokens) = tokens else {
             return Err(AuthFileError::Format { path: self.path.clone(), what: "tokens is not an object" });
         };
-        tokens.insert("access_token".into(), Value::String(update.access_token.expose_secret().to_owned()));
+        let mut replace = |key: &str, secret: &SecretString| {
+            if let Some(mut old) = tokens.insert(key.into(), Value::String(secret.expose_secret().to_owned())) {
+                scrub(&mut old);
+            }
+        };
+        replace("access_token", &update.access_token);
         if let Some(id) = &update.id_token {
-            tokens.insert("id_token".into(), Value::String(id.expose_secret().to_owned()));
+            replace("id_token", id);
         }
         if let Some(refresh) = &update.refresh_token {
-            tokens.insert("refresh_token".into(), Value::String(refresh.expose_secret().to_owned()));
+            replace("refresh_token", refresh);
         }
-        doc.insert("last_refresh".into(), Value::String(humantime::format_rfc3339_micros(now).to_string()));
-        let text = zeroize::Zeroizing::new(serde_json::to_vec_pretty(&doc).expect("a JSON map serialises"));
+        doc.0.insert("last_refresh".into(), Value::String(humantime::format_rfc3339_micros(now).to_string()));
+        let text = zeroize::Zeroizing::new(serde_json::to_vec_pretty(&doc.0).expect("a JSON map serialises"));
         let dir = self.path.parent().unwrap_or(Path::new("."));
         // tempfile creates the file 0600 and with a random name; rename keeps that mode.
         let mut tmp = tempfile::Builder::new().prefix(".auth.json.").tempfile_in(dir).map_err(io(dir))?;
@@ -156,6 +165,29 @@ impl AuthFile {
         tmp.persist(&self.path).map_err(|e| io(&self.path)(e.error))?;
         File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
         Ok(())
+    }
+}
+
+/// The parsed file. Its strings include the tokens, so they are zeroed when it is dropped:
+/// serde_json's own values would leave the tokens in freed memory.
+struct Document(Map<String, Value>);
+
+impl Drop for Document {
+    fn drop(&mut self) {
+        for value in self.0.values_mut() {
+            scrub(value);
+        }
+    }
+}
+
+/// Zeroes every string (keys stay: they name fields, not secrets) in a JSON value.
+fn scrub(value: &mut Value) {
+    use zeroize::Zeroize as _;
+    match value {
+        Value::String(s) => s.zeroize(),
+        Value::Array(items) => items.iter_mut().for_each(scrub),
+        Value::Object(map) => map.values_mut().for_each(scrub),
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
     }
 }
 
