@@ -5,12 +5,16 @@
 //! exhaustively. The process that enforces a decision gathers the facts (role, op name, what a
 //! token comparison found, the stored project policy) and calls in.
 //!
+//! - [`export`]: what a filesystem export allows (ro/rw, which ops mutate, child names,
+//!   the `--export` flag syntax).
+//!
 //! This crate must never perform I/O, read the environment or the clock, hold or compare
 //! secrets, or keep state: a decision depends only on its arguments.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod export;
 pub mod peer;
 pub mod project_access;
 pub mod role;
