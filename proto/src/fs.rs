@@ -302,7 +302,7 @@ pub struct Statfs {
 }
 
 /// `what` of an `e_fs_inval` event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum InvalWhat {
     Attr,
     Data,
@@ -320,7 +320,7 @@ impl InvalWhat {
 }
 
 /// An invalidation event (§6).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Event {
     Node {
         node: u64,

@@ -1,0 +1,12 @@
+//! spiderweb filesystem nodes and the mount client (spec `fs-node.md`).
+//!
+//! - [`node`]: serving exports over `unified-v2-fs` on an already-upgraded WebSocket; used by
+//!   the `spiderweb-fs-node` binary and by the gateway's `/v2/fs`.
+//! - [`client`]: one client connection to a node (tags, events, timeouts).
+//! - [`listener`]: the standalone node's HTTP/WebSocket accept loop.
+//! - [`sandbox`]: the node's Landlock + seccomp self-confinement.
+
+pub mod client;
+pub mod listener;
+pub mod node;
+pub mod sandbox;

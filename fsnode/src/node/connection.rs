@@ -1,0 +1,253 @@
+//! One WebSocket connection to a node: negotiation, then requests in order (§2, §3, §6).
+//!
+//! A reader task parses each text frame, runs the op and puts, in this order, the events the
+//! op caused and then its reply onto the connection's bounded outbound queue; the same events
+//! are then broadcast to the other connections. A writer task drains the queue and flushes
+//! once per batch, so every frame leaves in one message and a slow client only slows itself.
+//!
+//! Closes the connection (after an `err_fs` reply) on: an unparseable envelope, a first
+//! message that is not the hello, a failed hello (including `AuthMissing`/`AuthFailed`),
+//! a binary frame. Never panics on input.
+
+use std::sync::Arc;
+
+use futures_util::{SinkExt, StreamExt};
+use sha2::{Digest, Sha256};
+use spiderweb_proto::envelope::{self, Channel, Envelope};
+use spiderweb_proto::fs::{
+    self as wire, Errno, FsError, HelloCaps, HelloReply, HelloRequest, NodeInfo,
+};
+use subtle::ConstantTimeEq;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::NodeState;
+use super::handles::HandleQuota;
+use super::ops::{self, Ctx, Request};
+
+/// Frames waiting for one client (replies wait for room; broadcasts are dropped when full).
+pub const OUTBOUND_QUEUE: usize = 1024;
+
+/// A frame for the writer task.
+#[derive(Debug)]
+pub enum Outbound {
+    Text(String),
+    Close,
+}
+
+/// Serves one upgraded WebSocket until the client leaves or breaks the protocol.
+pub async fn serve_connection<S>(ws: WebSocketStream<S>, state: Arc<NodeState>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sink, mut stream) = ws.split();
+    let (queue, mut outbound) = mpsc::channel::<Outbound>(OUTBOUND_QUEUE);
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = outbound.recv().await {
+            let result = match frame {
+                Outbound::Text(text) => sink.feed(Message::text(text)).await,
+                Outbound::Close => {
+                    let _ = sink.send(Message::Close(None)).await;
+                    break;
+                }
+            };
+            if result.is_err() || (outbound.is_empty() && sink.flush().await.is_err()) {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+
+    let mut conn = Connection {
+        state: Arc::clone(&state),
+        queue,
+        hub_id: None,
+        quota: Arc::default(),
+    };
+    while let Some(message) = stream.next().await {
+        let keep_going = match message {
+            Ok(Message::Text(text)) => conn.on_text(text.as_str()).await,
+            Ok(Message::Binary(_)) => {
+                conn.fail_and_close(None, FsError::new(Errno::Inval, "InvalidEnvelope"))
+                    .await;
+                false
+            }
+            Ok(Message::Close(_)) | Err(_) => false,
+            Ok(_) => true,
+        };
+        if !keep_going {
+            break;
+        }
+    }
+    if let Some(id) = conn.hub_id {
+        state.hub.unregister(id);
+    }
+    drop(conn);
+    let _ = writer.await;
+}
+
+struct Connection {
+    state: Arc<NodeState>,
+    queue: mpsc::Sender<Outbound>,
+    /// Set once the hello succeeded: the connection then receives broadcasts.
+    hub_id: Option<u64>,
+    quota: Arc<HandleQuota>,
+}
+
+impl Connection {
+    async fn send(&self, text: String) -> bool {
+        self.queue.send(Outbound::Text(text)).await.is_ok()
+    }
+
+    async fn fail_and_close(&self, tag: Option<u32>, error: FsError) {
+        let _ = self.send(wire::render_error(tag, &error)).await;
+        let _ = self.queue.send(Outbound::Close).await;
+    }
+
+    /// Handles one text frame; `false` closes the connection.
+    async fn on_text(&mut self, text: &str) -> bool {
+        let env = match envelope::parse(text) {
+            Ok(env) => env,
+            Err(e) => {
+                self.fail_and_close(e.tag, FsError::new(Errno::Inval, e.name.as_str()))
+                    .await;
+                return false;
+            }
+        };
+        let tag = env.acheron.tag.unwrap_or(0);
+        let fs_op = (env.channel == Channel::Acheron)
+            .then(|| env.op.strip_prefix("t_fs_"))
+            .flatten();
+        if fs_op == Some("hello") {
+            return self.hello(&env, tag).await;
+        }
+        if self.hub_id.is_none() {
+            self.fail_and_close(
+                Some(tag),
+                FsError::new(Errno::Inval, "acheron.t_fs_hello must be negotiated first"),
+            )
+            .await;
+            return false;
+        }
+        let Some(op) = fs_op else {
+            return self
+                .send(wire::render_error(
+                    Some(tag),
+                    &FsError::new(Errno::Inval, "UnsupportedType"),
+                ))
+                .await;
+        };
+        let (reply, events) = if op == "lock" {
+            // `lock` with wait may block for as long as another holder keeps the lock.
+            let (state, quota, payload) = (
+                Arc::clone(&self.state),
+                Arc::clone(&self.quota),
+                env.payload.clone(),
+            );
+            let (node, h) = (env.acheron.node, env.acheron.h);
+            tokio::task::spawn_blocking(move || {
+                let req = Request {
+                    op: "lock",
+                    tag,
+                    node,
+                    h,
+                    payload: payload.as_ref(),
+                };
+                run(&state, &quota, &req)
+            })
+            .await
+            .unwrap_or_else(|_| (Err(FsError::of(Errno::Io)), Vec::new()))
+        } else {
+            let req = Request {
+                op,
+                tag,
+                node: env.acheron.node,
+                h: env.acheron.h,
+                payload: env.payload.as_ref(),
+            };
+            run(&self.state, &self.quota, &req)
+        };
+        for event in &events {
+            if !self.send(event.render()).await {
+                return false;
+            }
+        }
+        let frame = reply.unwrap_or_else(|e| wire::render_error(Some(tag), &e));
+        if !self.send(frame).await {
+            return false;
+        }
+        self.state.hub.broadcast(self.hub_id, &events);
+        true
+    }
+
+    async fn hello(&mut self, env: &Envelope, tag: u32) -> bool {
+        let checked =
+            HelloRequest::parse(env.payload.as_ref()).and_then(|hello| self.authenticate(&hello));
+        if let Err(e) = checked {
+            self.fail_and_close(Some(tag), e).await;
+            return false;
+        }
+        let reply = hello_reply(&self.state);
+        if !self.send(wire::render_ok("hello", tag, &reply)).await {
+            return false;
+        }
+        if self.hub_id.is_none() {
+            self.hub_id = Some(self.state.hub.register(self.queue.clone()));
+        }
+        true
+    }
+
+    fn authenticate(&self, hello: &HelloRequest) -> Result<(), FsError> {
+        let Some(expected) = &self.state.auth_digest else {
+            return Ok(());
+        };
+        let Some(token) = &hello.auth_token else {
+            return Err(FsError::new(Errno::Inval, "AuthMissing"));
+        };
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if bool::from(digest.ct_eq(expected)) {
+            Ok(())
+        } else {
+            Err(FsError::new(Errno::Inval, "AuthFailed"))
+        }
+    }
+}
+
+fn run(
+    state: &NodeState,
+    quota: &Arc<HandleQuota>,
+    req: &Request<'_>,
+) -> (Result<String, FsError>, Vec<spiderweb_proto::fs::Event>) {
+    let mut ctx = Ctx {
+        state,
+        quota,
+        events: Vec::new(),
+    };
+    let reply = ops::dispatch(&mut ctx, req);
+    (reply, ctx.events)
+}
+
+fn hello_reply(state: &NodeState) -> HelloReply {
+    use super::exports::CAPS;
+    let any = !state.exports.is_empty();
+    HelloReply {
+        protocol: wire::PROTOCOL.into(),
+        proto: wire::PROTO,
+        node: NodeInfo {
+            name: "spiderweb-fs-node".into(),
+            os: "linux".into(),
+            ver: env!("CARGO_PKG_VERSION").into(),
+        },
+        caps: HelloCaps {
+            readdirp: true,
+            symlink: any && CAPS.symlink,
+            xattr: any && CAPS.xattr,
+            locks: any && CAPS.locks,
+            case_sensitive: any && CAPS.case_sensitive,
+            max_read: wire::MAX_READ,
+            max_write: wire::MAX_WRITE,
+        },
+    }
+}
