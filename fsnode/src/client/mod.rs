@@ -33,7 +33,7 @@ pub enum CallError {
     Fs(FsError),
     /// The endpoint could not be reached, the connection broke, or no reply came in time: the
     /// operation may be retried elsewhere if it is idempotent.
-    #[error("endpoint unavailable: {0}")]
+    #[error("errno {code}: endpoint unavailable: {0}", code = if .0.contains("timed out") { 110 } else { 5 })]
     Transport(String),
 }
 
