@@ -836,6 +836,69 @@ impl Router {
         .await
     }
 
+    pub async fn getxattr(self: &Arc<Self>, path: &str, name: &str) -> Result<Vec<u8>, CallError> {
+        self.run(path, false, true, async |a| {
+            let attr = self.resolve(a).await?;
+            let reply = a
+                .client
+                .call("getxattr", Some(attr.id), None, json!({"name": name}))
+                .await?;
+            reply
+                .get("value_b64")
+                .and_then(Value::as_str)
+                .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+                .ok_or_else(|| CallError::Transport("bad getxattr reply".into()))
+        })
+        .await
+    }
+
+    pub async fn listxattr(self: &Arc<Self>, path: &str) -> Result<Vec<String>, CallError> {
+        self.run(path, false, true, async |a| {
+            let attr = self.resolve(a).await?;
+            let reply = a
+                .client
+                .call("listxattr", Some(attr.id), None, Value::Null)
+                .await?;
+            serde_json::from_value(reply.get("names").cloned().unwrap_or(Value::Null))
+                .map_err(|e| CallError::Transport(format!("bad listxattr reply: {e}")))
+        })
+        .await
+    }
+
+    pub async fn setxattr(
+        self: &Arc<Self>,
+        path: &str,
+        name: &str,
+        value: &[u8],
+        flags: u32,
+    ) -> Result<(), CallError> {
+        let value_b64 = base64::engine::general_purpose::STANDARD.encode(value);
+        self.run(path, true, true, async |a| {
+            let attr = self.resolve(a).await?;
+            a.client
+                .call(
+                    "setxattr",
+                    Some(attr.id),
+                    None,
+                    json!({"name": name, "value_b64": value_b64.as_str(), "flags": flags}),
+                )
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn removexattr(self: &Arc<Self>, path: &str, name: &str) -> Result<(), CallError> {
+        self.run(path, true, true, async |a| {
+            let attr = self.resolve(a).await?;
+            a.client
+                .call("removexattr", Some(attr.id), None, json!({"name": name}))
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
     // ---- health ----------------------------------------------------------------------------
 
     /// Checks one endpoint now: a hello on its connection (connecting if needed).
