@@ -34,59 +34,98 @@ fn main() {
         .spawn()
         .expect("start node");
     let mut line = String::new();
-    BufReader::new(node.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let url = format!("ws://{}/v2/fs", line.trim().trim_start_matches("listening on "));
+    BufReader::new(node.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = format!(
+        "ws://{}/v2/fs",
+        line.trim().trim_start_matches("listening on ")
+    );
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
-        let client = FsClient::connect(&url, None, false).await.expect("connect");
-        let root = client.exports().await.unwrap()[0].root;
-        let open = async |name: &str| {
-            let attr = client.call("lookup", Some(root), None, json!({"name": name})).await.unwrap();
-            let id = attr["attr"]["id"].as_u64();
-            client.call("open", id, None, json!({"flags": 0})).await.unwrap()["h"].as_u64()
-        };
-
-        let h = open("64k").await;
-        for _ in 0..500 {
-            client.call("read", None, h, json!({"off": 0, "len": 65536})).await.unwrap();
+        for binary in [false, true] {
+            let client = FsClient::connect_with(&url, None, false, binary)
+                .await
+                .expect("connect");
+            run(
+                &client,
+                if binary {
+                    "binary data frames"
+                } else {
+                    "JSON/base64 (original wire format)"
+                },
+            )
+            .await;
         }
-        let mut samples = Vec::with_capacity(5000);
-        for _ in 0..5000 {
-            let t = Instant::now();
-            let reply = client.call("read", None, h, json!({"off": 0, "len": 65536})).await.unwrap();
-            samples.push(t.elapsed());
-            assert_eq!(reply["data_b64"].as_str().map(str::len), Some(87384));
-        }
-        samples.sort();
-        println!(
-            "read 64 KiB round trip: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms (n={})",
-            percentile(&samples, 0.5).as_secs_f64() * 1e3,
-            percentile(&samples, 0.9).as_secs_f64() * 1e3,
-            percentile(&samples, 0.99).as_secs_f64() * 1e3,
-            samples.len()
-        );
-
-        let h = open("big").await;
-        let t = Instant::now();
-        let mut off = 0u64;
-        loop {
-            let reply = client.call("read", None, h, json!({"off": off, "len": 1 << 20})).await.unwrap();
-            off += (reply["data_b64"].as_str().unwrap().len() / 4 * 3) as u64;
-            if reply["eof"] == true {
-                break;
-            }
-        }
-        let secs = t.elapsed().as_secs_f64();
-        println!("sequential read 256 MiB, 1 MiB requests: {:.0} MiB/s", (off as f64 / (1 << 20) as f64) / secs);
-
-        let n = 10_000;
-        let t = Instant::now();
-        for _ in 0..n {
-            client.call("getattr", Some(root), None, json!({})).await.unwrap();
-        }
-        println!("getattr: {:.0} ops/s", n as f64 / t.elapsed().as_secs_f64());
     });
     let _ = node.kill();
     let _ = node.wait();
+}
+
+async fn run(client: &FsClient, mode: &str) {
+    println!("== {mode}");
+    let root = client.exports().await.unwrap()[0].root;
+    let open = async |name: &str| {
+        let attr = client
+            .call("lookup", Some(root), None, json!({"name": name}))
+            .await
+            .unwrap();
+        let id = attr["attr"]["id"].as_u64();
+        client
+            .call("open", id, None, json!({"flags": 0}))
+            .await
+            .unwrap()["h"]
+            .as_u64()
+            .unwrap()
+    };
+
+    let h = open("64k").await;
+    for _ in 0..500 {
+        client.read(h, 0, 65536).await.unwrap();
+    }
+    let mut samples = Vec::with_capacity(5000);
+    for _ in 0..5000 {
+        let t = Instant::now();
+        let (data, _) = client.read(h, 0, 65536).await.unwrap();
+        samples.push(t.elapsed());
+        assert_eq!(data.len(), 65536);
+    }
+    samples.sort();
+    println!(
+        "read 64 KiB round trip: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms (n={})",
+        percentile(&samples, 0.5).as_secs_f64() * 1e3,
+        percentile(&samples, 0.9).as_secs_f64() * 1e3,
+        percentile(&samples, 0.99).as_secs_f64() * 1e3,
+        samples.len()
+    );
+
+    let h = open("big").await;
+    let t = Instant::now();
+    let mut off = 0u64;
+    loop {
+        let (data, eof) = client.read(h, off, 1 << 20).await.unwrap();
+        off += data.len() as u64;
+        if eof {
+            break;
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "sequential read 256 MiB, 1 MiB requests: {:.0} MiB/s",
+        (off as f64 / (1 << 20) as f64) / secs
+    );
+
+    let n = 10_000;
+    let t = Instant::now();
+    for _ in 0..n {
+        client
+            .call("getattr", Some(root), None, json!({}))
+            .await
+            .unwrap();
+    }
+    println!("getattr: {:.0} ops/s", n as f64 / t.elapsed().as_secs_f64());
 }

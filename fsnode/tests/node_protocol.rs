@@ -709,3 +709,77 @@ fn bad_exports_refuse_to_start() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("duplicate export name"));
 }
+
+#[tokio::test]
+async fn binary_data_frames_are_negotiated() {
+    use spiderweb_proto::fs::binary;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f"), "0123456789").unwrap();
+    let node = Node::start(&[export("w", dir.path(), "")], &[]);
+
+    // Not asked for: the original's shape, no `binary_data` in caps, JSON reads.
+    let mut plain = Raw::hello(&node.url(), None).await;
+    let caps = plain
+        .ok(
+            "hello",
+            None,
+            None,
+            spiderweb_proto::fs::hello_payload(None, false),
+        )
+        .await["caps"]
+        .clone();
+    assert!(caps.get("binary_data").is_none(), "{caps}");
+
+    let mut raw = Raw::connect(&node.url()).await;
+    let mut hello = spiderweb_proto::fs::hello_payload(None, false);
+    hello["binary_data"] = true.into();
+    let reply = raw.req("hello", 1, None, None, hello).await;
+    assert_eq!(reply["payload"]["caps"]["binary_data"], true);
+    let root = raw.root("w").await;
+    let f = raw.lookup(root, "f").await["id"].as_u64();
+    let h = raw.ok("open", f, None, json!({"flags": 2})).await["h"]
+        .as_u64()
+        .unwrap();
+
+    raw.send_text(&spiderweb_proto::fs::render_request(
+        "read",
+        42,
+        None,
+        Some(h),
+        &json!({"off": 2, "len": 4}),
+    ))
+    .await;
+    let frame = raw
+        .next_any()
+        .await
+        .unwrap()
+        .expect_err("a binary read reply");
+    assert_eq!(
+        binary::parse_read_reply(&frame),
+        Some((42, false, &b"2345"[..]))
+    );
+
+    raw.send_binary(binary::write_request(43, h, 8, b"XYZ"))
+        .await;
+    let reply = loop {
+        match raw.next_any().await.unwrap() {
+            Ok(frame) if frame.get("tag").is_some() => break frame,
+            _ => continue,
+        }
+    };
+    assert_eq!(
+        (reply["tag"].as_u64(), reply["payload"]["n"].as_u64()),
+        (Some(43), Some(3))
+    );
+    assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"01234567XYZ");
+
+    // Errors stay JSON; a malformed binary frame closes the connection.
+    let err = raw.errno("read", None, Some(999), json!({})).await;
+    assert_eq!(err.0, 9);
+    raw.send_binary(vec![2, 0]).await;
+    assert_eq!(
+        raw.next().await.unwrap()["error"]["message"],
+        "InvalidEnvelope"
+    );
+    assert!(raw.next().await.is_none());
+}

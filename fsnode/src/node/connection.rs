@@ -15,7 +15,7 @@ use futures_util::{SinkExt, StreamExt};
 use sha2::{Digest, Sha256};
 use spiderweb_proto::envelope::{self, Channel, Envelope};
 use spiderweb_proto::fs::{
-    self as wire, Errno, FsError, HelloCaps, HelloReply, HelloRequest, NodeInfo,
+    self as wire, Errno, Event, FsError, HelloCaps, HelloReply, HelloRequest, NodeInfo, binary,
 };
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -34,6 +34,8 @@ pub const OUTBOUND_QUEUE: usize = 1024;
 #[derive(Debug)]
 pub enum Outbound {
     Text(String),
+    /// A binary data frame (only after `binary_data` was negotiated).
+    Binary(Vec<u8>),
     Close,
 }
 
@@ -48,6 +50,7 @@ where
         while let Some(frame) = outbound.recv().await {
             let result = match frame {
                 Outbound::Text(text) => sink.feed(Message::text(text)).await,
+                Outbound::Binary(data) => sink.feed(Message::binary(data)).await,
                 Outbound::Close => {
                     let _ = sink.send(Message::Close(None)).await;
                     break;
@@ -65,15 +68,12 @@ where
         queue,
         hub_id: None,
         quota: Arc::default(),
+        binary: false,
     };
     while let Some(message) = stream.next().await {
         let keep_going = match message {
             Ok(Message::Text(text)) => conn.on_text(text.as_str()).await,
-            Ok(Message::Binary(_)) => {
-                conn.fail_and_close(None, FsError::new(Errno::Inval, "InvalidEnvelope"))
-                    .await;
-                false
-            }
+            Ok(Message::Binary(data)) => conn.on_binary(&data).await,
             Ok(Message::Close(_)) | Err(_) => false,
             Ok(_) => true,
         };
@@ -94,6 +94,8 @@ struct Connection {
     /// Set once the hello succeeded: the connection then receives broadcasts.
     hub_id: Option<u64>,
     quota: Arc<HandleQuota>,
+    /// Binary data frames negotiated in the hello.
+    binary: bool,
 }
 
 impl Connection {
@@ -159,6 +161,24 @@ impl Connection {
             })
             .await
             .unwrap_or_else(|_| (Err(FsError::of(Errno::Io)), Vec::new()))
+        } else if op == "read" && self.binary {
+            let req = Request {
+                op,
+                tag,
+                node: env.acheron.node,
+                h: env.acheron.h,
+                payload: env.payload.as_ref(),
+            };
+            let ctx = Ctx {
+                state: &self.state,
+                quota: &self.quota,
+                events: Vec::new(),
+            };
+            let outbound = match ops::read_binary(&ctx, &req) {
+                Ok(frame) => Outbound::Binary(frame),
+                Err(e) => Outbound::Text(wire::render_error(Some(tag), &e)),
+            };
+            return self.queue.send(outbound).await.is_ok();
         } else {
             let req = Request {
                 op,
@@ -169,6 +189,34 @@ impl Connection {
             };
             run(&self.state, &self.quota, &req)
         };
+        self.finish(tag, reply, events).await
+    }
+
+    /// A binary frame: only a negotiated binary write request is valid; anything else is
+    /// answered and closes the connection, like any unparseable frame.
+    async fn on_binary(&mut self, data: &[u8]) -> bool {
+        let request = self
+            .binary
+            .then(|| binary::parse_write_request(data))
+            .flatten();
+        let (Some(write), Some(_)) = (request, self.hub_id) else {
+            self.fail_and_close(None, FsError::new(Errno::Inval, "InvalidEnvelope"))
+                .await;
+            return false;
+        };
+        let mut ctx = Ctx {
+            state: &self.state,
+            quota: &self.quota,
+            events: Vec::new(),
+        };
+        let reply = ops::write_bytes(&mut ctx, write.h, write.off, write.data)
+            .map(|payload| wire::render_ok("write", write.tag, &payload));
+        let events = ctx.events;
+        self.finish(write.tag, reply, events).await
+    }
+
+    /// Queues the op's events, then its reply, then broadcasts the events to the others.
+    async fn finish(&self, tag: u32, reply: Result<String, FsError>, events: Vec<Event>) -> bool {
         for event in &events {
             if !self.send(event.render()).await {
                 return false;
@@ -183,13 +231,20 @@ impl Connection {
     }
 
     async fn hello(&mut self, env: &Envelope, tag: u32) -> bool {
-        let checked =
-            HelloRequest::parse(env.payload.as_ref()).and_then(|hello| self.authenticate(&hello));
-        if let Err(e) = checked {
-            self.fail_and_close(Some(tag), e).await;
-            return false;
-        }
-        let reply = hello_reply(&self.state);
+        let checked = HelloRequest::parse(env.payload.as_ref())
+            .and_then(|hello| self.authenticate(&hello).map(|()| hello));
+        let hello = match checked {
+            Ok(hello) => hello,
+            Err(e) => {
+                self.fail_and_close(Some(tag), e).await;
+                return false;
+            }
+        };
+        // Once negotiated, binary frames stay on for the connection: a later hello (a health
+        // check) must not change how replies already in flight are framed.
+        self.binary |= hello.binary_data;
+        let mut reply = hello_reply(&self.state);
+        reply.caps.binary_data = self.binary;
         if !self.send(wire::render_ok("hello", tag, &reply)).await {
             return false;
         }
@@ -248,6 +303,7 @@ fn hello_reply(state: &NodeState) -> HelloReply {
             case_sensitive: any && CAPS.case_sensitive,
             max_read: wire::MAX_READ,
             max_write: wire::MAX_WRITE,
+            binary_data: false,
         },
     }
 }

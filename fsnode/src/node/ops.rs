@@ -384,6 +384,26 @@ struct ReadReply {
 }
 
 fn read(ctx: &Ctx<'_>, h: u64, args: &Args<'_>) -> Result<ReadReply, FsError> {
+    let mut buf = Vec::new();
+    let eof = read_into(ctx, h, args, &mut buf)?;
+    Ok(ReadReply {
+        data_b64: base64::engine::general_purpose::STANDARD.encode(&buf),
+        eof,
+    })
+}
+
+/// `t_fs_read` answered with a binary frame (negotiated `binary_data`): the bytes are read
+/// straight into the frame after its header.
+pub fn read_binary(ctx: &Ctx<'_>, req: &Request<'_>) -> Result<Vec<u8>, FsError> {
+    let args = Args::new(req.op, req.payload)?;
+    let mut frame = wire::binary::read_reply_header(req.tag, false).to_vec();
+    let eof = read_into(ctx, need_h(req)?, &args, &mut frame)?;
+    frame[wire::binary::READ_HEADER - 1] = u8::from(eof);
+    Ok(frame)
+}
+
+/// Appends up to `len` (capped at `MAX_READ`) bytes at `off` to `buf`; `true` on a short read.
+fn read_into(ctx: &Ctx<'_>, h: u64, args: &Args<'_>, buf: &mut Vec<u8>) -> Result<bool, FsError> {
     let off = args.opt_u64("off")?.unwrap_or(0);
     let len = args
         .opt_u32("len")?
@@ -393,25 +413,32 @@ fn read(ctx: &Ctx<'_>, h: u64, args: &Args<'_>) -> Result<ReadReply, FsError> {
     if !handle.readable {
         return Err(FsError::new(Errno::BadF, "handle not readable"));
     }
-    let mut buf = vec![0u8; len];
+    let start = buf.len();
+    buf.resize(start + len, 0);
     let mut filled = 0;
     while filled < len {
-        match handle.file.read_at(&mut buf[filled..], off + filled as u64) {
+        match handle
+            .file
+            .read_at(&mut buf[start + filled..], off + filled as u64)
+        {
             Ok(0) => break,
             Ok(n) => filled += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(FsError::of(Errno::from_os(e.raw_os_error().unwrap_or(5)))),
         }
     }
-    Ok(ReadReply {
-        data_b64: base64::engine::general_purpose::STANDARD.encode(&buf[..filled]),
-        eof: filled < len,
-    })
+    buf.truncate(start + filled);
+    Ok(filled < len)
 }
 
 fn write(ctx: &mut Ctx<'_>, h: u64, args: &Args<'_>) -> Result<Value, FsError> {
     let off = args.opt_u64("off")?.unwrap_or(0);
     let data = args.b64("data_b64")?;
+    write_bytes(ctx, h, off, &data)
+}
+
+/// `t_fs_write` with its data already decoded (JSON base64 or a binary frame).
+pub fn write_bytes(ctx: &mut Ctx<'_>, h: u64, off: u64, data: &[u8]) -> Result<Value, FsError> {
     if data.len() > wire::MAX_WRITE as usize {
         return Err(FsError::new(Errno::Inval, "WRITE exceeds max_write"));
     }
@@ -422,7 +449,7 @@ fn write(ctx: &mut Ctx<'_>, h: u64, args: &Args<'_>) -> Result<Value, FsError> {
     }
     handle
         .file
-        .write_all_at(&data, off)
+        .write_all_at(data, off)
         .map_err(|e| FsError::of(Errno::from_os(e.raw_os_error().unwrap_or(5))))?;
     ctx.inval(handle.node, InvalWhat::Data, None);
     Ok(json!({"n": data.len()}))

@@ -652,22 +652,8 @@ impl Router {
         len: u32,
     ) -> Result<(Vec<u8>, bool), CallError> {
         self.run(path, false, true, async |a| {
-            self.with_handle(a, false, async |h| {
-                let reply = a
-                    .client
-                    .call("read", None, Some(h), json!({"off": off, "len": len}))
-                    .await?;
-                let data = reply
-                    .get("data_b64")
-                    .and_then(Value::as_str)
-                    .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
-                    .ok_or_else(|| CallError::Transport("bad read reply".into()))?;
-                Ok((
-                    data,
-                    reply.get("eof").and_then(Value::as_bool).unwrap_or(true),
-                ))
-            })
-            .await
+            self.with_handle(a, false, async |h| a.client.read(h, off, len).await)
+                .await
         })
         .await
     }
@@ -679,21 +665,9 @@ impl Router {
         off: u64,
         data: &[u8],
     ) -> Result<u64, CallError> {
-        let encoded = base64::engine::general_purpose::STANDARD.encode(data);
         self.run(path, true, true, async |a| {
-            self.with_handle(a, true, async |h| {
-                let reply = a
-                    .client
-                    .call(
-                        "write",
-                        None,
-                        Some(h),
-                        json!({"off": off, "data_b64": encoded.as_str()}),
-                    )
-                    .await?;
-                Ok(reply.get("n").and_then(Value::as_u64).unwrap_or(0))
-            })
-            .await
+            self.with_handle(a, true, async |h| a.client.write(h, off, data).await)
+                .await
         })
         .await
     }
@@ -904,15 +878,7 @@ impl Router {
     /// Checks one endpoint now: a hello on its connection (connecting if needed).
     pub async fn probe(self: &Arc<Self>, ep: usize) {
         let result = match self.connect(ep).await {
-            Ok((client, _)) => client
-                .call(
-                    "hello",
-                    None,
-                    None,
-                    spiderweb_proto::fs::hello_payload(self.auth_token.as_deref(), true),
-                )
-                .await
-                .map(|_| ()),
+            Ok((client, _)) => client.ping().await,
             Err(e) => Err(e),
         };
         if let Err(e) = &result {

@@ -123,6 +123,23 @@ impl Raw {
         }
     }
 
+    /// The next frame, text parsed as JSON or binary as is.
+    pub async fn next_any(&mut self) -> Option<Result<Value, Vec<u8>>> {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
+                .await
+                .expect("frame in time");
+            match msg {
+                Some(Ok(Message::Text(t))) => {
+                    return Some(Ok(serde_json::from_str(t.as_str()).unwrap()));
+                }
+                Some(Ok(Message::Binary(b))) => return Some(Err(b.to_vec())),
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
     /// Sends a request and returns its reply, skipping (and collecting nothing of) events.
     pub async fn req(
         &mut self,
