@@ -347,3 +347,30 @@ fn node_restarted_under_a_live_mount() {
         "written after restart"
     );
 }
+
+#[test]
+fn mounted_reads_fail_over_to_the_other_endpoint() {
+    let export = tempfile::tempdir().unwrap();
+    let content: Vec<u8> = (0..4_000_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(export.path().join("f.bin"), &content).unwrap();
+    let spec = [format!("w={}:ro", export.path().display())];
+    let mut first = Node::start(&spec, &[]);
+    let second = Node::start(&spec, &[]);
+    let mount = Mount::start(&[
+        format!("a={}#w@/m", first.url()),
+        format!("b={}#w@/m", second.url()),
+    ]);
+    let file = mount.path("m/f.bin");
+    let mut reader = std::fs::File::open(&file).unwrap();
+    let mut head = vec![0u8; 1 << 20];
+    std::io::Read::read_exact(&mut reader, &mut head).unwrap();
+    first.kill();
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut reader, &mut rest).unwrap();
+    head.extend_from_slice(&rest);
+    assert!(
+        head == content,
+        "content differs after failover under the mount"
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), content);
+}

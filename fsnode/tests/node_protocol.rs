@@ -783,3 +783,29 @@ async fn binary_data_frames_are_negotiated() {
     );
     assert!(raw.next().await.is_none());
 }
+
+#[tokio::test]
+async fn connections_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&[export("w", dir.path(), "")], &["--max-connections", "1"]);
+    let mut first = Raw::hello(&node.url(), None).await;
+    let refused = tokio_tungstenite::connect_async(node.url()).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503)
+        }
+        other => panic!("second connection admitted: {:?}", other.map(|_| ())),
+    }
+    first.root("w").await;
+    drop(first);
+    // The slot is released when the first connection ends.
+    let mut admitted = None;
+    for _ in 0..50 {
+        if let Ok((ws, _)) = tokio_tungstenite::connect_async(node.url()).await {
+            admitted = Some(ws);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(admitted.is_some(), "slot not released");
+}
