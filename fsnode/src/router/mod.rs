@@ -34,6 +34,9 @@ pub use endpoint::EndpointSpec;
 pub const HEALTH_INTERVAL: Duration = Duration::from_millis(2000);
 /// An unhealthy endpoint is retried after this long.
 pub const RETRY_UNHEALTHY: Duration = Duration::from_millis(1500);
+/// How long attributes fetched from a node are reused without asking again (the same TTL
+/// the FUSE layer gives the kernel); invalidation events end it earlier.
+pub const ATTR_TTL: Duration = Duration::from_secs(10);
 /// Page size of directory listings.
 const LIST_PAGE: u32 = 4096;
 
@@ -96,6 +99,9 @@ pub struct Router {
     ids: Mutex<HashMap<(usize, String), u64>>,
     paths: Mutex<HashMap<(usize, u64), String>>,
     handles: Mutex<HashMap<(usize, String), CachedHandle>>,
+    /// (endpoint, relative path) → attributes and when they were fetched; dropped by the
+    /// nodes' invalidation events and by our own mutations, and after [`ATTR_TTL`].
+    attrs: Mutex<HashMap<(usize, String), (Attr, Instant)>>,
     events: broadcast::Sender<PathEvent>,
 }
 
@@ -133,6 +139,7 @@ impl Router {
             ids: Mutex::default(),
             paths: Mutex::default(),
             handles: Mutex::default(),
+            attrs: Mutex::default(),
             events: broadcast::channel(4096).0,
         })
     }
@@ -331,8 +338,36 @@ impl Router {
             .insert((ep, id), rel.to_owned());
     }
 
+    fn remember_attr(&self, ep: usize, rel: &str, attr: &Attr) {
+        self.remember(ep, rel, attr.id);
+        self.attrs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((ep, rel.to_owned()), (attr.clone(), Instant::now()));
+    }
+
+    fn cached_attr(&self, ep: usize, rel: &str) -> Option<Attr> {
+        let attrs = self.attrs.lock().unwrap_or_else(|p| p.into_inner());
+        let (attr, at) = attrs.get(&(ep, rel.to_owned()))?;
+        (at.elapsed() < ATTR_TTL).then(|| attr.clone())
+    }
+
+    /// The attributes of `rel` (and of its parent directory, whose size and times change with
+    /// its entries) are no longer known.
+    fn forget_attrs(&self, ep: usize, rel: &str) {
+        let parent = rel.rsplit_once('/').map_or("", |(p, _)| p);
+        let mut attrs = self.attrs.lock().unwrap_or_else(|p| p.into_inner());
+        attrs.remove(&(ep, rel.to_owned()));
+        attrs.remove(&(ep, parent.to_owned()));
+    }
+
     fn forget_path(&self, ep: usize, rel: &str) {
         let prefix = format!("{rel}/");
+        let parent = rel.rsplit_once('/').map_or("", |(p, _)| p).to_owned();
+        self.attrs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(e, p), _| *e != ep || (p != rel && p != &parent && !p.starts_with(&prefix)));
         self.ids
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -349,6 +384,10 @@ impl Router {
             .unwrap_or_else(|p| p.into_inner())
             .retain(|(e, _), _| *e != ep);
         self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(e, _), _| *e != ep);
+        self.attrs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|(e, _), _| *e != ep);
@@ -376,12 +415,17 @@ impl Router {
 
     async fn resolve_with_cache(&self, a: &Attempt, use_cache: bool) -> Result<Attr, CallError> {
         let full = a.rel.join("/");
+        if use_cache && let Some(attr) = self.cached_attr(a.ep, &full) {
+            return Ok(attr);
+        }
         if use_cache && let Some(id) = self.cached(a.ep, &full) {
-            return attr_of(
+            let attr = attr_of(
                 a.client
                     .call("getattr", Some(id), None, Value::Null)
                     .await?,
-            );
+            )?;
+            self.remember_attr(a.ep, &full, &attr);
+            return Ok(attr);
         }
         let (mut parent, mut start) = (a.root, 0);
         if use_cache {
@@ -398,7 +442,7 @@ impl Router {
                     .call("getattr", Some(a.root), None, Value::Null)
                     .await?,
             )?;
-            self.remember(a.ep, "", attr.id);
+            self.remember_attr(a.ep, "", &attr);
             return Ok(attr);
         }
         let mut attr = None;
@@ -408,7 +452,7 @@ impl Router {
                     .call("lookup", Some(parent), None, json!({"name": a.rel[depth]}))
                     .await?,
             )?;
-            self.remember(a.ep, &a.rel[..=depth].join("/"), found.id);
+            self.remember_attr(a.ep, &a.rel[..=depth].join("/"), &found);
             parent = found.id;
             attr = Some(found);
         }
@@ -458,6 +502,11 @@ impl Router {
                     .get(&(ep, id))
                     .cloned();
                 let Some(rel) = rel else { continue };
+                router
+                    .attrs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&(ep, rel.clone()));
                 if dir_listing {
                     // Children may have been replaced: their cached ids are suspect.
                     let prefix = if rel.is_empty() {
@@ -465,16 +514,22 @@ impl Router {
                     } else {
                         format!("{rel}/")
                     };
+                    let is_child = |e: &usize, p: &String| {
+                        *e == ep
+                            && p.starts_with(&prefix)
+                            && !p[prefix.len()..].contains('/')
+                            && p != &rel
+                    };
                     router
                         .ids
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .retain(|(e, p), _| {
-                            *e != ep
-                                || !(p.starts_with(&prefix)
-                                    && !p[prefix.len()..].contains('/')
-                                    && p != &rel)
-                        });
+                        .retain(|(e, p), _| !is_child(e, p));
+                    router
+                        .attrs
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .retain(|(e, p), _| !is_child(e, p));
                 }
                 let path = if rel.is_empty() {
                     mount.clone()
@@ -618,7 +673,7 @@ impl Router {
                     } else {
                         format!("{base}/{}", ent.name)
                     };
-                    self.remember(a.ep, &rel, ent.attr.id);
+                    self.remember_attr(a.ep, &rel, &ent.attr);
                 }
             }
             Ok(page)
@@ -666,8 +721,12 @@ impl Router {
         data: &[u8],
     ) -> Result<u64, CallError> {
         self.run(path, true, true, async |a| {
-            self.with_handle(a, true, async |h| a.client.write(h, off, data).await)
-                .await
+            let written = self
+                .with_handle(a, true, async |h| a.client.write(h, off, data).await)
+                .await;
+            // Size and times changed; the node's event may arrive after our caller asks.
+            self.forget_attrs(a.ep, &a.rel.join("/"));
+            written
         })
         .await
     }
@@ -703,7 +762,8 @@ impl Router {
                     .unwrap_or(Value::Null),
             )?;
             let rel = a.rel.join("/");
-            self.remember(a.ep, &rel, attr.id);
+            self.forget_attrs(a.ep, &rel);
+            self.remember_attr(a.ep, &rel, &attr);
             if let Some(h) = reply.get("h").and_then(Value::as_u64) {
                 let old = self
                     .handles
@@ -789,10 +849,12 @@ impl Router {
     pub async fn truncate(self: &Arc<Self>, path: &str, size: u64) -> Result<(), CallError> {
         self.run(path, true, true, async |a| {
             let attr = self.resolve(a).await?;
-            a.client
+            let done = a
+                .client
                 .call("truncate", Some(attr.id), None, json!({"sz": size}))
-                .await?;
-            Ok(())
+                .await;
+            self.forget_attrs(a.ep, &a.rel.join("/"));
+            done.map(|_| ())
         })
         .await
     }
