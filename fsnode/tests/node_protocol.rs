@@ -675,6 +675,12 @@ fn node_confines_itself_before_serving() {
     let status = std::fs::read_to_string(format!("/proc/{}/status", node.child.id())).unwrap();
     assert!(status.contains("NoNewPrivs:\t1"), "{status}");
     assert!(status.contains("Seccomp:\t2"), "{status}");
+    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert!(
+            status.contains(&format!("{set}:\t0000000000000000")),
+            "{set} not empty: {status}"
+        );
+    }
     // Every thread, not just the main one (threads created before confinement would escape).
     for task in std::fs::read_dir(format!("/proc/{}/task", node.child.id())).unwrap() {
         let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();

@@ -2,11 +2,12 @@
 //! Landlock-confined to their exports; never fall back to unconfined).
 //!
 //! Order matters: the exports are opened and the listener is bound first; then
-//! [`confine`] applies Landlock and seccomp to the calling thread *before any other thread
+//! [`confine`] drops every capability and applies Landlock and seccomp to the calling thread *before any other thread
 //! exists* (both are inherited by threads created later, not by existing ones), so the tokio
 //! runtime and the watcher thread must be started after it. If either layer cannot be fully
 //! enforced the node refuses to start.
 
+mod capabilities;
 mod landlock;
 mod seccomp;
 
@@ -21,10 +22,13 @@ pub enum SandboxError {
     LandlockNotEnforced(String),
     #[error("seccomp: {0}")]
     Seccomp(String),
+    #[error("capabilities: {0}")]
+    Capabilities(String),
 }
 
 /// Confines the calling thread (and every thread it creates later) to `exports`.
 pub fn confine(exports: &[Export]) -> Result<(), SandboxError> {
+    capabilities::drop_all()?;
     landlock::restrict_to_exports(exports)?;
     seccomp::install()?;
     Ok(())
