@@ -14,7 +14,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use spiderweb_proto::fs::{self as wire, Errno, FsError};
 use tokio::net::TcpListener;
 use tokio_tungstenite::WebSocketStream;
@@ -23,6 +23,9 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::node::{NodeState, serve_connection};
+
+/// A client must have sent its HTTP request head within this long.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Accepts connections forever.
 pub async fn run(listener: TcpListener, state: Arc<NodeState>) {
@@ -43,6 +46,8 @@ pub async fn run(listener: TcpListener, state: Arc<NodeState>) {
                 async move { Ok::<_, std::convert::Infallible>(route(req, state)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades()
                 .await;

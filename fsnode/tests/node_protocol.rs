@@ -815,3 +815,22 @@ async fn connections_are_bounded() {
     }
     assert!(admitted.is_some(), "slot not released");
 }
+
+#[tokio::test]
+async fn silent_connections_are_closed_after_the_hello_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(
+        &[export("w", dir.path(), "")],
+        &["--hello-timeout-ms", "300", "--max-connections", "1"],
+    );
+    let mut silent = Raw::connect(&node.url()).await;
+    let frame = silent.next().await.expect("an error before the close");
+    assert_eq!(frame["error"]["errno"], 110);
+    assert!(silent.next().await.is_none());
+    // Its slot is free again.
+    let mut raw = Raw::hello(&node.url(), None).await;
+    raw.root("w").await;
+    // A negotiated connection may stay idle longer than the hello timeout.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    raw.root("w").await;
+}

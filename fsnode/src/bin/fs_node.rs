@@ -9,7 +9,9 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::Parser;
-use spiderweb_fsnode::node::{DEFAULT_MAX_CONNECTIONS, NodeConfig, NodeState};
+use spiderweb_fsnode::node::{
+    DEFAULT_HELLO_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS, NodeConfig, NodeState,
+};
 use spiderweb_policy::export::ExportSpec;
 
 #[derive(Parser, Debug)]
@@ -34,6 +36,9 @@ struct Cli {
     /// Concurrent connections accepted.
     #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..=65536))]
     max_connections: u32,
+    /// Milliseconds a new connection has to send its hello before it is closed.
+    #[arg(long, default_value_t = DEFAULT_HELLO_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    hello_timeout_ms: u64,
 }
 
 fn main() -> ExitCode {
@@ -59,6 +64,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         exports,
         auth_token: cli.auth_token.filter(|t| !t.is_empty()),
         max_connections: cli.max_connections as usize,
+        hello_timeout: std::time::Duration::from_millis(cli.hello_timeout_ms),
     })?;
     let listener = std::net::TcpListener::bind(SocketAddr::new(cli.bind, cli.port))?;
     listener.set_nonblocking(true)?;

@@ -70,7 +70,24 @@ where
         quota: Arc::default(),
         binary: false,
     };
-    while let Some(message) = stream.next().await {
+    let hello_deadline = tokio::time::Instant::now() + state.hello_timeout;
+    loop {
+        let next = if conn.hub_id.is_none() {
+            match tokio::time::timeout_at(hello_deadline, stream.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    let error = FsError::new(
+                        Errno::TimedOut,
+                        "acheron.t_fs_hello must be negotiated first",
+                    );
+                    conn.fail_and_close(None, error).await;
+                    break;
+                }
+            }
+        } else {
+            stream.next().await
+        };
+        let Some(message) = next else { break };
         let keep_going = match message {
             Ok(Message::Text(text)) => conn.on_text(text.as_str()).await,
             Ok(Message::Binary(data)) => conn.on_binary(&data).await,

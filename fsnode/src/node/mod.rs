@@ -29,6 +29,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub use connection::serve_connection;
 pub use exports::{Export, ExportError};
 
+/// Default time a connection has to send its hello.
+pub const DEFAULT_HELLO_TIMEOUT_MS: u64 = 10_000;
+
 /// Default cap on concurrent connections to one node.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 256;
 
@@ -39,6 +42,9 @@ pub struct NodeConfig {
     /// When set, the hello must carry exactly this `auth_token`.
     pub auth_token: Option<String>,
     pub max_connections: usize,
+    /// A connection that has not negotiated within this long is closed, so idle sockets
+    /// cannot hold connection slots.
+    pub hello_timeout: std::time::Duration,
 }
 
 /// Why a node could not start.
@@ -61,6 +67,7 @@ pub struct NodeState {
     /// SHA-256 of the configured token: compared in constant time, never logged.
     auth_digest: Option<[u8; 32]>,
     connections: Arc<Semaphore>,
+    hello_timeout: std::time::Duration,
     uid: u32,
     gid: u32,
 }
@@ -90,6 +97,7 @@ impl NodeState {
                 .auth_token
                 .map(|t| Sha256::digest(t.as_bytes()).into()),
             connections: Arc::new(Semaphore::new(config.max_connections)),
+            hello_timeout: config.hello_timeout,
             uid: nix::unistd::getuid().as_raw(),
             gid: nix::unistd::getgid().as_raw(),
         }))
