@@ -4,11 +4,10 @@
 //! access resolves beneath that fd (see `resolve`). Renaming or replacing the export's path
 //! on the host afterwards does not redirect the node somewhere else.
 //!
-//! Opening must happen before the sandbox is applied (Landlock rules are built from the same
-//! paths).
+//! Opening must happen before the sandbox is applied (Landlock rules are built from these
+//! fds).
 
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
 
 use nix::fcntl::OFlag;
 use nix::sys::stat::{Mode, fstat};
@@ -31,8 +30,6 @@ pub enum ExportError {
 pub struct Export {
     pub index: usize,
     pub spec: ExportSpec,
-    /// The canonical path, for Landlock rules and inotify only (never for resolution).
-    pub canonical: PathBuf,
     pub root: OwnedFd,
     pub root_inode: u64,
 }
@@ -51,12 +48,9 @@ impl Export {
         )
         .map_err(err)?;
         let root_inode = fstat(&root).map_err(err)?.st_ino;
-        let canonical = std::fs::canonicalize(&spec.path)
-            .map_err(|e| err(nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))?;
         Ok(Export {
             index,
             spec,
-            canonical,
             root,
             root_inode,
         })

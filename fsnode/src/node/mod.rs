@@ -83,9 +83,7 @@ impl NodeState {
             .collect::<Result<Vec<_>, _>>()?;
         let nodes = nodes::NodeTable::default();
         for export in &exports {
-            nodes
-                .remember(export.root_id(), export.index, Default::default())
-                .map_err(|e| NodeError::Watcher(std::io::Error::other(e.message)))?;
+            nodes.remember_root(export.root_id(), export.index);
         }
         Ok(Arc::new(NodeState {
             exports,

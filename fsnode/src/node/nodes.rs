@@ -48,6 +48,17 @@ impl NodeTable {
         Ok(())
     }
 
+    /// An export root: always remembered, outside the bound (there is one per export).
+    pub fn remember_root(&self, id: u64, export: usize) {
+        self.lock().insert(
+            id,
+            NodeEntry {
+                export,
+                rel: PathBuf::new(),
+            },
+        );
+    }
+
     pub fn forget(&self, id: u64) {
         self.lock().remove(&id);
     }

@@ -2,12 +2,15 @@
 //! TCP bind/connect (the listener is already bound), no signals or abstract-socket connects
 //! outside the sandbox.
 //!
+//! Rules are built from the export-root fds the node already holds, never from path strings,
+//! so the confinement covers exactly the directories being served.
+//!
 //! This backs up `openat2(RESOLVE_BENEATH)`: even a bug in path handling cannot reach a file
 //! outside the exports. Requires Landlock ABI 6; anything less is refused, not degraded.
 
 use landlock::{
-    ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset,
-    RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope,
+    ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, PathBeneath, Ruleset, RulesetAttr,
+    RulesetCreatedAttr, RulesetStatus, Scope,
 };
 
 use super::SandboxError;
@@ -33,10 +36,8 @@ pub fn restrict_to_exports(exports: &[Export]) -> Result<(), SandboxError> {
         } else {
             AccessFs::from_all(ABI_REQUIRED)
         };
-        let root =
-            PathFd::new(&export.canonical).map_err(|e| SandboxError::Landlock(e.to_string()))?;
         ruleset = ruleset
-            .add_rule(PathBeneath::new(root, rights))
+            .add_rule(PathBeneath::new(&export.root, rights))
             .map_err(err)?;
     }
     let status = ruleset.restrict_self().map_err(err)?;

@@ -185,6 +185,16 @@ impl Raw {
         }
     }
 
+    /// Waits until any frame matching `pred` arrives (others are skipped).
+    pub async fn wait_frame(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let frame = self.next().await.expect("frame before close");
+            if pred(&frame) {
+                return frame;
+            }
+        }
+    }
+
     /// Waits until an event matching `pred` arrives (other frames are skipped).
     pub async fn wait_event(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
         loop {
