@@ -37,6 +37,8 @@ pub const RETRY_UNHEALTHY: Duration = Duration::from_millis(1500);
 /// How long attributes fetched from a node are reused without asking again (the same TTL
 /// the FUSE layer gives the kernel); invalidation events end it earlier.
 pub const ATTR_TTL: Duration = Duration::from_secs(10);
+/// Paths whose node id / attributes are cached, over all endpoints.
+const MAX_CACHED_PATHS: usize = 262_144;
 /// Page size of directory listings.
 const LIST_PAGE: u32 = 4096;
 
@@ -84,7 +86,7 @@ enum Target {
 }
 
 /// One try of an operation on one endpoint.
-pub struct Attempt {
+struct Attempt {
     ep: usize,
     client: Arc<FsClient>,
     root: u64,
@@ -328,22 +330,24 @@ impl Router {
     // ---- node ids --------------------------------------------------------------------------
 
     fn remember(&self, ep: usize, rel: &str, id: u64) {
-        self.ids
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert((ep, rel.to_owned()), id);
-        self.paths
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert((ep, id), rel.to_owned());
+        let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        let mut paths = self.paths.lock().unwrap_or_else(|p| p.into_inner());
+        // The caches only save round trips: when full, start over rather than grow.
+        if ids.len() >= MAX_CACHED_PATHS {
+            ids.clear();
+            paths.clear();
+        }
+        ids.insert((ep, rel.to_owned()), id);
+        paths.insert((ep, id), rel.to_owned());
     }
 
     fn remember_attr(&self, ep: usize, rel: &str, attr: &Attr) {
         self.remember(ep, rel, attr.id);
-        self.attrs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert((ep, rel.to_owned()), (attr.clone(), Instant::now()));
+        let mut attrs = self.attrs.lock().unwrap_or_else(|p| p.into_inner());
+        if attrs.len() >= MAX_CACHED_PATHS {
+            attrs.clear();
+        }
+        attrs.insert((ep, rel.to_owned()), (attr.clone(), Instant::now()));
     }
 
     fn cached_attr(&self, ep: usize, rel: &str) -> Option<Attr> {
