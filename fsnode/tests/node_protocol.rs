@@ -58,6 +58,20 @@ async fn hello_must_come_first_and_tokens_are_checked() {
         .await;
     assert_eq!(reply["error"]["message"], "ProtocolMismatch");
 
+    // A later hello is checked again; failing it closes the connection.
+    let mut raw = Raw::hello(&node.url(), Some("s3cret")).await;
+    let reply = raw
+        .req(
+            "hello",
+            2,
+            None,
+            None,
+            spiderweb_proto::fs::hello_payload(Some("bad"), false),
+        )
+        .await;
+    assert_eq!(reply["error"]["message"], "AuthFailed");
+    assert!(raw.next().await.is_none());
+
     let mut raw = Raw::hello(&node.url(), Some("s3cret")).await;
     let hello = raw
         .ok(

@@ -234,18 +234,31 @@ pub fn validate_child_name(name: &str) -> Result<(), InvalidChildName> {
     if ok { Ok(()) } else { Err(InvalidChildName) }
 }
 
+/// The per-workspace sandbox directory that local exports of the gateway keep invisible
+/// (spec §5.3): lookups answer ENOENT and listings skip it.
+pub const SANDBOX_DIR_NAME: &str = ".spiderweb-sandbox";
+
+/// Whether `name` is hidden from clients; `hide_sandbox_dir` is set for the gateway's local
+/// exports.
+pub fn is_hidden(name: &str, hide_sandbox_dir: bool) -> bool {
+    hide_sandbox_dir && name == SANDBOX_DIR_NAME
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A flag and what it parses to: (name, path, access, cred) or the error.
+    type FlagCase = (
+        &'static str,
+        Result<(&'static str, &'static str, Access, Option<&'static str>), ExportSpecError>,
+    );
 
     #[test]
     fn export_flag_table() {
         let rw = Access::ReadWrite;
         let ro = Access::ReadOnly;
-        let cases: &[(
-            &str,
-            Result<(&str, &str, Access, Option<&str>), ExportSpecError>,
-        )] = &[
+        let cases: &[FlagCase] = &[
             ("work=/srv/a", Ok(("work", "/srv/a", rw, None))),
             ("work=/srv/a:ro", Ok(("work", "/srv/a", ro, None))),
             ("work=/srv/a:rw", Ok(("work", "/srv/a", rw, None))),
@@ -337,6 +350,16 @@ mod tests {
         assert!(
             open_wants_read(0) && open_wants_read(2) && open_wants_read(3) && !open_wants_read(1)
         );
+    }
+
+    #[test]
+    fn hidden_names() {
+        assert!(is_hidden(".spiderweb-sandbox", true));
+        assert!(
+            !is_hidden(".spiderweb-sandbox", false),
+            "standalone nodes show it"
+        );
+        assert!(!is_hidden(".spiderweb-sandbox2", true));
     }
 
     #[test]

@@ -65,6 +65,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         auth_token: cli.auth_token.filter(|t| !t.is_empty()),
         max_connections: cli.max_connections as usize,
         hello_timeout: std::time::Duration::from_millis(cli.hello_timeout_ms),
+        hide_sandbox_dir: false,
     })?;
     let listener = std::net::TcpListener::bind(SocketAddr::new(cli.bind, cli.port))?;
     listener.set_nonblocking(true)?;

@@ -45,6 +45,8 @@ pub struct NodeConfig {
     /// A connection that has not negotiated within this long is closed, so idle sockets
     /// cannot hold connection slots.
     pub hello_timeout: std::time::Duration,
+    /// Hide `.spiderweb-sandbox` (the gateway's local exports, spec §5.3).
+    pub hide_sandbox_dir: bool,
 }
 
 /// Why a node could not start.
@@ -68,6 +70,7 @@ pub struct NodeState {
     auth_digest: Option<[u8; 32]>,
     connections: Arc<Semaphore>,
     hello_timeout: std::time::Duration,
+    hide_sandbox_dir: bool,
     uid: u32,
     gid: u32,
 }
@@ -96,6 +99,7 @@ impl NodeState {
                 .map(|t| Sha256::digest(t.as_bytes()).into()),
             connections: Arc::new(Semaphore::new(config.max_connections)),
             hello_timeout: config.hello_timeout,
+            hide_sandbox_dir: config.hide_sandbox_dir,
             uid: nix::unistd::getuid().as_raw(),
             gid: nix::unistd::getgid().as_raw(),
         }))

@@ -224,6 +224,9 @@ pub fn attr_of(id: u64, st: &FileStat, uid: u32, gid: u32) -> Attr {
 
 fn lookup(ctx: &Ctx<'_>, parent: u64, name: &str) -> Result<Attr, FsError> {
     let name = child_name(name)?;
+    if policy::is_hidden(name, ctx.state.hide_sandbox_dir) {
+        return Err(FsError::of(Errno::NoEnt));
+    }
     let at = ctx.locate(parent)?;
     let dir = open_dir(&at.export.root, &at.rel)?;
     let st = fstatat(&dir, name, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(os_error)?;
@@ -273,7 +276,9 @@ fn readdirp(ctx: &Ctx<'_>, id: u64, args: &Args<'_>) -> Result<ReaddirReply, FsE
         let Ok(name) = entry.file_name().to_str() else {
             continue;
         };
-        if policy::validate_child_name(name).is_ok() {
+        if policy::validate_child_name(name).is_ok()
+            && !policy::is_hidden(name, ctx.state.hide_sandbox_dir)
+        {
             names.push(name.to_owned());
         }
     }
