@@ -852,3 +852,51 @@ async fn silent_connections_are_closed_after_the_hello_timeout() {
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     raw.root("w").await;
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_read_replies_cannot_fill_node_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f"), vec![7u8; 1 << 20]).unwrap();
+    let node = Node::start(&[export("w", dir.path(), "")], &[]);
+    let mut raw = Raw::connect(&node.url()).await;
+    let mut hello = spiderweb_proto::fs::hello_payload(None, false);
+    hello["binary_data"] = true.into();
+    raw.req("hello", 1, None, None, hello).await;
+    let root = raw.root("w").await;
+    let f = raw.lookup(root, "f").await["id"].as_u64();
+    let h = raw.ok("open", f, None, json!({})).await["h"].as_u64();
+    let before = rss_kib(node.child.id());
+    // 128 reads of 1 MiB without reading a single reply.
+    for tag in 0..128u32 {
+        let request = spiderweb_proto::fs::render_request(
+            "read",
+            100 + tag,
+            None,
+            h,
+            &json!({"len": 1 << 20}),
+        );
+        raw.send_text(&request).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let grown = rss_kib(node.child.id()).saturating_sub(before);
+    assert!(
+        grown < 48 * 1024,
+        "node grew by {grown} KiB for replies nobody reads"
+    );
+    // Every reply still arrives, in order, once the client reads.
+    for tag in 0..128u32 {
+        let frame = raw
+            .next_any()
+            .await
+            .unwrap()
+            .expect_err("binary read reply");
+        let (got_tag, _, data) = spiderweb_proto::fs::binary::parse_read_reply(&frame).unwrap();
+        assert_eq!((got_tag, data.len()), (100 + tag, 1 << 20));
+    }
+}

@@ -19,7 +19,7 @@ use spiderweb_proto::fs::{
 };
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -29,14 +29,35 @@ use super::ops::{self, Ctx, Request};
 
 /// Frames waiting for one client (replies wait for room; broadcasts are dropped when full).
 pub const OUTBOUND_QUEUE: usize = 1024;
+/// Bytes of replies waiting for one client: a client that sends reads without reading the
+/// replies stalls itself here instead of filling the node's memory (1,024 queued 1 MiB reads
+/// would otherwise be 1 GiB).
+pub const OUTBOUND_BYTES: usize = 8 << 20;
 
 /// A frame for the writer task.
 #[derive(Debug)]
-pub enum Outbound {
+pub enum Frame {
     Text(String),
     /// A binary data frame (only after `binary_data` was negotiated).
     Binary(Vec<u8>),
     Close,
+}
+
+/// A queued frame and the share of the connection's byte budget it holds until written.
+#[derive(Debug)]
+pub struct Outbound {
+    pub frame: Frame,
+    pub budget: Option<OwnedSemaphorePermit>,
+}
+
+impl Outbound {
+    /// A frame outside the byte budget (small: events, close).
+    pub fn unbudgeted(frame: Frame) -> Outbound {
+        Outbound {
+            frame,
+            budget: None,
+        }
+    }
 }
 
 /// Serves one upgraded WebSocket until the client leaves or breaks the protocol.
@@ -47,11 +68,11 @@ where
     let (mut sink, mut stream) = ws.split();
     let (queue, mut outbound) = mpsc::channel::<Outbound>(OUTBOUND_QUEUE);
     let writer = tokio::spawn(async move {
-        while let Some(frame) = outbound.recv().await {
+        while let Some(Outbound { frame, budget }) = outbound.recv().await {
             let result = match frame {
-                Outbound::Text(text) => sink.feed(Message::text(text)).await,
-                Outbound::Binary(data) => sink.feed(Message::binary(data)).await,
-                Outbound::Close => {
+                Frame::Text(text) => sink.feed(Message::text(text)).await,
+                Frame::Binary(data) => sink.feed(Message::binary(data)).await,
+                Frame::Close => {
                     let _ = sink.send(Message::Close(None)).await;
                     break;
                 }
@@ -59,6 +80,7 @@ where
             if result.is_err() || (outbound.is_empty() && sink.flush().await.is_err()) {
                 break;
             }
+            drop(budget);
         }
         let _ = sink.close().await;
     });
@@ -69,6 +91,7 @@ where
         hub_id: None,
         quota: Arc::default(),
         binary: false,
+        budget: Arc::new(Semaphore::new(OUTBOUND_BYTES)),
     };
     let hello_deadline = tokio::time::Instant::now() + state.hello_timeout;
     loop {
@@ -113,16 +136,38 @@ struct Connection {
     quota: Arc<HandleQuota>,
     /// Binary data frames negotiated in the hello.
     binary: bool,
+    /// [`OUTBOUND_BYTES`] of queued replies.
+    budget: Arc<Semaphore>,
 }
 
 impl Connection {
     async fn send(&self, text: String) -> bool {
-        self.queue.send(Outbound::Text(text)).await.is_ok()
+        self.send_frame(Frame::Text(text)).await
+    }
+
+    /// Queues a reply once the byte budget has room for it (waits while the client is slow).
+    async fn send_frame(&self, frame: Frame) -> bool {
+        let len = match &frame {
+            Frame::Text(t) => t.len(),
+            Frame::Binary(b) => b.len(),
+            Frame::Close => 0,
+        };
+        let permits = len.clamp(1, OUTBOUND_BYTES) as u32;
+        let Ok(budget) = Arc::clone(&self.budget).acquire_many_owned(permits).await else {
+            return false;
+        };
+        self.queue
+            .send(Outbound {
+                frame,
+                budget: Some(budget),
+            })
+            .await
+            .is_ok()
     }
 
     async fn fail_and_close(&self, tag: Option<u32>, error: FsError) {
         let _ = self.send(wire::render_error(tag, &error)).await;
-        let _ = self.queue.send(Outbound::Close).await;
+        let _ = self.queue.send(Outbound::unbudgeted(Frame::Close)).await;
     }
 
     /// Handles one text frame; `false` closes the connection.
@@ -191,11 +236,11 @@ impl Connection {
                 quota: &self.quota,
                 events: Vec::new(),
             };
-            let outbound = match ops::read_binary(&ctx, &req) {
-                Ok(frame) => Outbound::Binary(frame),
-                Err(e) => Outbound::Text(wire::render_error(Some(tag), &e)),
+            let frame = match ops::read_binary(&ctx, &req) {
+                Ok(frame) => Frame::Binary(frame),
+                Err(e) => Frame::Text(wire::render_error(Some(tag), &e)),
             };
-            return self.queue.send(outbound).await.is_ok();
+            return self.send_frame(frame).await;
         } else {
             let req = Request {
                 op,

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use spiderweb_proto::fs::Event;
 use tokio::sync::mpsc;
 
-use super::connection::Outbound;
+use super::connection::{Frame, Outbound};
 
 #[derive(Debug, Default)]
 pub struct EventHub {
@@ -46,7 +46,10 @@ impl EventHub {
                 continue;
             }
             for frame in &frames {
-                if queue.try_send(Outbound::Text(frame.clone())).is_err() {
+                if queue
+                    .try_send(Outbound::unbudgeted(Frame::Text(frame.clone())))
+                    .is_err()
+                {
                     self.dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
