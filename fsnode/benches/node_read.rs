@@ -34,32 +34,14 @@ fn main() {
         .spawn()
         .expect("start node");
     let mut line = String::new();
-    BufReader::new(node.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = format!(
-        "ws://{}/v2/fs",
-        line.trim().trim_start_matches("listening on ")
-    );
+    BufReader::new(node.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let url = format!("ws://{}/v2/fs", line.trim().trim_start_matches("listening on "));
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         for binary in [false, true] {
-            let client = FsClient::connect_with(&url, None, false, binary)
-                .await
-                .expect("connect");
-            run(
-                &client,
-                if binary {
-                    "binary data frames"
-                } else {
-                    "JSON/base64 (original wire format)"
-                },
-            )
-            .await;
+            let client = FsClient::connect_with(&url, None, false, binary).await.expect("connect");
+            run(&client, if binary { "binary data frames" } else { "JSON/base64 (original wire format)" }).await;
         }
     });
     let _ = node.kill();
@@ -70,17 +52,9 @@ async fn run(client: &FsClient, mode: &str) {
     println!("== {mode}");
     let root = client.exports().await.unwrap()[0].root;
     let open = async |name: &str| {
-        let attr = client
-            .call("lookup", Some(root), None, json!({"name": name}))
-            .await
-            .unwrap();
+        let attr = client.call("lookup", Some(root), None, json!({"name": name})).await.unwrap();
         let id = attr["attr"]["id"].as_u64();
-        client
-            .call("open", id, None, json!({"flags": 0}))
-            .await
-            .unwrap()["h"]
-            .as_u64()
-            .unwrap()
+        client.call("open", id, None, json!({"flags": 0})).await.unwrap()["h"].as_u64().unwrap()
     };
 
     let h = open("64k").await;
@@ -114,18 +88,12 @@ async fn run(client: &FsClient, mode: &str) {
         }
     }
     let secs = t.elapsed().as_secs_f64();
-    println!(
-        "sequential read 256 MiB, 1 MiB requests: {:.0} MiB/s",
-        (off as f64 / (1 << 20) as f64) / secs
-    );
+    println!("sequential read 256 MiB, 1 MiB requests: {:.0} MiB/s", (off as f64 / (1 << 20) as f64) / secs);
 
     let n = 10_000;
     let t = Instant::now();
     for _ in 0..n {
-        client
-            .call("getattr", Some(root), None, json!({}))
-            .await
-            .unwrap();
+        client.call("getattr", Some(root), None, json!({})).await.unwrap();
     }
     println!("getattr: {:.0} ops/s", n as f64 / t.elapsed().as_secs_f64());
 }

@@ -63,22 +63,17 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 
 fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
     let has = |name, token: &str| {
-        req.headers().get_all(name).iter().any(|v| {
-            v.to_str().is_ok_and(|v| {
-                v.split(',')
-                    .any(|part| part.trim().eq_ignore_ascii_case(token))
-            })
-        })
+        req.headers()
+            .get_all(name)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|part| part.trim().eq_ignore_ascii_case(token))))
     };
     has(header::UPGRADE, "websocket") && has(header::CONNECTION, "upgrade")
 }
 
 fn route(mut req: Request<Incoming>, state: Arc<NodeState>) -> Response<Full<Bytes>> {
     if !is_websocket_upgrade(&req) {
-        return text(
-            StatusCode::UPGRADE_REQUIRED,
-            "this is a spiderweb fs node: connect with a WebSocket to /v2/fs\n",
-        );
+        return text(StatusCode::UPGRADE_REQUIRED, "this is a spiderweb fs node: connect with a WebSocket to /v2/fs\n");
     }
     let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
         return text(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n");
@@ -93,16 +88,11 @@ fn route(mut req: Request<Incoming>, state: Arc<NodeState>) -> Response<Full<Byt
         let config = WebSocketConfig::default()
             .max_message_size(Some(wire::MAX_FRAME_BYTES))
             .max_frame_size(Some(wire::MAX_FRAME_BYTES));
-        let mut ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                .await;
+        let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
         if path_ok {
             serve_connection(ws, state).await;
         } else {
-            let error = wire::render_error(
-                None,
-                &FsError::new(Errno::Inval, "invalid FS endpoint path"),
-            );
+            let error = wire::render_error(None, &FsError::new(Errno::Inval, "invalid FS endpoint path"));
             let _ = ws.send(Message::text(error)).await;
             let _ = ws.close(None).await;
         }

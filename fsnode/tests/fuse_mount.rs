@@ -25,15 +25,9 @@ fn is_mounted(at: &Path) -> bool {
 }
 
 fn require_fuse() {
-    assert!(
-        Path::new("/dev/fuse").exists(),
-        "FUSE tests need /dev/fuse (load the fuse module)"
-    );
+    assert!(Path::new("/dev/fuse").exists(), "FUSE tests need /dev/fuse (load the fuse module)");
     let has_fusermount = Command::new("fusermount3").arg("-V").output().is_ok();
-    assert!(
-        has_fusermount,
-        "FUSE tests need fusermount3: apt-get install fuse3 (scripts/test does)"
-    );
+    assert!(has_fusermount, "FUSE tests need fusermount3: apt-get install fuse3 (scripts/test does)");
 }
 
 impl Mount {
@@ -46,31 +40,16 @@ impl Mount {
         for e in endpoints {
             cmd.args(["--endpoint", e]);
         }
-        let mut child = cmd
-            .arg("mount")
-            .arg(&at)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
+        let mut child = cmd.arg("mount").arg(&at).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(
-            line.starts_with("mounted at"),
-            "mount did not start: {line:?}"
-        );
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert!(line.starts_with("mounted at"), "mount did not start: {line:?}");
         let deadline = Instant::now() + Duration::from_secs(10);
         while !is_mounted(&at) {
             assert!(Instant::now() < deadline, "not mounted after 10 s");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Mount {
-            child,
-            at,
-            _dir: dir,
-        }
+        Mount { child, at, _dir: dir }
     }
 
     fn path(&self, rel: &str) -> PathBuf {
@@ -92,21 +71,13 @@ impl Drop for Mount {
             let _ = self.child.wait();
         }
         if is_mounted(&self.at) {
-            let _ = Command::new("fusermount3")
-                .arg("-uz")
-                .arg(&self.at)
-                .status();
+            let _ = Command::new("fusermount3").arg("-uz").arg(&self.at).status();
         }
     }
 }
 
 fn sh(dir: &Path, script: &str) -> String {
-    let out = Command::new("sh")
-        .arg("-ec")
-        .arg(script)
-        .current_dir(dir)
-        .output()
-        .unwrap();
+    let out = Command::new("sh").arg("-ec").arg(script).current_dir(dir).output().unwrap();
     assert!(
         out.status.success(),
         "{script}: {}\n{}",
@@ -135,25 +106,10 @@ fn ordinary_programs_work_through_the_mount() {
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 256) as u8).collect();
     let local = tempfile::tempdir().unwrap();
     std::fs::write(local.path().join("big.bin"), &big).unwrap();
-    sh(
-        local.path(),
-        &format!("cp big.bin {}/big.bin", src.display()),
-    );
+    sh(local.path(), &format!("cp big.bin {}/big.bin", src.display()));
     assert_eq!(std::fs::read(export.path().join("big.bin")).unwrap(), big);
-    sh(
-        local.path(),
-        &format!(
-            "cp {}/big.bin back.bin && cmp big.bin back.bin",
-            src.display()
-        ),
-    );
-    sh(
-        local.path(),
-        &format!(
-            "dd if={}/big.bin of=/dev/null bs=1M status=none",
-            src.display()
-        ),
-    );
+    sh(local.path(), &format!("cp {}/big.bin back.bin && cmp big.bin back.bin", src.display()));
+    sh(local.path(), &format!("dd if={}/big.bin of=/dev/null bs=1M status=none", src.display()));
     std::fs::write(src.join("note.txt"), "through the mount\n").unwrap();
     assert_eq!(sh(&src, "cat note.txt"), "through the mount\n");
 
@@ -171,33 +127,15 @@ fn ordinary_programs_work_through_the_mount() {
     assert_eq!(sh(&src.join("repo"), "git log --format=%s"), "first\n");
     assert_eq!(sh(&src.join("repo"), "git status --porcelain"), "");
     // The host sees a valid repository.
-    assert_eq!(
-        sh(
-            &export.path().join("repo"),
-            "git log --format=%s && git fsck --no-progress"
-        ),
-        "first\n"
-    );
+    assert_eq!(sh(&export.path().join("repo"), "git log --format=%s && git fsck --no-progress"), "first\n");
 
     // tar out of and into the mount.
+    sh(local.path(), &format!("tar cf out.tar -C {} t repo && tar tf out.tar | grep -q repo/d/g.txt", src.display()));
     sh(
         local.path(),
-        &format!(
-            "tar cf out.tar -C {} t repo && tar tf out.tar | grep -q repo/d/g.txt",
-            src.display()
-        ),
+        &format!("mkdir x && tar xf out.tar -C x && mkdir {0}/untar && tar xf out.tar -C {0}/untar", src.display()),
     );
-    sh(
-        local.path(),
-        &format!(
-            "mkdir x && tar xf out.tar -C x && mkdir {0}/untar && tar xf out.tar -C {0}/untar",
-            src.display()
-        ),
-    );
-    assert_eq!(
-        std::fs::read_to_string(export.path().join("untar/repo/f.txt")).unwrap(),
-        "hello\n"
-    );
+    assert_eq!(std::fs::read_to_string(export.path().join("untar/repo/f.txt")).unwrap(), "hello\n");
 
     // rename and remove.
     std::fs::rename(src.join("note.txt"), src.join("t/moved.txt")).unwrap();
@@ -220,11 +158,7 @@ fn read_only_export_refuses_mutations_with_erofs() {
     assert_eq!(std::fs::read_to_string(ro.join("f")).unwrap(), "keep");
 
     let erofs = |r: std::io::Result<()>, what: &str| {
-        assert_eq!(
-            r.expect_err(what).raw_os_error(),
-            Some(libc::EROFS),
-            "{what}"
-        );
+        assert_eq!(r.expect_err(what).raw_os_error(), Some(libc::EROFS), "{what}");
     };
     erofs(std::fs::write(ro.join("new"), "x"), "create");
     erofs(std::fs::write(ro.join("f"), "x"), "overwrite");
@@ -240,10 +174,7 @@ fn read_only_export_refuses_mutations_with_erofs() {
     erofs(std::fs::remove_dir(ro.join("d")), "rmdir");
     erofs(std::fs::rename(ro.join("f"), ro.join("g")), "rename");
     erofs(std::os::unix::fs::symlink("f", ro.join("l")), "symlink");
-    assert_eq!(
-        std::fs::read_to_string(export.path().join("f")).unwrap(),
-        "keep"
-    );
+    assert_eq!(std::fs::read_to_string(export.path().join("f")).unwrap(), "keep");
 }
 
 #[test]
@@ -259,20 +190,11 @@ fn escapes_through_the_mount_fail() {
     let mount = Mount::start(&[format!("a={}#w@/src", node.url())]);
     let src = mount.path("src");
 
-    assert!(
-        std::fs::read(src.join("link")).is_err(),
-        "symlink to outside is not followed out"
-    );
-    assert_eq!(
-        std::fs::read_to_string(src.join("walk/inner")).unwrap(),
-        "inside"
-    );
+    assert!(std::fs::read(src.join("link")).is_err(), "symlink to outside is not followed out");
+    assert_eq!(std::fs::read_to_string(src.join("walk/inner")).unwrap(), "inside");
     // `..` through the mount stays in the mounted namespace (the kernel resolves it on our
     // own inodes): the export root's parent is the mount's root, never the host.
-    let names: Vec<_> = std::fs::read_dir(src.join("walk/../.."))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let names: Vec<_> = std::fs::read_dir(src.join("walk/../..")).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names, vec![std::ffi::OsString::from("src")]);
 
     // The directory is swapped for a symlink to outside while the kernel still caches it.
@@ -280,10 +202,7 @@ fn escapes_through_the_mount_fail() {
     std::os::unix::fs::symlink(outside.path(), export.path().join("walk")).unwrap();
     for _ in 0..3 {
         if let Ok(data) = std::fs::read_to_string(src.join("walk/inner")) {
-            assert_ne!(
-                data, "SECRET",
-                "read outside the export through a swapped directory"
-            );
+            assert_ne!(data, "SECRET", "read outside the export through a swapped directory");
         }
         assert!(std::fs::write(src.join("walk/planted"), "x").is_err());
     }
@@ -301,13 +220,9 @@ fn host_changes_are_visible_through_the_mount() {
 
     // Longer content: the cached size (TTL 10 s) must be invalidated by the node's event.
     std::fs::write(export.path().join("f.txt"), "one two three").unwrap();
-    wait_until("host write", || {
-        std::fs::read_to_string(src.join("f.txt")).unwrap() == "one two three"
-    });
+    wait_until("host write", || std::fs::read_to_string(src.join("f.txt")).unwrap() == "one two three");
     std::fs::write(export.path().join("added.txt"), "new").unwrap();
-    wait_until("host create", || {
-        std::fs::read_to_string(src.join("added.txt")).is_ok_and(|s| s == "new")
-    });
+    wait_until("host create", || std::fs::read_to_string(src.join("added.txt")).is_ok_and(|s| s == "new"));
     std::fs::remove_file(export.path().join("added.txt")).unwrap();
     wait_until("host unlink", || !src.join("added.txt").exists());
 }
@@ -327,25 +242,14 @@ fn node_restarted_under_a_live_mount() {
     node.kill();
     let started = Instant::now();
     let err = std::fs::read_to_string(&file).expect_err("node is down");
-    assert!(
-        matches!(err.raw_os_error(), Some(libc::EIO) | Some(libc::ETIMEDOUT)),
-        "{err}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(30),
-        "a dead node must not hang the mount"
-    );
+    assert!(matches!(err.raw_os_error(), Some(libc::EIO) | Some(libc::ETIMEDOUT)), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(30), "a dead node must not hang the mount");
 
     let _node = Node::start_on(&port, &spec, &[]);
     std::fs::write(export.path().join("d/f.txt"), "after").unwrap();
-    wait_until("reconnect after restart", || {
-        std::fs::read_to_string(&file).is_ok_and(|s| s == "after")
-    });
+    wait_until("reconnect after restart", || std::fs::read_to_string(&file).is_ok_and(|s| s == "after"));
     std::fs::write(&file, "written after restart").unwrap();
-    assert_eq!(
-        std::fs::read_to_string(export.path().join("d/f.txt")).unwrap(),
-        "written after restart"
-    );
+    assert_eq!(std::fs::read_to_string(export.path().join("d/f.txt")).unwrap(), "written after restart");
 }
 
 #[test]
@@ -356,10 +260,7 @@ fn mounted_reads_fail_over_to_the_other_endpoint() {
     let spec = [format!("w={}:ro", export.path().display())];
     let mut first = Node::start(&spec, &[]);
     let second = Node::start(&spec, &[]);
-    let mount = Mount::start(&[
-        format!("a={}#w@/m", first.url()),
-        format!("b={}#w@/m", second.url()),
-    ]);
+    let mount = Mount::start(&[format!("a={}#w@/m", first.url()), format!("b={}#w@/m", second.url())]);
     let file = mount.path("m/f.bin");
     let mut reader = std::fs::File::open(&file).unwrap();
     let mut head = vec![0u8; 1 << 20];
@@ -368,9 +269,6 @@ fn mounted_reads_fail_over_to_the_other_endpoint() {
     let mut rest = Vec::new();
     std::io::Read::read_to_end(&mut reader, &mut rest).unwrap();
     head.extend_from_slice(&rest);
-    assert!(
-        head == content,
-        "content differs after failover under the mount"
-    );
+    assert!(head == content, "content differs after failover under the mount");
     assert_eq!(std::fs::read(&file).unwrap(), content);
 }

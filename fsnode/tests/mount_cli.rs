@@ -13,18 +13,11 @@ fn mount_cmd(endpoints: &[String], args: &[&str]) -> Output {
     for e in endpoints {
         cmd.args(["--endpoint", e]);
     }
-    cmd.args(args)
-        .env_remove("SPIDERWEB_AUTH_TOKEN")
-        .output()
-        .expect("run spiderweb-fs-mount")
+    cmd.args(args).env_remove("SPIDERWEB_AUTH_TOKEN").output().expect("run spiderweb-fs-mount")
 }
 
 fn stdout(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -32,15 +25,8 @@ fn stdout(out: &Output) -> String {
 fn commands_work_through_the_router() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("a.txt"), "alpha").unwrap();
-    let node = Node::start(
-        &[format!("w={}", dir.path().display())],
-        &["--auth-token", "tok"],
-    );
-    let eps = [
-        format!("n={}#w@/src", node.url()),
-        "--auth-token".into(),
-        "tok".into(),
-    ];
+    let node = Node::start(&[format!("w={}", dir.path().display())], &["--auth-token", "tok"]);
+    let eps = [format!("n={}#w@/src", node.url()), "--auth-token".into(), "tok".into()];
     let (ep, token) = (&eps[..1], ["--auth-token", "tok"]);
     let run = |args: &[&str]| {
         let mut all = token.to_vec();
@@ -49,38 +35,20 @@ fn commands_work_through_the_router() {
     };
 
     let attr: Value = serde_json::from_str(&stdout(&run(&["getattr", "/src/a.txt"]))).unwrap();
-    assert_eq!(
-        (attr["k"].as_u64(), attr["sz"].as_u64()),
-        (Some(1), Some(5))
-    );
+    assert_eq!((attr["k"].as_u64(), attr["sz"].as_u64()), (Some(1), Some(5)));
     let listing: Value = serde_json::from_str(&stdout(&run(&["readdir", "/src"]))).unwrap();
-    let names: Vec<_> = listing["ents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["name"].as_str().unwrap())
-        .collect();
+    let names: Vec<_> = listing["ents"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
     assert_eq!(names, [".", "..", "a.txt"]);
     assert_eq!(stdout(&run(&["cat", "/src/a.txt"])), "alpha");
     assert_eq!(stdout(&run(&["write", "/src/b.txt", "bravo"])), "ok\n");
-    assert_eq!(
-        std::fs::read_to_string(dir.path().join("b.txt")).unwrap(),
-        "bravo"
-    );
+    assert_eq!(std::fs::read_to_string(dir.path().join("b.txt")).unwrap(), "bravo");
     assert_eq!(stdout(&run(&["write", "/src/b.txt", "b"])), "ok\n");
-    assert_eq!(
-        std::fs::read_to_string(dir.path().join("b.txt")).unwrap(),
-        "b",
-        "write truncates"
-    );
+    assert_eq!(std::fs::read_to_string(dir.path().join("b.txt")).unwrap(), "b", "write truncates");
     stdout(&run(&["mkdir", "/src/d"]));
     stdout(&run(&["rename", "/src/b.txt", "/src/d/c.txt"]));
     assert_eq!(stdout(&run(&["cat", "/src/d/c.txt"])), "b");
     stdout(&run(&["truncate", "/src/a.txt", "2"]));
-    assert_eq!(
-        std::fs::read_to_string(dir.path().join("a.txt")).unwrap(),
-        "al"
-    );
+    assert_eq!(std::fs::read_to_string(dir.path().join("a.txt")).unwrap(), "al");
     stdout(&run(&["unlink", "/src/d/c.txt"]));
     stdout(&run(&["rmdir", "/src/d"]));
     assert!(!dir.path().join("d").exists());
@@ -119,10 +87,7 @@ fn read_only_exports_refuse_writes() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    assert_eq!(
-        std::fs::read_to_string(dir.path().join("a.txt")).unwrap(),
-        "alpha"
-    );
+    assert_eq!(std::fs::read_to_string(dir.path().join("a.txt")).unwrap(), "alpha");
 }
 
 #[test]
@@ -132,53 +97,29 @@ fn status_reports_health_per_endpoint() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead_url = format!("ws://{}/v2/fs", dead.local_addr().unwrap());
     drop(dead);
-    let eps = [
-        format!("up={}#w@/m", node.url()),
-        format!("down={dead_url}@/m"),
-    ];
+    let eps = [format!("up={}#w@/m", node.url()), format!("down={dead_url}@/m")];
     let status: Value = serde_json::from_str(&stdout(&mount_cmd(&eps, &["status"]))).unwrap();
     assert_eq!(status["metrics"]["failover_events_total"], 0);
     let up = &status["endpoints"][0];
     assert_eq!(
-        (
-            up["name"].as_str(),
-            up["healthy"].as_bool(),
-            up["export_ro"].as_bool()
-        ),
+        (up["name"].as_str(), up["healthy"].as_bool(), up["export_ro"].as_bool()),
         (Some("up"), Some(true), Some(false))
     );
     assert_eq!(
-        (
-            up["source_kind"].as_str(),
-            up["mount_path"].as_str(),
-            up["export"].as_str()
-        ),
+        (up["source_kind"].as_str(), up["mount_path"].as_str(), up["export"].as_str()),
         (Some("linux"), Some("/m"), Some("w"))
     );
     assert!(up["root"].as_u64().unwrap() >> 48 == 1);
     let down = &status["endpoints"][1];
-    assert_eq!(
-        (
-            down["healthy"].as_bool(),
-            down["consecutive_failures"].as_u64()
-        ),
-        (Some(false), Some(1))
-    );
-    assert_eq!(
-        (down["export"].as_str(), down["root"].as_u64()),
-        (Some(""), None)
-    );
+    assert_eq!((down["healthy"].as_bool(), down["consecutive_failures"].as_u64()), (Some(false), Some(1)));
+    assert_eq!((down["export"].as_str(), down["root"].as_u64()), (Some(""), None));
     assert!(down["last_failure_ms"].as_u64().unwrap() > 0);
 
-    let unprobed: Value =
-        serde_json::from_str(&stdout(&mount_cmd(&eps, &["status", "--no-probe"]))).unwrap();
+    let unprobed: Value = serde_json::from_str(&stdout(&mount_cmd(&eps, &["status", "--no-probe"]))).unwrap();
     assert_eq!(unprobed["endpoints"][0]["has_client"], false);
 
     // The dead endpoint sorts first by name but a read still succeeds through the live one.
-    let eps = [
-        format!("down={dead_url}@/m"),
-        format!("up={}#w@/m", node.url()),
-    ];
+    let eps = [format!("down={dead_url}@/m"), format!("up={}#w@/m", node.url())];
     std::fs::write(dir.path().join("f"), "x").unwrap();
     let out = mount_cmd(&eps, &["cat", "/m/f"]);
     assert_eq!(stdout(&out), "x");
@@ -201,12 +142,7 @@ fn read_fails_over_when_a_node_dies_mid_read() {
     let mut first = Node::start(&export, &[]);
     let second = Node::start(&export, &[]);
     let mut cat = Command::new(MOUNT_BIN)
-        .args([
-            "--endpoint",
-            &format!("a={}#w@/m", first.url()),
-            "--endpoint",
-            &format!("b={}#w@/m", second.url()),
-        ])
+        .args(["--endpoint", &format!("a={}#w@/m", first.url()), "--endpoint", &format!("b={}#w@/m", second.url())])
         .args(["cat", "/m/big"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -219,11 +155,7 @@ fn read_fails_over_when_a_node_dies_mid_read() {
     first.kill();
     stdout.read_to_end(&mut got).unwrap();
     let out = cat.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(got.len(), content.len());
     assert!(got == content, "content differs after failover");
     assert!(

@@ -24,22 +24,12 @@ pub enum ConfigError {
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default)]
+#[derive(Default)]
 pub struct Config {
     pub server: ServerConfig,
     pub provider: ProviderConfig,
     pub log: LogConfig,
     pub runtime: RuntimeConfig,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: ServerConfig::default(),
-            provider: ProviderConfig::default(),
-            log: LogConfig::default(),
-            runtime: RuntimeConfig::default(),
-        }
-    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -243,7 +233,12 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     };
     let invalid = |message: String| ConfigError::Invalid { path: path.to_path_buf(), message };
     let Some(text) = text else {
-        return Ok(Loaded { config: Config::default(), path: path.to_path_buf(), file_exists: false, warnings: vec![] });
+        return Ok(Loaded {
+            config: Config::default(),
+            path: path.to_path_buf(),
+            file_exists: false,
+            warnings: vec![],
+        });
     };
     let mut warnings = Vec::new();
     let mut json = serde_json::Deserializer::from_str(&text);
@@ -297,9 +292,7 @@ fn validate(c: &Config) -> Result<(), String> {
     }
     for origin in &c.server.allowed_origins {
         if !(origin.starts_with("http://") || origin.starts_with("https://")) || origin.ends_with('/') {
-            return Err(format!(
-                "server.allowed_origins: {origin:?} is not an origin (scheme://host[:port], no path)"
-            ));
+            return Err(format!("server.allowed_origins: {origin:?} is not an origin (scheme://host[:port], no path)"));
         }
     }
     if c.log.level.parse::<tracing::Level>().is_err() {

@@ -6,8 +6,15 @@
 //! accept). The queue is bounded (`runtime.outbound_queue_max`): a client that stops reading
 //! fills it and is disconnected, instead of growing the gateway's memory.
 //!
+//! A request that has to wait (a blocking read) is not answered in line: its future runs in
+//! the reader's set of pending requests and its reply is queued when it completes, so later
+//! requests are not held back (spec README quirk 12). Requests that do not wait are still
+//! answered in the order received.
+//!
 //! Timeouts: the first version message must arrive within `handshake_timeout_ms` of the
-//! upgrade; afterwards a connection that sends no data frame for `idle_timeout_ms` is closed.
+//! upgrade; afterwards a connection that sends no data frame for `idle_timeout_ms`, and has
+//! no request waiting, is closed. On shutdown the reader stops taking requests, lets the
+//! waiting ones finish (each is bounded by its drain grace), then closes with 1001.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -20,7 +27,8 @@ use spiderweb_policy::Role;
 use spiderweb_proto::codes::{acheron as acheron_code, control as code};
 use spiderweb_proto::reply::{self, Correlation};
 use spiderweb_proto::{Channel, envelope};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinSet;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
@@ -28,6 +36,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::control::{self, ConnSession};
+use crate::events::topology::{self, TopologyChange};
 use crate::server::{ConnectionSlot, Shared};
 use crate::worldfs;
 
@@ -51,9 +60,14 @@ pub struct Outbox {
     frames: Vec<(Cow<'static, str>, String)>,
     errors: Vec<String>,
     close: Option<(CloseCode, &'static str)>,
+    deferred: Vec<worldfs::Pending>,
 }
 
 impl Outbox {
+    /// Answers later: `pending` runs beside the connection's other requests.
+    pub fn defer(&mut self, pending: worldfs::Pending) {
+        self.deferred.push(pending);
+    }
     pub fn push(&mut self, kind: &'static str, frame: String) {
         self.frames.push((Cow::Borrowed(kind), frame));
     }
@@ -81,9 +95,12 @@ pub async fn refuse(mut socket: Socket, shared: &Shared, code: &str, message: &s
     shared.metrics.frame_out("control.error");
     let frame = reply::control_error(None, code, message, Correlation::Omit);
     let _ = socket.send(Message::text(frame)).await;
-    let _ = socket.send(Message::Close(Some(CloseFrame { code: CloseCode::Policy, reason: message.to_owned().into() }))).await;
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame { code: CloseCode::Policy, reason: message.to_owned().into() })))
+        .await;
     // Give the client a moment to answer the close; then drop the socket regardless.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async { while socket.next().await.is_some() {} }).await;
+    let _ =
+        tokio::time::timeout(std::time::Duration::from_secs(2), async { while socket.next().await.is_some() {} }).await;
 }
 
 /// Serves an authenticated connection until it closes.
@@ -98,12 +115,44 @@ pub async fn serve(socket: Socket, shared: Arc<Shared>, role: Role, slot: Connec
     let handshake = shared.config.server.handshake_timeout();
     let idle = shared.config.server.idle_timeout();
 
+    let mut pending: JoinSet<worldfs::Completion> = JoinSet::new();
+    let mut topology: Option<broadcast::Receiver<TopologyChange>> = None;
+
     let close: Option<CloseFrame> = loop {
         let negotiated = conn.control_versioned || conn.acheron_versioned;
-        let deadline = if negotiated { last_rx + idle } else { started + handshake };
+        let deadline = if fs.has_pending_reads() {
+            Instant::now() + idle
+        } else if negotiated {
+            last_rx + idle
+        } else {
+            started + handshake
+        };
+        let mut out = Outbox::default();
+        let began = Instant::now();
         let message = tokio::select! {
             biased;
             _ = shared.shutdown.cancelled() => break Some(close_frame(CloseCode::Away, "server shutting down")),
+            Some(done) = pending.join_next() => {
+                if let Ok(done) = done {
+                    worldfs::complete(&mut fs, done, &mut out);
+                }
+                None
+            }
+            Some(change) = next_change(&mut topology) => {
+                let binding = conn.binding();
+                let frames = match change {
+                    Ok(change) => {
+                        let status = shared.plane.workspace_of(Some(&binding.project_id), &binding.agent_id);
+                        topology::frames(&change, &binding.agent_id, status)
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => vec![topology::resync_frame(crate::plane::now_ms())],
+                    Err(broadcast::error::RecvError::Closed) => Vec::new(),
+                };
+                for frame in frames {
+                    out.push("debug.event", frame);
+                }
+                None
+            }
             _ = tokio::time::sleep_until(deadline.into()) => {
                 break Some(if negotiated {
                     close_frame(CloseCode::Away, "idle timeout")
@@ -111,52 +160,44 @@ pub async fn serve(socket: Socket, shared: Arc<Shared>, role: Role, slot: Connec
                     close_frame(CloseCode::Policy, "handshake timeout")
                 });
             }
-            m = stream.next() => m,
+            m = stream.next() => match m {
+                None => break None,
+                Some(Ok(m)) => Some(m),
+                Some(Err(e)) => break read_error_close(&e),
+            },
         };
-        let message = match message {
-            None => break None,
-            Some(Ok(m)) => m,
-            Some(Err(e)) => break read_error_close(&e),
-        };
-        let mut out = Outbox::default();
-        let began = Instant::now();
         match message {
-            Message::Text(text) => {
+            None => {}
+            Some(Message::Text(text)) => {
                 last_rx = began;
                 handle_text(&shared, &mut conn, &mut fs, text.as_str(), &mut out);
+                shared.metrics.observe_request(began.elapsed());
             }
-            Message::Binary(_) => {
+            Some(Message::Binary(_)) => {
                 last_rx = began;
                 shared.metrics.frame_in(None);
-                out.control_error(None, code::INVALID_ENVELOPE, "binary frames are not supported; send JSON text frames", Correlation::Omit);
+                out.control_error(
+                    None,
+                    code::INVALID_ENVELOPE,
+                    "binary frames are not supported; send JSON text frames",
+                    Correlation::Omit,
+                );
             }
-            Message::Ping(_) => last_rx = began,
-            Message::Close(_) => {
+            Some(Message::Ping(_)) => last_rx = began,
+            Some(Message::Close(_)) => {
                 let _ = tx.try_send(Outgoing::Finish);
                 break None;
             }
-            Message::Pong(_) | Message::Frame(_) => continue,
+            Some(Message::Pong(_) | Message::Frame(_)) => continue,
         }
-        shared.metrics.observe_request(began.elapsed());
-        for code in &out.errors {
-            shared.metrics.error(code);
+        for request in out.deferred.drain(..) {
+            pending.spawn(request);
         }
-        let mut overflow = false;
-        for (kind, frame) in out.frames {
-            shared.metrics.frame_out(&kind);
-            // A full queue first pauses reading (backpressure on a client that pipelines);
-            // only a queue that stays full for the grace period marks a client that does not read.
-            let queued = match tx.try_send(Outgoing::Text(frame)) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(item)) => tx.send_timeout(item, SLOW_CONSUMER_GRACE).await.is_ok(),
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            };
-            if !queued {
-                overflow = true;
-                break;
-            }
+        // Subscribe in the same step as the request that asked, so no change slips between.
+        if conn.debug_subscribed != topology.is_some() {
+            topology = conn.debug_subscribed.then(|| shared.topology.subscribe());
         }
-        if overflow {
+        if !queue(&shared, &tx, &mut out).await {
             shared.metrics.slow_consumer_disconnects.inc();
             tracing::info!(conn = slot.id(), "client is not reading its replies; disconnecting");
             writer.abort();
@@ -166,6 +207,20 @@ pub async fn serve(socket: Socket, shared: Arc<Shared>, role: Role, slot: Connec
             break Some(close_frame(code, reason));
         }
     };
+    // Requests that were waiting still get their answers before the close: on shutdown each
+    // wait is bounded by its drain grace; on any other close they are dropped with the socket.
+    if close.as_ref().is_some_and(|c| c.code == CloseCode::Away) && shared.shutdown.is_cancelled() {
+        while let Some(done) = pending.join_next().await {
+            let mut out = Outbox::default();
+            if let Ok(done) = done {
+                worldfs::complete(&mut fs, done, &mut out);
+            }
+            if !queue(&shared, &tx, &mut out).await {
+                break;
+            }
+        }
+    }
+    pending.abort_all();
     if let Some(frame) = close {
         // A full queue here means the client is not reading; the close is then moot.
         let _ = tx.try_send(Outgoing::Close(frame));
@@ -178,6 +233,38 @@ pub async fn serve(socket: Socket, shared: Arc<Shared>, role: Role, slot: Connec
     drop(slot);
 }
 
+/// The next topology change for a subscribed connection; never resolves for the others.
+async fn next_change(
+    feed: &mut Option<broadcast::Receiver<TopologyChange>>,
+) -> Option<Result<TopologyChange, broadcast::error::RecvError>> {
+    match feed {
+        Some(rx) => Some(rx.recv().await),
+        None => std::future::pending().await,
+    }
+}
+
+/// Hands one request's frames to the writer. `false` means the client is not reading: its
+/// queue stayed full for [`SLOW_CONSUMER_GRACE`].
+async fn queue(shared: &Shared, tx: &mpsc::Sender<Outgoing>, out: &mut Outbox) -> bool {
+    for code in &out.errors {
+        shared.metrics.error(code);
+    }
+    for (kind, frame) in out.frames.drain(..) {
+        shared.metrics.frame_out(&kind);
+        // A full queue first pauses reading (backpressure on a client that pipelines);
+        // only a queue that stays full for the grace period marks a client that does not read.
+        let queued = match tx.try_send(Outgoing::Text(frame)) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(item)) => tx.send_timeout(item, SLOW_CONSUMER_GRACE).await.is_ok(),
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        };
+        if !queued {
+            return false;
+        }
+    }
+    true
+}
+
 fn close_frame(code: CloseCode, reason: &'static str) -> CloseFrame {
     CloseFrame { code, reason: reason.into() }
 }
@@ -185,10 +272,14 @@ fn close_frame(code: CloseCode, reason: &'static str) -> CloseFrame {
 /// The close code a read error deserves (RFC 6455 §7.4.1), or none when the peer is gone.
 fn read_error_close(e: &WsError) -> Option<CloseFrame> {
     match e {
-        WsError::Capacity(CapacityError::MessageTooLong { .. }) => Some(close_frame(CloseCode::Size, "frame too large")),
+        WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
+            Some(close_frame(CloseCode::Size, "frame too large"))
+        }
         WsError::Utf8(_) => Some(close_frame(CloseCode::Invalid, "text frame is not valid UTF-8")),
         WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake | ProtocolError::SendAfterClosing) => None,
-        WsError::Protocol(_) | WsError::Capacity(_) => Some(close_frame(CloseCode::Protocol, "websocket protocol error")),
+        WsError::Protocol(_) | WsError::Capacity(_) => {
+            Some(close_frame(CloseCode::Protocol, "websocket protocol error"))
+        }
         _ => None,
     }
 }
@@ -213,10 +304,7 @@ fn handle_text(shared: &Shared, conn: &mut ConnSession, fs: &mut worldfs::FsSess
     }
 }
 
-async fn write_loop(
-    mut sink: futures_util::stream::SplitSink<Socket, Message>,
-    mut rx: mpsc::Receiver<Outgoing>,
-) {
+async fn write_loop(mut sink: futures_util::stream::SplitSink<Socket, Message>, mut rx: mpsc::Receiver<Outgoing>) {
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         while let Some(item) = next.take() {

@@ -19,8 +19,8 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Respon
     r
 }
 
+/// The main port: the operator endpoints, and a 426 on `/` for plain HTTP clients.
 pub fn respond<B>(req: &Request<B>, shared: &Shared) -> Response<Full<Bytes>> {
-    const TEXT: &str = "text/plain; charset=utf-8";
     let path = req.uri().path();
     let known = matches!(path, "/livez" | "/readyz" | "/metrics" | "/metrics.json" | "/");
     if !known {
@@ -29,9 +29,37 @@ pub fn respond<B>(req: &Request<B>, shared: &Shared) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "only GET is supported\n".into());
     }
-    match path {
+    endpoint(req, shared).unwrap_or_else(|| {
+        let mut r = reply(
+            StatusCode::UPGRADE_REQUIRED,
+            TEXT,
+            "this endpoint speaks WebSocket (unified-v2); connect with a WebSocket client\n".into(),
+        );
+        r.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        r
+    })
+}
+
+/// The optional metrics port (`SPIDERWEB_METRICS_PORT`, spec unified-v2 §9.3): the same
+/// endpoints without WebSocket, non-GET → 400, and every reply closes its connection.
+pub fn respond_metrics_port<B>(req: &Request<B>, shared: &Shared) -> Response<Full<Bytes>> {
+    let mut r = if req.method() != Method::GET {
+        reply(StatusCode::BAD_REQUEST, TEXT, "only GET is supported\n".into())
+    } else {
+        endpoint(req, shared).unwrap_or_else(|| reply(StatusCode::NOT_FOUND, TEXT, "not found\n".into()))
+    };
+    r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+const TEXT: &str = "text/plain; charset=utf-8";
+
+fn endpoint<B>(req: &Request<B>, shared: &Shared) -> Option<Response<Full<Bytes>>> {
+    Some(match req.uri().path() {
         "/livez" => reply(StatusCode::OK, TEXT, "ok\n".into()),
-        "/readyz" if shared.shutdown.is_cancelled() => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, "not ready\n".into()),
+        "/readyz" if shared.shutdown.is_cancelled() => {
+            reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, "not ready\n".into())
+        }
         "/readyz" => reply(StatusCode::OK, TEXT, "ready\n".into()),
         "/metrics" => {
             let state = shared.plane.lock();
@@ -44,20 +72,16 @@ pub fn respond<B>(req: &Request<B>, shared: &Shared) -> Response<Full<Bytes>> {
                 .and_then(|a| a.to_str().ok())
                 .is_some_and(|a| a.contains("application/openmetrics-text"));
             if wants_openmetrics {
-                reply(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", shared.metrics.render_openmetrics())
+                reply(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    shared.metrics.render_openmetrics(),
+                )
             } else {
                 reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", shared.metrics.render_prometheus())
             }
         }
         "/metrics.json" => reply(StatusCode::OK, "application/json", shared.plane.metrics_json().to_string()),
-        _ => {
-            let mut r = reply(
-                StatusCode::UPGRADE_REQUIRED,
-                TEXT,
-                "this endpoint speaks WebSocket (unified-v2); connect with a WebSocket client\n".into(),
-            );
-            r.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-            r
-        }
-    }
+        _ => return None,
+    })
 }

@@ -5,16 +5,21 @@
 //! - [`connection`]: one WebSocket: reader/writer tasks, bounded outbound queue, timeouts.
 //! - [`control`]: the `control.*` channel, per connection (handshake, session bindings).
 //! - [`worldfs`]: the `acheron.t_*` world filesystem, per connection.
+//! - [`events`]: signals and event waits shared by the sessions of one agent and project.
 //! - [`plane`]: shared control-plane state (agents, projects, history, audit).
 //! - [`store`]: durable state behind one trait (SQLite now).
+//! - [`providers`]: model requests and streamed replies per provider (no network, no keys),
+//!   plugin providers, the model catalog and the retry policy.
 //! - [`tokens`], [`config`], [`metrics`], [`http_ops`]: the rest of running a server.
 
 pub mod config;
 pub mod connection;
 pub mod control;
+pub mod events;
 pub mod http_ops;
 pub mod metrics;
 pub mod plane;
+pub mod providers;
 pub mod server;
 pub mod store;
 pub mod tokens;

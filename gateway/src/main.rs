@@ -9,11 +9,15 @@ use spiderweb_gateway::plane::{ControlPlane, ScopeTokenDigests, now_ms};
 use spiderweb_gateway::store::sqlite::SqliteStore;
 use spiderweb_gateway::tokens::{Origin, RoleTokens};
 use spiderweb_gateway::{config, metrics::Metrics, server};
+use spiderweb_service::activation::Activation;
+use spiderweb_service::logging::{self, LogFormat};
+use spiderweb_service::notify::Notifier;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
-enum LogFormat {
+enum LogFormatArg {
     Text,
     Json,
+    Journal,
 }
 
 /// The spiderweb gateway: WebSocket control plane and world filesystem for AI agents.
@@ -32,12 +36,24 @@ struct Cli {
     /// Where tokens and the database live (overrides runtime.ltm_directory).
     #[arg(long)]
     state_dir: Option<PathBuf>,
-    /// Log line format on stderr: text for people, json for journald and collectors.
-    #[arg(long, value_enum, default_value = "text")]
-    log_format: LogFormat,
+    /// Log line format on stderr: text for people, json for collectors, journal for journald
+    /// (syslog priority prefixes). Default: journal when stderr is the journal, else text.
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormatArg>,
 }
 
 fn main() -> ExitCode {
+    // Both read and clear environment variables, so they run before any thread exists.
+    // SAFETY: nothing else runs yet; the tokio runtime is built below.
+    let activation = match unsafe { Activation::take() } {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("spiderweb: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // SAFETY: as above.
+    let notifier = unsafe { Notifier::take() };
     let cli = Cli::parse();
     let config_path = config::config_path(cli.config.as_deref());
     let loaded = match config::load(&config_path) {
@@ -47,7 +63,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(cli.log_format, &loaded.config.log.level);
+    let log_format = match cli.log_format {
+        Some(LogFormatArg::Text) => LogFormat::Text,
+        Some(LogFormatArg::Json) => LogFormat::Json,
+        Some(LogFormatArg::Journal) => LogFormat::Journal,
+        None => LogFormat::detect(),
+    };
+    logging::init(log_format, &loaded.config.log.level, "SPIDERWEB_LOG");
     for warning in &loaded.warnings {
         tracing::warn!(config = %loaded.path.display(), "{warning}");
     }
@@ -65,7 +87,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cfg, cli.state_dir)) {
+    match runtime.block_on(run(cfg, cli.state_dir, activation, notifier)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -75,17 +97,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SPIDERWEB_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
-}
-
-async fn run(cfg: config::Config, state_dir_flag: Option<PathBuf>) -> anyhow::Result<()> {
+async fn run(
+    cfg: config::Config,
+    state_dir_flag: Option<PathBuf>,
+    mut activation: Activation,
+    notifier: Notifier,
+) -> anyhow::Result<()> {
     use anyhow::Context as _;
     raise_fd_limit();
     let state_dir = config::state_dir(state_dir_flag.as_deref(), &cfg);
@@ -96,10 +113,34 @@ async fn run(cfg: config::Config, state_dir_flag: Option<PathBuf>) -> anyhow::Re
     let store = SqliteStore::open(&db_path).with_context(|| format!("cannot open database {}", db_path.display()))?;
     let agents_dir = state_dir.join(&cfg.runtime.agents_dir);
     let token_file = tokens.path().to_path_buf();
-    let plane = ControlPlane::open(Arc::new(store), tokens, ScopeTokenDigests::from_env(), state_dir.clone(), &agents_dir, now)
-        .context("cannot load the control-plane state")?;
-    let listener = server::bind(&cfg).await.with_context(|| format!("cannot listen on {}:{}", cfg.server.bind, cfg.server.port))?;
+    let plane =
+        ControlPlane::open(Arc::new(store), tokens, ScopeTokenDigests::from_env(), state_dir.clone(), &agents_dir, now)
+            .context("cannot load the control-plane state")?;
+    let listener = match activation.tcp("http")? {
+        Some(passed) => {
+            tracing::info!("serving on the socket passed by the service manager");
+            tokio::net::TcpListener::from_std(passed)?
+        }
+        None => server::bind(&cfg)
+            .await
+            .with_context(|| format!("cannot listen on {}:{}", cfg.server.bind, cfg.server.port))?,
+    };
     let addr = listener.local_addr()?;
+    let metrics_listener = match (activation.tcp("metrics")?, metrics_port_from_env()?) {
+        (Some(passed), _) => Some(tokio::net::TcpListener::from_std(passed)?),
+        (None, Some(port)) => Some(
+            tokio::net::TcpListener::bind((cfg.server.bind, port))
+                .await
+                .with_context(|| format!("cannot listen on {}:{port} (SPIDERWEB_METRICS_PORT)", cfg.server.bind))?,
+        ),
+        (None, None) => None,
+    };
+    for name in activation.unclaimed() {
+        tracing::warn!(
+            name,
+            "ignoring a socket passed by the service manager: spiderweb serves only \"http\" and \"metrics\""
+        );
+    }
     if origin == Origin::Created {
         tracing::warn!(path = %token_file.display(), "created new admin and user tokens");
     }
@@ -112,12 +153,34 @@ async fn run(cfg: config::Config, state_dir_flag: Option<PathBuf>) -> anyhow::Re
     println!("  connect:  send 'Authorization: Bearer <token>' to ws://{addr}/ (unified-v2)");
     println!("  health:   http://{addr}/readyz   metrics: http://{addr}/metrics");
     let shared = server::Shared::new(cfg, plane, Metrics::new());
+    if let Some(listener) = metrics_listener {
+        println!("  metrics port: http://{}/metrics", listener.local_addr()?);
+        tokio::spawn(server::serve_metrics(listener, shared.clone()));
+    }
     tracing::info!(%addr, "serving");
-    let signals = tokio::spawn(wait_for_signal(signals, shared.clone()));
+    notifier.ready(&format!("serving on ws://{addr}/"));
+    let watchdog = notifier.spawn_watchdog();
+    let signals = tokio::spawn(wait_for_signal(signals, shared.clone(), notifier));
     server::serve(listener, shared).await;
     signals.abort();
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `SPIDERWEB_METRICS_PORT` (spec unified-v2 §1): a separate plain-HTTP listener for the
+/// operator endpoints, on the same bind address. Unset or empty: none.
+fn metrics_port_from_env() -> anyhow::Result<Option<u16>> {
+    match std::env::var("SPIDERWEB_METRICS_PORT") {
+        Ok(v) if v.trim().is_empty() => Ok(None),
+        Ok(v) => v.trim().parse::<u16>().map(Some).map_err(|_| {
+            anyhow::anyhow!("SPIDERWEB_METRICS_PORT must be a TCP port number (0-65535, 0 = any free port), not {v:?}")
+        }),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => anyhow::bail!("SPIDERWEB_METRICS_PORT is not valid UTF-8"),
+    }
 }
 
 type Signals = (tokio::signal::unix::Signal, tokio::signal::unix::Signal);
@@ -130,11 +193,12 @@ fn install_signal_handlers() -> anyhow::Result<Signals> {
     Ok((term, int))
 }
 
-async fn wait_for_signal((mut term, mut int): Signals, shared: Arc<server::Shared>) {
+async fn wait_for_signal((mut term, mut int): Signals, shared: Arc<server::Shared>, notifier: Notifier) {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
     }
+    notifier.stopping("draining connections");
     shared.shutdown.cancel();
 }
 

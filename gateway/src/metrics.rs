@@ -136,10 +136,8 @@ impl Metrics {
     /// sample. Everything else is identical.
     pub fn render_prometheus(&self) -> String {
         let open = self.render_openmetrics();
-        let counters: std::collections::HashSet<&str> = open
-            .lines()
-            .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
-            .collect();
+        let counters: std::collections::HashSet<&str> =
+            open.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter")).collect();
         let mut out = String::with_capacity(open.len() + 256);
         for line in open.lines() {
             if line == "# EOF" {

@@ -29,6 +29,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::events::EventHub;
+use crate::events::topology::TopologyFeed;
 use crate::metrics::Metrics;
 use crate::plane::ControlPlane;
 use crate::tokens::Digest;
@@ -40,6 +42,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub struct Shared {
     pub config: Config,
     pub plane: ControlPlane,
+    pub events: EventHub,
+    pub topology: TopologyFeed,
     pub metrics: Metrics,
     pub shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -53,6 +57,8 @@ impl Shared {
         Arc::new(Shared {
             config,
             plane,
+            events: EventHub::default(),
+            topology: TopologyFeed::default(),
             metrics,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -151,6 +157,39 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
+/// Serves the optional metrics port (`SPIDERWEB_METRICS_PORT`) until shutdown: plain HTTP,
+/// one request per connection, for scrapers that must not reach the WebSocket port.
+pub async fn serve_metrics(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let stream = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            a = listener.accept() => match a {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service_shared = shared.clone();
+            let service = hyper::service::service_fn(move |req| {
+                let shared = service_shared.clone();
+                async move { Ok::<_, std::convert::Infallible>(crate::http_ops::respond_metrics_port(&req, &shared)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(shared.config.server.handshake_timeout())
+                .keep_alive(false)
+                .max_buf_size(16 * 1024)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = conn.await;
+        });
+    }
+}
+
 async fn serve_http(stream: tokio::net::TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let service_shared = shared.clone();
     let service = hyper::service::service_fn(move |req| {
@@ -214,7 +253,9 @@ fn route(mut req: Request<Incoming>, shared: &Arc<Shared>) -> Response<Full<Byte
         return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
     }
     let path = req.uri().path().to_owned();
-    let role = (path == "/").then(|| bearer(&req).and_then(|t| shared.plane.tokens().role_of(t).map(|r| (r, crate::tokens::digest(t))))).flatten();
+    let role = (path == "/")
+        .then(|| bearer(&req).and_then(|t| shared.plane.tokens().role_of(t).map(|r| (r, crate::tokens::digest(t)))))
+        .flatten();
     let slot = match shared.reserve(role.map(|(_, d)| d)) {
         Ok(slot) => slot,
         Err(Refusal::TooManyConnections) => {
@@ -249,7 +290,9 @@ fn route(mut req: Request<Incoming>, shared: &Arc<Shared>) -> Response<Full<Byte
                 tracing::info!("refused a connection without a valid bearer token");
                 crate::connection::refuse(socket, &task_shared, code::PROVIDER_AUTH_FAILED, "forbidden").await;
             }
-            _ => crate::connection::refuse(socket, &task_shared, code::INVALID_ENVELOPE, "invalid websocket path").await,
+            _ => {
+                crate::connection::refuse(socket, &task_shared, code::INVALID_ENVELOPE, "invalid websocket path").await
+            }
         }
     });
     let mut r = Response::new(Full::new(Bytes::new()));
@@ -265,9 +308,10 @@ fn route(mut req: Request<Incoming>, shared: &Arc<Shared>) -> Response<Full<Byte
 
 fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
     let has = |name: header::HeaderName, needle: &str| {
-        req.headers().get_all(name).iter().any(|v| {
-            v.to_str().is_ok_and(|s| s.split(',').any(|part| part.trim().eq_ignore_ascii_case(needle)))
-        })
+        req.headers()
+            .get_all(name)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|part| part.trim().eq_ignore_ascii_case(needle))))
     };
     has(header::UPGRADE, "websocket") && has(header::CONNECTION, "upgrade")
 }
@@ -298,15 +342,18 @@ fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
     } else {
         rest.rsplit_once(':').map_or(rest, |(h, port)| if port.chars().all(|c| c.is_ascii_digit()) { h } else { rest })
     };
-    host.eq_ignore_ascii_case("localhost")
-        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Whether a query string carries something that looks like a credential.
 fn query_carries_token(query: &str) -> bool {
     query.split('&').any(|pair| {
         let name = pair.split('=').next().unwrap_or("").to_ascii_lowercase();
-        name.contains("token") || matches!(name.as_str(), "auth" | "authorization" | "key" | "api_key" | "apikey" | "bearer" | "password" | "secret")
+        name.contains("token")
+            || matches!(
+                name.as_str(),
+                "auth" | "authorization" | "key" | "api_key" | "apikey" | "bearer" | "password" | "secret"
+            )
     })
 }
 
@@ -317,10 +364,23 @@ mod tests {
     #[test]
     fn origins() {
         let allowed = vec!["https://app.example".to_owned()];
-        for ok in ["http://127.0.0.1:3000", "http://localhost", "https://LOCALHOST:8443", "http://[::1]:80", "https://app.example"] {
+        for ok in [
+            "http://127.0.0.1:3000",
+            "http://localhost",
+            "https://LOCALHOST:8443",
+            "http://[::1]:80",
+            "https://app.example",
+        ] {
             assert!(origin_allowed(ok, &allowed), "{ok}");
         }
-        for bad in ["https://evil.example", "null", "http://127.0.0.1.evil.example", "file://", "http://localhost.evil:80", "https://app.example.evil"] {
+        for bad in [
+            "https://evil.example",
+            "null",
+            "http://127.0.0.1.evil.example",
+            "file://",
+            "http://localhost.evil:80",
+            "https://app.example.evil",
+        ] {
             assert!(!origin_allowed(bad, &allowed), "{bad}");
         }
     }

@@ -54,7 +54,7 @@ pub fn digest(token: &str) -> Digest {
 }
 
 pub fn digest_hex(token: &str) -> String {
-    digest(token).iter().map(|b| format!("{b:02x}")).collect()
+    crate::plane::hex(&digest(token))
 }
 
 /// Constant-time equality of two digests.
@@ -180,7 +180,8 @@ impl RoleTokens {
 
     /// A token file readable by others is fixed rather than trusted as is.
     fn tighten_mode(&self) -> Result<(), TokenError> {
-        let meta = std::fs::metadata(&self.path).map_err(|source| TokenError::Read { path: self.path.clone(), source })?;
+        let meta =
+            std::fs::metadata(&self.path).map_err(|source| TokenError::Read { path: self.path.clone(), source })?;
         if meta.permissions().mode() & 0o077 != 0 {
             tracing::warn!(path = %self.path.display(), "token file was readable by others; setting mode 0600");
             std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o600))
@@ -228,7 +229,11 @@ mod tests {
     fn unknown_fields_survive_a_rewrite() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE_NAME);
-        std::fs::write(&path, r#"{"schema":3,"admin_token":"sw-admin_a","user_token":"sw-user_b","user_session_history":[]}"#).unwrap();
+        std::fs::write(
+            &path,
+            r#"{"schema":3,"admin_token":"sw-admin_a","user_token":"sw-user_b","user_session_history":[]}"#,
+        )
+        .unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let (mut tokens, _) = RoleTokens::load_or_create(dir.path(), 1).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);

@@ -73,10 +73,7 @@ impl ExportSpec {
         if name.is_empty() {
             return Err(ExportSpecError::EmptyName);
         }
-        if !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        {
+        if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
             return Err(ExportSpecError::InvalidName);
         }
         let mut access = Access::ReadWrite;
@@ -88,9 +85,7 @@ impl ExportSpec {
             } else if let Some(stripped) = rest.strip_suffix(":rw") {
                 access = Access::ReadWrite;
                 rest = stripped;
-            } else if let Some((head, handle)) =
-                rest.rsplit_once(":cred=").filter(|(_, h)| !h.contains(':'))
-            {
+            } else if let Some((head, handle)) = rest.rsplit_once(":cred=").filter(|(_, h)| !h.contains(':')) {
                 cred = Some(handle.to_owned());
                 rest = head;
             } else {
@@ -100,12 +95,7 @@ impl ExportSpec {
         if rest.is_empty() {
             return Err(ExportSpecError::EmptyPath);
         }
-        Ok(ExportSpec {
-            name: name.to_owned(),
-            path: rest.to_owned(),
-            access,
-            cred,
-        })
+        Ok(ExportSpec { name: name.to_owned(), path: rest.to_owned(), access, cred })
     }
 
     /// Parses all flags; no flag at all means one export `work` = `.` rw.
@@ -226,11 +216,8 @@ pub const NAME_MAX: usize = 255;
 /// Child names must be non-empty, not `.`/`..`, at most [`NAME_MAX`] bytes, and contain no
 /// `/`, `\` or NUL.
 pub fn validate_child_name(name: &str) -> Result<(), InvalidChildName> {
-    let ok = !name.is_empty()
-        && name != "."
-        && name != ".."
-        && name.len() <= NAME_MAX
-        && !name.contains(['/', '\\', '\0']);
+    let ok =
+        !name.is_empty() && name != "." && name != ".." && name.len() <= NAME_MAX && !name.contains(['/', '\\', '\0']);
     if ok { Ok(()) } else { Err(InvalidChildName) }
 }
 
@@ -249,10 +236,7 @@ mod tests {
     use super::*;
 
     /// A flag and what it parses to: (name, path, access, cred) or the error.
-    type FlagCase = (
-        &'static str,
-        Result<(&'static str, &'static str, Access, Option<&'static str>), ExportSpecError>,
-    );
+    type FlagCase = (&'static str, Result<(&'static str, &'static str, Access, Option<&'static str>), ExportSpecError>);
 
     #[test]
     fn export_flag_table() {
@@ -264,10 +248,7 @@ mod tests {
             ("work=/srv/a:rw", Ok(("work", "/srv/a", rw, None))),
             ("work=/srv/a:rw:ro", Ok(("work", "/srv/a", rw, None))),
             ("work=/srv/a:ro:rw", Ok(("work", "/srv/a", ro, None))),
-            (
-                "work=/srv/a:ro:cred=k1",
-                Ok(("work", "/srv/a", ro, Some("k1"))),
-            ),
+            ("work=/srv/a:ro:cred=k1", Ok(("work", "/srv/a", ro, Some("k1")))),
             ("work=/srv/a:b", Ok(("work", "/srv/a:b", rw, None))),
             ("w=a=b", Ok(("w", "a=b", rw, None))),
             ("noequals", Err(ExportSpecError::MissingEquals)),
@@ -278,11 +259,8 @@ mod tests {
             ("a#b=/srv", Err(ExportSpecError::InvalidName)),
         ];
         for (flag, want) in cases {
-            let got = ExportSpec::parse(flag)
-                .map(|s| (s.name.clone(), s.path.clone(), s.access, s.cred.clone()));
-            let want = want
-                .clone()
-                .map(|(n, p, a, c)| (n.to_owned(), p.to_owned(), a, c.map(str::to_owned)));
+            let got = ExportSpec::parse(flag).map(|s| (s.name.clone(), s.path.clone(), s.access, s.cred.clone()));
+            let want = want.clone().map(|(n, p, a, c)| (n.to_owned(), p.to_owned(), a, c.map(str::to_owned)));
             assert_eq!(got, want, "{flag}");
         }
     }
@@ -291,14 +269,8 @@ mod tests {
     fn export_list_defaults_and_duplicates() {
         let none: [&str; 0] = [];
         let default = ExportSpec::parse_all(&none).unwrap();
-        assert_eq!(
-            (default[0].name.as_str(), default[0].path.as_str()),
-            ("work", ".")
-        );
-        assert_eq!(
-            ExportSpec::parse_all(&["a=/x", "a=/y"]),
-            Err(ExportSpecError::Duplicate("a".into()))
-        );
+        assert_eq!((default[0].name.as_str(), default[0].path.as_str()), ("work", "."));
+        assert_eq!(ExportSpec::parse_all(&["a=/x", "a=/y"]), Err(ExportSpecError::Duplicate("a".into())));
     }
 
     #[test]
@@ -340,52 +312,25 @@ mod tests {
         }
         for op in writes {
             assert!(op.is_mutation(), "{op:?}");
-            assert_eq!(
-                check(op, Access::ReadOnly),
-                Err(ExportDenial::ReadOnly),
-                "{op:?}"
-            );
+            assert_eq!(check(op, Access::ReadOnly), Err(ExportDenial::ReadOnly), "{op:?}");
             assert_eq!(check(op, Access::ReadWrite), Ok(()), "{op:?}");
         }
-        assert!(
-            open_wants_read(0) && open_wants_read(2) && open_wants_read(3) && !open_wants_read(1)
-        );
+        assert!(open_wants_read(0) && open_wants_read(2) && open_wants_read(3) && !open_wants_read(1));
     }
 
     #[test]
     fn hidden_names() {
         assert!(is_hidden(".spiderweb-sandbox", true));
-        assert!(
-            !is_hidden(".spiderweb-sandbox", false),
-            "standalone nodes show it"
-        );
+        assert!(!is_hidden(".spiderweb-sandbox", false), "standalone nodes show it");
         assert!(!is_hidden(".spiderweb-sandbox2", true));
     }
 
     #[test]
     fn child_name_table() {
-        for bad in [
-            "",
-            ".",
-            "..",
-            "a/b",
-            "../etc",
-            "a\\b",
-            "a\0b",
-            "/",
-            &"x".repeat(256),
-        ] {
+        for bad in ["", ".", "..", "a/b", "../etc", "a\\b", "a\0b", "/", &"x".repeat(256)] {
             assert_eq!(validate_child_name(bad), Err(InvalidChildName), "{bad:?}");
         }
-        for good in [
-            "a",
-            "...",
-            ".hidden",
-            "a b",
-            "ünï",
-            "a..b",
-            &"x".repeat(255),
-        ] {
+        for good in ["a", "...", ".hidden", "a b", "ünï", "a..b", &"x".repeat(255)] {
             assert_eq!(validate_child_name(good), Ok(()), "{good:?}");
         }
     }

@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod broker_access;
 pub mod export;
 pub mod peer;
 pub mod project_access;

@@ -41,14 +41,8 @@ pub enum Action {
 
 impl Action {
     /// Every action, in canonical order.
-    pub const ALL: [Action; 6] = [
-        Action::Read,
-        Action::Observe,
-        Action::Invoke,
-        Action::Mount,
-        Action::Bind,
-        Action::Admin,
-    ];
+    pub const ALL: [Action; 6] =
+        [Action::Read, Action::Observe, Action::Invoke, Action::Mount, Action::Bind, Action::Admin];
 
     /// Parses a policy key; `watch` is accepted as an alias of `observe`. Case-sensitive.
     pub fn parse(s: &str) -> Option<Action> {
@@ -153,9 +147,7 @@ impl AccessPolicy {
     /// would leave a project more open than its owner meant. Agent entries without any action
     /// are dropped, so equal policies compare equal.
     pub fn from_json(v: &Value) -> Result<AccessPolicy, PolicyError> {
-        let fields = v
-            .as_object()
-            .ok_or_else(|| PolicyError("access_policy must be an object".to_owned()))?;
+        let fields = v.as_object().ok_or_else(|| PolicyError("access_policy must be an object".to_owned()))?;
         let mut policy = AccessPolicy::default();
         insert_modes(&mut policy.actions, fields, "access_policy", "agents")?;
         if let Some(agents) = fields.get("agents") {
@@ -168,11 +160,7 @@ impl AccessPolicy {
     /// `{"actions":{<action>:<mode>},"agents":{<agent_id>:{<action>:<mode>}}}` with canonical
     /// names and only the entries that are set; the empty policy is `{"actions":{},"agents":{}}`.
     pub fn to_json(&self) -> Value {
-        let agents = self
-            .agents
-            .iter()
-            .map(|(id, modes)| (id.clone(), modes_to_json(modes)))
-            .collect();
+        let agents = self.agents.iter().map(|(id, modes)| (id.clone(), modes_to_json(modes))).collect();
         let mut out = Map::new();
         out.insert("actions".to_owned(), modes_to_json(&self.actions));
         out.insert("agents".to_owned(), Value::Object(agents));
@@ -201,11 +189,7 @@ impl AccessPolicy {
             Action::Bind => configured(Action::Mount),
             _ => None,
         };
-        let default = if token_active {
-            Mode::Token
-        } else {
-            Mode::Open
-        };
+        let default = if token_active { Mode::Token } else { Mode::Open };
         configured(action).or_else(bind_fallback).unwrap_or(default)
     }
 }
@@ -290,9 +274,7 @@ fn insert_modes(
         }
         if key == "actions" {
             let nested_context = format!("{context}.actions");
-            let nested = value
-                .as_object()
-                .ok_or_else(|| PolicyError(format!("{nested_context} must be an object")))?;
+            let nested = value.as_object().ok_or_else(|| PolicyError(format!("{nested_context} must be an object")))?;
             for (nested_key, nested_value) in nested {
                 insert_mode(modes, nested_key, nested_value, &nested_context)?;
             }
@@ -303,24 +285,15 @@ fn insert_modes(
     Ok(())
 }
 
-fn insert_mode(
-    modes: &mut BTreeMap<Action, Mode>,
-    key: &str,
-    value: &Value,
-    context: &str,
-) -> Result<(), PolicyError> {
-    let action = Action::parse(key)
-        .ok_or_else(|| PolicyError(format!("{context}: unknown key {}", quoted(key))))?;
+fn insert_mode(modes: &mut BTreeMap<Action, Mode>, key: &str, value: &Value, context: &str) -> Result<(), PolicyError> {
+    let action = Action::parse(key).ok_or_else(|| PolicyError(format!("{context}: unknown key {}", quoted(key))))?;
     let mode = value.as_str().and_then(Mode::parse).ok_or_else(|| {
-        PolicyError(format!(
-            "{context}.{key}: mode must be one of open, token, admin, deny (or an alias)"
-        ))
+        PolicyError(format!("{context}.{key}: mode must be one of open, token, admin, deny (or an alias)"))
     })?;
     match modes.insert(action, mode) {
-        Some(previous) if previous != mode => Err(PolicyError(format!(
-            "{context}: conflicting modes for action {}",
-            action.as_str()
-        ))),
+        Some(previous) if previous != mode => {
+            Err(PolicyError(format!("{context}: conflicting modes for action {}", action.as_str())))
+        }
         _ => Ok(()),
     }
 }
@@ -346,21 +319,14 @@ fn parse_agents(agents: &Value) -> Result<BTreeMap<String, BTreeMap<Action, Mode
             check_agent_entry_count(entries.len())?;
             for (index, entry) in entries.iter().enumerate() {
                 let fields = agent_entry_fields(entry, || format!("entry {index}"))?;
-                let id = fields
-                    .get("agent_id")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| {
-                        PolicyError(format!(
-                            "access_policy.agents: entry {index} needs a string agent_id"
-                        ))
-                    })?;
+                let id = fields.get("agent_id").and_then(Value::as_str).ok_or_else(|| {
+                    PolicyError(format!("access_policy.agents: entry {index} needs a string agent_id"))
+                })?;
                 insert_agent_modes(&mut overrides, id, fields)?;
             }
         }
         _ => {
-            return Err(PolicyError(
-                "access_policy.agents must be an object or an array".to_owned(),
-            ));
+            return Err(PolicyError("access_policy.agents must be an object or an array".to_owned()));
         }
     }
     overrides.retain(|_, modes| !modes.is_empty());
@@ -376,16 +342,8 @@ fn check_agent_entry_count(count: usize) -> Result<(), PolicyError> {
     Ok(())
 }
 
-fn agent_entry_fields(
-    entry: &Value,
-    describe: impl FnOnce() -> String,
-) -> Result<&Map<String, Value>, PolicyError> {
-    entry.as_object().ok_or_else(|| {
-        PolicyError(format!(
-            "access_policy.agents: {} must be an object",
-            describe()
-        ))
-    })
+fn agent_entry_fields(entry: &Value, describe: impl FnOnce() -> String) -> Result<&Map<String, Value>, PolicyError> {
+    entry.as_object().ok_or_else(|| PolicyError(format!("access_policy.agents: {} must be an object", describe())))
 }
 
 fn insert_agent_modes(
@@ -394,27 +352,14 @@ fn insert_agent_modes(
     fields: &Map<String, Value>,
 ) -> Result<(), PolicyError> {
     if !valid_agent_id(id) {
-        return Err(PolicyError(format!(
-            "access_policy.agents: invalid agent id {}",
-            quoted(id)
-        )));
+        return Err(PolicyError(format!("access_policy.agents: invalid agent id {}", quoted(id))));
     }
     let modes = overrides.entry(id.to_owned()).or_default();
-    insert_modes(
-        modes,
-        fields,
-        &format!("access_policy.agents.{id}"),
-        "agent_id",
-    )
+    insert_modes(modes, fields, &format!("access_policy.agents.{id}"), "agent_id")
 }
 
 fn modes_to_json(modes: &BTreeMap<Action, Mode>) -> Value {
-    Value::Object(
-        modes
-            .iter()
-            .map(|(action, mode)| (action.as_str().to_owned(), Value::from(mode.as_str())))
-            .collect(),
-    )
+    Value::Object(modes.iter().map(|(action, mode)| (action.as_str().to_owned(), Value::from(mode.as_str()))).collect())
 }
 
 /// A client-supplied key as it may appear in an error message: escaped, so it cannot forge
@@ -442,10 +387,7 @@ mod tests {
     fn policy(actions: &[(Action, Mode)], agents: &[(&str, &[(Action, Mode)])]) -> AccessPolicy {
         AccessPolicy {
             actions: modes(actions),
-            agents: agents
-                .iter()
-                .map(|(id, m)| (id.to_string(), modes(m)))
-                .collect(),
+            agents: agents.iter().map(|(id, m)| (id.to_string(), modes(m))).collect(),
         }
     }
 
@@ -479,10 +421,7 @@ mod tests {
             assert_eq!(Action::parse(action.as_str()), Some(action));
         }
         let names: Vec<_> = Action::ALL.iter().map(|a| a.as_str()).collect();
-        assert_eq!(
-            names,
-            ["read", "observe", "invoke", "mount", "bind", "admin"]
-        );
+        assert_eq!(names, ["read", "observe", "invoke", "mount", "bind", "admin"]);
     }
 
     #[test]
@@ -508,12 +447,7 @@ mod tests {
         for (name, mode) in table {
             assert_eq!(Mode::parse(name), mode, "{name:?}");
         }
-        for (mode, name) in [
-            (Open, "open"),
-            (Token, "token"),
-            (AdminOnly, "admin"),
-            (Deny, "deny"),
-        ] {
+        for (mode, name) in [(Open, "open"), (Token, "token"), (AdminOnly, "admin"), (Deny, "deny")] {
             assert_eq!(mode.as_str(), name);
             assert_eq!(Mode::parse(name), Some(mode));
         }
@@ -549,25 +483,12 @@ mod tests {
                     (json!({ key: alias }), &project_wide),
                     (json!({ "actions": { key: alias } }), &project_wide),
                     (json!({ "agents": { "a1": { key: alias } } }), &agent_only),
-                    (
-                        json!({ "agents": { "a1": { "actions": { key: alias } } } }),
-                        &agent_only,
-                    ),
-                    (
-                        json!({ "agents": [{ "agent_id": "a1", key: alias }] }),
-                        &agent_only,
-                    ),
-                    (
-                        json!({ "agents": [{ "agent_id": "a1", "actions": { key: alias } }] }),
-                        &agent_only,
-                    ),
+                    (json!({ "agents": { "a1": { "actions": { key: alias } } } }), &agent_only),
+                    (json!({ "agents": [{ "agent_id": "a1", key: alias }] }), &agent_only),
+                    (json!({ "agents": [{ "agent_id": "a1", "actions": { key: alias } }] }), &agent_only),
                 ];
                 for (input, expected) in inputs {
-                    assert_eq!(
-                        &AccessPolicy::from_json(&input).unwrap(),
-                        expected,
-                        "{input}"
-                    );
+                    assert_eq!(&AccessPolicy::from_json(&input).unwrap(), expected, "{input}");
                 }
             }
         }
@@ -585,10 +506,7 @@ mod tests {
         });
         let expected = policy(
             &[(Read, Open), (Mount, AdminOnly)],
-            &[
-                ("coder", &[(Invoke, Token), (Bind, Deny)]),
-                ("viewer", &[(Observe, Open)]),
-            ],
+            &[("coder", &[(Invoke, Token), (Bind, Deny)]), ("viewer", &[(Observe, Open)])],
         );
         assert_eq!(AccessPolicy::from_json(&input).unwrap(), expected);
 
@@ -597,13 +515,7 @@ mod tests {
             { "agent_id": "coder", "bind": "deny", "invoke": "token-required" },
             { "agent_id": "viewer", "actions": { "observe": "allow" } }
         ]});
-        let expected = policy(
-            &[],
-            &[
-                ("coder", &[(Invoke, Token), (Bind, Deny)]),
-                ("viewer", &[(Observe, Open)]),
-            ],
-        );
+        let expected = policy(&[], &[("coder", &[(Invoke, Token), (Bind, Deny)]), ("viewer", &[(Observe, Open)])]);
         assert_eq!(AccessPolicy::from_json(&array).unwrap(), expected);
     }
 
@@ -633,112 +545,40 @@ mod tests {
             (json!({ "mout": "open" }), "unknown key \"mout\""),
             (json!({ "agent_id": "a1" }), "unknown key \"agent_id\""),
             (json!({ "Read": "open" }), "unknown key \"Read\""),
-            (
-                json!({ "actions": { "mout": "open" } }),
-                "access_policy.actions: unknown key \"mout\"",
-            ),
-            (
-                json!({ "actions": { "actions": {} } }),
-                "unknown key \"actions\"",
-            ),
-            (
-                json!({ "actions": { "agents": {} } }),
-                "unknown key \"agents\"",
-            ),
-            (
-                json!({ "agents": { "a1": { "agents": {} } } }),
-                "unknown key \"agents\"",
-            ),
-            (
-                json!({ "agents": { "a1": { "raed": "open" } } }),
-                "agents.a1: unknown key \"raed\"",
-            ),
-            (
-                json!({ "agents": [{ "agent_id": "a1", "x": "open" }] }),
-                "unknown key \"x\"",
-            ),
+            (json!({ "actions": { "mout": "open" } }), "access_policy.actions: unknown key \"mout\""),
+            (json!({ "actions": { "actions": {} } }), "unknown key \"actions\""),
+            (json!({ "actions": { "agents": {} } }), "unknown key \"agents\""),
+            (json!({ "agents": { "a1": { "agents": {} } } }), "unknown key \"agents\""),
+            (json!({ "agents": { "a1": { "raed": "open" } } }), "agents.a1: unknown key \"raed\""),
+            (json!({ "agents": [{ "agent_id": "a1", "x": "open" }] }), "unknown key \"x\""),
             // Bad modes.
-            (
-                json!({ "read": "closed" }),
-                "access_policy.read: mode must be one of",
-            ),
+            (json!({ "read": "closed" }), "access_policy.read: mode must be one of"),
             (json!({ "read": "" }), "access_policy.read: mode"),
             (json!({ "read": null }), "access_policy.read: mode"),
             (json!({ "read": true }), "access_policy.read: mode"),
             (json!({ "read": ["open"] }), "access_policy.read: mode"),
-            (
-                json!({ "actions": { "bind": 1 } }),
-                "access_policy.actions.bind: mode",
-            ),
-            (
-                json!({ "agents": { "a1": { "mount": "OPEN" } } }),
-                "agents.a1.mount: mode",
-            ),
+            (json!({ "actions": { "bind": 1 } }), "access_policy.actions.bind: mode"),
+            (json!({ "agents": { "a1": { "mount": "OPEN" } } }), "agents.a1.mount: mode"),
             // Wrong shapes.
-            (
-                json!({ "actions": [] }),
-                "access_policy.actions must be an object",
-            ),
-            (
-                json!({ "actions": null }),
-                "access_policy.actions must be an object",
-            ),
-            (
-                json!({ "agents": null }),
-                "agents must be an object or an array",
-            ),
-            (
-                json!({ "agents": "a1" }),
-                "agents must be an object or an array",
-            ),
-            (
-                json!({ "agents": { "a1": "open" } }),
-                "agent \"a1\" must be an object",
-            ),
+            (json!({ "actions": [] }), "access_policy.actions must be an object"),
+            (json!({ "actions": null }), "access_policy.actions must be an object"),
+            (json!({ "agents": null }), "agents must be an object or an array"),
+            (json!({ "agents": "a1" }), "agents must be an object or an array"),
+            (json!({ "agents": { "a1": "open" } }), "agent \"a1\" must be an object"),
             (json!({ "agents": [["a1"]] }), "entry 0 must be an object"),
-            (
-                json!({ "agents": { "a1": { "actions": "open" } } }),
-                "agents.a1.actions must be",
-            ),
+            (json!({ "agents": { "a1": { "actions": "open" } } }), "agents.a1.actions must be"),
             // Agent ids.
-            (
-                json!({ "agents": [{ "read": "open" }] }),
-                "entry 0 needs a string agent_id",
-            ),
-            (
-                json!({ "agents": [{ "agent_id": 7 }] }),
-                "entry 0 needs a string agent_id",
-            ),
-            (
-                json!({ "agents": [{ "agent_id": "" }] }),
-                "invalid agent id \"\"",
-            ),
-            (
-                json!({ "agents": [{ "agent_id": "a.b" }] }),
-                "invalid agent id \"a.b\"",
-            ),
-            (
-                json!({ "agents": { "a/b": {} } }),
-                "invalid agent id \"a/b\"",
-            ),
+            (json!({ "agents": [{ "read": "open" }] }), "entry 0 needs a string agent_id"),
+            (json!({ "agents": [{ "agent_id": 7 }] }), "entry 0 needs a string agent_id"),
+            (json!({ "agents": [{ "agent_id": "" }] }), "invalid agent id \"\""),
+            (json!({ "agents": [{ "agent_id": "a.b" }] }), "invalid agent id \"a.b\""),
+            (json!({ "agents": { "a/b": {} } }), "invalid agent id \"a/b\""),
             (json!({ "agents": { "": {} } }), "invalid agent id \"\""),
-            (
-                json!({ "agents": { "a1": { "agent_id": "a2" } } }),
-                "differs from its key",
-            ),
-            (
-                json!({ "agents": { "a1": { "agent_id": 1 } } }),
-                "differs from its key",
-            ),
+            (json!({ "agents": { "a1": { "agent_id": "a2" } } }), "differs from its key"),
+            (json!({ "agents": { "a1": { "agent_id": 1 } } }), "differs from its key"),
             // Conflicts.
-            (
-                json!({ "read": "open", "actions": { "read": "deny" } }),
-                "conflicting modes for action read",
-            ),
-            (
-                json!({ "watch": "open", "observe": "token" }),
-                "conflicting modes for action observe",
-            ),
+            (json!({ "read": "open", "actions": { "read": "deny" } }), "conflicting modes for action read"),
+            (json!({ "watch": "open", "observe": "token" }), "conflicting modes for action observe"),
             (
                 json!({ "agents": { "a1": { "mount": "open", "actions": { "mount": "admin" } } } }),
                 "conflicting modes for action mount",
@@ -753,10 +593,7 @@ mod tests {
         ];
         for (input, needle) in table {
             let message = parse_err(input.clone());
-            assert!(
-                message.contains(needle),
-                "{input}: {message:?} lacks {needle:?}"
-            );
+            assert!(message.contains(needle), "{input}: {message:?} lacks {needle:?}");
         }
     }
 
@@ -768,17 +605,13 @@ mod tests {
             "actions": { "read": "deny" },
             "read": "disabled"
         });
-        assert_eq!(
-            AccessPolicy::from_json(&input).unwrap(),
-            policy(&[(Observe, Open), (Read, Deny)], &[])
-        );
+        assert_eq!(AccessPolicy::from_json(&input).unwrap(), policy(&[(Observe, Open), (Read, Deny)], &[]));
     }
 
     #[test]
     fn agent_ids_at_the_length_limit() {
         let longest = "a".repeat(64);
-        let parsed =
-            AccessPolicy::from_json(&json!({ "agents": { longest.clone(): { "read": "open" } } }));
+        let parsed = AccessPolicy::from_json(&json!({ "agents": { longest.clone(): { "read": "open" } } }));
         assert_eq!(parsed.unwrap(), policy(&[], &[(&longest, &[(Read, Open)])]));
         let too_long = "a".repeat(65);
         let message = parse_err(json!({ "agents": [{ "agent_id": too_long, "read": "open" }] }));
@@ -787,20 +620,9 @@ mod tests {
 
     #[test]
     fn agent_entry_count_is_bounded() {
-        let object = |n: usize| {
-            Value::Object(
-                (0..n)
-                    .map(|i| (format!("a{i}"), json!({ "read": "open" })))
-                    .collect(),
-            )
-        };
-        let array = |n: usize| {
-            Value::Array(
-                (0..n)
-                    .map(|i| json!({ "agent_id": format!("a{i}"), "read": "open" }))
-                    .collect(),
-            )
-        };
+        let object = |n: usize| Value::Object((0..n).map(|i| (format!("a{i}"), json!({ "read": "open" }))).collect());
+        let array =
+            |n: usize| Value::Array((0..n).map(|i| json!({ "agent_id": format!("a{i}"), "read": "open" })).collect());
         for agents in [object(256), array(256)] {
             let parsed = AccessPolicy::from_json(&json!({ "agents": agents })).unwrap();
             assert_eq!(parsed.agents.len(), 256);
@@ -827,17 +649,9 @@ mod tests {
 
     #[test]
     fn to_json_canonical_form() {
-        assert_eq!(
-            AccessPolicy::default().to_json(),
-            json!({ "actions": {}, "agents": {} })
-        );
+        assert_eq!(AccessPolicy::default().to_json(), json!({ "actions": {}, "agents": {} }));
         let p = policy(
-            &[
-                (Observe, Open),
-                (Bind, Token),
-                (Admin, AdminOnly),
-                (Invoke, Deny),
-            ],
+            &[(Observe, Open), (Bind, Token), (Admin, AdminOnly), (Invoke, Deny)],
             &[("coder", &[(Read, Deny), (Mount, Open)])],
         );
         assert_eq!(
@@ -885,16 +699,8 @@ mod tests {
         for p in [&empty, &other_agent_only] {
             for action in Action::ALL {
                 for agent in [None, Some("a1")] {
-                    assert_eq!(
-                        p.effective_mode(action, agent, false),
-                        Open,
-                        "{action:?} {agent:?}"
-                    );
-                    assert_eq!(
-                        p.effective_mode(action, agent, true),
-                        Token,
-                        "{action:?} {agent:?}"
-                    );
+                    assert_eq!(p.effective_mode(action, agent, false), Open, "{action:?} {agent:?}");
+                    assert_eq!(p.effective_mode(action, agent, true), Token, "{action:?} {agent:?}");
                 }
             }
         }
@@ -910,32 +716,12 @@ mod tests {
                     (policy(&[(action, Deny)], &[]), Some("a1"), Deny),
                     (policy(&[(action, Deny)], &[]), None, Deny),
                     // An override wins over the project-wide entry, for its own agent only.
-                    (
-                        policy(&[(action, Deny)], &[("a1", &[(action, Open)])]),
-                        Some("a1"),
-                        Open,
-                    ),
-                    (
-                        policy(&[(action, Deny)], &[("a1", &[(action, Open)])]),
-                        Some("a2"),
-                        Deny,
-                    ),
+                    (policy(&[(action, Deny)], &[("a1", &[(action, Open)])]), Some("a1"), Open),
+                    (policy(&[(action, Deny)], &[("a1", &[(action, Open)])]), Some("a2"), Deny),
                     // Without an actor, overrides are ignored.
-                    (
-                        policy(&[(action, Deny)], &[("a1", &[(action, Open)])]),
-                        None,
-                        Deny,
-                    ),
-                    (
-                        policy(&[], &[("a1", &[(action, AdminOnly)])]),
-                        None,
-                        default,
-                    ),
-                    (
-                        policy(&[], &[("a1", &[(action, AdminOnly)])]),
-                        Some("a1"),
-                        AdminOnly,
-                    ),
+                    (policy(&[(action, Deny)], &[("a1", &[(action, Open)])]), None, Deny),
+                    (policy(&[], &[("a1", &[(action, AdminOnly)])]), None, default),
+                    (policy(&[], &[("a1", &[(action, AdminOnly)])]), Some("a1"), AdminOnly),
                 ];
                 for (p, agent, expected) in table {
                     assert_eq!(
@@ -952,64 +738,19 @@ mod tests {
     fn bind_falls_back_to_mount() {
         let table: [(AccessPolicy, Option<&str>, bool, Mode); 12] = [
             // Every bind entry beats every mount entry.
-            (
-                policy(&[(Bind, Open), (Mount, Deny)], &[("a1", &[(Mount, Deny)])]),
-                Some("a1"),
-                false,
-                Open,
-            ),
-            (
-                policy(&[(Mount, Deny)], &[("a1", &[(Bind, Open), (Mount, Deny)])]),
-                Some("a1"),
-                false,
-                Open,
-            ),
+            (policy(&[(Bind, Open), (Mount, Deny)], &[("a1", &[(Mount, Deny)])]), Some("a1"), false, Open),
+            (policy(&[(Mount, Deny)], &[("a1", &[(Bind, Open), (Mount, Deny)])]), Some("a1"), false, Open),
             // No bind entry: the agent's mount override, then the project-wide mount.
-            (
-                policy(&[(Mount, Deny)], &[("a1", &[(Mount, Open)])]),
-                Some("a1"),
-                false,
-                Open,
-            ),
-            (
-                policy(&[(Mount, Deny)], &[("a1", &[(Mount, Open)])]),
-                Some("a2"),
-                false,
-                Deny,
-            ),
-            (
-                policy(&[(Mount, Deny)], &[("a1", &[(Mount, Open)])]),
-                None,
-                false,
-                Deny,
-            ),
-            (
-                policy(&[(Mount, AdminOnly)], &[]),
-                Some("a1"),
-                true,
-                AdminOnly,
-            ),
+            (policy(&[(Mount, Deny)], &[("a1", &[(Mount, Open)])]), Some("a1"), false, Open),
+            (policy(&[(Mount, Deny)], &[("a1", &[(Mount, Open)])]), Some("a2"), false, Deny),
+            (policy(&[(Mount, Deny)], &[("a1", &[(Mount, Open)])]), None, false, Deny),
+            (policy(&[(Mount, AdminOnly)], &[]), Some("a1"), true, AdminOnly),
             (policy(&[(Mount, Open)], &[]), None, true, Open),
             // The project-wide bind beats the agent's mount override.
-            (
-                policy(&[(Bind, Token)], &[("a1", &[(Mount, Open)])]),
-                Some("a1"),
-                false,
-                Token,
-            ),
+            (policy(&[(Bind, Token)], &[("a1", &[(Mount, Open)])]), Some("a1"), false, Token),
             // No bind or mount entry: the default.
-            (
-                policy(&[(Read, Deny), (Admin, Deny)], &[]),
-                Some("a1"),
-                false,
-                Open,
-            ),
-            (
-                policy(&[(Read, Deny), (Admin, Deny)], &[]),
-                Some("a1"),
-                true,
-                Token,
-            ),
+            (policy(&[(Read, Deny), (Admin, Deny)], &[]), Some("a1"), false, Open),
+            (policy(&[(Read, Deny), (Admin, Deny)], &[]), Some("a1"), true, Token),
             // Only bind falls back: mount never borrows from bind.
             (policy(&[(Bind, Deny)], &[]), Some("a1"), false, Deny),
             (policy(&[(Bind, Deny)], &[]), Some("a1"), true, Deny),
@@ -1027,11 +768,7 @@ mod tests {
         // No other action falls back to anything.
         let mount_only = policy(&[(Mount, Deny)], &[]);
         for action in [Read, Observe, Invoke, Admin] {
-            assert_eq!(
-                mount_only.effective_mode(action, None, false),
-                Open,
-                "{action:?}"
-            );
+            assert_eq!(mount_only.effective_mode(action, None, false), Open, "{action:?}");
         }
     }
 
@@ -1039,16 +776,8 @@ mod tests {
     fn access_denial_codes_and_names() {
         for (denial, code, name) in [
             (AccessDenial::TokenMissing, "missing_field", "MissingField"),
-            (
-                AccessDenial::TokenRejected,
-                "project_auth_failed",
-                "ProjectAuthFailed",
-            ),
-            (
-                AccessDenial::Forbidden,
-                "project_policy_forbidden",
-                "ProjectPolicyForbidden",
-            ),
+            (AccessDenial::TokenRejected, "project_auth_failed", "ProjectAuthFailed"),
+            (AccessDenial::Forbidden, "project_policy_forbidden", "ProjectPolicyForbidden"),
         ] {
             assert_eq!(denial.code(), code);
             assert_eq!(denial.error_name(), name);
@@ -1078,22 +807,10 @@ mod tests {
                 // The mode reached through each precedence level must decide alike.
                 let via_action = policy(&[(action, mode)], &[]);
                 let via_override = policy(&[], &[("a1", &[(action, mode)])]);
-                for (p, agent) in [
-                    (&via_action, None),
-                    (&via_action, Some("a1")),
-                    (&via_override, Some("a1")),
-                ] {
+                for (p, agent) in [(&via_action, None), (&via_action, Some("a1")), (&via_override, Some("a1"))] {
                     for token_active in [false, true] {
-                        let req = |role| AccessRequest {
-                            role,
-                            agent,
-                            action,
-                            token_active,
-                            presented_token,
-                        };
-                        let context = format!(
-                            "{action:?} {mode:?} {agent:?} {presented_token:?} {token_active}"
-                        );
+                        let req = |role| AccessRequest { role, agent, action, token_active, presented_token };
+                        let context = format!("{action:?} {mode:?} {agent:?} {presented_token:?} {token_active}");
                         assert_eq!(evaluate(p, &req(Role::User)), expected, "user {context}");
                         assert_eq!(evaluate(p, &req(Role::Admin)), Ok(()), "admin {context}");
                     }
@@ -1115,18 +832,8 @@ mod tests {
         ];
         for action in Action::ALL {
             for (token_active, presented_token, expected) in table {
-                let req = AccessRequest {
-                    role: Role::User,
-                    agent: Some("a1"),
-                    action,
-                    token_active,
-                    presented_token,
-                };
-                assert_eq!(
-                    evaluate(&empty, &req),
-                    expected,
-                    "{action:?} {token_active} {presented_token:?}"
-                );
+                let req = AccessRequest { role: Role::User, agent: Some("a1"), action, token_active, presented_token };
+                assert_eq!(evaluate(&empty, &req), expected, "{action:?} {token_active} {presented_token:?}");
             }
         }
     }
@@ -1144,11 +851,7 @@ mod tests {
                         token_active: true,
                         presented_token,
                     };
-                    assert_eq!(
-                        evaluate(&p, &req),
-                        Ok(()),
-                        "{mode:?} {action:?} {presented_token:?}"
-                    );
+                    assert_eq!(evaluate(&p, &req), Ok(()), "{mode:?} {action:?} {presented_token:?}");
                 }
             }
         }
@@ -1157,13 +860,8 @@ mod tests {
     #[test]
     fn evaluate_ignores_overrides_without_an_actor() {
         let p = policy(&[(Read, Open)], &[("a1", &[(Read, Deny)])]);
-        let req = |agent| AccessRequest {
-            role: Role::User,
-            agent,
-            action: Read,
-            token_active: false,
-            presented_token: None,
-        };
+        let req =
+            |agent| AccessRequest { role: Role::User, agent, action: Read, token_active: false, presented_token: None };
         assert_eq!(evaluate(&p, &req(None)), Ok(()));
         assert_eq!(evaluate(&p, &req(Some("a1"))), Err(AccessDenial::Forbidden));
         assert_eq!(evaluate(&p, &req(Some("a2"))), Ok(()));

@@ -163,10 +163,7 @@ mod tests {
             assert_eq!(serde_json::from_value::<Role>(json).unwrap(), role);
         }
         for bad in ["Admin", "ADMIN", "root", ""] {
-            assert!(
-                serde_json::from_value::<Role>(serde_json::json!(bad)).is_err(),
-                "{bad}"
-            );
+            assert!(serde_json::from_value::<Role>(serde_json::json!(bad)).is_err(), "{bad}");
         }
     }
 
@@ -174,11 +171,7 @@ mod tests {
     fn op_tables_match_spec_for_every_control_op() {
         for (op, admin_only, gated_ok) in ALL_CONTROL_OPS {
             assert_eq!(is_admin_only(op), admin_only, "is_admin_only({op})");
-            assert_eq!(
-                allowed_while_gated(op),
-                gated_ok,
-                "allowed_while_gated({op})"
-            );
+            assert_eq!(allowed_while_gated(op), gated_ok, "allowed_while_gated({op})");
             assert!(may_run(Role::Admin, op), "admin may run {op}");
             assert_eq!(may_run(Role::User, op), !admin_only, "user may run {op}");
         }
@@ -203,15 +196,7 @@ mod tests {
 
     #[test]
     fn unknown_or_malformed_names_are_neither_admin_only_nor_gate_exempt() {
-        for op in [
-            "",
-            "METRICS",
-            " metrics",
-            "metrics ",
-            "acheron.t_version",
-            "control.",
-            "nope",
-        ] {
+        for op in ["", "METRICS", " metrics", "metrics ", "acheron.t_version", "control.", "nope"] {
             assert!(!is_admin_only(op), "{op:?}");
             assert!(!allowed_while_gated(op), "{op:?}");
             assert!(may_run(Role::User, op), "{op:?}");

@@ -156,32 +156,23 @@ mod tests {
     const ALL_SCOPES: [Scope; 4] = [Scope::None, Scope::Node, Scope::Operator, Scope::Project];
 
     fn tokens(operator: TokenCheck, project: TokenCheck, node: TokenCheck) -> ScopeTokens {
-        ScopeTokens {
-            operator,
-            project,
-            node,
-        }
+        ScopeTokens { operator, project, node }
     }
 
     /// Every token combination, so invariants can be checked over the whole input space.
     fn all_token_combinations() -> impl Iterator<Item = ScopeTokens> {
         ALL_CHECKS.into_iter().flat_map(|operator| {
-            ALL_CHECKS.into_iter().flat_map(move |project| {
-                ALL_CHECKS
-                    .into_iter()
-                    .map(move |node| tokens(operator, project, node))
-            })
+            ALL_CHECKS
+                .into_iter()
+                .flat_map(move |project| ALL_CHECKS.into_iter().map(move |node| tokens(operator, project, node)))
         })
     }
 
     #[test]
     fn scope_names() {
-        for (scope, name) in [
-            (Scope::None, "none"),
-            (Scope::Node, "node"),
-            (Scope::Operator, "operator"),
-            (Scope::Project, "project"),
-        ] {
+        for (scope, name) in
+            [(Scope::None, "none"), (Scope::Node, "node"), (Scope::Operator, "operator"), (Scope::Project, "project")]
+        {
             assert_eq!(scope.as_str(), name);
         }
     }
@@ -222,11 +213,7 @@ mod tests {
         ];
         for (op, scope) in table {
             assert_eq!(mutation_scope(op), scope, "{op}");
-            assert_eq!(
-                mutation_scope(&format!("control.{op}")),
-                scope,
-                "control.{op}"
-            );
+            assert_eq!(mutation_scope(&format!("control.{op}")), scope, "control.{op}");
         }
     }
 
@@ -234,16 +221,8 @@ mod tests {
     fn denial_codes_and_names() {
         for (denial, code, name) in [
             (ScopeDenial::MissingField, "missing_field", "MissingField"),
-            (
-                ScopeDenial::InvalidPayload,
-                "invalid_payload",
-                "InvalidPayload",
-            ),
-            (
-                ScopeDenial::OperatorAuthFailed,
-                "operator_auth_failed",
-                "OperatorAuthFailed",
-            ),
+            (ScopeDenial::InvalidPayload, "invalid_payload", "InvalidPayload"),
+            (ScopeDenial::OperatorAuthFailed, "operator_auth_failed", "OperatorAuthFailed"),
         ] {
             assert_eq!(denial.code(), code);
             assert_eq!(denial.error_name(), name);
@@ -350,11 +329,7 @@ mod tests {
     fn scoped_ops_pass_only_with_a_matching_token_or_no_token_configured() {
         for scope in [Scope::Node, Scope::Project] {
             for t in all_token_combinations() {
-                let own = if scope == Scope::Node {
-                    t.node
-                } else {
-                    t.project
-                };
+                let own = if scope == Scope::Node { t.node } else { t.project };
                 let passes = check_scope_tokens(scope, &t).is_ok();
                 let satisfied = t.operator == Match
                     || own == Match && t.operator != Invalid && t.operator != Mismatch

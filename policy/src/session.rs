@@ -90,9 +90,7 @@ pub fn valid_display(s: &str, max: usize) -> bool {
 
 /// ASCII letters and digits plus `extra`, 1 to `max` characters.
 fn matches_charset(s: &str, max: usize, extra: &[u8]) -> bool {
-    (1..=max).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || extra.contains(&b))
+    (1..=max).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || extra.contains(&b))
 }
 
 #[cfg(test)]
@@ -122,29 +120,16 @@ mod tests {
             (ADMIN, "mother", "System", Err(MotherOutsideSystem)),
         ];
         for (role, agent, project, expected) in table {
-            assert_eq!(
-                check_attach(role, agent, project),
-                expected,
-                "{role:?} {agent} {project}"
-            );
+            assert_eq!(check_attach(role, agent, project), expected, "{role:?} {agent} {project}");
         }
     }
 
     #[test]
     fn attach_denial_messages() {
         for (denial, message) in [
-            (
-                AttachDenial::UserToMother,
-                "user role cannot attach to mother agent",
-            ),
-            (
-                AttachDenial::UserToSystem,
-                "user role cannot attach to system project",
-            ),
-            (
-                AttachDenial::MotherOutsideSystem,
-                "mother can only attach to system project",
-            ),
+            (AttachDenial::UserToMother, "user role cannot attach to mother agent"),
+            (AttachDenial::UserToSystem, "user role cannot attach to system project"),
+            (AttachDenial::MotherOutsideSystem, "mother can only attach to system project"),
         ] {
             assert_eq!(denial.message(), message);
         }
@@ -164,18 +149,12 @@ mod tests {
             (USER, "coder", "proj-1", true),
         ];
         for (role, agent, project, allowed) in table {
-            assert_eq!(
-                may_activate(role, agent, project),
-                allowed,
-                "{role:?} {agent} {project}"
-            );
+            assert_eq!(may_activate(role, agent, project), allowed, "{role:?} {agent} {project}");
         }
     }
 
     /// Characters every validator refuses.
-    const ALWAYS_BAD: [&str; 12] = [
-        "a/b", "a\\b", "a b", "a\tb", "a\0b", "é", "a+b", "a@b", "a\nb", "a*", "~", "a,b",
-    ];
+    const ALWAYS_BAD: [&str; 12] = ["a/b", "a\\b", "a b", "a\tb", "a\0b", "é", "a+b", "a@b", "a\nb", "a*", "~", "a,b"];
 
     #[test]
     fn session_key_syntax() {

@@ -35,7 +35,35 @@ pub mod control {
     pub const INVALID_ENVELOPE: &str = "invalid_envelope";
 
     /// Every code above, for closed label sets.
-    pub const ALL: &[&str] = &[PROTOCOL_MISMATCH, UNSUPPORTED_LEGACY_API, UNSUPPORTED, FORBIDDEN, PROVISIONING_REQUIRED, PROJECT_CONTEXT_REQUIRED, CORRELATION_REQUIRED, OPERATOR_AUTH_FAILED, MISSING_FIELD, INVALID_PAYLOAD, NOT_FOUND, SESSION_BUSY, STORAGE_ERROR, EXECUTION_FAILED, QUEUE_SATURATED, NODE_NOT_FOUND, AGENT_NOT_FOUND, PROJECT_NOT_FOUND, PROJECT_AUTH_FAILED, PROJECT_PROTECTED, PROJECT_ASSIGNMENT_FORBIDDEN, PROJECT_POLICY_FORBIDDEN, MOUNT_CONFLICT, MOUNT_NOT_FOUND, CONTROL_PLANE_ERROR, PROVIDER_AUTH_FAILED, INVALID_ENVELOPE];
+    pub const ALL: &[&str] = &[
+        PROTOCOL_MISMATCH,
+        UNSUPPORTED_LEGACY_API,
+        UNSUPPORTED,
+        FORBIDDEN,
+        PROVISIONING_REQUIRED,
+        PROJECT_CONTEXT_REQUIRED,
+        CORRELATION_REQUIRED,
+        OPERATOR_AUTH_FAILED,
+        MISSING_FIELD,
+        INVALID_PAYLOAD,
+        NOT_FOUND,
+        SESSION_BUSY,
+        STORAGE_ERROR,
+        EXECUTION_FAILED,
+        QUEUE_SATURATED,
+        NODE_NOT_FOUND,
+        AGENT_NOT_FOUND,
+        PROJECT_NOT_FOUND,
+        PROJECT_AUTH_FAILED,
+        PROJECT_PROTECTED,
+        PROJECT_ASSIGNMENT_FORBIDDEN,
+        PROJECT_POLICY_FORBIDDEN,
+        MOUNT_CONFLICT,
+        MOUNT_NOT_FOUND,
+        CONTROL_PLANE_ERROR,
+        PROVIDER_AUTH_FAILED,
+        INVALID_ENVELOPE,
+    ];
 }
 
 pub mod acheron {
@@ -50,9 +78,25 @@ pub mod acheron {
     pub const UNAVAILABLE: &str = "unavailable";
     pub const SESSION_NOT_FOUND: &str = "session_not_found";
     pub const RUNTIME_UNAVAILABLE: &str = "runtime_unavailable";
+    /// Too many requests waiting at once (spec §1); here: blocking reads on one connection.
+    pub const QUEUE_SATURATED: &str = "queue_saturated";
     /// Our extension: the per-connection fid cap was reached (spec README quirk 15).
     pub const FID_LIMIT: &str = "fid_limit";
 
     /// Every code above, for closed label sets.
-    pub const ALL: &[&str] = &[PROTOCOL_MISMATCH, UNSUPPORTED_LEGACY_API, INVALID, ENOENT, EIO, EISDIR, EPERM, UNSUPPORTED, UNAVAILABLE, SESSION_NOT_FOUND, RUNTIME_UNAVAILABLE, FID_LIMIT];
+    pub const ALL: &[&str] = &[
+        PROTOCOL_MISMATCH,
+        UNSUPPORTED_LEGACY_API,
+        INVALID,
+        ENOENT,
+        EIO,
+        EISDIR,
+        EPERM,
+        UNSUPPORTED,
+        UNAVAILABLE,
+        SESSION_NOT_FOUND,
+        RUNTIME_UNAVAILABLE,
+        QUEUE_SATURATED,
+        FID_LIMIT,
+    ];
 }

@@ -118,8 +118,7 @@ pub fn parse(text: &str) -> Result<Envelope, FrameError> {
     if nesting_depth_exceeds(text.as_bytes(), MAX_NESTING_DEPTH) {
         return Err(bare(ParseErrorName::NestingTooDeep));
     }
-    let value: Value =
-        serde_json::from_str(text).map_err(|_| bare(ParseErrorName::SyntaxError))?;
+    let value: Value = serde_json::from_str(text).map_err(|_| bare(ParseErrorName::SyntaxError))?;
     let Value::Object(mut obj) = value else {
         return Err(bare(ParseErrorName::InvalidEnvelope));
     };
@@ -158,20 +157,9 @@ pub fn parse(text: &str) -> Result<Envelope, FrameError> {
         return Err(fail(ParseErrorName::UnsupportedType));
     };
 
-    let acheron = if channel == Channel::Acheron {
-        acheron_fields(&obj).map_err(fail)?
-    } else {
-        AcheronFields::default()
-    };
-    Ok(Envelope {
-        channel,
-        op,
-        id,
-        correlation_id,
-        session_key,
-        payload: obj.remove("payload"),
-        acheron,
-    })
+    let acheron =
+        if channel == Channel::Acheron { acheron_fields(&obj).map_err(fail)? } else { AcheronFields::default() };
+    Ok(Envelope { channel, op, id, correlation_id, session_key, payload: obj.remove("payload"), acheron })
 }
 
 fn optional_string(obj: &Map<String, Value>, key: &str) -> Result<Option<String>, ParseErrorName> {
@@ -191,9 +179,7 @@ fn acheron_fields(obj: &Map<String, Value>) -> Result<AcheronFields, ParseErrorN
         }
     };
     let u32_field = |key: &str| -> Result<Option<u32>, ParseErrorName> {
-        u64_field(key)?
-            .map(|n| u32::try_from(n).map_err(|_| ParseErrorName::InvalidType))
-            .transpose()
+        u64_field(key)?.map(|n| u32::try_from(n).map_err(|_| ParseErrorName::InvalidType)).transpose()
     };
     let path = match obj.get("path") {
         None => None,
@@ -206,11 +192,9 @@ fn acheron_fields(obj: &Map<String, Value>) -> Result<AcheronFields, ParseErrorN
         Some(_) => return Err(ParseErrorName::InvalidType),
     };
     let data = match (obj.get("data_b64"), obj.get("data")) {
-        (Some(Value::String(b64)), _) => Some(
-            base64::engine::general_purpose::STANDARD
-                .decode(b64)
-                .map_err(|_| ParseErrorName::InvalidBase64)?,
-        ),
+        (Some(Value::String(b64)), _) => {
+            Some(base64::engine::general_purpose::STANDARD.decode(b64).map_err(|_| ParseErrorName::InvalidBase64)?)
+        }
         (Some(_), _) => return Err(ParseErrorName::InvalidType),
         (None, Some(Value::String(raw))) => Some(raw.as_bytes().to_vec()),
         (None, Some(_)) => return Err(ParseErrorName::InvalidType),
@@ -334,7 +318,8 @@ mod tests {
     fn deep_nesting_is_refused_before_parsing() {
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         assert_eq!(err(&deep).name, ParseErrorName::NestingTooDeep);
-        let ok = format!(r#"{{"channel":"control","type":"control.ping","payload":{}1{}}}"#, "[".repeat(60), "]".repeat(60));
+        let ok =
+            format!(r#"{{"channel":"control","type":"control.ping","payload":{}1{}}}"#, "[".repeat(60), "]".repeat(60));
         assert!(parse(&ok).is_ok());
         // Brackets inside strings do not count.
         let quoted = format!(r#"{{"channel":"control","type":"control.ping","id":"{}"}}"#, "[".repeat(100));

@@ -130,11 +130,7 @@ pub fn read_frame<T: DeserializeOwned>(
 }
 
 /// Writes one frame to a blocking writer (header and payload in one `write_all`).
-pub fn write_frame<T: Serialize>(
-    writer: &mut impl Write,
-    message: &T,
-    max_len: usize,
-) -> Result<(), FrameError> {
+pub fn write_frame<T: Serialize>(writer: &mut impl Write, message: &T, max_len: usize) -> Result<(), FrameError> {
     let mut buf = BytesMut::new();
     JsonFrames::<(), &T>::new(max_len).encode(message, &mut buf)?;
     writer.write_all(&buf)?;
@@ -143,9 +139,8 @@ pub fn write_frame<T: Serialize>(
 }
 
 fn parse_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, MalformedFrame> {
-    serde_json::from_slice(payload).map_err(|e| MalformedFrame {
-        reason: format!("{} at line {} column {}", classify(&e), e.line(), e.column()),
-    })
+    serde_json::from_slice(payload)
+        .map_err(|e| MalformedFrame { reason: format!("{} at line {} column {}", classify(&e), e.line(), e.column()) })
 }
 
 /// serde_json's messages quote the offending input for some errors (e.g. unknown variants);

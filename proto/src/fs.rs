@@ -106,24 +106,18 @@ impl Errno {
 
     /// Maps an OS errno into the table; anything outside it becomes EIO.
     pub fn from_os(raw: i32) -> Errno {
-        Errno::ALL
-            .into_iter()
-            .find(|e| e.code() == raw)
-            .unwrap_or(match raw {
-                libc_errno::ENAMETOOLONG | libc_errno::ELOOP => Errno::Inval,
-                libc_errno::EOPNOTSUPP => Errno::NoSys,
-                libc_errno::EDQUOT => Errno::NoSpc,
-                libc_errno::EMLINK | libc_errno::ETXTBSY | libc_errno::EBUSY => Errno::Perm,
-                _ => Errno::Io,
-            })
+        Errno::ALL.into_iter().find(|e| e.code() == raw).unwrap_or(match raw {
+            libc_errno::ENAMETOOLONG | libc_errno::ELOOP => Errno::Inval,
+            libc_errno::EOPNOTSUPP => Errno::NoSys,
+            libc_errno::EDQUOT => Errno::NoSpc,
+            libc_errno::EMLINK | libc_errno::ETXTBSY | libc_errno::EBUSY => Errno::Perm,
+            _ => Errno::Io,
+        })
     }
 
     /// Parses a wire errno back (client side); unknown numbers become EIO.
     pub fn from_code(code: i64) -> Errno {
-        Errno::ALL
-            .into_iter()
-            .find(|e| i64::from(e.code()) == code)
-            .unwrap_or(Errno::Io)
+        Errno::ALL.into_iter().find(|e| i64::from(e.code()) == code).unwrap_or(Errno::Io)
     }
 }
 
@@ -149,10 +143,7 @@ pub struct FsError {
 
 impl FsError {
     pub fn new(errno: Errno, message: impl Into<String>) -> Self {
-        FsError {
-            errno,
-            message: message.into(),
-        }
+        FsError { errno, message: message.into() }
     }
 
     /// The error with the table's typical message.
@@ -327,15 +318,8 @@ impl InvalWhat {
 /// An invalidation event (§6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Event {
-    Node {
-        node: u64,
-        what: InvalWhat,
-        r#gen: Option<u64>,
-    },
-    Dir {
-        dir: u64,
-        dir_gen: Option<u64>,
-    },
+    Node { node: u64, what: InvalWhat, r#gen: Option<u64> },
+    Dir { dir: u64, dir_gen: Option<u64> },
 }
 
 impl Event {
@@ -403,13 +387,7 @@ pub fn render_error(tag: Option<u32>, error: &FsError) -> String {
 }
 
 /// A request as the client sends it.
-pub fn render_request(
-    op: &str,
-    tag: u32,
-    node: Option<u64>,
-    h: Option<u64>,
-    payload: &Value,
-) -> String {
+pub fn render_request(op: &str, tag: u32, node: Option<u64>, h: Option<u64>, payload: &Value) -> String {
     let mut frame = Map::new();
     frame.insert("channel".into(), "acheron".into());
     frame.insert("type".into(), format!("acheron.t_fs_{op}").into());
@@ -427,20 +405,11 @@ pub fn render_request(
 /// A reply as the client sees it: `Ok(payload)` or the error.
 pub fn parse_reply(frame: &Value) -> Result<Value, FsError> {
     if frame.get("ok").and_then(Value::as_bool) == Some(true) {
-        return Ok(frame
-            .get("payload")
-            .cloned()
-            .unwrap_or(Value::Object(Map::new())));
+        return Ok(frame.get("payload").cloned().unwrap_or(Value::Object(Map::new())));
     }
     let error = frame.get("error");
-    let errno = error
-        .and_then(|e| e.get("errno"))
-        .and_then(Value::as_i64)
-        .unwrap_or(5);
-    let message = error
-        .and_then(|e| e.get("message"))
-        .and_then(Value::as_str)
-        .unwrap_or("error");
+    let errno = error.and_then(|e| e.get("errno")).and_then(Value::as_i64).unwrap_or(5);
+    let message = error.and_then(|e| e.get("message")).and_then(Value::as_str).unwrap_or("error");
     Err(FsError::new(Errno::from_code(errno), message))
 }
 
@@ -457,29 +426,20 @@ impl<'a> Args<'a> {
     /// The payload of `op`: absent is `{}`, a non-object is 22 `InvalidPayload`.
     pub fn new(op: &'a str, payload: Option<&'a Value>) -> Result<Self, FsError> {
         match payload {
-            None | Some(Value::Null) => Ok(Args {
-                op,
-                payload: &EMPTY,
-            }),
+            None | Some(Value::Null) => Ok(Args { op, payload: &EMPTY }),
             Some(Value::Object(map)) => Ok(Args { op, payload: map }),
             Some(_) => Err(FsError::new(Errno::Inval, "InvalidPayload")),
         }
     }
 
     fn missing(&self, name: &str) -> FsError {
-        FsError::new(
-            Errno::Inval,
-            format!("{} requires a.{name}", self.op.to_uppercase()),
-        )
+        FsError::new(Errno::Inval, format!("{} requires a.{name}", self.op.to_uppercase()))
     }
 
     pub fn opt_u64(&self, name: &str) -> Result<Option<u64>, FsError> {
         match self.payload.get(name) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(Some)
-                .ok_or_else(|| FsError::new(Errno::Inval, format!("{name} must be u64"))),
+            Some(v) => v.as_u64().map(Some).ok_or_else(|| FsError::new(Errno::Inval, format!("{name} must be u64"))),
         }
     }
 
@@ -568,17 +528,14 @@ impl HelloRequest {
         if protocol != PROTOCOL || proto != PROTO {
             return Err(inval("ProtocolMismatch"));
         }
-        Ok(HelloRequest {
-            auth_token,
-            subscribe_invalidations,
-            binary_data,
-        })
+        Ok(HelloRequest { auth_token, subscribe_invalidations, binary_data })
     }
 }
 
 /// The hello request payload a client sends.
 pub fn hello_payload(auth_token: Option<&str>, subscribe_invalidations: bool) -> Value {
-    let mut p = serde_json::json!({"protocol": PROTOCOL, "proto": PROTO, "subscribe_invalidations": subscribe_invalidations});
+    let mut p =
+        serde_json::json!({"protocol": PROTOCOL, "proto": PROTO, "subscribe_invalidations": subscribe_invalidations});
     if let Some(token) = auth_token {
         p["auth_token"] = token.into();
     }
@@ -661,15 +618,8 @@ mod tests {
         assert_eq!(node_id::encode(1, 5), (1 << 49) + 5);
         assert_eq!(node_id::decode(281474986795079, 1), Some((0, 10084423)));
         assert_eq!(node_id::decode(5, 3), None, "top 16 bits zero");
-        assert_eq!(
-            node_id::decode((3 << 48) | 5, 2),
-            None,
-            "beyond export count"
-        );
-        assert!(node_id::matches_inode(
-            node_id::encode(0, (7 << 48) | 9),
-            9 | (7 << 48)
-        ));
+        assert_eq!(node_id::decode((3 << 48) | 5, 2), None, "beyond export count");
+        assert!(node_id::matches_inode(node_id::encode(0, (7 << 48) | 9), 9 | (7 << 48)));
     }
 
     #[test]
@@ -690,18 +640,10 @@ mod tests {
             r#"{"channel":"acheron","type":"acheron.err_fs","tag":4,"ok":false,"error":{"errno":2,"message":"file not found"}}"#
         );
         assert_eq!(
-            Event::Node {
-                node: 9,
-                what: InvalWhat::Data,
-                r#gen: None
-            }
-            .render(),
+            Event::Node { node: 9, what: InvalWhat::Data, r#gen: None }.render(),
             r#"{"channel":"acheron","type":"acheron.e_fs_inval","payload":{"node":9,"what":"data"}}"#
         );
-        let dir = Event::Dir {
-            dir: 3,
-            dir_gen: Some(7),
-        };
+        let dir = Event::Dir { dir: 3, dir_gen: Some(7) };
         let parsed: Value = serde_json::from_str(&dir.render()).unwrap();
         assert_eq!(Event::from_frame(&parsed), Some(dir));
         assert_eq!(
@@ -715,34 +657,15 @@ mod tests {
         let cases: &[(Option<Value>, Result<(), &str>)] = &[
             (None, Err("MissingField")),
             (Some(json!("x")), Err("InvalidType")),
-            (
-                Some(json!({"protocol": "unified-v2-fs"})),
-                Err("MissingField"),
-            ),
+            (Some(json!({"protocol": "unified-v2-fs"})), Err("MissingField")),
             (Some(json!({"protocol": 1, "proto": 2})), Err("InvalidType")),
-            (
-                Some(json!({"protocol": "unified-v2-fs", "proto": 3})),
-                Err("ProtocolMismatch"),
-            ),
-            (
-                Some(json!({"protocol": "other", "proto": 2})),
-                Err("ProtocolMismatch"),
-            ),
-            (
-                Some(
-                    json!({"protocol": "unified-v2-fs", "proto": 2, "subscribe_invalidations": 1}),
-                ),
-                Err("InvalidType"),
-            ),
-            (
-                Some(json!({"protocol": "unified-v2-fs", "proto": 2, "auth_token": "t"})),
-                Ok(()),
-            ),
+            (Some(json!({"protocol": "unified-v2-fs", "proto": 3})), Err("ProtocolMismatch")),
+            (Some(json!({"protocol": "other", "proto": 2})), Err("ProtocolMismatch")),
+            (Some(json!({"protocol": "unified-v2-fs", "proto": 2, "subscribe_invalidations": 1})), Err("InvalidType")),
+            (Some(json!({"protocol": "unified-v2-fs", "proto": 2, "auth_token": "t"})), Ok(())),
         ];
         for (payload, want) in cases {
-            let got = HelloRequest::parse(payload.as_ref())
-                .map(|_| ())
-                .map_err(|e| e.message);
+            let got = HelloRequest::parse(payload.as_ref()).map(|_| ()).map_err(|e| e.message);
             assert_eq!(got, want.map_err(str::to_owned), "{payload:?}");
         }
     }
@@ -751,32 +674,15 @@ mod tests {
     fn binary_frames_round_trip_and_refuse_garbage() {
         let mut reply = binary::read_reply_header(7, true).to_vec();
         reply.extend_from_slice(b"abc");
-        assert_eq!(
-            binary::parse_read_reply(&reply),
-            Some((7, true, &b"abc"[..]))
-        );
+        assert_eq!(binary::parse_read_reply(&reply), Some((7, true, &b"abc"[..])));
         assert_eq!(binary::parse_read_reply(&[1, 2, 3]), None);
-        assert_eq!(
-            binary::parse_read_reply(&[2, 0, 0, 0, 0, 0]),
-            None,
-            "wrong kind"
-        );
+        assert_eq!(binary::parse_read_reply(&[2, 0, 0, 0, 0, 0]), None, "wrong kind");
         let write = binary::write_request(9, 3, 1 << 40, b"xyz");
         let parsed = binary::parse_write_request(&write).unwrap();
-        assert_eq!(
-            (parsed.tag, parsed.h, parsed.off, parsed.data),
-            (9, 3, 1 << 40, &b"xyz"[..])
-        );
-        assert_eq!(
-            binary::parse_write_request(&write[..20]),
-            None,
-            "short header"
-        );
+        assert_eq!((parsed.tag, parsed.h, parsed.off, parsed.data), (9, 3, 1 << 40, &b"xyz"[..]));
+        assert_eq!(binary::parse_write_request(&write[..20]), None, "short header");
         let hello = json!({"protocol": "unified-v2-fs", "proto": 2, "binary_data": "yes"});
-        assert_eq!(
-            HelloRequest::parse(Some(&hello)).unwrap_err().message,
-            "InvalidType"
-        );
+        assert_eq!(HelloRequest::parse(Some(&hello)).unwrap_err().message, "InvalidType");
     }
 
     #[test]
@@ -785,25 +691,12 @@ mod tests {
         let args = Args::new("read", Some(&payload)).unwrap();
         assert_eq!(args.opt_u64("off").unwrap_err().message, "off must be u64");
         assert_eq!(args.opt_u32("len").unwrap_err().message, "len must be u32");
-        assert_eq!(
-            args.opt_bool("wait").unwrap_err().message,
-            "wait must be bool"
-        );
-        assert_eq!(
-            args.str("name").unwrap_err().message,
-            "READ requires a.name"
-        );
-        assert_eq!(
-            Args::new("read", Some(&json!([1]))).err().unwrap().message,
-            "InvalidPayload"
-        );
+        assert_eq!(args.opt_bool("wait").unwrap_err().message, "wait must be bool");
+        assert_eq!(args.str("name").unwrap_err().message, "READ requires a.name");
+        assert_eq!(Args::new("read", Some(&json!([1]))).err().unwrap().message, "InvalidPayload");
         let bad = json!({"data_b64": "!!"});
         assert_eq!(
-            Args::new("write", Some(&bad))
-                .unwrap()
-                .b64("data_b64")
-                .unwrap_err()
-                .message,
+            Args::new("write", Some(&bad)).unwrap().b64("data_b64").unwrap_err().message,
             "invalid base64 payload"
         );
     }
@@ -812,14 +705,8 @@ mod tests {
     fn client_reply_parsing() {
         let ok: Value = serde_json::from_str(&render_ok("getattr", 1, &json!({"x": 1}))).unwrap();
         assert_eq!(parse_reply(&ok).unwrap(), json!({"x": 1}));
-        let err: Value = serde_json::from_str(&render_error(
-            Some(1),
-            &FsError::new(Errno::RoFs, "export is read-only"),
-        ))
-        .unwrap();
-        assert_eq!(
-            parse_reply(&err).unwrap_err(),
-            FsError::new(Errno::RoFs, "export is read-only")
-        );
+        let err: Value =
+            serde_json::from_str(&render_error(Some(1), &FsError::new(Errno::RoFs, "export is read-only"))).unwrap();
+        assert_eq!(parse_reply(&err).unwrap_err(), FsError::new(Errno::RoFs, "export is read-only"));
     }
 }

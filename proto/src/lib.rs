@@ -12,9 +12,11 @@
 //! - [`codes`]: the error codes of the control plane and of the world filesystem.
 //! - [`frame`]: length-prefixed JSON frames, the framing of every internal Unix-socket
 //!   protocol (broker, worker supervisor).
+//! - [`broker`]: the credential broker's requests, replies and streamed provider responses.
 //! - [`fs`]: the node filesystem protocol `unified-v2-fs` (hello, attributes, node ids,
 //!   errno table, events), shared by fs nodes, the gateway's `/v2/fs` and the mount client.
 
+pub mod broker;
 pub mod codes;
 pub mod envelope;
 pub mod frame;

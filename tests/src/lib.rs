@@ -30,9 +30,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 
 pub use serde_json;
-pub use tokio_tungstenite::tungstenite::protocol::frame::coding::{
-    Control as OpControl, Data as OpData, OpCode,
-};
+pub use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control as OpControl, Data as OpData, OpCode};
 
 /// How long `recv_json`, `control`, `acheron` … wait for a frame before failing the test.
 pub const RECV_TIMEOUT: Duration = Duration::from_secs(5);
@@ -61,14 +59,8 @@ pub fn bin_dir() -> PathBuf {
         return PathBuf::from(dir);
     }
     let exe = std::env::current_exe().expect("cannot determine current_exe()");
-    let mut dir = exe
-        .parent()
-        .expect("executable has no parent directory")
-        .to_path_buf();
-    while matches!(
-        dir.file_name().and_then(|n| n.to_str()),
-        Some("deps" | "examples")
-    ) {
+    let mut dir = exe.parent().expect("executable has no parent directory").to_path_buf();
+    while matches!(dir.file_name().and_then(|n| n.to_str()), Some("deps" | "examples")) {
         dir.pop();
     }
     dir
@@ -85,10 +77,7 @@ pub fn gateway_bin() -> PathBuf {
         "cargo build --workspace --bins"
     };
     if !path.is_file() {
-        panic!(
-            "spiderweb binary not found at {}: run `{build}` first",
-            path.display()
-        );
+        panic!("spiderweb binary not found at {}: run `{build}` first", path.display());
     }
     if std::env::var_os("SPIDERWEB_BIN_DIR").is_none() {
         check_not_stale(&path, build);
@@ -101,20 +90,13 @@ fn check_not_stale(bin: &Path, build: &str) {
     let Ok(bin_mtime) = fs::metadata(bin).and_then(|m| m.modified()) else {
         return;
     };
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
     let mut newest: Option<(SystemTime, PathBuf)> = None;
     for krate in ["gateway", "proto", "policy"] {
         let dir = workspace.join(krate);
+        // Sources only: a manifest edit that matters (a dependency) makes cargo relink anyway,
+        // and one that does not (a dev-dependency) leaves the binary rightly untouched.
         let mut stack = vec![dir.join("src")];
-        let manifest = dir.join("Cargo.toml");
-        if let Ok(t) = fs::metadata(&manifest).and_then(|m| m.modified())
-            && newest.as_ref().is_none_or(|(n, _)| t > *n)
-        {
-            newest = Some((t, manifest));
-        }
         while let Some(d) = stack.pop() {
             let Ok(rd) = fs::read_dir(&d) else { continue };
             for e in rd.flatten() {
@@ -176,64 +158,38 @@ pub fn merge_json(base: &mut Value, overlay: &Value) {
 
 /// `"ping"` → `"control.ping"`; already-prefixed names are kept.
 fn full_type(prefix: &str, ty: &str) -> String {
-    if ty.contains('.') {
-        ty.to_string()
-    } else {
-        format!("{prefix}{ty}")
-    }
+    if ty.contains('.') { ty.to_string() } else { format!("{prefix}{ty}") }
 }
 
 /// Panics unless `v` is an object containing every key in `keys`.
 pub fn assert_keys(v: &Value, keys: &[&str], what: &str) {
-    let obj = v
-        .as_object()
-        .unwrap_or_else(|| panic!("{what}: expected a JSON object, got {v}"));
+    let obj = v.as_object().unwrap_or_else(|| panic!("{what}: expected a JSON object, got {v}"));
     let missing: Vec<&&str> = keys.iter().filter(|k| !obj.contains_key(**k)).collect();
-    assert!(
-        missing.is_empty(),
-        "{what}: missing keys {missing:?} in {v}"
-    );
+    assert!(missing.is_empty(), "{what}: missing keys {missing:?} in {v}");
 }
 
 /// The integer at `v[key]`, panicking with context otherwise.
 pub fn int_at(v: &Value, key: &str) -> i64 {
-    v.get(key)
-        .and_then(Value::as_i64)
-        .unwrap_or_else(|| panic!("expected integer field {key:?} in {v}"))
+    v.get(key).and_then(Value::as_i64).unwrap_or_else(|| panic!("expected integer field {key:?} in {v}"))
 }
 
 /// The string at `v[key]`, panicking with context otherwise.
 pub fn str_at<'a>(v: &'a Value, key: &str) -> &'a str {
-    v.get(key)
-        .and_then(Value::as_str)
-        .unwrap_or_else(|| panic!("expected string field {key:?} in {v}"))
+    v.get(key).and_then(Value::as_str).unwrap_or_else(|| panic!("expected string field {key:?} in {v}"))
 }
 
 /// The integer at JSON pointer `ptr`, panicking with context otherwise.
 pub fn int_at_ptr(v: &Value, ptr: &str) -> i64 {
-    v.pointer(ptr)
-        .and_then(Value::as_i64)
-        .unwrap_or_else(|| panic!("{ptr} must be an integer in {v}"))
+    v.pointer(ptr).and_then(Value::as_i64).unwrap_or_else(|| panic!("{ptr} must be an integer in {v}"))
 }
 
 /// Checks the §6.1 metrics object shape (valid JSON: quirk 1 is not reproduced).
 pub fn assert_metrics_object(v: &Value) {
-    for p in [
-        "/invites/active",
-        "/invites/created_total",
-        "/invites/redeemed_total",
-    ] {
+    for p in ["/invites/active", "/invites/created_total", "/invites/redeemed_total"] {
         int_at_ptr(v, p);
     }
-    for k in [
-        "online",
-        "total",
-        "joins_total",
-        "lease_refresh_total",
-        "ensured_total",
-        "deletes_total",
-        "reaped_total",
-    ] {
+    for k in ["online", "total", "joins_total", "lease_refresh_total", "ensured_total", "deletes_total", "reaped_total"]
+    {
         int_at_ptr(v, &format!("/nodes/{k}"));
     }
     for k in [
@@ -268,33 +224,18 @@ pub fn assert_metrics_object(v: &Value) {
     ] {
         int_at_ptr(v, p);
     }
-    for p in [
-        "/node_service_watch/retained/oldest_ms",
-        "/node_service_watch/retained/newest_ms",
-    ] {
-        let x = v
-            .pointer(p)
-            .unwrap_or_else(|| panic!("metrics.json lacks {p}: {v}"));
-        assert!(
-            x.is_null() || x.is_i64() || x.is_u64(),
-            "{p} must be int or null: {x}"
-        );
+    for p in ["/node_service_watch/retained/oldest_ms", "/node_service_watch/retained/newest_ms"] {
+        let x = v.pointer(p).unwrap_or_else(|| panic!("metrics.json lacks {p}: {v}"));
+        assert!(x.is_null() || x.is_i64() || x.is_u64(), "{p} must be int or null: {x}");
     }
 }
 
 /// Checks the base64url-without-padding token shape of spec unified-v2 §2.2.
 pub fn assert_token_format(token: &str, prefix: &str) {
-    let rest = token
-        .strip_prefix(prefix)
-        .unwrap_or_else(|| panic!("token {token:?} does not start with {prefix:?}"));
-    assert_eq!(
-        rest.len(),
-        32,
-        "token {token:?}: expected 32 base64url chars after {prefix:?}"
-    );
+    let rest = token.strip_prefix(prefix).unwrap_or_else(|| panic!("token {token:?} does not start with {prefix:?}"));
+    assert_eq!(rest.len(), 32, "token {token:?}: expected 32 base64url chars after {prefix:?}");
     assert!(
-        rest.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+        rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
         "token {token:?}: suffix is not base64url"
     );
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -381,10 +322,7 @@ impl Gateway {
 
     /// Like [`Gateway::new`] with an explicit binary path (the loadgen uses the release build).
     pub fn new_with_bin(bin: PathBuf, config: Value) -> Gateway {
-        let root = tempfile::Builder::new()
-            .prefix("spiderweb-test-")
-            .tempdir()
-            .expect("create temp dir");
+        let root = tempfile::Builder::new().prefix("spiderweb-test-").tempdir().expect("create temp dir");
         let state_dir = root.path().join("state");
         let home_dir = root.path().join("home");
         fs::create_dir_all(&state_dir).expect("create state dir");
@@ -413,11 +351,7 @@ impl Gateway {
     }
 
     fn write_config(&self) {
-        fs::write(
-            &self.config_path,
-            serde_json::to_vec_pretty(&self.config).unwrap(),
-        )
-        .expect("write config");
+        fs::write(&self.config_path, serde_json::to_vec_pretty(&self.config).unwrap()).expect("write config");
     }
 
     /// Deep-merge `overlay` into the current config and rewrite the file (takes effect on the
@@ -452,11 +386,7 @@ impl Gateway {
         };
         let dir = base.join(id);
         fs::create_dir_all(&dir).expect("create agent dir");
-        fs::write(
-            dir.join("agent.json"),
-            serde_json::to_vec_pretty(agent).unwrap(),
-        )
-        .expect("write agent.json");
+        fs::write(dir.join("agent.json"), serde_json::to_vec_pretty(agent).unwrap()).expect("write agent.json");
     }
 
     fn command(&self, stderr: fs::File) -> Command {
@@ -483,9 +413,7 @@ impl Gateway {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr));
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::from(stderr));
         // The gateway dies with the test process, even on SIGKILL of the test (nextest timeouts).
         unsafe {
             use std::os::unix::process::CommandExt as _;
@@ -512,11 +440,7 @@ impl Gateway {
     /// Start the process and wait for its listening line.
     pub fn try_launch(&mut self) -> Result<(), LaunchFailure> {
         assert!(self.child.is_none(), "gateway already running");
-        let stderr = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.stderr_path)
-            .expect("open stderr log");
+        let stderr = OpenOptions::new().create(true).append(true).open(&self.stderr_path).expect("open stderr log");
         self.launches += 1;
         let _ = writeln!(&stderr, "===== harness: launch #{} =====", self.launches);
         let mut child = self.command(stderr).spawn().unwrap_or_else(|e| {
@@ -538,11 +462,7 @@ impl Gateway {
                 }
             }
             // Keep draining so the banner never blocks the gateway on a full pipe.
-            let mut log = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(stdout_path)
-                .ok();
+            let mut log = OpenOptions::new().create(true).append(true).open(stdout_path).ok();
             let mut line = String::new();
             loop {
                 line.clear();
@@ -566,11 +486,7 @@ impl Gateway {
                     None
                 }
             };
-            LaunchFailure {
-                status,
-                stderr: fs::read_to_string(stderr_path).unwrap_or_default(),
-                reason,
-            }
+            LaunchFailure { status, stderr: fs::read_to_string(stderr_path).unwrap_or_default(), reason }
         };
         match outcome {
             Ok(Some(line)) => {
@@ -587,9 +503,7 @@ impl Gateway {
                     }
                     None => Err(fail(
                         &mut child,
-                        format!(
-                            "first stdout line must be exactly `{LISTEN_PREFIX}<port>/`, got {line:?}"
-                        ),
+                        format!("first stdout line must be exactly `{LISTEN_PREFIX}<port>/`, got {line:?}"),
                         &self.stderr_path,
                     )),
                 }
@@ -603,11 +517,7 @@ impl Gateway {
                     }
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                Err(fail(
-                    &mut child,
-                    "stdout closed before the listening line".into(),
-                    &self.stderr_path,
-                ))
+                Err(fail(&mut child, "stdout closed before the listening line".into(), &self.stderr_path))
             }
             Err(mpsc::RecvTimeoutError::Timeout) => Err(fail(
                 &mut child,
@@ -675,24 +585,14 @@ impl Gateway {
     pub fn sigterm(&self) {
         let pid = self.pid();
         let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-        assert_eq!(
-            rc,
-            0,
-            "kill(SIGTERM) failed: {}",
-            std::io::Error::last_os_error()
-        );
+        assert_eq!(rc, 0, "kill(SIGTERM) failed: {}", std::io::Error::last_os_error());
     }
 
     /// SIGKILL and reap.
     pub fn kill9(&mut self) {
         let child = self.child.as_mut().expect("gateway not running");
         let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
-        assert_eq!(
-            rc,
-            0,
-            "kill(SIGKILL) failed: {}",
-            std::io::Error::last_os_error()
-        );
+        assert_eq!(rc, 0, "kill(SIGKILL) failed: {}", std::io::Error::last_os_error());
         let _ = child.wait();
         self.child = None;
     }
@@ -724,10 +624,7 @@ impl Gateway {
     /// Panics (with stderr) unless the process is still running.
     pub fn assert_running(&mut self, context: &str) {
         if !self.is_running() {
-            panic!(
-                "spiderweb is not running any more ({context})\n--- stderr ---\n{}",
-                self.stderr_tail(80)
-            );
+            panic!("spiderweb is not running any more ({context})\n--- stderr ---\n{}", self.stderr_tail(80));
         }
     }
 
@@ -780,8 +677,7 @@ impl Gateway {
                 self.stderr_tail(40)
             )
         });
-        serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("{} is not JSON: {e}\n{text}", path.display()))
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}\n{text}", path.display()))
     }
     pub fn admin_token(&self) -> String {
         str_at(&self.tokens_file(), "admin_token").to_string()
@@ -797,9 +693,7 @@ impl Gateway {
 
     /// Number of file descriptors the gateway holds.
     pub fn fd_count(&self) -> usize {
-        fs::read_dir(format!("/proc/{}/fd", self.pid()))
-            .map(|d| d.count())
-            .unwrap_or(0)
+        fs::read_dir(format!("/proc/{}/fd", self.pid())).map(|d| d.count()).unwrap_or(0)
     }
 
     /// Plain `GET` (HTTP/1.1, `Connection: close`).
@@ -836,11 +730,7 @@ impl Gateway {
     }
 
     /// WebSocket upgrade with the given extra headers; returns the refusal response, if any.
-    pub async fn upgrade_raw(
-        &self,
-        path: &str,
-        headers: &[(&str, &str)],
-    ) -> Result<Client, ConnectError> {
+    pub async fn upgrade_raw(&self, path: &str, headers: &[(&str, &str)]) -> Result<Client, ConnectError> {
         Client::try_connect_with(self, path, headers).await
     }
 
@@ -865,12 +755,7 @@ impl Gateway {
         c.handshake().await;
         c.ping().await;
         let r = self.http_get("/livez").await;
-        assert_eq!(
-            r.status,
-            200,
-            "{context}: /livez after the event: {}",
-            r.summary()
-        );
+        assert_eq!(r.status, 200, "{context}: /livez after the event: {}", r.summary());
     }
 }
 
@@ -893,10 +778,9 @@ impl Drop for Gateway {
 /// VmRSS of a process in KiB.
 pub fn rss_kib_of(pid: u32) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| {
-        l.strip_prefix("VmRSS:")
-            .and_then(|r| r.trim().trim_end_matches("kB").trim().parse().ok())
-    })
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:").and_then(|r| r.trim().trim_end_matches("kB").trim().parse().ok()))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -915,10 +799,7 @@ pub struct HttpResponse {
 impl HttpResponse {
     /// First header with that name (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
@@ -934,7 +815,7 @@ impl HttpResponse {
     }
 }
 
-async fn http_exchange(addr: SocketAddr, request: &[u8]) -> std::io::Result<HttpResponse> {
+pub async fn http_exchange(addr: SocketAddr, request: &[u8]) -> std::io::Result<HttpResponse> {
     let mut s = TcpStream::connect(addr).await?;
     s.set_nodelay(true)?;
     s.write_all(request).await?;
@@ -952,10 +833,7 @@ async fn read_response_head(s: &mut TcpStream) -> std::io::Result<HttpResponse> 
         if n == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
-                format!(
-                    "connection closed before a complete response head; got {:?}",
-                    String::from_utf8_lossy(&buf)
-                ),
+                format!("connection closed before a complete response head; got {:?}", String::from_utf8_lossy(&buf)),
             ));
         }
         buf.push(byte[0]);
@@ -972,9 +850,7 @@ async fn read_response_head(s: &mut TcpStream) -> std::io::Result<HttpResponse> 
     let mut parts = status_line.splitn(3, ' ');
     let version = parts.next().unwrap_or_default();
     if !version.starts_with("HTTP/1.") {
-        return Err(std::io::Error::other(format!(
-            "bad status line {status_line:?}"
-        )));
+        return Err(std::io::Error::other(format!("bad status line {status_line:?}")));
     }
     let status: u16 = parts
         .next()
@@ -990,12 +866,7 @@ async fn read_response_head(s: &mut TcpStream) -> std::io::Result<HttpResponse> 
             headers.push((k.trim().to_string(), v.trim().to_string()));
         }
     }
-    Ok(HttpResponse {
-        status,
-        reason,
-        headers,
-        body: Vec::new(),
-    })
+    Ok(HttpResponse { status, reason, headers, body: Vec::new() })
 }
 
 async fn read_line_crlf(s: &mut TcpStream) -> std::io::Result<String> {
@@ -1018,17 +889,12 @@ async fn read_body(s: &mut TcpStream, head: &HttpResponse) -> std::io::Result<Ve
         return Ok(Vec::new());
     }
     if let Some(cl) = head.header("content-length") {
-        let n: usize = cl
-            .parse()
-            .map_err(|_| std::io::Error::other(format!("bad content-length {cl:?}")))?;
+        let n: usize = cl.parse().map_err(|_| std::io::Error::other(format!("bad content-length {cl:?}")))?;
         let mut body = vec![0u8; n];
         s.read_exact(&mut body).await?;
         return Ok(body);
     }
-    if head
-        .header("transfer-encoding")
-        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
-    {
+    if head.header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
         let mut body = Vec::new();
         loop {
             let line = read_line_crlf(s).await?;
@@ -1097,32 +963,20 @@ impl Metrics {
             }
             let (name_labels, value) = match line.find('{') {
                 Some(_) => {
-                    let close = line
-                        .rfind('}')
-                        .unwrap_or_else(|| panic!("malformed metrics line {line:?}"));
+                    let close = line.rfind('}').unwrap_or_else(|| panic!("malformed metrics line {line:?}"));
                     (&line[..close + 1], line[close + 1..].trim())
                 }
                 None => {
                     let mut it = line.splitn(2, ' ');
-                    (
-                        it.next().unwrap(),
-                        it.next()
-                            .unwrap_or_else(|| panic!("malformed metrics line {line:?}"))
-                            .trim(),
-                    )
+                    (it.next().unwrap(), it.next().unwrap_or_else(|| panic!("malformed metrics line {line:?}")).trim())
                 }
             };
-            let value_str = value
-                .split_whitespace()
-                .next()
-                .unwrap_or_else(|| panic!("no value in {line:?}"));
+            let value_str = value.split_whitespace().next().unwrap_or_else(|| panic!("no value in {line:?}"));
             let value: f64 = match value_str {
                 "+Inf" => f64::INFINITY,
                 "-Inf" => f64::NEG_INFINITY,
                 "NaN" => f64::NAN,
-                v => v
-                    .parse()
-                    .unwrap_or_else(|_| panic!("bad value {v:?} in metrics line {line:?}")),
+                v => v.parse().unwrap_or_else(|_| panic!("bad value {v:?} in metrics line {line:?}")),
             };
             let (name, labels) = match name_labels.find('{') {
                 None => (name_labels.to_string(), BTreeMap::new()),
@@ -1133,35 +987,19 @@ impl Metrics {
                 }
             };
             assert!(
-                !name.is_empty()
-                    && name
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
                 "invalid metric name {name:?} in line {line:?}"
             );
-            samples.push(Sample {
-                name,
-                labels,
-                value,
-            });
+            samples.push(Sample { name, labels, value });
         }
-        Metrics {
-            text: text.to_string(),
-            samples,
-            types,
-        }
+        Metrics { text: text.to_string(), samples, types }
     }
 
     /// Value of the sample `name` whose labels include all of `labels`.
     pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         self.samples
             .iter()
-            .find(|s| {
-                s.name == name
-                    && labels
-                        .iter()
-                        .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-            })
+            .find(|s| s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
             .map(|s| s.value)
     }
 
@@ -1271,10 +1109,7 @@ static KEY_COUNTER: AtomicU64 = AtomicU64::new(1);
 
 fn ws_key() -> String {
     let n = KEY_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let t = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
+    let t = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64;
     let mut bytes = [0u8; 16];
     bytes[..8].copy_from_slice(&t.to_le_bytes());
     bytes[8..].copy_from_slice(&(n ^ u64::from(std::process::id()) << 32).to_le_bytes());
@@ -1322,36 +1157,19 @@ pub async fn raw_upgrade(
     }
     let expected = tungstenite::handshake::derive_accept_key(key.as_bytes());
     if head.header("sec-websocket-accept") != Some(expected.as_str()) {
-        return Err(ConnectError::BadUpgrade(format!(
-            "Sec-WebSocket-Accept mismatch: {}",
-            head.summary()
-        )));
+        return Err(ConnectError::BadUpgrade(format!("Sec-WebSocket-Accept mismatch: {}", head.summary())));
     }
-    if !head
-        .header("upgrade")
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
-    {
-        return Err(ConnectError::BadUpgrade(format!(
-            "missing Upgrade: websocket: {}",
-            head.summary()
-        )));
+    if !head.header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket")) {
+        return Err(ConnectError::BadUpgrade(format!("missing Upgrade: websocket: {}", head.summary())));
     }
-    if !head
-        .header("connection")
-        .is_some_and(|v| v.to_ascii_lowercase().contains("upgrade"))
-    {
-        return Err(ConnectError::BadUpgrade(format!(
-            "missing Connection: upgrade: {}",
-            head.summary()
-        )));
+    if !head.header("connection").is_some_and(|v| v.to_ascii_lowercase().contains("upgrade")) {
+        return Err(ConnectError::BadUpgrade(format!("missing Connection: upgrade: {}", head.summary())));
     }
     Ok((s, head))
 }
 
 fn client_ws_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .max_message_size(Some(256 << 20))
-        .max_frame_size(Some(256 << 20))
+    WebSocketConfig::default().max_message_size(Some(256 << 20)).max_frame_size(Some(256 << 20))
 }
 
 /// A WebSocket client speaking the unified-v2 envelope.
@@ -1387,14 +1205,9 @@ impl Client {
     }
 
     /// Upgrade on `path` with extra headers.
-    pub async fn try_connect_with(
-        gw: &Gateway,
-        path: &str,
-        headers: &[(&str, &str)],
-    ) -> Result<Client, ConnectError> {
+    pub async fn try_connect_with(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> Result<Client, ConnectError> {
         let (stream, head) = raw_upgrade(gw.addr(), path, headers).await?;
-        let ws =
-            WebSocketStream::from_raw_socket(stream, Role::Client, Some(client_ws_config())).await;
+        let ws = WebSocketStream::from_raw_socket(stream, Role::Client, Some(client_ws_config())).await;
         Ok(Client {
             ws,
             pending: VecDeque::new(),
@@ -1435,11 +1248,7 @@ impl Client {
 
     /// Send that may legitimately fail (the server is closing on us) but must not hang: gives up
     /// after `timeout` (a server that neither reads nor closes would otherwise block forever).
-    pub async fn send_message_within(
-        &mut self,
-        m: Message,
-        timeout: Duration,
-    ) -> Result<(), String> {
+    pub async fn send_message_within(&mut self, m: Message, timeout: Duration) -> Result<(), String> {
         match tokio::time::timeout(timeout, self.try_send_message(m)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
@@ -1476,10 +1285,7 @@ impl Client {
 
     /// Send a close frame with the given code.
     pub async fn close(&mut self, code: u16) {
-        let frame = tungstenite::protocol::CloseFrame {
-            code: code.into(),
-            reason: "bye".into(),
-        };
+        let frame = tungstenite::protocol::CloseFrame { code: code.into(), reason: "bye".into() };
         let _ = self.ws.send(Message::Close(Some(frame))).await;
     }
 
@@ -1518,23 +1324,15 @@ impl Client {
             match self.next_incoming(left).await {
                 Incoming::Text(t) => return self.parse_text(&t),
                 Incoming::Ping(_) | Incoming::Pong(_) => continue,
-                Incoming::Binary(b) => panic!(
-                    "expected a JSON text frame, got a binary frame of {} bytes\n{}",
-                    b.len(),
-                    self.ctx()
-                ),
+                Incoming::Binary(b) => {
+                    panic!("expected a JSON text frame, got a binary frame of {} bytes\n{}", b.len(), self.ctx())
+                }
                 Incoming::Close(code) => panic!(
                     "expected a JSON frame, but the server closed the connection (code {code:?})\n{}",
                     self.ctx()
                 ),
-                Incoming::Ended(e) => panic!(
-                    "expected a JSON frame, but the connection ended ({e})\n{}",
-                    self.ctx()
-                ),
-                Incoming::Timeout => panic!(
-                    "no frame from the server within {timeout:?}\n{}",
-                    self.ctx()
-                ),
+                Incoming::Ended(e) => panic!("expected a JSON frame, but the connection ended ({e})\n{}", self.ctx()),
+                Incoming::Timeout => panic!("no frame from the server within {timeout:?}\n{}", self.ctx()),
             }
         }
     }
@@ -1551,21 +1349,14 @@ impl Client {
                 Incoming::Text(t) => return Some(self.parse_text(&t)),
                 Incoming::Ping(_) | Incoming::Pong(_) => continue,
                 Incoming::Timeout => return None,
-                other => panic!(
-                    "expected a JSON frame or silence, got {other:?}\n{}",
-                    self.ctx()
-                ),
+                other => panic!("expected a JSON frame or silence, got {other:?}\n{}", self.ctx()),
             }
         }
     }
 
     fn parse_text(&self, t: &str) -> Value {
         serde_json::from_str(t).unwrap_or_else(|e| {
-            panic!(
-                "server sent a text frame that is not JSON ({e}): {:?}\n{}",
-                truncate(t, 500),
-                self.ctx()
-            )
+            panic!("server sent a text frame that is not JSON ({e}): {:?}\n{}", truncate(t, 500), self.ctx())
         })
     }
 
@@ -1600,12 +1391,7 @@ impl Client {
     /// Waits for the next frame and asserts it is a close with `code`.
     pub async fn expect_close_code(&mut self, code: u16) {
         let got = self.expect_close().await;
-        assert_eq!(
-            got,
-            Some(code),
-            "expected close code {code}, got {got:?}\n{}",
-            self.ctx()
-        );
+        assert_eq!(got, Some(code), "expected close code {code}, got {got:?}\n{}", self.ctx());
     }
 
     /// Reads until the connection is gone (close, EOF, reset). Returns the number of text frames
@@ -1630,12 +1416,7 @@ impl Client {
     }
 
     /// Waits for a frame matching `pred`, buffering others. Panics on timeout.
-    pub async fn wait_for(
-        &mut self,
-        what: &str,
-        timeout: Duration,
-        pred: impl Fn(&Value) -> bool,
-    ) -> Value {
+    pub async fn wait_for(&mut self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
         if let Some(pos) = self.pending.iter().position(&pred) {
             return self.pending.remove(pos).unwrap();
         }
@@ -1655,11 +1436,7 @@ impl Client {
                 }
                 Incoming::Ping(_) | Incoming::Pong(_) => {}
                 other => {
-                    let frames: Vec<String> = self
-                        .pending
-                        .iter()
-                        .map(|v| truncate(&v.to_string(), 300))
-                        .collect();
+                    let frames: Vec<String> = self.pending.iter().map(|v| truncate(&v.to_string(), 300)).collect();
                     panic!(
                         "waiting for {what}: got {other:?} instead ({stashed} unrelated frames buffered: {frames:?})\n{}",
                         self.ctx()
@@ -1733,11 +1510,7 @@ impl Client {
     /// `control_err` and check the code; returns the error object.
     pub async fn control_err_code(&mut self, ty: &str, payload: Value, code: &str) -> Value {
         let err = self.control_err(ty, payload.clone()).await;
-        assert_eq!(
-            err["code"],
-            json!(code),
-            "{ty} {payload}: expected error code {code}, got {err}"
-        );
+        assert_eq!(err["code"], json!(code), "{ty} {payload}: expected error code {code}, got {err}");
         err
     }
 
@@ -1745,22 +1518,13 @@ impl Client {
         if reply.get("ok") != Some(&json!(true)) {
             panic!("{what}: expected ok:true, got {reply}\n{}", self.ctx());
         }
-        reply
-            .get("payload")
-            .cloned()
-            .unwrap_or_else(|| panic!("{what}: success reply without payload: {reply}"))
+        reply.get("payload").cloned().unwrap_or_else(|| panic!("{what}: success reply without payload: {reply}"))
     }
 
     /// `control.version` (unified-v2) and assert the ack.
     pub async fn version(&mut self) -> Value {
-        let r = self
-            .control("version", json!({"protocol": "unified-v2"}))
-            .await;
-        assert_eq!(
-            r["type"],
-            json!("control.version_ack"),
-            "control.version reply: {r}"
-        );
+        let r = self.control("version", json!({"protocol": "unified-v2"})).await;
+        assert_eq!(r["type"], json!("control.version_ack"), "control.version reply: {r}");
         self.assert_ok(&r, "control.version")
     }
 
@@ -1768,12 +1532,7 @@ impl Client {
     pub async fn handshake(&mut self) -> Value {
         self.version().await;
         let r = self.control("connect", json!({})).await;
-        assert_eq!(
-            r["type"],
-            json!("control.connect_ack"),
-            "control.connect reply: {r}\n{}",
-            self.ctx()
-        );
+        assert_eq!(r["type"], json!("control.connect_ack"), "control.connect reply: {r}\n{}", self.ctx());
         self.assert_ok(&r, "control.connect")
     }
 
@@ -1814,12 +1573,7 @@ impl Client {
     pub async fn acheron_ok(&mut self, ty: &str, fields: Value) -> Value {
         let r = self.acheron(ty, fields.clone()).await;
         let expected = full_type("acheron.", ty).replacen("acheron.t_", "acheron.r_", 1);
-        assert_eq!(
-            r["type"],
-            json!(expected),
-            "{ty} {fields}: unexpected reply {r}\n{}",
-            self.ctx()
-        );
+        assert_eq!(r["type"], json!(expected), "{ty} {fields}: unexpected reply {r}\n{}", self.ctx());
         self.assert_ok(&r, &format!("{ty} {fields}"))
     }
 
@@ -1831,22 +1585,13 @@ impl Client {
 
     pub async fn acheron_err_code(&mut self, ty: &str, fields: Value, code: &str) -> Value {
         let e = self.acheron_err(ty, fields.clone()).await;
-        assert_eq!(
-            e["code"],
-            json!(code),
-            "{ty} {fields}: expected acheron error {code}, got {e}"
-        );
+        assert_eq!(e["code"], json!(code), "{ty} {fields}: expected acheron error {code}, got {e}");
         e
     }
 
     /// `t_version` acheron-1.
     pub async fn fs_version(&mut self) -> Value {
-        let p = self
-            .acheron_ok(
-                "t_version",
-                json!({"msize": 1048576, "version": "acheron-1"}),
-            )
-            .await;
+        let p = self.acheron_ok("t_version", json!({"msize": 1048576, "version": "acheron-1"})).await;
         self.fs_versioned = true;
         p
     }
@@ -1876,12 +1621,7 @@ impl Client {
     pub async fn walk(&mut self, path: &str) -> Result<u32, Value> {
         self.ensure_fs().await;
         let fid = self.alloc_fid();
-        let r = self
-            .acheron(
-                "t_walk",
-                json!({"fid": ROOT_FID, "newfid": fid, "path": split_path(path)}),
-            )
-            .await;
+        let r = self.acheron("t_walk", json!({"fid": ROOT_FID, "newfid": fid, "path": split_path(path)})).await;
         if r["ok"] == json!(true) {
             assert_eq!(r["type"], json!("acheron.r_walk"), "walk {path}: {r}");
             Ok(fid)
@@ -1901,24 +1641,13 @@ impl Client {
     pub async fn read_fid(&mut self, fid: u32, what: &str) -> Vec<u8> {
         let mut out = Vec::new();
         for _ in 0..100_000 {
-            let p = self
-                .acheron_ok(
-                    "t_read",
-                    json!({"fid": fid, "offset": out.len(), "count": 65536}),
-                )
-                .await;
+            let p = self.acheron_ok("t_read", json!({"fid": fid, "offset": out.len(), "count": 65536})).await;
             let data = B64
                 .decode(str_at(&p, "data_b64"))
                 .unwrap_or_else(|e| panic!("read {what}: data_b64 is not base64: {e}: {p}"));
-            assert_eq!(
-                int_at(&p, "n") as usize,
-                data.len(),
-                "read {what}: n must equal the decoded length: {p}"
-            );
+            assert_eq!(int_at(&p, "n") as usize, data.len(), "read {what}: n must equal the decoded length: {p}");
             out.extend_from_slice(&data);
-            let eof = p["eof"]
-                .as_bool()
-                .unwrap_or_else(|| panic!("read {what}: eof must be a bool: {p}"));
+            let eof = p["eof"].as_bool().unwrap_or_else(|| panic!("read {what}: eof must be a bool: {p}"));
             if eof || data.is_empty() {
                 return out;
             }
@@ -1951,14 +1680,8 @@ impl Client {
     /// Directory entries of `path` (newline-joined names).
     pub async fn list_dir(&mut self, path: &str) -> BTreeSet<String> {
         let s = self.walk_read(path).await;
-        assert!(
-            !s.ends_with('\n'),
-            "directory read of {path} must not end with a newline: {s:?}"
-        );
-        s.split('\n')
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect()
+        assert!(!s.ends_with('\n'), "directory read of {path} must not end with a newline: {s:?}");
+        s.split('\n').filter(|l| !l.is_empty()).map(str::to_string).collect()
     }
 
     pub async fn walk_stat(&mut self, path: &str) -> Value {
@@ -1971,12 +1694,7 @@ impl Client {
     /// Walk to `path` and `t_write` `data` (as `data_b64`) at offset 0; returns the reply envelope.
     pub async fn walk_write(&mut self, path: &str, data: &[u8]) -> Value {
         let fid = self.walk_ok(path).await;
-        let r = self
-            .acheron(
-                "t_write",
-                json!({"fid": fid, "offset": 0, "data_b64": B64.encode(data)}),
-            )
-            .await;
+        let r = self.acheron("t_write", json!({"fid": fid, "offset": 0, "data_b64": B64.encode(data)})).await;
         self.clunk(fid).await;
         r
     }
@@ -1984,33 +1702,15 @@ impl Client {
 
 /// Split `/a/b/c` into `["a","b","c"]`.
 pub fn split_path(path: &str) -> Vec<String> {
-    path.split('/')
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect()
+    path.split('/').filter(|s| !s.is_empty()).map(str::to_string).collect()
 }
 
 /// Panics unless `reply` is a `control.error` envelope; returns its `error`.
 pub fn assert_control_error(reply: &Value, what: &str) -> Value {
-    assert_eq!(
-        reply["channel"],
-        json!("control"),
-        "{what}: expected a control-channel error, got {reply}"
-    );
-    assert_eq!(
-        reply["type"],
-        json!("control.error"),
-        "{what}: expected control.error, got {reply}"
-    );
-    assert_eq!(
-        reply["ok"],
-        json!(false),
-        "{what}: control.error must have ok:false: {reply}"
-    );
-    let err = reply
-        .get("error")
-        .cloned()
-        .unwrap_or_else(|| panic!("{what}: control.error without error: {reply}"));
+    assert_eq!(reply["channel"], json!("control"), "{what}: expected a control-channel error, got {reply}");
+    assert_eq!(reply["type"], json!("control.error"), "{what}: expected control.error, got {reply}");
+    assert_eq!(reply["ok"], json!(false), "{what}: control.error must have ok:false: {reply}");
+    let err = reply.get("error").cloned().unwrap_or_else(|| panic!("{what}: control.error without error: {reply}"));
     assert!(
         err["code"].is_string() && err["message"].is_string(),
         "{what}: error needs string code and message: {reply}"
@@ -2020,25 +1720,10 @@ pub fn assert_control_error(reply: &Value, what: &str) -> Value {
 
 /// Panics unless `reply` is an `acheron.error` envelope; returns its `error`.
 pub fn assert_acheron_error(reply: &Value, what: &str) -> Value {
-    assert_eq!(
-        reply["channel"],
-        json!("acheron"),
-        "{what}: expected an acheron-channel error, got {reply}"
-    );
-    assert_eq!(
-        reply["type"],
-        json!("acheron.error"),
-        "{what}: expected acheron.error, got {reply}"
-    );
-    assert_eq!(
-        reply["ok"],
-        json!(false),
-        "{what}: acheron.error must have ok:false: {reply}"
-    );
-    let err = reply
-        .get("error")
-        .cloned()
-        .unwrap_or_else(|| panic!("{what}: acheron.error without error: {reply}"));
+    assert_eq!(reply["channel"], json!("acheron"), "{what}: expected an acheron-channel error, got {reply}");
+    assert_eq!(reply["type"], json!("acheron.error"), "{what}: expected acheron.error, got {reply}");
+    assert_eq!(reply["ok"], json!(false), "{what}: acheron.error must have ok:false: {reply}");
+    let err = reply.get("error").cloned().unwrap_or_else(|| panic!("{what}: acheron.error without error: {reply}"));
     assert!(
         err["code"].is_string() && err["message"].is_string(),
         "{what}: error needs string code and message: {reply}"
@@ -2074,12 +1759,7 @@ impl Gateway {
 /// Returns the project id.
 pub async fn provision_user_world(gw: &Gateway) -> String {
     let mut admin = gw.admin().await;
-    let p = admin
-        .control_ok(
-            "project_create",
-            json!({"name": "Alpha", "vision": "Build the alpha thing"}),
-        )
-        .await;
+    let p = admin.control_ok("project_create", json!({"name": "Alpha", "vision": "Build the alpha thing"})).await;
     let project_id = str_at(&p, "project_id").to_string();
     admin
         .control_ok(

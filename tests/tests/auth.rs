@@ -5,9 +5,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use spiderweb_tests::{
-    Client, ConnectError, Gateway, assert_token_format, int_at, provision_user_world, str_at,
-};
+use spiderweb_tests::{Client, ConnectError, Gateway, assert_token_format, int_at, provision_user_world, str_at};
 
 fn auth_failed_frame() -> Value {
     json!({"channel":"control","type":"control.error","ok":false,"error":{"code":"provider_auth_failed","message":"forbidden"}})
@@ -17,9 +15,7 @@ fn auth_failed_frame() -> Value {
 async fn assert_refused_after_upgrade(gw: &Gateway, headers: &[(&str, &str)], what: &str) {
     let mut c = match Client::try_connect_with(gw, "/", headers).await {
         Ok(c) => c,
-        Err(e) => panic!(
-            "{what}: the upgrade must still complete with 101 (ZSC ping expects it), got {e}"
-        ),
+        Err(e) => panic!("{what}: the upgrade must still complete with 101 (ZSC ping expects it), got {e}"),
     };
     let f = c.recv_json().await;
     assert_eq!(f, auth_failed_frame(), "{what}: unexpected first frame");
@@ -32,35 +28,20 @@ async fn tokens_file_has_mode_0600_and_the_documented_format() {
     let gw = Gateway::start();
     let path = gw.tokens_path();
     let md = std::fs::metadata(&path).unwrap_or_else(|e| panic!("{} missing: {e}", path.display()));
-    assert_eq!(
-        md.permissions().mode() & 0o777,
-        0o600,
-        "{} must be mode 0600",
-        path.display()
-    );
+    assert_eq!(md.permissions().mode() & 0o777, 0o600, "{} must be mode 0600", path.display());
     let text = std::fs::read_to_string(&path).unwrap();
-    assert!(
-        text.starts_with("{\n  \""),
-        "auth_tokens.json must be pretty-printed with 2-space indent: {text:?}"
-    );
+    assert!(text.starts_with("{\n  \""), "auth_tokens.json must be pretty-printed with 2-space indent: {text:?}");
     let v: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["schema"], json!(3), "schema must be 3: {v}");
     let admin = str_at(&v, "admin_token");
     let user = str_at(&v, "user_token");
     assert_token_format(admin, "sw-admin_");
     assert_token_format(user, "sw-user_");
-    assert_ne!(
-        admin[9..],
-        user[8..],
-        "admin and user tokens must be independent"
-    );
+    assert_ne!(admin[9..], user[8..], "admin and user tokens must be independent");
     int_at(&v, "updated_at_ms");
     // Null fields are omitted.
     for (k, val) in v.as_object().unwrap() {
-        assert!(
-            !val.is_null(),
-            "null field {k} must be omitted from auth_tokens.json: {v}"
-        );
+        assert!(!val.is_null(), "null field {k} must be omitted from auth_tokens.json: {v}");
     }
 }
 
@@ -88,11 +69,7 @@ async fn bearer_lowercase_bearer_and_bare_token_are_accepted() {
     for (value, role) in cases {
         let mut c = Client::connect_with(&gw, "/", &[("Authorization", &value)]).await;
         let ack = c.handshake().await;
-        assert_eq!(
-            ack["role"],
-            json!(role),
-            "Authorization {value:?}: connect_ack {ack}"
-        );
+        assert_eq!(ack["role"], json!(role), "Authorization {value:?}: connect_ack {ack}");
     }
     // Header name is case-insensitive.
     for name in ["authorization", "AUTHORIZATION", "AuThOrIzAtIoN"] {
@@ -109,32 +86,14 @@ async fn missing_or_wrong_token_gets_forbidden_frame_and_close_1008() {
     assert_refused_after_upgrade(&gw, &[], "no Authorization header").await;
     assert_refused_after_upgrade(
         &gw,
-        &[(
-            "Authorization",
-            "Bearer sw-admin_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
-        )],
+        &[("Authorization", "Bearer sw-admin_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")],
         "wrong token",
     )
     .await;
     assert_refused_after_upgrade(&gw, &[("Authorization", "Bearer ")], "empty bearer").await;
-    assert_refused_after_upgrade(
-        &gw,
-        &[("Authorization", &format!("Basic {admin}"))],
-        "Basic scheme",
-    )
-    .await;
-    assert_refused_after_upgrade(
-        &gw,
-        &[("Authorization", &format!("Bearer {admin}x"))],
-        "token with a suffix",
-    )
-    .await;
-    assert_refused_after_upgrade(
-        &gw,
-        &[("Authorization", &admin[..admin.len() - 1])],
-        "truncated token",
-    )
-    .await;
+    assert_refused_after_upgrade(&gw, &[("Authorization", &format!("Basic {admin}"))], "Basic scheme").await;
+    assert_refused_after_upgrade(&gw, &[("Authorization", &format!("Bearer {admin}x"))], "token with a suffix").await;
+    assert_refused_after_upgrade(&gw, &[("Authorization", &admin[..admin.len() - 1])], "truncated token").await;
     // The server keeps serving.
     let mut c = gw.admin().await;
     c.ping().await;
@@ -182,9 +141,7 @@ async fn foreign_origin_is_refused_loopback_origins_allowed() {
         "http://evil.example/?http://localhost",
         "null",
     ] {
-        match Client::try_connect_with(&gw, "/", &[("Authorization", &auth), ("Origin", origin)])
-            .await
-        {
+        match Client::try_connect_with(&gw, "/", &[("Authorization", &auth), ("Origin", origin)]).await {
             Ok(_) => panic!("Origin {origin}: upgrade must be refused with 403, got 101"),
             Err(ConnectError::Http(r)) => {
                 assert_eq!(r.status, 403, "Origin {origin}: {}", r.summary())
@@ -201,8 +158,7 @@ async fn foreign_origin_is_refused_loopback_origins_allowed() {
         "https://localhost",
         "http://[::1]:8080",
     ] {
-        let mut c =
-            Client::connect_with(&gw, "/", &[("Authorization", &auth), ("Origin", origin)]).await;
+        let mut c = Client::connect_with(&gw, "/", &[("Authorization", &auth), ("Origin", origin)]).await;
         c.handshake().await;
         c.ping().await;
     }
@@ -212,37 +168,18 @@ async fn foreign_origin_is_refused_loopback_origins_allowed() {
 async fn allowlisted_origin_is_accepted() {
     let gw = Gateway::start_with(json!({"server": {"allowed_origins": ["https://app.example"]}}));
     let auth = format!("Bearer {}", gw.admin_token());
-    let mut c = Client::connect_with(
-        &gw,
-        "/",
-        &[("Authorization", &auth), ("Origin", "https://app.example")],
-    )
-    .await;
+    let mut c = Client::connect_with(&gw, "/", &[("Authorization", &auth), ("Origin", "https://app.example")]).await;
     c.handshake().await;
     c.ping().await;
-    for origin in [
-        "https://app.example.evil",
-        "http://app.example",
-        "https://evil.example",
-        "https://sub.app.example",
-    ] {
-        match Client::try_connect_with(&gw, "/", &[("Authorization", &auth), ("Origin", origin)])
-            .await
-        {
+    for origin in ["https://app.example.evil", "http://app.example", "https://evil.example", "https://sub.app.example"]
+    {
+        match Client::try_connect_with(&gw, "/", &[("Authorization", &auth), ("Origin", origin)]).await {
             Ok(_) => panic!("Origin {origin}: not in allowed_origins, must be refused"),
             Err(e) => assert_eq!(e.into_http(origin).status, 403, "Origin {origin}"),
         }
     }
     // Loopback stays allowed with an allowlist.
-    let mut c = Client::connect_with(
-        &gw,
-        "/",
-        &[
-            ("Authorization", &auth),
-            ("Origin", "http://localhost:3000"),
-        ],
-    )
-    .await;
+    let mut c = Client::connect_with(&gw, "/", &[("Authorization", &auth), ("Origin", "http://localhost:3000")]).await;
     c.handshake().await;
 }
 
@@ -266,51 +203,30 @@ async fn auth_status_is_admin_only_and_reports_the_tokens() {
 
     provision_user_world(&gw).await;
     let mut user = gw.user().await;
-    let e = user
-        .control_err_code("auth_status", Value::Null, "forbidden")
-        .await;
+    let e = user.control_err_code("auth_status", Value::Null, "forbidden").await;
     assert_eq!(e["message"], json!("operation requires admin token"), "{e}");
-    let e = user
-        .control_err_code("auth_rotate", json!({"role": "user"}), "forbidden")
-        .await;
+    let e = user.control_err_code("auth_rotate", json!({"role": "user"}), "forbidden").await;
     assert_eq!(e["message"], json!("operation requires admin token"), "{e}");
     // Nothing was rotated by the refused call.
-    assert_eq!(
-        admin.control_ok("auth_status", Value::Null).await["user_token"],
-        st["user_token"]
-    );
+    assert_eq!(admin.control_ok("auth_status", Value::Null).await["user_token"], st["user_token"]);
 }
 
 #[tokio::test]
 async fn auth_rotate_validates_its_payload() {
     let gw = Gateway::start();
     let mut admin = gw.admin().await;
-    admin
-        .control_err_code("auth_rotate", json!({}), "missing_field")
-        .await;
-    admin
-        .control_err_code("auth_rotate", Value::Null, "missing_field")
-        .await;
-    admin
-        .control_err_code("auth_rotate", json!({"role": "root"}), "invalid_payload")
-        .await;
-    admin
-        .control_err_code("auth_rotate", json!({"role": 1}), "invalid_payload")
-        .await;
-    admin
-        .control_err_code("auth_rotate", json!("user"), "invalid_payload")
-        .await;
+    admin.control_err_code("auth_rotate", json!({}), "missing_field").await;
+    admin.control_err_code("auth_rotate", Value::Null, "missing_field").await;
+    admin.control_err_code("auth_rotate", json!({"role": "root"}), "invalid_payload").await;
+    admin.control_err_code("auth_rotate", json!({"role": 1}), "invalid_payload").await;
+    admin.control_err_code("auth_rotate", json!("user"), "invalid_payload").await;
     // Tokens unchanged by the failures.
     let st = admin.control_ok("auth_status", Value::Null).await;
     assert_eq!(st["user_token"], json!(gw.user_token()));
 }
 
 async fn rotate_and_check(gw: &mut Gateway, role: &str) {
-    let (old, prefix) = if role == "user" {
-        (gw.user_token(), "sw-user_")
-    } else {
-        (gw.admin_token(), "sw-admin_")
-    };
+    let (old, prefix) = if role == "user" { (gw.user_token(), "sw-user_") } else { (gw.admin_token(), "sw-admin_") };
     let mut admin = gw.admin().await;
     let r = admin.control_ok("auth_rotate", json!({"role": role})).await;
     assert_eq!(r["role"], json!(role), "{r}");
@@ -320,25 +236,12 @@ async fn rotate_and_check(gw: &mut Gateway, role: &str) {
 
     // File rewritten, still 0600.
     let file = gw.tokens_file();
-    assert_eq!(
-        file[format!("{role}_token")],
-        json!(new),
-        "auth_tokens.json not updated: {file}"
-    );
-    let mode = std::fs::metadata(gw.tokens_path())
-        .unwrap()
-        .permissions()
-        .mode()
-        & 0o777;
+    assert_eq!(file[format!("{role}_token")], json!(new), "auth_tokens.json not updated: {file}");
+    let mode = std::fs::metadata(gw.tokens_path()).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "auth_tokens.json mode after rotation");
 
     // The old token is refused for new connections; the new one works.
-    assert_refused_after_upgrade(
-        gw,
-        &[("Authorization", &format!("Bearer {old}"))],
-        "old token after rotation",
-    )
-    .await;
+    assert_refused_after_upgrade(gw, &[("Authorization", &format!("Bearer {old}"))], "old token after rotation").await;
     let mut c = Client::connect(gw, &new).await;
     let ack = c.handshake().await;
     assert_eq!(ack["role"], json!(role));
@@ -348,12 +251,7 @@ async fn rotate_and_check(gw: &mut Gateway, role: &str) {
     drop(admin);
     gw.restart();
     assert_eq!(gw.tokens_file()[format!("{role}_token")], json!(new));
-    assert_refused_after_upgrade(
-        gw,
-        &[("Authorization", &format!("Bearer {old}"))],
-        "old token after restart",
-    )
-    .await;
+    assert_refused_after_upgrade(gw, &[("Authorization", &format!("Bearer {old}"))], "old token after restart").await;
     let mut c = Client::connect(gw, &new).await;
     assert_eq!(c.handshake().await["role"], json!(role));
 }
@@ -369,11 +267,7 @@ async fn auth_rotate_admin_token() {
     let mut gw = Gateway::start();
     let untouched_user = gw.user_token();
     rotate_and_check(&mut gw, "admin").await;
-    assert_eq!(
-        gw.user_token(),
-        untouched_user,
-        "rotating admin must not change the user token"
-    );
+    assert_eq!(gw.user_token(), untouched_user, "rotating admin must not change the user token");
 }
 
 #[tokio::test]
@@ -386,21 +280,13 @@ async fn auth_refusals_do_not_leak_tokens_in_logs_urls_or_frames() {
         Ok(_) => panic!("token in URL must be refused"),
         Err(e) => e.into_http("token in URL"),
     };
-    assert!(
-        !r.text().contains(&admin),
-        "400 body echoes the token: {}",
-        r.summary()
-    );
+    assert!(!r.text().contains(&admin), "400 body echoes the token: {}", r.summary());
     // A wrong token is not echoed in the error frame either.
     let bogus = "sw-admin_ZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZ";
-    let mut c =
-        Client::connect_with(&gw, "/", &[("Authorization", &format!("Bearer {bogus}"))]).await;
+    let mut c = Client::connect_with(&gw, "/", &[("Authorization", &format!("Bearer {bogus}"))]).await;
     let f = c.recv_json().await;
     assert!(!f.to_string().contains(bogus), "{f}");
     let _ = c.expect_close().await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(
-        !gw.stderr_contents().contains(bogus),
-        "the gateway logged a presented (wrong) token"
-    );
+    assert!(!gw.stderr_contents().contains(bogus), "the gateway logged a presented (wrong) token");
 }

@@ -8,8 +8,10 @@ use serde_json::{Value, json};
 use spiderweb_tests::{Client, Gateway, Incoming, assert_control_error};
 use tokio_tungstenite::tungstenite::Message;
 
-const BOOTSTRAP_MSG: &str = "Bootstrap required: chat with Mother to define the first project vision and first non-system agent.";
-const SETUP_MSG: &str = "Project setup required: ask Mother for the first project name, vision, and first non-system agent.";
+const BOOTSTRAP_MSG: &str =
+    "Bootstrap required: chat with Mother to define the first project vision and first non-system agent.";
+const SETUP_MSG: &str =
+    "Project setup required: ask Mother for the first project name, vision, and first non-system agent.";
 
 async fn admin_conn(gw: &Gateway) -> Client {
     Client::connect(gw, &gw.admin_token()).await
@@ -19,7 +21,8 @@ async fn admin_conn(gw: &Gateway) -> Client {
 async fn version_ack_is_exact() {
     let gw = Gateway::start();
     let mut c = admin_conn(&gw).await;
-    c.send_json(&json!({"channel":"control","type":"control.version","id":"v1","payload":{"protocol":"unified-v2"}})).await;
+    c.send_json(&json!({"channel":"control","type":"control.version","id":"v1","payload":{"protocol":"unified-v2"}}))
+        .await;
     let r = c.recv_json().await;
     assert_eq!(
         r,
@@ -33,8 +36,7 @@ async fn connect_ack_for_admin_on_a_fresh_install() {
     let gw = Gateway::start();
     let mut c = admin_conn(&gw).await;
     c.version().await;
-    c.send_json(&json!({"channel":"control","type":"control.connect","id":"c1","payload":{}}))
-        .await;
+    c.send_json(&json!({"channel":"control","type":"control.connect","id":"c1","payload":{}})).await;
     let r = c.recv_json().await;
     assert_eq!(r["type"], json!("control.connect_ack"), "{r}");
     assert_eq!(r["id"], json!("c1"), "{r}");
@@ -63,11 +65,7 @@ async fn connect_ack_for_user_on_a_fresh_install_is_gated() {
     assert_eq!(ack["agent_id"], json!("mother"), "{ack}");
     assert_eq!(ack["project_id"], json!("system"), "{ack}");
     assert_eq!(ack["bootstrap_only"], json!(true), "{ack}");
-    assert_eq!(
-        ack["bootstrap_message"],
-        Value::Null,
-        "bootstrap_message is admin-only: {ack}"
-    );
+    assert_eq!(ack["bootstrap_message"], Value::Null, "bootstrap_message is admin-only: {ack}");
     assert_eq!(ack["requires_session_attach"], json!(true), "{ack}");
     assert_eq!(
         ack["connect_gate"],
@@ -119,11 +117,7 @@ async fn bad_version_payloads_are_protocol_mismatch_and_close() {
         c.send_json(&env).await;
         let r = c.recv_json().await;
         let err = assert_control_error(&r, &format!("version payload {payload:?}"));
-        assert_eq!(
-            err["code"],
-            json!("protocol_mismatch"),
-            "payload {payload:?}: {r}"
-        );
+        assert_eq!(err["code"], json!("protocol_mismatch"), "payload {payload:?}: {r}");
         assert_eq!(err["message"], json!(message), "payload {payload:?}: {r}");
         assert_eq!(r["id"], json!("v"), "id must be echoed: {r}");
         c.expect_close().await;
@@ -149,15 +143,13 @@ async fn ids_are_echoed_and_absent_ids_stay_absent() {
     let gw = Gateway::start();
     let mut c = admin_conn(&gw).await;
     c.version().await;
-    c.send_json(&json!({"channel":"control","type":"control.ping","id":"weird id ✓ \"quoted\""}))
-        .await;
+    c.send_json(&json!({"channel":"control","type":"control.ping","id":"weird id ✓ \"quoted\""})).await;
     let r = c.recv_json().await;
     assert_eq!(
         r,
         json!({"channel":"control","type":"control.pong","id":"weird id ✓ \"quoted\"","ok":true,"payload":{}})
     );
-    c.send_json(&json!({"channel":"control","type":"control.ping"}))
-        .await;
+    c.send_json(&json!({"channel":"control","type":"control.ping"})).await;
     let r = c.recv_json().await;
     assert_eq!(
         r,
@@ -171,31 +163,26 @@ async fn acheron_is_negotiated_independently_of_control() {
     let gw = Gateway::start();
     let mut c = admin_conn(&gw).await;
     // No control.version at all.
-    c.send_json(&json!({"channel":"acheron","type":"acheron.t_version","tag":1,"msize":1048576,"version":"acheron-1"})).await;
+    c.send_json(&json!({"channel":"acheron","type":"acheron.t_version","tag":1,"msize":1048576,"version":"acheron-1"}))
+        .await;
     let r = c.recv_json().await;
     assert_eq!(
         r,
         json!({"channel":"acheron","type":"acheron.r_version","tag":1,"ok":true,"payload":{"msize":1048576,"version":"acheron-1"}})
     );
-    c.send_json(&json!({"channel":"acheron","type":"acheron.t_attach","tag":2,"fid":1}))
-        .await;
+    c.send_json(&json!({"channel":"acheron","type":"acheron.t_attach","tag":2,"fid":1})).await;
     let r = c.recv_json().await;
     assert_eq!(
         r,
         json!({"channel":"acheron","type":"acheron.r_attach","tag":2,"ok":true,"payload":{"qid":{"path":1,"type":"dir"}}})
     );
     // msize is echoed, default 1048576 when absent; a later t_version is allowed.
-    let p = c
-        .acheron_ok("t_version", json!({"msize": 8192, "version": "acheron-1"}))
-        .await;
+    let p = c.acheron_ok("t_version", json!({"msize": 8192, "version": "acheron-1"})).await;
     assert_eq!(p, json!({"msize": 8192, "version": "acheron-1"}));
-    let p = c
-        .acheron_ok("t_version", json!({"version": "acheron-1"}))
-        .await;
+    let p = c.acheron_ok("t_version", json!({"version": "acheron-1"})).await;
     assert_eq!(p, json!({"msize": 1048576, "version": "acheron-1"}));
     // Control negotiation still required separately for control ops.
-    c.send_json(&json!({"channel":"control","type":"control.ping","id":"p"}))
-        .await;
+    c.send_json(&json!({"channel":"control","type":"control.ping","id":"p"})).await;
     let r = c.recv_json().await;
     assert_eq!(r["error"]["code"], json!("protocol_mismatch"), "{r}");
 }
@@ -224,26 +211,16 @@ async fn acheron_before_t_version_is_protocol_mismatch_and_close() {
 #[tokio::test]
 async fn wrong_or_missing_acheron_version_is_protocol_mismatch_and_close() {
     let gw = Gateway::start();
-    for fields in [
-        json!({"version": "acheron-2"}),
-        json!({}),
-        json!({"version": ""}),
-    ] {
+    for fields in [json!({"version": "acheron-2"}), json!({}), json!({"version": ""})] {
         let mut c = admin_conn(&gw).await;
         let e = c.acheron_err("t_version", fields.clone()).await;
-        assert_eq!(
-            e,
-            json!({"code":"protocol_mismatch","message":"unsupported fsrpc runtime version"}),
-            "{fields}"
-        );
+        assert_eq!(e, json!({"code":"protocol_mismatch","message":"unsupported fsrpc runtime version"}), "{fields}");
         c.expect_close().await;
     }
     // A later wrong t_version also closes.
     let mut c = admin_conn(&gw).await;
     c.fs_attach().await;
-    let e = c
-        .acheron_err("t_version", json!({"version": "9p2000"}))
-        .await;
+    let e = c.acheron_err("t_version", json!({"version": "9p2000"})).await;
     assert_eq!(e["code"], json!("protocol_mismatch"));
     c.expect_close().await;
 }
@@ -253,8 +230,7 @@ async fn websocket_ping_is_answered_with_the_same_payload() {
     let gw = Gateway::start();
     let mut c = admin_conn(&gw).await;
     c.handshake().await;
-    c.send_message(Message::Ping(b"are-you-there".to_vec().into()))
-        .await;
+    c.send_message(Message::Ping(b"are-you-there".to_vec().into())).await;
     loop {
         match c.next_incoming(Duration::from_secs(5)).await {
             Incoming::Pong(p) => {
@@ -276,10 +252,7 @@ async fn client_close_is_answered_with_a_close() {
     c.close(1000).await;
     let end = c.drain_until_end(Duration::from_secs(10)).await;
     let (_, how) = end.expect("server did not finish the close handshake within 10 s");
-    assert!(
-        how.starts_with("close frame"),
-        "expected the server's close frame, got {how}"
-    );
+    assert!(how.starts_with("close frame"), "expected the server's close frame, got {how}");
 }
 
 #[tokio::test]
@@ -313,10 +286,7 @@ async fn handshake_frames_are_only_answered_once() {
     let mut c = admin_conn(&gw).await;
     c.handshake().await;
     let extra = c.try_recv_json(Duration::from_millis(500)).await;
-    assert!(
-        extra.is_none(),
-        "unexpected unsolicited frame after the handshake: {extra:?}"
-    );
+    assert!(extra.is_none(), "unexpected unsolicited frame after the handshake: {extra:?}");
     let r = c.acheron("t_version", json!({"version":"acheron-1"})).await;
     assert_eq!(r["type"], json!("acheron.r_version"), "{r}");
     let extra = c.try_recv_json(Duration::from_millis(300)).await;

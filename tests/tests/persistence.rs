@@ -24,78 +24,47 @@ async fn graceful_restart_keeps_everything() {
 
     let mut admin = gw.admin().await;
     let r = admin
-        .request(
-            json!({"type": "control.project_create", "id": "mk-alpha", "correlation_id": "c-alpha",
-                        "payload": {"name": "Alpha", "vision": "Persist me", "status": "active"}}),
-        )
+        .request(json!({"type": "control.project_create", "id": "mk-alpha", "correlation_id": "c-alpha",
+                        "payload": {"name": "Alpha", "vision": "Persist me", "status": "active"}}))
         .await;
     assert_eq!(r["ok"], json!(true), "{r}");
     let alpha = str_at(&r["payload"], "project_id").to_string();
     let beta_p = admin
-        .control_ok("project_create", json!({"name": "Beta", "vision": "Locked", "access_policy": {"actions": {"read": "admin"}}}))
+        .control_ok(
+            "project_create",
+            json!({"name": "Beta", "vision": "Locked", "access_policy": {"actions": {"read": "admin"}}}),
+        )
         .await;
     let beta = str_at(&beta_p, "project_id").to_string();
-    let token = str_at(
-        &admin
-            .control_ok("project_token_rotate", json!({"project_id": alpha}))
-            .await,
-        "project_token",
-    )
-    .to_string();
-    admin
-        .control_ok(
-            "session_attach",
-            json!({"session_key": "work", "agent_id": "helper", "project_id": alpha}),
-        )
-        .await;
-    admin
-        .control_err_code(
-            "project_delete",
-            json!({"project_id": "system"}),
-            "project_protected",
-        )
-        .await;
+    let token = str_at(&admin.control_ok("project_token_rotate", json!({"project_id": alpha})).await, "project_token")
+        .to_string();
+    admin.control_ok("session_attach", json!({"session_key": "work", "agent_id": "helper", "project_id": alpha})).await;
+    admin.control_err_code("project_delete", json!({"project_id": "system"}), "project_protected").await;
 
     let mut user = gw.user().await;
-    user.control_ok("session_attach", json!({"session_key": "u1", "agent_id": "helper", "project_id": alpha, "project_token": token}))
-        .await;
+    user.control_ok(
+        "session_attach",
+        json!({"session_key": "u1", "agent_id": "helper", "project_id": alpha, "project_token": token}),
+    )
+    .await;
 
-    let alpha_before = admin
-        .control_ok("project_get", json!({"project_id": alpha}))
-        .await;
-    let beta_before = admin
-        .control_ok("project_get", json!({"project_id": beta}))
-        .await;
+    let alpha_before = admin.control_ok("project_get", json!({"project_id": alpha})).await;
+    let beta_before = admin.control_ok("project_get", json!({"project_id": beta})).await;
     let list_before = project_ids(&admin.control_ok("project_list", Value::Null).await);
-    let audit_before = admin.control_ok("audit_tail", json!({"limit": 500})).await["audit"]
-        .as_array()
-        .unwrap()
-        .clone();
+    let audit_before = admin.control_ok("audit_tail", json!({"limit": 500})).await["audit"].as_array().unwrap().clone();
     assert!(!audit_before.is_empty());
     let history_before = admin.control_ok("session_history", json!({})).await;
-    assert!(
-        !history_before["sessions"].as_array().unwrap().is_empty(),
-        "{history_before}"
-    );
+    assert!(!history_before["sessions"].as_array().unwrap().is_empty(), "{history_before}");
     drop(admin);
     drop(user);
 
     gw.restart();
 
-    assert_eq!(
-        gw.admin_token(),
-        admin_token,
-        "tokens must survive a restart"
-    );
+    assert_eq!(gw.admin_token(), admin_token, "tokens must survive a restart");
     assert_eq!(gw.user_token(), user_token);
     let mut admin = gw.admin().await;
-    assert_eq!(
-        project_ids(&admin.control_ok("project_list", Value::Null).await),
-        list_before
-    );
-    let alpha_after = admin
-        .control_ok("project_get", json!({"project_id": alpha}))
-        .await;
+    assert_eq!(project_ids(&admin.control_ok("project_list", Value::Null).await), list_before);
+    let alpha_after = admin.control_ok("project_get", json!({"project_id": alpha})).await;
     for k in [
         "project_id",
         "name",
@@ -114,54 +83,29 @@ async fn graceful_restart_keeps_everything() {
         );
     }
     assert_eq!(alpha_after["token_locked"], json!(true));
-    let beta_after = admin
-        .control_ok("project_get", json!({"project_id": beta}))
-        .await;
+    let beta_after = admin.control_ok("project_get", json!({"project_id": beta})).await;
     assert_eq!(beta_after["access_policy"], beta_before["access_policy"]);
 
     // Audit: old records kept with their ids; new ids continue after them.
-    let audit_after = admin.control_ok("audit_tail", json!({"limit": 500})).await["audit"]
-        .as_array()
-        .unwrap()
-        .clone();
+    let audit_after = admin.control_ok("audit_tail", json!({"limit": 500})).await["audit"].as_array().unwrap().clone();
     for rec in &audit_before {
-        assert!(
-            audit_after.contains(rec),
-            "audit record lost across restart: {rec}"
-        );
+        assert!(audit_after.contains(rec), "audit record lost across restart: {rec}");
     }
     assert!(
         audit_after
             .iter()
-            .any(|r| r["correlation_id"] == json!("c-alpha")
-                && r["control_type"] == json!("control.project_create")),
+            .any(|r| r["correlation_id"] == json!("c-alpha") && r["control_type"] == json!("control.project_create")),
         "{audit_after:?}"
     );
     let max_old = audit_before.iter().map(|r| int_at(r, "id")).max().unwrap();
-    admin
-        .control_ok(
-            "project_create",
-            json!({"name": "After", "vision": "restart"}),
-        )
-        .await;
+    admin.control_ok("project_create", json!({"name": "After", "vision": "restart"})).await;
     let newest = admin.control_ok("audit_tail", json!({"limit": 1})).await;
-    assert!(
-        int_at(&newest["audit"][0], "id") > max_old,
-        "audit ids must keep increasing after a restart: {newest}"
-    );
+    assert!(int_at(&newest["audit"][0], "id") > max_old, "audit ids must keep increasing after a restart: {newest}");
 
     // Session history and restore.
     let history_after = admin.control_ok("session_history", json!({})).await;
-    assert_eq!(
-        history_after["sessions"][0]["agent_id"],
-        json!("helper"),
-        "{history_after}"
-    );
-    assert_eq!(
-        history_after["sessions"][0]["project_id"],
-        json!(alpha),
-        "{history_after}"
-    );
+    assert_eq!(history_after["sessions"][0]["agent_id"], json!("helper"), "{history_after}");
+    assert_eq!(history_after["sessions"][0]["project_id"], json!(alpha), "{history_after}");
     let rs = admin.control_ok("session_restore", json!({})).await;
     assert_eq!(rs["found"], json!(true), "{rs}");
 
@@ -172,27 +116,17 @@ async fn graceful_restart_keeps_everything() {
     assert_eq!(ack["agent_id"], json!("helper"), "{ack}");
     assert_eq!(ack["project_id"], json!(alpha), "{ack}");
     // The project token is still active and still the same.
-    user.control_err_code(
-        "project_update",
-        json!({"project_id": alpha, "vision": "x"}),
-        "missing_field",
-    )
-    .await;
+    user.control_err_code("project_update", json!({"project_id": alpha, "vision": "x"}), "missing_field").await;
     user.control_err_code(
         "project_update",
         json!({"project_id": alpha, "vision": "x", "project_token": "proj-00000000000000000000000000000000"}),
         "project_auth_failed",
     )
     .await;
-    user.control_ok(
-        "project_update",
-        json!({"project_id": alpha, "vision": "still mine", "project_token": token}),
-    )
-    .await;
-    // New projects never reuse ids.
-    let p = admin
-        .control_ok("project_create", json!({"name": "Fresh", "vision": "v"}))
+    user.control_ok("project_update", json!({"project_id": alpha, "vision": "still mine", "project_token": token}))
         .await;
+    // New projects never reuse ids.
+    let p = admin.control_ok("project_create", json!({"name": "Fresh", "vision": "v"})).await;
     assert!(!list_before.contains(str_at(&p, "project_id")), "{p}");
 }
 
@@ -203,69 +137,35 @@ async fn kill_9_keeps_every_acknowledged_write() {
     let mut c = gw.admin().await;
     let mut created = BTreeSet::new();
     for i in 0..20 {
-        let p = c
-            .control_ok(
-                "project_create",
-                json!({"name": format!("P{i}"), "vision": "survive kill -9"}),
-            )
-            .await;
+        let p = c.control_ok("project_create", json!({"name": format!("P{i}"), "vision": "survive kill -9"})).await;
         created.insert(str_at(&p, "project_id").to_string());
     }
     let last = created.iter().next_back().unwrap().clone();
-    let rotated = c
-        .control_ok("project_token_rotate", json!({"project_id": last}))
-        .await;
+    let rotated = c.control_ok("project_token_rotate", json!({"project_id": last})).await;
     assert_eq!(rotated["rotated"], json!(true));
-    let new_user = str_at(
-        &c.control_ok("auth_rotate", json!({"role": "user"})).await,
-        "token",
-    )
-    .to_string();
+    let new_user = str_at(&c.control_ok("auth_rotate", json!({"role": "user"})).await, "token").to_string();
     // No graceful shutdown: the replies above are all the client knows.
     gw.kill9();
     drop(c);
     gw.launch();
 
     assert_eq!(gw.admin_token(), admin_token);
-    assert_eq!(
-        gw.user_token(),
-        new_user,
-        "an acknowledged auth_rotate must survive kill -9"
-    );
+    assert_eq!(gw.user_token(), new_user, "an acknowledged auth_rotate must survive kill -9");
     let mut u = Client::connect(&gw, &new_user).await;
     assert_eq!(u.handshake().await["role"], json!("user"));
 
     let mut c = gw.admin().await;
     let ids = project_ids(&c.control_ok("project_list", Value::Null).await);
     for id in &created {
-        assert!(
-            ids.contains(id),
-            "acknowledged project {id} lost after kill -9; have {ids:?}"
-        );
+        assert!(ids.contains(id), "acknowledged project {id} lost after kill -9; have {ids:?}");
     }
-    let p = c
-        .control_ok("project_get", json!({"project_id": last}))
-        .await;
-    assert_eq!(
-        p["token_locked"],
-        json!(true),
-        "acknowledged token rotation lost: {p}"
-    );
+    let p = c.control_ok("project_get", json!({"project_id": last})).await;
+    assert_eq!(p["token_locked"], json!(true), "acknowledged token rotation lost: {p}");
     assert_eq!(p["vision"], json!("survive kill -9"));
-    let r = c
-        .control_ok("project_token_revoke", json!({"project_id": last}))
-        .await;
+    let r = c.control_ok("project_token_revoke", json!({"project_id": last})).await;
     assert_eq!(r["revoked"], json!(true));
-    let p2 = c
-        .control_ok(
-            "project_create",
-            json!({"name": "after-crash", "vision": "v"}),
-        )
-        .await;
-    assert!(
-        !created.contains(str_at(&p2, "project_id")),
-        "id reused after kill -9: {p2}"
-    );
+    let p2 = c.control_ok("project_create", json!({"name": "after-crash", "vision": "v"})).await;
+    assert!(!created.contains(str_at(&p2, "project_id")), "id reused after kill -9: {p2}");
 }
 
 #[tokio::test]

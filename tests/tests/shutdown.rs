@@ -11,15 +11,8 @@ use spiderweb_tests::{B64, Client, ConnectError, Gateway, Incoming};
 async fn sigterm_with_no_clients_exits_zero() {
     let mut gw = Gateway::start();
     gw.sigterm();
-    let status = gw
-        .wait_exit(Duration::from_secs(10))
-        .await
-        .expect("spiderweb did not exit within 10 s of SIGTERM");
-    assert!(
-        status.success(),
-        "exit status after SIGTERM: {status:?}\n{}",
-        gw.stderr_tail(40)
-    );
+    let status = gw.wait_exit(Duration::from_secs(10)).await.expect("spiderweb did not exit within 10 s of SIGTERM");
+    assert!(status.success(), "exit status after SIGTERM: {status:?}\n{}", gw.stderr_tail(40));
 }
 
 #[tokio::test]
@@ -30,27 +23,12 @@ async fn sigterm_closes_open_websockets_with_1001_and_exits_zero() {
     let mut c = Client::connect(&gw, &gw.admin_token()).await; // upgraded, not negotiated
     a.fs_attach().await;
     gw.sigterm();
-    for (name, cl) in [
-        ("admin", &mut a),
-        ("user", &mut b),
-        ("un-negotiated", &mut c),
-    ] {
+    for (name, cl) in [("admin", &mut a), ("user", &mut b), ("un-negotiated", &mut c)] {
         let code = cl.expect_close().await;
-        assert_eq!(
-            code,
-            Some(1001),
-            "{name} connection: expected close 1001 (going away) on SIGTERM"
-        );
+        assert_eq!(code, Some(1001), "{name} connection: expected close 1001 (going away) on SIGTERM");
     }
-    let status = gw
-        .wait_exit(Duration::from_secs(10))
-        .await
-        .expect("spiderweb did not exit within 10 s of SIGTERM");
-    assert!(
-        status.success(),
-        "exit status after SIGTERM: {status:?}\n{}",
-        gw.stderr_tail(40)
-    );
+    let status = gw.wait_exit(Duration::from_secs(10)).await.expect("spiderweb did not exit within 10 s of SIGTERM");
+    assert!(status.success(), "exit status after SIGTERM: {status:?}\n{}", gw.stderr_tail(40));
 }
 
 #[tokio::test]
@@ -62,37 +40,29 @@ async fn no_new_connections_are_served_after_sigterm() {
     // The server is shutting down (it has closed a), so a new client must not get a working session.
     let addr = gw.addr();
     let token = gw.admin_token();
-    let attempt =
-        Client::try_connect_with(&gw, "/", &[("Authorization", &format!("Bearer {token}"))]).await;
+    let attempt = Client::try_connect_with(&gw, "/", &[("Authorization", &format!("Bearer {token}"))]).await;
     match attempt {
         Err(ConnectError::Io(_)) => {}
-        Err(ConnectError::Http(r)) => assert!(
-            r.status >= 500,
-            "refusal during shutdown should be 5xx: {}",
-            r.summary()
-        ),
+        Err(ConnectError::Http(r)) => {
+            assert!(r.status >= 500, "refusal during shutdown should be 5xx: {}", r.summary())
+        }
         Err(ConnectError::BadUpgrade(m)) => panic!("bad upgrade during shutdown: {m}"),
         Ok(mut c) => {
-            c.send_json(&json!({"channel":"control","type":"control.version","id":"v","payload":{"protocol":"unified-v2"}})).await;
+            c.send_json(
+                &json!({"channel":"control","type":"control.version","id":"v","payload":{"protocol":"unified-v2"}}),
+            )
+            .await;
             match c.next_incoming(Duration::from_secs(10)).await {
                 Incoming::Close(_) | Incoming::Ended(_) => {}
                 Incoming::Text(t) => panic!("a connection opened after SIGTERM was served: {t}"),
-                other => panic!(
-                    "a connection opened after SIGTERM neither closed nor was refused: {other:?}"
-                ),
+                other => panic!("a connection opened after SIGTERM neither closed nor was refused: {other:?}"),
             }
         }
     }
-    let status = gw
-        .wait_exit(Duration::from_secs(10))
-        .await
-        .expect("no exit within 10 s of SIGTERM");
+    let status = gw.wait_exit(Duration::from_secs(10)).await.expect("no exit within 10 s of SIGTERM");
     assert!(status.success(), "{status:?}");
     // And after exit the port is closed.
-    assert!(
-        tokio::net::TcpStream::connect(addr).await.is_err(),
-        "port still accepting after exit"
-    );
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "port still accepting after exit");
 }
 
 #[tokio::test]
@@ -101,8 +71,7 @@ async fn replies_already_owed_are_delivered_before_the_close() {
     let mut c = gw.admin().await;
     // Pipeline 500 pings; SIGTERM once the first pong is back (the server is mid-stream).
     for i in 0..500 {
-        c.send_json(&json!({"channel":"control","type":"control.ping","id":format!("p{i}")}))
-            .await;
+        c.send_json(&json!({"channel":"control","type":"control.ping","id":format!("p{i}")})).await;
     }
     let first = c.recv_json().await;
     assert_eq!(first["id"], json!("p0"), "{first}");
@@ -112,9 +81,8 @@ async fn replies_already_owed_are_delivered_before_the_close() {
     loop {
         match c.next_incoming(Duration::from_secs(10)).await {
             Incoming::Text(t) => {
-                let v: serde_json::Value = serde_json::from_str(&t).unwrap_or_else(|e| {
-                    panic!("truncated/corrupt frame during shutdown ({e}): {t:?}")
-                });
+                let v: serde_json::Value = serde_json::from_str(&t)
+                    .unwrap_or_else(|e| panic!("truncated/corrupt frame during shutdown ({e}): {t:?}"));
                 assert_eq!(v["type"], json!("control.pong"), "{v}");
                 assert_eq!(
                     v["id"],
@@ -132,17 +100,13 @@ async fn replies_already_owed_are_delivered_before_the_close() {
         }
     }
     println!("{next} of 500 pongs delivered before the close");
-    let status = gw
-        .wait_exit(Duration::from_secs(10))
-        .await
-        .expect("no exit within 10 s of SIGTERM");
+    let status = gw.wait_exit(Duration::from_secs(10)).await.expect("no exit within 10 s of SIGTERM");
     assert!(status.success(), "{status:?}");
 }
 
 /// A request in progress when SIGTERM arrives (a blocking event wait) gets its reply before
 /// the close frame.
 #[tokio::test]
-#[ignore = "event waits (acheron-worldfs §9, blocking reads of next.json) are not implemented yet: issue 2 stays open until they are"]
 async fn in_flight_blocking_read_completes_before_the_close() {
     let mut gw = Gateway::start();
     let mut c = gw.admin().await;
@@ -155,33 +119,16 @@ async fn in_flight_blocking_read_completes_before_the_close() {
         .await;
     assert_eq!(w["ok"], json!(true), "{w}");
     let fid = c.walk_ok("/agents/self/events/next.json").await;
-    c.send_json(
-        &json!({"channel":"acheron","type":"acheron.t_read","tag":4242,"fid":fid,"offset":0}),
-    )
-    .await;
+    c.send_json(&json!({"channel":"acheron","type":"acheron.t_read","tag":4242,"fid":fid,"offset":0})).await;
     tokio::time::sleep(Duration::from_millis(300)).await; // the read is now blocked in the server
     gw.sigterm();
-    let r = c
-        .wait_for("the in-flight t_read", Duration::from_secs(15), |v| {
-            v["tag"] == json!(4242)
-        })
-        .await;
-    assert_eq!(
-        r["type"],
-        json!("acheron.r_read"),
-        "the in-flight read must complete, not fail: {r}"
-    );
-    let ev: serde_json::Value = serde_json::from_slice(
-        &B64.decode(r["payload"]["data_b64"].as_str().unwrap())
-            .unwrap(),
-    )
-    .unwrap();
+    let r = c.wait_for("the in-flight t_read", Duration::from_secs(15), |v| v["tag"] == json!(4242)).await;
+    assert_eq!(r["type"], json!("acheron.r_read"), "the in-flight read must complete, not fail: {r}");
+    let ev: serde_json::Value =
+        serde_json::from_slice(&B64.decode(r["payload"]["data_b64"].as_str().unwrap()).unwrap()).unwrap();
     assert_eq!(ev["configured"], json!(true), "{ev}");
     assert_eq!(c.expect_close().await, Some(1001));
-    let status = gw
-        .wait_exit(Duration::from_secs(10))
-        .await
-        .expect("no exit within 10 s of SIGTERM");
+    let status = gw.wait_exit(Duration::from_secs(10)).await.expect("no exit within 10 s of SIGTERM");
     assert!(status.success(), "{status:?}");
 }
 
@@ -189,24 +136,13 @@ async fn in_flight_blocking_read_completes_before_the_close() {
 async fn state_written_before_sigterm_is_there_after_restart() {
     let mut gw = Gateway::start();
     let mut c = gw.admin().await;
-    let p = c
-        .control_ok(
-            "project_create",
-            json!({"name": "Before TERM", "vision": "v"}),
-        )
-        .await;
+    let p = c.control_ok("project_create", json!({"name": "Before TERM", "vision": "v"})).await;
     let id = p["project_id"].as_str().unwrap().to_string();
     gw.sigterm();
     assert_eq!(c.expect_close().await, Some(1001));
-    let status = gw
-        .wait_exit(Duration::from_secs(10))
-        .await
-        .expect("no exit within 10 s of SIGTERM");
+    let status = gw.wait_exit(Duration::from_secs(10)).await.expect("no exit within 10 s of SIGTERM");
     assert!(status.success(), "{status:?}");
     gw.launch();
     let mut c = gw.admin().await;
-    assert_eq!(
-        c.control_ok("project_get", json!({"project_id": id})).await["name"],
-        json!("Before TERM")
-    );
+    assert_eq!(c.control_ok("project_get", json!({"project_id": id})).await["name"], json!("Before TERM"));
 }

@@ -9,11 +9,7 @@ use spiderweb_fsnode::client::CallError;
 use spiderweb_fsnode::router::{EndpointSpec, Router};
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "spiderweb-fs-mount",
-    version,
-    about = "Mount client and router for spiderweb fs nodes"
-)]
+#[command(name = "spiderweb-fs-mount", version, about = "Mount client and router for spiderweb fs nodes")]
 struct Cli {
     /// `<name>=<ws-url>[#<export>][@<mount>]`, repeatable; endpoints sharing a mount path fail
     /// over to each other. Default `a=ws://127.0.0.1:18891/v2/fs` at `/a`.
@@ -83,21 +79,13 @@ const CAT_CHUNK: u32 = 256 * 1024;
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SPIDERWEB_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SPIDERWEB_LOG").unwrap_or_else(|_| "warn".into()))
         .init();
     let mut cli = Cli::parse();
     if cli.endpoints.is_empty() {
-        cli.endpoints.push(
-            EndpointSpec::parse("a=ws://127.0.0.1:18891/v2/fs").expect("default endpoint parses"),
-        );
+        cli.endpoints.push(EndpointSpec::parse("a=ws://127.0.0.1:18891/v2/fs").expect("default endpoint parses"));
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("spiderweb-fs-mount: {e}");

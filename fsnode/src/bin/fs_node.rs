@@ -9,17 +9,11 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::Parser;
-use spiderweb_fsnode::node::{
-    DEFAULT_HELLO_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS, NodeConfig, NodeState,
-};
+use spiderweb_fsnode::node::{DEFAULT_HELLO_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS, NodeConfig, NodeState};
 use spiderweb_policy::export::ExportSpec;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "spiderweb-fs-node",
-    version,
-    about = "Export directories over unified-v2-fs"
-)]
+#[command(name = "spiderweb-fs-node", version, about = "Export directories over unified-v2-fs")]
 struct Cli {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
@@ -44,10 +38,7 @@ struct Cli {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SPIDERWEB_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SPIDERWEB_LOG").unwrap_or_else(|_| "info".into()))
         .init();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -71,9 +62,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     listener.set_nonblocking(true)?;
     spiderweb_fsnode::sandbox::confine(&state.exports)?;
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         state.start_watcher()?;
         let listener = tokio::net::TcpListener::from_std(listener)?;

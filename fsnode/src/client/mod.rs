@@ -91,11 +91,7 @@ pub struct FsClient {
 
 impl FsClient {
     /// Connects to `url` and negotiates (`t_fs_hello`), asking for binary data frames.
-    pub async fn connect(
-        url: &str,
-        auth_token: Option<&str>,
-        subscribe: bool,
-    ) -> Result<FsClient, CallError> {
+    pub async fn connect(url: &str, auth_token: Option<&str>, subscribe: bool) -> Result<FsClient, CallError> {
         Self::connect_with(url, auth_token, subscribe, true).await
     }
 
@@ -107,12 +103,9 @@ impl FsClient {
         subscribe: bool,
         binary_data: bool,
     ) -> Result<FsClient, CallError> {
-        tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            Self::connect_inner(url, auth_token, subscribe, binary_data),
-        )
-        .await
-        .map_err(|_| CallError::Transport(format!("connecting to {url} timed out")))?
+        tokio::time::timeout(CONNECT_TIMEOUT, Self::connect_inner(url, auth_token, subscribe, binary_data))
+            .await
+            .map_err(|_| CallError::Transport(format!("connecting to {url} timed out")))?
     }
 
     async fn connect_inner(
@@ -152,10 +145,7 @@ impl FsClient {
             (Arc::clone(&pending), Arc::clone(&closed), events.clone());
         tokio::spawn(async move {
             let deliver = |tag: u32, reply: Reply| {
-                let waiter = reader_pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&tag);
+                let waiter = reader_pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&tag);
                 if let Some(waiter) = waiter {
                     let _ = waiter.send(reply);
                 }
@@ -177,13 +167,7 @@ impl FsClient {
                     }
                     Message::Binary(data) => {
                         if let Some((tag, eof, bytes)) = wire::binary::parse_read_reply(&data) {
-                            deliver(
-                                tag,
-                                Reply::Data {
-                                    eof,
-                                    data: bytes.to_vec(),
-                                },
-                            );
+                            deliver(tag, Reply::Data { eof, data: bytes.to_vec() });
                         }
                     }
                     _ => {}
@@ -191,58 +175,33 @@ impl FsClient {
             }
             reader_closed.store(true, Ordering::SeqCst);
             // Dropping the waiters fails every pending call at once.
-            reader_pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clear();
+            reader_pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
         });
 
-        let transport = Transport {
-            outbound,
-            pending,
-            next_tag: AtomicU32::new(1),
-            closed,
-            events,
-        };
+        let transport = Transport { outbound, pending, next_tag: AtomicU32::new(1), closed, events };
         let mut payload = wire::hello_payload(auth_token, subscribe);
         if binary_data {
             payload["binary_data"] = true.into();
         }
-        let reply = transport
-            .call_json("hello", None, None, payload.clone())
-            .await?;
-        let hello = serde_json::from_value(reply)
-            .map_err(|e| CallError::Transport(format!("bad hello reply: {e}")))?;
-        Ok(FsClient {
-            transport,
-            hello_payload: payload,
-            hello,
-        })
+        let reply = transport.call_json("hello", None, None, payload.clone()).await?;
+        let hello = serde_json::from_value(reply).map_err(|e| CallError::Transport(format!("bad hello reply: {e}")))?;
+        Ok(FsClient { transport, hello_payload: payload, hello })
     }
 
     /// A health check: the same hello again on this connection.
     pub async fn ping(&self) -> Result<(), CallError> {
-        self.call("hello", None, None, self.hello_payload.clone())
-            .await
-            .map(|_| ())
+        self.call("hello", None, None, self.hello_payload.clone()).await.map(|_| ())
     }
 
     /// Sends one request and waits for its (JSON) reply.
-    pub async fn call(
-        &self,
-        op: &str,
-        node: Option<u64>,
-        h: Option<u64>,
-        payload: Value,
-    ) -> Result<Value, CallError> {
+    pub async fn call(&self, op: &str, node: Option<u64>, h: Option<u64>, payload: Value) -> Result<Value, CallError> {
         self.transport.call_json(op, node, h, payload).await
     }
 
     /// `t_fs_read`: the bytes and whether the end of the file was reached.
     pub async fn read(&self, h: u64, off: u64, len: u32) -> Result<(Vec<u8>, bool), CallError> {
         let payload = json!({"off": off, "len": len});
-        let request =
-            |tag| Outbound::Text(wire::render_request("read", tag, None, Some(h), &payload));
+        let request = |tag| Outbound::Text(wire::render_request("read", tag, None, Some(h), &payload));
         match self.transport.exchange_with(request).await? {
             Reply::Data { eof, data } => Ok((data, eof)),
             Reply::Json(frame) => {
@@ -252,10 +211,7 @@ impl FsClient {
                     .and_then(Value::as_str)
                     .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
                     .ok_or_else(|| CallError::Transport("bad read reply".into()))?;
-                Ok((
-                    data,
-                    reply.get("eof").and_then(Value::as_bool).unwrap_or(true),
-                ))
+                Ok((data, reply.get("eof").and_then(Value::as_bool).unwrap_or(true)))
             }
         }
     }
@@ -263,9 +219,8 @@ impl FsClient {
     /// `t_fs_write`: bytes written. A binary frame when negotiated, base64 JSON otherwise.
     pub async fn write(&self, h: u64, off: u64, data: &[u8]) -> Result<u64, CallError> {
         let reply = if self.hello.caps.binary_data {
-            let frame = self.transport.exchange_with(|tag| {
-                Outbound::Binary(wire::binary::write_request(tag, h, off, data))
-            });
+            let frame =
+                self.transport.exchange_with(|tag| Outbound::Binary(wire::binary::write_request(tag, h, off, data)));
             json_reply(frame.await?)?
         } else {
             let payload = json!({"off": off, "data_b64": base64::engine::general_purpose::STANDARD.encode(data)});
@@ -298,16 +253,8 @@ fn json_reply(reply: Reply) -> Result<Value, CallError> {
 }
 
 impl Transport {
-    async fn call_json(
-        &self,
-        op: &str,
-        node: Option<u64>,
-        h: Option<u64>,
-        payload: Value,
-    ) -> Result<Value, CallError> {
-        let reply = self
-            .exchange_with(|tag| Outbound::Text(wire::render_request(op, tag, node, h, &payload)))
-            .await?;
+    async fn call_json(&self, op: &str, node: Option<u64>, h: Option<u64>, payload: Value) -> Result<Value, CallError> {
+        let reply = self.exchange_with(|tag| Outbound::Text(wire::render_request(op, tag, node, h, &payload))).await?;
         json_reply(reply)
     }
 
@@ -323,10 +270,7 @@ impl Transport {
             }
         };
         let (tx, rx) = oneshot::channel();
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(tag, tx);
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(tag, tx);
         if self.outbound.send(make(tag)).await.is_err() {
             self.forget(tag);
             return Err(CallError::Transport("connection closed".into()));
@@ -342,9 +286,6 @@ impl Transport {
     }
 
     fn forget(&self, tag: u32) {
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&tag);
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&tag);
     }
 }

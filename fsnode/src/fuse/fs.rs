@@ -13,10 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request, TimeOrNow,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
 };
 use spiderweb_proto::fs::{Attr, DirEntry, kind};
 
@@ -46,19 +45,11 @@ fn errno(e: &CallError) -> Errno {
 }
 
 fn time(ns: i64) -> SystemTime {
-    if ns >= 0 {
-        UNIX_EPOCH + Duration::from_nanos(ns as u64)
-    } else {
-        UNIX_EPOCH
-    }
+    if ns >= 0 { UNIX_EPOCH + Duration::from_nanos(ns as u64) } else { UNIX_EPOCH }
 }
 
 impl SpiderFs {
-    pub fn new(
-        router: Arc<Router>,
-        rt: tokio::runtime::Handle,
-        inodes: Arc<Mutex<Inodes>>,
-    ) -> SpiderFs {
+    pub fn new(router: Arc<Router>, rt: tokio::runtime::Handle, inodes: Arc<Mutex<Inodes>>) -> SpiderFs {
         SpiderFs {
             router,
             rt,
@@ -76,10 +67,7 @@ impl SpiderFs {
     }
 
     fn path(&self, ino: INodeNo) -> Result<String, Errno> {
-        self.inodes()
-            .path(ino.0)
-            .filter(|p| !p.contains('\0'))
-            .ok_or(Errno::ENOENT)
+        self.inodes().path(ino.0).filter(|p| !p.contains('\0')).ok_or(Errno::ENOENT)
     }
 
     fn child(&self, parent: INodeNo, name: &OsStr) -> Result<String, Errno> {
@@ -124,12 +112,7 @@ impl SpiderFs {
     }
 
     fn opened(&self, path: &str) {
-        *self
-            .open
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(path.to_owned())
-            .or_default() += 1;
+        *self.open.lock().unwrap_or_else(|p| p.into_inner()).entry(path.to_owned()).or_default() += 1;
     }
 
     fn closed(&self, path: &str) {
@@ -161,8 +144,7 @@ impl Filesystem for SpiderFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(MAX_IO);
         let _ = config.set_max_readahead(MAX_IO);
-        let _ = config
-            .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_PARALLEL_DIROPS);
+        let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_PARALLEL_DIROPS);
         Ok(())
     }
 
@@ -224,15 +206,7 @@ impl Filesystem for SpiderFs {
         }
     }
 
-    fn mkdir(
-        &self,
-        _req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        reply: ReplyEntry,
-    ) {
+    fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
         let path = match self.child(parent, name) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
@@ -266,14 +240,7 @@ impl Filesystem for SpiderFs {
         }
     }
 
-    fn symlink(
-        &self,
-        _req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        target: &std::path::Path,
-        reply: ReplyEntry,
-    ) {
+    fn symlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
         let (path, target) = match (self.child(parent, name), target.to_str()) {
             (Ok(p), Some(t)) => (p, t),
             (Err(e), _) => return reply.error(e),
@@ -340,10 +307,9 @@ impl Filesystem for SpiderFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        let result = self.path(ino).and_then(|p| {
-            self.block(self.router.read(&p, offset, size.min(MAX_IO)))
-                .map_err(|e| errno(&e))
-        });
+        let result = self
+            .path(ino)
+            .and_then(|p| self.block(self.router.read(&p, offset, size.min(MAX_IO))).map_err(|e| errno(&e)));
         match result {
             Ok((data, _)) => reply.data(&data),
             Err(e) => reply.error(e),
@@ -362,24 +328,15 @@ impl Filesystem for SpiderFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyWrite,
     ) {
-        let result = self.path(ino).and_then(|p| {
-            self.block(self.router.write(&p, offset, data))
-                .map_err(|e| errno(&e))
-        });
+        let result =
+            self.path(ino).and_then(|p| self.block(self.router.write(&p, offset, data)).map_err(|e| errno(&e)));
         match result {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(e),
         }
     }
 
-    fn flush(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _lock_owner: fuser::LockOwner,
-        reply: ReplyEmpty,
-    ) {
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: fuser::LockOwner, reply: ReplyEmpty) {
         // Writes go straight to the node; there is nothing buffered here to flush.
         reply.ok();
     }
@@ -400,42 +357,23 @@ impl Filesystem for SpiderFs {
         reply.ok();
     }
 
-    fn fsync(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _datasync: bool,
-        reply: ReplyEmpty,
-    ) {
+    fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         reply.ok();
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let result = self
-            .path(ino)
-            .and_then(|p| self.block(self.router.list(&p)).map_err(|e| errno(&e)));
+        let result = self.path(ino).and_then(|p| self.block(self.router.list(&p)).map_err(|e| errno(&e)));
         match result {
             Ok(listing) => {
                 let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-                self.listings
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(fh, listing);
+                self.listings.lock().unwrap_or_else(|p| p.into_inner()).insert(fh, listing);
                 reply.opened(FileHandle(fh), FopenFlags::empty());
             }
             Err(e) => reply.error(e),
         }
     }
 
-    fn readdir(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let listings = self.listings.lock().unwrap_or_else(|p| p.into_inner());
         let Some(listing) = listings.get(&fh.0) else {
             return reply.error(Errno::EBADF);
@@ -448,11 +386,7 @@ impl Filesystem for SpiderFs {
             position = 1;
         }
         for (i, ent) in listing.iter().enumerate().skip((position - 1) as usize) {
-            let kind = if ent.attr.is_dir() {
-                FileType::Directory
-            } else {
-                FileType::RegularFile
-            };
+            let kind = if ent.attr.is_dir() { FileType::Directory } else { FileType::RegularFile };
             // Inode numbers in plain readdir are advisory; lookups assign the real ones.
             if reply.add(INodeNo(u64::MAX), i as u64 + 2, kind, &ent.name) {
                 break;
@@ -461,14 +395,7 @@ impl Filesystem for SpiderFs {
         reply.ok();
     }
 
-    fn readdirplus(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectoryPlus,
-    ) {
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         let dir = match self.path(ino) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
@@ -476,11 +403,7 @@ impl Filesystem for SpiderFs {
         let listing = {
             let listings = self.listings.lock().unwrap_or_else(|p| p.into_inner());
             match listings.get(&fh.0) {
-                Some(l) => l
-                    .iter()
-                    .skip(offset.saturating_sub(2) as usize)
-                    .cloned()
-                    .collect::<Vec<_>>(),
+                Some(l) => l.iter().skip(offset.saturating_sub(2) as usize).cloned().collect::<Vec<_>>(),
                 None => return reply.error(Errno::EBADF),
             }
         };
@@ -489,14 +412,7 @@ impl Filesystem for SpiderFs {
         let dots = crate::router::virtual_dir_attr();
         for (position, name) in [(0u64, "."), (1, "..")] {
             if offset <= position
-                && reply.add(
-                    ino,
-                    position + 1,
-                    name,
-                    &TTL,
-                    &self.file_attr(ino.0, &dots),
-                    Generation(0),
-                )
+                && reply.add(ino, position + 1, name, &TTL, &self.file_attr(ino.0, &dots), Generation(0))
             {
                 return reply.ok();
             }
@@ -508,14 +424,7 @@ impl Filesystem for SpiderFs {
             // the buffer had no room for is un-counted right away.
             let child = self.inodes().looked_up(&path, ent.attr.is_dir());
             let attr = self.file_attr(child, &ent.attr);
-            if reply.add(
-                INodeNo(child),
-                position + 1,
-                &ent.name,
-                &TTL,
-                &attr,
-                Generation(0),
-            ) {
+            if reply.add(INodeNo(child), position + 1, &ent.name, &TTL, &attr, Generation(0)) {
                 self.inodes().forget(child, 1);
                 break;
             }
@@ -523,25 +432,13 @@ impl Filesystem for SpiderFs {
         reply.ok();
     }
 
-    fn releasedir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
-    ) {
-        self.listings
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&fh.0);
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.listings.lock().unwrap_or_else(|p| p.into_inner()).remove(&fh.0);
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
-        let result = self
-            .path(ino)
-            .and_then(|p| self.block(self.router.statfs(&p)).map_err(|e| errno(&e)));
+        let result = self.path(ino).and_then(|p| self.block(self.router.statfs(&p)).map_err(|e| errno(&e)));
         match result {
             Ok(s) => reply.statfs(
                 s.blocks,
@@ -569,23 +466,14 @@ impl Filesystem for SpiderFs {
         reply.ok();
     }
 
-    fn link(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        reply: ReplyEntry,
-    ) {
+    fn link(&self, _req: &Request, _ino: INodeNo, _newparent: INodeNo, _newname: &OsStr, reply: ReplyEntry) {
         // The protocol has no hard links; programs such as git fall back to rename.
         reply.error(Errno::EPERM);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let result = match (self.path(ino), name.to_str()) {
-            (Ok(p), Some(n)) => self
-                .block(self.router.getxattr(&p, n))
-                .map_err(|e| errno(&e)),
+            (Ok(p), Some(n)) => self.block(self.router.getxattr(&p, n)).map_err(|e| errno(&e)),
             (Err(e), _) => Err(e),
             (_, None) => Err(Errno::EINVAL),
         };
@@ -593,15 +481,8 @@ impl Filesystem for SpiderFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let result = self
-            .path(ino)
-            .and_then(|p| self.block(self.router.listxattr(&p)).map_err(|e| errno(&e)));
-        let packed = result.map(|names| {
-            names
-                .iter()
-                .flat_map(|n| n.bytes().chain([0]))
-                .collect::<Vec<u8>>()
-        });
+        let result = self.path(ino).and_then(|p| self.block(self.router.listxattr(&p)).map_err(|e| errno(&e)));
+        let packed = result.map(|names| names.iter().flat_map(|n| n.bytes().chain([0])).collect::<Vec<u8>>());
         xattr_reply(packed, size, reply);
     }
 
@@ -616,9 +497,7 @@ impl Filesystem for SpiderFs {
         reply: ReplyEmpty,
     ) {
         let result = match (self.path(ino), name.to_str()) {
-            (Ok(p), Some(n)) => self
-                .block(self.router.setxattr(&p, n, value, flags as u32))
-                .map_err(|e| errno(&e)),
+            (Ok(p), Some(n)) => self.block(self.router.setxattr(&p, n, value, flags as u32)).map_err(|e| errno(&e)),
             (Err(e), _) => Err(e),
             (_, None) => Err(Errno::EINVAL),
         };
@@ -630,9 +509,7 @@ impl Filesystem for SpiderFs {
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let result = match (self.path(ino), name.to_str()) {
-            (Ok(p), Some(n)) => self
-                .block(self.router.removexattr(&p, n))
-                .map_err(|e| errno(&e)),
+            (Ok(p), Some(n)) => self.block(self.router.removexattr(&p, n)).map_err(|e| errno(&e)),
             (Err(e), _) => Err(e),
             (_, None) => Err(Errno::EINVAL),
         };
@@ -671,13 +548,7 @@ impl Filesystem for SpiderFs {
                 if flags & libc::O_TRUNC != 0 {
                     attr.sz = 0;
                 }
-                reply.created(
-                    &TTL,
-                    &self.file_attr(ino, &attr),
-                    Generation(0),
-                    FileHandle(0),
-                    FopenFlags::empty(),
-                );
+                reply.created(&TTL, &self.file_attr(ino, &attr), Generation(0), FileHandle(0), FopenFlags::empty());
             }
             Err(e) => reply.error(errno(&e)),
         }

@@ -25,19 +25,8 @@ pub struct Inodes {
 
 impl Default for Inodes {
     fn default() -> Self {
-        let mut inodes = Inodes {
-            next: ROOT + 1,
-            by_ino: HashMap::new(),
-            by_path: HashMap::new(),
-        };
-        inodes.by_ino.insert(
-            ROOT,
-            Entry {
-                path: "/".into(),
-                lookups: 1,
-                is_dir: true,
-            },
-        );
+        let mut inodes = Inodes { next: ROOT + 1, by_ino: HashMap::new(), by_path: HashMap::new() };
+        inodes.by_ino.insert(ROOT, Entry { path: "/".into(), lookups: 1, is_dir: true });
         inodes.by_path.insert("/".into(), ROOT);
         inodes
     }
@@ -45,11 +34,7 @@ impl Default for Inodes {
 
 /// `parent` + `/` + `name`.
 pub fn join(parent: &str, name: &str) -> String {
-    if parent == "/" {
-        format!("/{name}")
-    } else {
-        format!("{parent}/{name}")
-    }
+    if parent == "/" { format!("/{name}") } else { format!("{parent}/{name}") }
 }
 
 impl Inodes {
@@ -72,14 +57,7 @@ impl Inodes {
         }
         let ino = self.next;
         self.next += 1;
-        self.by_ino.insert(
-            ino,
-            Entry {
-                path: path.to_owned(),
-                lookups: 1,
-                is_dir,
-            },
-        );
+        self.by_ino.insert(ino, Entry { path: path.to_owned(), lookups: 1, is_dir });
         self.by_path.insert(path.to_owned(), ino);
         ino
     }
@@ -129,11 +107,7 @@ impl Inodes {
     /// a directory's dentry detaches it from every process whose cwd it is (`getcwd` then
     /// fails), so directory entries only expire with their TTL.
     pub fn file_children(&self, dir: &str) -> Vec<String> {
-        let prefix = if dir == "/" {
-            "/".to_owned()
-        } else {
-            format!("{dir}/")
-        };
+        let prefix = if dir == "/" { "/".to_owned() } else { format!("{dir}/") };
         self.by_path
             .iter()
             .filter(|(_, ino)| self.by_ino.get(ino).is_some_and(|e| !e.is_dir))
@@ -161,15 +135,8 @@ mod tests {
         assert_eq!(t.path(a).as_deref(), Some("/m/x"));
         assert_eq!(t.path(b).as_deref(), Some("/m/x/b"));
         assert_eq!(t.ino("/m/x"), Some(a));
-        assert!(
-            t.path(x).unwrap().contains('\0'),
-            "the replaced inode is detached"
-        );
-        assert_eq!(
-            t.file_children("/m"),
-            vec!["x".to_owned()],
-            "directories are left out"
-        );
+        assert!(t.path(x).unwrap().contains('\0'), "the replaced inode is detached");
+        assert_eq!(t.file_children("/m"), vec!["x".to_owned()], "directories are left out");
         t.forget(a, 1);
         assert_eq!(t.path(a).as_deref(), Some("/m/x"), "one lookup left");
         t.forget(a, 1);

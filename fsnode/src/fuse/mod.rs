@@ -21,46 +21,28 @@ use inodes::Inodes;
 /// FUSE worker threads.
 const FUSE_THREADS: usize = 4;
 
-pub fn mount(
-    router: Arc<Router>,
-    runtime: tokio::runtime::Runtime,
-    at: &Path,
-) -> anyhow::Result<()> {
+pub fn mount(router: Arc<Router>, runtime: tokio::runtime::Runtime, at: &Path) -> anyhow::Result<()> {
     let _enter = runtime.enter();
     router.spawn_health_checks();
     let inodes = Arc::new(Mutex::new(Inodes::default()));
     let events = router.subscribe();
-    let filesystem = fs::SpiderFs::new(
-        Arc::clone(&router),
-        runtime.handle().clone(),
-        Arc::clone(&inodes),
-    );
+    let filesystem = fs::SpiderFs::new(Arc::clone(&router), runtime.handle().clone(), Arc::clone(&inodes));
     let mut config = Config::default();
-    config.mount_options = vec![
-        MountOption::FSName("spiderweb".into()),
-        MountOption::Subtype("spiderweb".into()),
-        MountOption::NoAtime,
-    ];
+    config.mount_options =
+        vec![MountOption::FSName("spiderweb".into()), MountOption::Subtype("spiderweb".into()), MountOption::NoAtime];
     config.n_threads = Some(FUSE_THREADS);
     let mut session = Session::new(filesystem, at, &config).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot mount {}: {e} (is fuse3 installed and /dev/fuse usable?)",
-            at.display()
-        )
+        anyhow::anyhow!("cannot mount {}: {e} (is fuse3 installed and /dev/fuse usable?)", at.display())
     })?;
     let notifier = session.notifier();
     let mut unmounter = session.unmount_callable();
-    std::thread::Builder::new()
-        .name("fuse-inval".into())
-        .spawn(move || invalidate(events, notifier, inodes))?;
+    std::thread::Builder::new().name("fuse-inval".into()).spawn(move || invalidate(events, notifier, inodes))?;
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    let worker = std::thread::Builder::new()
-        .name("fuse-session".into())
-        .spawn(move || {
-            let result = session.run();
-            let _ = done_tx.send(());
-            result
-        })?;
+    let worker = std::thread::Builder::new().name("fuse-session".into()).spawn(move || {
+        let result = session.run();
+        let _ = done_tx.send(());
+        result
+    })?;
     println!("mounted at {}", at.display());
     runtime.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -71,18 +53,12 @@ pub fn mount(
         }
         anyhow::Ok(())
     })?;
-    unmounter
-        .unmount()
-        .map_err(|e| anyhow::anyhow!("unmount {}: {e}", at.display()))?;
+    unmounter.unmount().map_err(|e| anyhow::anyhow!("unmount {}: {e}", at.display()))?;
     let _ = worker.join();
     Ok(())
 }
 
-fn invalidate(
-    mut events: tokio::sync::broadcast::Receiver<PathEvent>,
-    notifier: Notifier,
-    inodes: Arc<Mutex<Inodes>>,
-) {
+fn invalidate(mut events: tokio::sync::broadcast::Receiver<PathEvent>, notifier: Notifier, inodes: Arc<Mutex<Inodes>>) {
     loop {
         let event = match events.blocking_recv() {
             Ok(event) => event,
@@ -94,11 +70,7 @@ fn invalidate(
             let Some(ino) = inodes.ino(&event.path) else {
                 continue;
             };
-            let children = if event.dir_listing {
-                inodes.file_children(&event.path)
-            } else {
-                Vec::new()
-            };
+            let children = if event.dir_listing { inodes.file_children(&event.path) } else { Vec::new() };
             (ino, children)
         };
         // ENOENT from the kernel only means it had nothing cached; nothing to report.

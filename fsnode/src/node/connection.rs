@@ -14,9 +14,7 @@ use std::sync::Arc;
 use futures_util::{SinkExt, StreamExt};
 use sha2::{Digest, Sha256};
 use spiderweb_proto::envelope::{self, Channel, Envelope};
-use spiderweb_proto::fs::{
-    self as wire, Errno, Event, FsError, HelloCaps, HelloReply, HelloRequest, NodeInfo, binary,
-};
+use spiderweb_proto::fs::{self as wire, Errno, Event, FsError, HelloCaps, HelloReply, HelloRequest, NodeInfo, binary};
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -53,10 +51,7 @@ pub struct Outbound {
 impl Outbound {
     /// A frame outside the byte budget (small: events, close).
     pub fn unbudgeted(frame: Frame) -> Outbound {
-        Outbound {
-            frame,
-            budget: None,
-        }
+        Outbound { frame, budget: None }
     }
 }
 
@@ -99,10 +94,7 @@ where
             match tokio::time::timeout_at(hello_deadline, stream.next()).await {
                 Ok(next) => next,
                 Err(_) => {
-                    let error = FsError::new(
-                        Errno::TimedOut,
-                        "acheron.t_fs_hello must be negotiated first",
-                    );
+                    let error = FsError::new(Errno::TimedOut, "acheron.t_fs_hello must be negotiated first");
                     conn.fail_and_close(None, error).await;
                     break;
                 }
@@ -156,13 +148,7 @@ impl Connection {
         let Ok(budget) = Arc::clone(&self.budget).acquire_many_owned(permits).await else {
             return false;
         };
-        self.queue
-            .send(Outbound {
-                frame,
-                budget: Some(budget),
-            })
-            .await
-            .is_ok()
+        self.queue.send(Outbound { frame, budget: Some(budget) }).await.is_ok()
     }
 
     async fn fail_and_close(&self, tag: Option<u32>, error: FsError) {
@@ -175,80 +161,43 @@ impl Connection {
         let env = match envelope::parse(text) {
             Ok(env) => env,
             Err(e) => {
-                self.fail_and_close(e.tag, FsError::new(Errno::Inval, e.name.as_str()))
-                    .await;
+                self.fail_and_close(e.tag, FsError::new(Errno::Inval, e.name.as_str())).await;
                 return false;
             }
         };
         let tag = env.acheron.tag.unwrap_or(0);
-        let fs_op = (env.channel == Channel::Acheron)
-            .then(|| env.op.strip_prefix("t_fs_"))
-            .flatten();
+        let fs_op = (env.channel == Channel::Acheron).then(|| env.op.strip_prefix("t_fs_")).flatten();
         if fs_op == Some("hello") {
             return self.hello(&env, tag).await;
         }
         if self.hub_id.is_none() {
-            self.fail_and_close(
-                Some(tag),
-                FsError::new(Errno::Inval, "acheron.t_fs_hello must be negotiated first"),
-            )
-            .await;
+            self.fail_and_close(Some(tag), FsError::new(Errno::Inval, "acheron.t_fs_hello must be negotiated first"))
+                .await;
             return false;
         }
         let Some(op) = fs_op else {
-            return self
-                .send(wire::render_error(
-                    Some(tag),
-                    &FsError::new(Errno::Inval, "UnsupportedType"),
-                ))
-                .await;
+            return self.send(wire::render_error(Some(tag), &FsError::new(Errno::Inval, "UnsupportedType"))).await;
         };
         let (reply, events) = if op == "lock" {
             // `lock` with wait may block for as long as another holder keeps the lock.
-            let (state, quota, payload) = (
-                Arc::clone(&self.state),
-                Arc::clone(&self.quota),
-                env.payload.clone(),
-            );
+            let (state, quota, payload) = (Arc::clone(&self.state), Arc::clone(&self.quota), env.payload.clone());
             let (node, h) = (env.acheron.node, env.acheron.h);
             tokio::task::spawn_blocking(move || {
-                let req = Request {
-                    op: "lock",
-                    tag,
-                    node,
-                    h,
-                    payload: payload.as_ref(),
-                };
+                let req = Request { op: "lock", tag, node, h, payload: payload.as_ref() };
                 run(&state, &quota, &req)
             })
             .await
             .unwrap_or_else(|_| (Err(FsError::of(Errno::Io)), Vec::new()))
         } else if op == "read" && self.binary {
-            let req = Request {
-                op,
-                tag,
-                node: env.acheron.node,
-                h: env.acheron.h,
-                payload: env.payload.as_ref(),
-            };
-            let ctx = Ctx {
-                state: &self.state,
-                quota: &self.quota,
-                events: Vec::new(),
-            };
+            let req = Request { op, tag, node: env.acheron.node, h: env.acheron.h, payload: env.payload.as_ref() };
+            let ctx = Ctx { state: &self.state, quota: &self.quota, events: Vec::new() };
             let frame = match ops::read_binary(&ctx, &req) {
                 Ok(frame) => Frame::Binary(frame),
                 Err(e) => Frame::Text(wire::render_error(Some(tag), &e)),
             };
             return self.send_frame(frame).await;
         } else {
-            let req = Request {
-                op,
-                tag,
-                node: env.acheron.node,
-                h: env.acheron.h,
-                payload: env.payload.as_ref(),
-            };
+            let req = Request { op, tag, node: env.acheron.node, h: env.acheron.h, payload: env.payload.as_ref() };
             run(&self.state, &self.quota, &req)
         };
         self.finish(tag, reply, events).await
@@ -257,20 +206,12 @@ impl Connection {
     /// A binary frame: only a negotiated binary write request is valid; anything else is
     /// answered and closes the connection, like any unparseable frame.
     async fn on_binary(&mut self, data: &[u8]) -> bool {
-        let request = self
-            .binary
-            .then(|| binary::parse_write_request(data))
-            .flatten();
+        let request = self.binary.then(|| binary::parse_write_request(data)).flatten();
         let (Some(write), Some(_)) = (request, self.hub_id) else {
-            self.fail_and_close(None, FsError::new(Errno::Inval, "InvalidEnvelope"))
-                .await;
+            self.fail_and_close(None, FsError::new(Errno::Inval, "InvalidEnvelope")).await;
             return false;
         };
-        let mut ctx = Ctx {
-            state: &self.state,
-            quota: &self.quota,
-            events: Vec::new(),
-        };
+        let mut ctx = Ctx { state: &self.state, quota: &self.quota, events: Vec::new() };
         let reply = ops::write_bytes(&mut ctx, write.h, write.off, write.data)
             .map(|payload| wire::render_ok("write", write.tag, &payload));
         let events = ctx.events;
@@ -293,8 +234,8 @@ impl Connection {
     }
 
     async fn hello(&mut self, env: &Envelope, tag: u32) -> bool {
-        let checked = HelloRequest::parse(env.payload.as_ref())
-            .and_then(|hello| self.authenticate(&hello).map(|()| hello));
+        let checked =
+            HelloRequest::parse(env.payload.as_ref()).and_then(|hello| self.authenticate(&hello).map(|()| hello));
         let hello = match checked {
             Ok(hello) => hello,
             Err(e) => {
@@ -324,11 +265,7 @@ impl Connection {
             return Err(FsError::new(Errno::Inval, "AuthMissing"));
         };
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if bool::from(digest.ct_eq(expected)) {
-            Ok(())
-        } else {
-            Err(FsError::new(Errno::Inval, "AuthFailed"))
-        }
+        if bool::from(digest.ct_eq(expected)) { Ok(()) } else { Err(FsError::new(Errno::Inval, "AuthFailed")) }
     }
 }
 
@@ -337,11 +274,7 @@ fn run(
     quota: &Arc<HandleQuota>,
     req: &Request<'_>,
 ) -> (Result<String, FsError>, Vec<spiderweb_proto::fs::Event>) {
-    let mut ctx = Ctx {
-        state,
-        quota,
-        events: Vec::new(),
-    };
+    let mut ctx = Ctx { state, quota, events: Vec::new() };
     let reply = ops::dispatch(&mut ctx, req);
     (reply, ctx.events)
 }
@@ -352,11 +285,7 @@ fn hello_reply(state: &NodeState) -> HelloReply {
     HelloReply {
         protocol: wire::PROTOCOL.into(),
         proto: wire::PROTO,
-        node: NodeInfo {
-            name: "spiderweb-fs-node".into(),
-            os: "linux".into(),
-            ver: env!("CARGO_PKG_VERSION").into(),
-        },
+        node: NodeInfo { name: "spiderweb-fs-node".into(), os: "linux".into(), ver: env!("CARGO_PKG_VERSION").into() },
         caps: HelloCaps {
             readdirp: true,
             symlink: any && CAPS.symlink,

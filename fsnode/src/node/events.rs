@@ -46,10 +46,7 @@ impl EventHub {
                 continue;
             }
             for frame in &frames {
-                if queue
-                    .try_send(Outbound::unbudgeted(Frame::Text(frame.clone())))
-                    .is_err()
-                {
+                if queue.try_send(Outbound::unbudgeted(Frame::Text(frame.clone()))).is_err() {
                     self.dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }

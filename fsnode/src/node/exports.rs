@@ -18,11 +18,7 @@ use spiderweb_proto::fs::{ExportCaps, ExportEntry, node_id};
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
     #[error("export {name:?}: cannot open directory {path:?}: {source}")]
-    Open {
-        name: String,
-        path: String,
-        source: nix::Error,
-    },
+    Open { name: String, path: String, source: nix::Error },
 }
 
 /// One opened export.
@@ -36,24 +32,12 @@ pub struct Export {
 
 impl Export {
     pub fn open(index: usize, spec: ExportSpec) -> Result<Export, ExportError> {
-        let err = |source| ExportError::Open {
-            name: spec.name.clone(),
-            path: spec.path.clone(),
-            source,
-        };
-        let root = nix::fcntl::open(
-            spec.path.as_str(),
-            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(err)?;
+        let err = |source| ExportError::Open { name: spec.name.clone(), path: spec.path.clone(), source };
+        let root =
+            nix::fcntl::open(spec.path.as_str(), OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+                .map_err(err)?;
         let root_inode = fstat(&root).map_err(err)?.st_ino;
-        Ok(Export {
-            index,
-            spec,
-            root,
-            root_inode,
-        })
+        Ok(Export { index, spec, root, root_inode })
     }
 
     pub fn read_only(&self) -> bool {
@@ -82,11 +66,5 @@ impl Export {
 pub const SOURCE_KIND: &str = "linux";
 
 /// What a local Linux export supports.
-pub const CAPS: ExportCaps = ExportCaps {
-    native_watch: true,
-    case_sensitive: true,
-    symlink: true,
-    xattr: true,
-    locks: true,
-    statfs: true,
-};
+pub const CAPS: ExportCaps =
+    ExportCaps { native_watch: true, case_sensitive: true, symlink: true, xattr: true, locks: true, statfs: true };

@@ -37,10 +37,7 @@ pub struct HandleTable {
 
 impl Default for HandleTable {
     fn default() -> Self {
-        HandleTable {
-            next: AtomicU64::new(1),
-            open: Mutex::new(HashMap::new()),
-        }
+        HandleTable { next: AtomicU64::new(1), open: Mutex::new(HashMap::new()) }
     }
 }
 
@@ -56,16 +53,10 @@ impl HandleTable {
     pub fn insert(&self, new: NewHandle, quota: &Arc<HandleQuota>) -> Result<u64, FsError> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         if open.len() >= MAX_HANDLES {
-            return Err(FsError::new(
-                Errno::NoSpc,
-                "too many open handles on this node",
-            ));
+            return Err(FsError::new(Errno::NoSpc, "too many open handles on this node"));
         }
         if quota.0.load(Ordering::Relaxed) >= MAX_HANDLES_PER_CONNECTION {
-            return Err(FsError::new(
-                Errno::NoSpc,
-                "too many open handles on this connection",
-            ));
+            return Err(FsError::new(Errno::NoSpc, "too many open handles on this connection"));
         }
         quota.0.fetch_add(1, Ordering::Relaxed);
         let h = self.next.fetch_add(1, Ordering::Relaxed);
@@ -83,9 +74,7 @@ impl HandleTable {
 
     pub fn get(&self, h: u64) -> Result<Arc<Handle>, FsError> {
         let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        open.get(&h)
-            .cloned()
-            .ok_or_else(|| FsError::new(Errno::BadF, "unknown handle"))
+        open.get(&h).cloned().ok_or_else(|| FsError::new(Errno::BadF, "unknown handle"))
     }
 
     pub fn close(&self, h: u64) -> Result<(), FsError> {

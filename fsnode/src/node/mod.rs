@@ -94,9 +94,7 @@ impl NodeState {
             handles: handles::HandleTable::default(),
             hub: events::EventHub::default(),
             watcher: OnceLock::new(),
-            auth_digest: config
-                .auth_token
-                .map(|t| Sha256::digest(t.as_bytes()).into()),
+            auth_digest: config.auth_token.map(|t| Sha256::digest(t.as_bytes()).into()),
             connections: Arc::new(Semaphore::new(config.max_connections)),
             hello_timeout: config.hello_timeout,
             hide_sandbox_dir: config.hide_sandbox_dir,

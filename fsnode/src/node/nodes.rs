@@ -33,10 +33,7 @@ pub struct NodeTable {
 
 impl NodeTable {
     pub fn get(&self, id: u64) -> Result<NodeEntry, FsError> {
-        self.lock()
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| FsError::of(Errno::NoEnt))
+        self.lock().get(&id).cloned().ok_or_else(|| FsError::of(Errno::NoEnt))
     }
 
     pub fn remember(&self, id: u64, export: usize, rel: PathBuf) -> Result<(), FsError> {
@@ -50,13 +47,7 @@ impl NodeTable {
 
     /// An export root: always remembered, outside the bound (there is one per export).
     pub fn remember_root(&self, id: u64, export: usize) {
-        self.lock().insert(
-            id,
-            NodeEntry {
-                export,
-                rel: PathBuf::new(),
-            },
-        );
+        self.lock().insert(id, NodeEntry { export, rel: PathBuf::new() });
     }
 
     pub fn forget(&self, id: u64) {
@@ -70,11 +61,7 @@ impl NodeTable {
                 continue;
             }
             if let Ok(rest) = entry.rel.strip_prefix(from) {
-                entry.rel = if rest.as_os_str().is_empty() {
-                    to.to_path_buf()
-                } else {
-                    to.join(rest)
-                };
+                entry.rel = if rest.as_os_str().is_empty() { to.to_path_buf() } else { to.join(rest) };
             }
         }
     }
@@ -100,11 +87,7 @@ mod tests {
         table.moved(0, Path::new("a"), Path::new("z/a2"));
         assert_eq!(table.get(1).unwrap().rel, PathBuf::from("z/a2"));
         assert_eq!(table.get(2).unwrap().rel, PathBuf::from("z/a2/b/c"));
-        assert_eq!(
-            table.get(3).unwrap().rel,
-            PathBuf::from("ab"),
-            "component-wise prefix, not string prefix"
-        );
+        assert_eq!(table.get(3).unwrap().rel, PathBuf::from("ab"), "component-wise prefix, not string prefix");
         assert_eq!(table.get(4).unwrap().rel, PathBuf::from("a/x"));
         assert_eq!(table.get(99).unwrap_err().errno, Errno::NoEnt);
     }

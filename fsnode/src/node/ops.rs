@@ -25,8 +25,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use spiderweb_policy::export::{self as policy, FsOp};
 use spiderweb_proto::fs::{
-    self as wire, Args, Attr, DirEntry, Errno, Event, FsError, InvalWhat, ReaddirReply, Statfs,
-    kind, node_id,
+    self as wire, Args, Attr, DirEntry, Errno, Event, FsError, InvalWhat, ReaddirReply, Statfs, kind, node_id,
 };
 
 use super::NodeState;
@@ -62,17 +61,11 @@ pub fn dispatch(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Result<String, FsError>
         };
     }
     match op {
-        "exports" => reply!(
-            json!({"exports": ctx.state.exports.iter().map(Export::entry).collect::<Vec<_>>()})
-        ),
+        "exports" => reply!(json!({"exports": ctx.state.exports.iter().map(Export::entry).collect::<Vec<_>>()})),
         "lookup" => reply!(json!({"attr": lookup(ctx, need_node(req)?, args.str("name")?)?})),
         "getattr" => reply!(json!({"attr": getattr(ctx, need_node(req)?)?})),
         "readdirp" => reply!(readdirp(ctx, need_node(req)?, &args)?),
-        "open" => reply!(open(
-            ctx,
-            need_node(req)?,
-            args.opt_u32("flags")?.unwrap_or(0)
-        )?),
+        "open" => reply!(open(ctx, need_node(req)?, args.opt_u32("flags")?.unwrap_or(0))?),
         "read" => reply!(read(ctx, need_h(req)?, &args)?),
         "write" => reply!(write(ctx, need_h(req)?, &args)?),
         "close" => {
@@ -81,24 +74,10 @@ pub fn dispatch(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Result<String, FsError>
         }
         "create" => reply!(create(ctx, need_node(req)?, &args)?),
         "mkdir" => reply!(mkdir(ctx, need_node(req)?, args.str("name")?)?),
-        "rmdir" => reply!(remove(
-            ctx,
-            need_node(req)?,
-            args.str("name")?,
-            FsOp::Rmdir
-        )?),
-        "unlink" => reply!(remove(
-            ctx,
-            need_node(req)?,
-            args.str("name")?,
-            FsOp::Unlink
-        )?),
+        "rmdir" => reply!(remove(ctx, need_node(req)?, args.str("name")?, FsOp::Rmdir)?),
+        "unlink" => reply!(remove(ctx, need_node(req)?, args.str("name")?, FsOp::Unlink)?),
         "rename" => reply!(rename(ctx, &args)?),
-        "truncate" => reply!(truncate(
-            ctx,
-            need_node(req)?,
-            args.opt_u64("sz")?.unwrap_or(0)
-        )?),
+        "truncate" => reply!(truncate(ctx, need_node(req)?, args.opt_u64("sz")?.unwrap_or(0))?),
         "statfs" => reply!(statfs(ctx, need_node(req)?)?),
         "lock" => reply!(lock(ctx, need_h(req)?, &args)?),
         "symlink" => reply!(symlink(ctx, need_node(req)?, &args)?),
@@ -111,21 +90,11 @@ pub fn dispatch(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Result<String, FsError>
 }
 
 fn need_node(req: &Request<'_>) -> Result<u64, FsError> {
-    req.node.ok_or_else(|| {
-        FsError::new(
-            Errno::Inval,
-            format!("{} requires node", req.op.to_uppercase()),
-        )
-    })
+    req.node.ok_or_else(|| FsError::new(Errno::Inval, format!("{} requires node", req.op.to_uppercase())))
 }
 
 fn need_h(req: &Request<'_>) -> Result<u64, FsError> {
-    req.h.ok_or_else(|| {
-        FsError::new(
-            Errno::Inval,
-            format!("{} requires h", req.op.to_uppercase()),
-        )
-    })
+    req.h.ok_or_else(|| FsError::new(Errno::Inval, format!("{} requires h", req.op.to_uppercase())))
 }
 
 /// A node id resolved to its export and remembered path.
@@ -136,19 +105,14 @@ struct Located<'s> {
 
 impl<'s> Ctx<'s> {
     fn locate(&self, id: u64) -> Result<Located<'s>, FsError> {
-        let (index, _) = node_id::decode(id, self.state.exports.len())
-            .ok_or_else(|| FsError::of(Errno::NoEnt))?;
+        let (index, _) = node_id::decode(id, self.state.exports.len()).ok_or_else(|| FsError::of(Errno::NoEnt))?;
         let entry = self.state.nodes.get(id)?;
         debug_assert_eq!(entry.export, index);
-        Ok(Located {
-            export: &self.state.exports[index],
-            rel: entry.rel,
-        })
+        Ok(Located { export: &self.state.exports[index], rel: entry.rel })
     }
 
     fn allow(&self, export: &Export, op: FsOp) -> Result<(), FsError> {
-        policy::check(op, export.spec.access)
-            .map_err(|_| FsError::new(Errno::RoFs, "export is read-only"))
+        policy::check(op, export.spec.access).map_err(|_| FsError::new(Errno::RoFs, "export is read-only"))
     }
 
     /// Stats `rel` without following a final symlink and checks it is still node `id`.
@@ -162,12 +126,7 @@ impl<'s> Ctx<'s> {
     }
 
     fn attr(&self, export: &Export, st: &FileStat) -> Attr {
-        attr_of(
-            node_id::encode(export.index, st.st_ino),
-            st,
-            self.state.uid,
-            self.state.gid,
-        )
+        attr_of(node_id::encode(export.index, st.st_ino), st, self.state.uid, self.state.gid)
     }
 
     /// Remembers a node found at `rel` and, for directories, watches it for host changes.
@@ -190,8 +149,7 @@ impl<'s> Ctx<'s> {
 }
 
 fn child_name(name: &str) -> Result<&str, FsError> {
-    policy::validate_child_name(name)
-        .map_err(|_| FsError::new(Errno::Inval, "invalid child name"))?;
+    policy::validate_child_name(name).map_err(|_| FsError::new(Errno::Inval, "invalid child name"))?;
     Ok(name)
 }
 
@@ -241,44 +199,24 @@ fn getattr(ctx: &Ctx<'_>, id: u64) -> Result<Attr, FsError> {
 
 fn readdirp(ctx: &Ctx<'_>, id: u64, args: &Args<'_>) -> Result<ReaddirReply, FsError> {
     let cookie = args.opt_u64("cookie")?.unwrap_or(0);
-    let max = args
-        .opt_u32("max")?
-        .unwrap_or(wire::READDIR_DEFAULT_MAX)
-        .min(wire::READDIR_MAX_CAP) as usize;
+    let max = args.opt_u32("max")?.unwrap_or(wire::READDIR_DEFAULT_MAX).min(wire::READDIR_MAX_CAP) as usize;
     let at = ctx.locate(id)?;
-    let listing = open_beneath(
-        &at.export.root,
-        &at.rel,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY,
-        0,
-    )
-    .map_err(|e| {
-        if e.errno == Errno::NotDir {
-            FsError::new(Errno::NotDir, "node is not a directory")
-        } else {
-            e
-        }
+    let listing = open_beneath(&at.export.root, &at.rel, OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0).map_err(|e| {
+        if e.errno == Errno::NotDir { FsError::new(Errno::NotDir, "node is not a directory") } else { e }
     })?;
-    let dir_fd = listing
-        .try_clone()
-        .map_err(|e| FsError::of(Errno::from_os(e.raw_os_error().unwrap_or(5))))?;
+    let dir_fd = listing.try_clone().map_err(|e| FsError::of(Errno::from_os(e.raw_os_error().unwrap_or(5))))?;
     let dir_st = fstat(&dir_fd).map_err(os_error)?;
     if !node_id::matches_inode(id, dir_st.st_ino) {
         return Err(FsError::of(Errno::NoEnt));
     }
     let dir_attr = ctx.attr(at.export, &dir_st);
     let mut names = Vec::new();
-    for entry in nix::dir::Dir::from_fd(listing)
-        .map_err(os_error)?
-        .into_iter()
-    {
+    for entry in nix::dir::Dir::from_fd(listing).map_err(os_error)?.into_iter() {
         let entry = entry.map_err(os_error)?;
         let Ok(name) = entry.file_name().to_str() else {
             continue;
         };
-        if policy::validate_child_name(name).is_ok()
-            && !policy::is_hidden(name, ctx.state.hide_sandbox_dir)
-        {
+        if policy::validate_child_name(name).is_ok() && !policy::is_hidden(name, ctx.state.hide_sandbox_dir) {
             names.push(name.to_owned());
         }
     }
@@ -287,40 +225,26 @@ fn readdirp(ctx: &Ctx<'_>, id: u64, args: &Args<'_>) -> Result<ReaddirReply, FsE
     let mut position = cookie;
     while position < total && ents.len() < max {
         match position {
-            0 => ents.push(DirEntry {
-                name: ".".into(),
-                attr: dir_attr.clone(),
-            }),
+            0 => ents.push(DirEntry { name: ".".into(), attr: dir_attr.clone() }),
             1 => {
                 let parent_rel = at.rel.parent().map(Path::to_path_buf).unwrap_or_default();
                 let parent = open_node(&at.export.root, &parent_rel)
                     .and_then(|fd| fstat(&fd).map_err(os_error))
                     .and_then(|st| ctx.remember(at.export, parent_rel, &st));
-                ents.push(DirEntry {
-                    name: "..".into(),
-                    attr: parent.unwrap_or_else(|_| dir_attr.clone()),
-                });
+                ents.push(DirEntry { name: "..".into(), attr: parent.unwrap_or_else(|_| dir_attr.clone()) });
             }
             n => {
                 let name = &names[(n - 2) as usize];
                 // An entry removed since the listing was read is skipped, not an error.
                 if let Ok(st) = fstatat(&dir_fd, name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
                     let attr = ctx.remember(at.export, at.rel.join(name), &st)?;
-                    ents.push(DirEntry {
-                        name: name.clone(),
-                        attr,
-                    });
+                    ents.push(DirEntry { name: name.clone(), attr });
                 }
             }
         }
         position += 1;
     }
-    Ok(ReaddirReply {
-        ents,
-        next: position,
-        eof: position >= total,
-        dir_gen: dir_attr.mt.max(0) as u64,
-    })
+    Ok(ReaddirReply { ents, next: position, eof: position >= total, dir_gen: dir_attr.mt.max(0) as u64 })
 }
 
 #[derive(Serialize)]
@@ -347,39 +271,18 @@ fn access_flags(readable: bool, writable: bool) -> OFlag {
 fn open(ctx: &Ctx<'_>, id: u64, flags: u32) -> Result<OpenReply, FsError> {
     let at = ctx.locate(id)?;
     ctx.allow(at.export, FsOp::Open { flags })?;
-    let (readable, writable) = (
-        policy::open_wants_read(flags),
-        policy::open_wants_write(flags),
-    );
-    let fd = open_beneath(
-        &at.export.root,
-        &at.rel,
-        access_flags(readable, writable),
-        0,
-    )?;
+    let (readable, writable) = (policy::open_wants_read(flags), policy::open_wants_write(flags));
+    let fd = open_beneath(&at.export.root, &at.rel, access_flags(readable, writable), 0)?;
     let st = fstat(&fd).map_err(os_error)?;
     if st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFDIR.bits() {
         return Err(FsError::new(Errno::IsDir, "is a directory"));
     }
     let r#gen = ns(st.st_mtime, st.st_mtime_nsec).max(0) as u64;
-    let h = ctx.state.handles.insert(
-        NewHandle {
-            file: File::from(fd),
-            node: id,
-            export: at.export.index,
-            readable,
-            writable,
-        },
-        ctx.quota,
-    )?;
-    Ok(OpenReply {
-        h,
-        caps: OpenCaps {
-            rd: readable,
-            wr: writable,
-        },
-        r#gen,
-    })
+    let h = ctx
+        .state
+        .handles
+        .insert(NewHandle { file: File::from(fd), node: id, export: at.export.index, readable, writable }, ctx.quota)?;
+    Ok(OpenReply { h, caps: OpenCaps { rd: readable, wr: writable }, r#gen })
 }
 
 #[derive(Serialize)]
@@ -391,10 +294,7 @@ struct ReadReply {
 fn read(ctx: &Ctx<'_>, h: u64, args: &Args<'_>) -> Result<ReadReply, FsError> {
     let mut buf = Vec::new();
     let eof = read_into(ctx, h, args, &mut buf)?;
-    Ok(ReadReply {
-        data_b64: base64::engine::general_purpose::STANDARD.encode(&buf),
-        eof,
-    })
+    Ok(ReadReply { data_b64: base64::engine::general_purpose::STANDARD.encode(&buf), eof })
 }
 
 /// `t_fs_read` answered with a binary frame (negotiated `binary_data`): the bytes are read
@@ -410,10 +310,7 @@ pub fn read_binary(ctx: &Ctx<'_>, req: &Request<'_>) -> Result<Vec<u8>, FsError>
 /// Appends up to `len` (capped at `MAX_READ`) bytes at `off` to `buf`; `true` on a short read.
 fn read_into(ctx: &Ctx<'_>, h: u64, args: &Args<'_>, buf: &mut Vec<u8>) -> Result<bool, FsError> {
     let off = args.opt_u64("off")?.unwrap_or(0);
-    let len = args
-        .opt_u32("len")?
-        .unwrap_or(wire::READ_DEFAULT_LEN)
-        .min(wire::MAX_READ) as usize;
+    let len = args.opt_u32("len")?.unwrap_or(wire::READ_DEFAULT_LEN).min(wire::MAX_READ) as usize;
     let handle = ctx.state.handles.get(h)?;
     if !handle.readable {
         return Err(FsError::new(Errno::BadF, "handle not readable"));
@@ -422,10 +319,7 @@ fn read_into(ctx: &Ctx<'_>, h: u64, args: &Args<'_>, buf: &mut Vec<u8>) -> Resul
     buf.resize(start + len, 0);
     let mut filled = 0;
     while filled < len {
-        match handle
-            .file
-            .read_at(&mut buf[start + filled..], off + filled as u64)
-        {
+        match handle.file.read_at(&mut buf[start + filled..], off + filled as u64) {
             Ok(0) => break,
             Ok(n) => filled += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -452,10 +346,7 @@ pub fn write_bytes(ctx: &mut Ctx<'_>, h: u64, off: u64, data: &[u8]) -> Result<V
     if !handle.writable {
         return Err(FsError::new(Errno::BadF, "handle not writable"));
     }
-    handle
-        .file
-        .write_all_at(data, off)
-        .map_err(|e| FsError::of(Errno::from_os(e.raw_os_error().unwrap_or(5))))?;
+    handle.file.write_all_at(data, off).map_err(|e| FsError::of(Errno::from_os(e.raw_os_error().unwrap_or(5))))?;
     ctx.inval(handle.node, InvalWhat::Data, None);
     Ok(json!({"n": data.len()}))
 }
@@ -472,26 +363,16 @@ fn create(ctx: &mut Ctx<'_>, parent: u64, args: &Args<'_>) -> Result<Value, FsEr
     let requested = OFlag::from_bits_truncate(flags as i32);
     oflags |= requested & (OFlag::O_EXCL | OFlag::O_TRUNC);
     let dir = open_dir(&at.export.root, &at.rel)?;
-    let fd: OwnedFd = openat(
-        &dir,
-        name,
-        oflags | OFlag::O_CLOEXEC,
-        Mode::from_bits_truncate(mode & 0o7777),
-    )
-    .map_err(|e| match e {
-        nix::Error::EEXIST => FsError::new(Errno::Exist, "path exists"),
-        other => os_error(other),
-    })?;
+    let fd: OwnedFd = openat(&dir, name, oflags | OFlag::O_CLOEXEC, Mode::from_bits_truncate(mode & 0o7777)).map_err(
+        |e| match e {
+            nix::Error::EEXIST => FsError::new(Errno::Exist, "path exists"),
+            other => os_error(other),
+        },
+    )?;
     let st = fstat(&fd).map_err(os_error)?;
     let attr = ctx.remember(at.export, at.rel.join(name), &st)?;
     let h = ctx.state.handles.insert(
-        NewHandle {
-            file: File::from(fd),
-            node: attr.id,
-            export: at.export.index,
-            readable,
-            writable: true,
-        },
+        NewHandle { file: File::from(fd), node: attr.id, export: at.export.index, readable, writable: true },
         ctx.quota,
     )?;
     ctx.inval_dir(parent);
@@ -515,11 +396,7 @@ fn remove(ctx: &mut Ctx<'_>, parent: u64, name: &str, op: FsOp) -> Result<Value,
     let name = child_name(name)?;
     let dir = open_dir(&at.export.root, &at.rel)?;
     let st = fstatat(&dir, name, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(os_error)?;
-    let flag = if op == FsOp::Rmdir {
-        UnlinkatFlags::RemoveDir
-    } else {
-        UnlinkatFlags::NoRemoveDir
-    };
+    let flag = if op == FsOp::Rmdir { UnlinkatFlags::RemoveDir } else { UnlinkatFlags::NoRemoveDir };
     unlinkat(&dir, name, flag).map_err(os_error)?;
     let child = node_id::encode(at.export.index, st.st_ino);
     if st.st_nlink <= 1 || op == FsOp::Rmdir {
@@ -534,18 +411,13 @@ fn rename(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<Value, FsError> {
     let old_parent = args.u64("old_parent")?;
     let new_parent = args.u64("new_parent")?;
     let (old_name, new_name) = (args.str("old_name")?, args.str("new_name")?);
-    if policy::validate_child_name(old_name).is_err()
-        || policy::validate_child_name(new_name).is_err()
-    {
+    if policy::validate_child_name(old_name).is_err() || policy::validate_child_name(new_name).is_err() {
         return Err(FsError::new(Errno::Inval, "invalid rename child name"));
     }
     let from = ctx.locate(old_parent)?;
     let to = ctx.locate(new_parent)?;
     if from.export.index != to.export.index {
-        return Err(FsError::new(
-            Errno::XDev,
-            "cross-export rename is not supported",
-        ));
+        return Err(FsError::new(Errno::XDev, "cross-export rename is not supported"));
     }
     ctx.allow(from.export, FsOp::Rename)?;
     let old_dir = open_dir(&from.export.root, &from.rel)?;
@@ -566,12 +438,7 @@ fn rename(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<Value, FsError> {
 fn truncate(ctx: &mut Ctx<'_>, id: u64, size: u64) -> Result<Value, FsError> {
     let at = ctx.locate(id)?;
     ctx.allow(at.export, FsOp::Truncate)?;
-    let fd = open_beneath(
-        &at.export.root,
-        &at.rel,
-        OFlag::O_WRONLY | OFlag::O_NOFOLLOW,
-        0,
-    )?;
+    let fd = open_beneath(&at.export.root, &at.rel, OFlag::O_WRONLY | OFlag::O_NOFOLLOW, 0)?;
     let size = i64::try_from(size).map_err(|_| FsError::new(Errno::Inval, "sz too large"))?;
     nix::unistd::ftruncate(&fd, size).map_err(os_error)?;
     ctx.inval(id, InvalWhat::All, None);
@@ -605,11 +472,7 @@ fn lock(ctx: &Ctx<'_>, h: u64, args: &Args<'_>) -> Result<Value, FsError> {
     };
     let wait = args.opt_bool("wait")?.unwrap_or(true);
     let handle = ctx.state.handles.get(h)?;
-    let operation = if wait {
-        operation
-    } else {
-        operation | libc::LOCK_NB
-    };
+    let operation = if wait { operation } else { operation | libc::LOCK_NB };
     // SAFETY: flock on a valid fd owned by `handle`, which outlives the call.
     let rc = unsafe { libc::flock(handle.file.as_raw_fd(), operation) };
     if rc != 0 {
@@ -646,12 +509,7 @@ const MAX_XATTR_VALUE: usize = 65536;
 /// An fd on which `f*xattr` works (not `O_PATH`); symlinks are not followed.
 fn xattr_fd(ctx: &Ctx<'_>, id: u64) -> Result<OwnedFd, FsError> {
     let at = ctx.locate(id)?;
-    let fd = open_beneath(
-        &at.export.root,
-        &at.rel,
-        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK,
-        0,
-    )?;
+    let fd = open_beneath(&at.export.root, &at.rel, OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK, 0)?;
     let st = fstat(&fd).map_err(os_error)?;
     if !node_id::matches_inode(id, st.st_ino) {
         return Err(FsError::of(Errno::NoEnt));
@@ -684,15 +542,8 @@ fn setxattr(ctx: &mut Ctx<'_>, id: u64, args: &Args<'_>) -> Result<Value, FsErro
     ctx.allow(export, FsOp::Setxattr)?;
     let fd = xattr_fd(ctx, id)?;
     // SAFETY: valid fd, NUL-terminated name, value pointer/length from a live Vec.
-    let rc = unsafe {
-        libc::fsetxattr(
-            fd.as_raw_fd(),
-            name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            flags as i32,
-        )
-    };
+    let rc =
+        unsafe { libc::fsetxattr(fd.as_raw_fd(), name.as_ptr(), value.as_ptr().cast(), value.len(), flags as i32) };
     if rc != 0 {
         return Err(last_os_error());
     }
@@ -705,14 +556,7 @@ fn getxattr(ctx: &Ctx<'_>, id: u64, name: &str) -> Result<Value, FsError> {
     let fd = xattr_fd(ctx, id)?;
     let mut buf = vec![0u8; MAX_XATTR_VALUE];
     // SAFETY: valid fd and name; the buffer is MAX_XATTR_VALUE bytes long.
-    let n = unsafe {
-        libc::fgetxattr(
-            fd.as_raw_fd(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
+    let n = unsafe { libc::fgetxattr(fd.as_raw_fd(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     if n < 0 {
         return Err(last_os_error());
     }

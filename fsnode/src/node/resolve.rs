@@ -19,17 +19,8 @@ use nix::sys::stat::Mode;
 use spiderweb_proto::fs::{Errno, FsError};
 
 /// Opens `rel` (relative to the export root; empty = the root itself) beneath `root`.
-pub fn open_beneath(
-    root: impl AsFd,
-    rel: &Path,
-    flags: OFlag,
-    mode: u32,
-) -> Result<OwnedFd, FsError> {
-    let rel = if rel.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        rel
-    };
+pub fn open_beneath(root: impl AsFd, rel: &Path, flags: OFlag, mode: u32) -> Result<OwnedFd, FsError> {
+    let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
     let how = OpenHow::new()
         .flags(flags | OFlag::O_CLOEXEC)
         .mode(Mode::from_bits_truncate(mode))
@@ -55,10 +46,7 @@ pub fn open_node(root: impl AsFd, rel: &Path) -> Result<OwnedFd, FsError> {
 pub fn os_error(err: OsErrno) -> FsError {
     match err {
         OsErrno::EXDEV => FsError::new(Errno::Acces, "path outside export root"),
-        OsErrno::ELOOP => FsError::new(
-            Errno::Acces,
-            "too many symbolic links or magic link refused",
-        ),
+        OsErrno::ELOOP => FsError::new(Errno::Acces, "too many symbolic links or magic link refused"),
         OsErrno::ENAMETOOLONG => FsError::new(Errno::Inval, "name too long"),
         other => FsError::of(Errno::from_os(other as i32)),
     }
@@ -70,12 +58,7 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     fn root_fd(dir: &Path) -> OwnedFd {
-        nix::fcntl::open(
-            dir,
-            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .unwrap()
+        nix::fcntl::open(dir, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()).unwrap()
     }
 
     #[test]
@@ -94,21 +77,9 @@ mod tests {
             let err = open_beneath(&root, Path::new(escape), OFlag::O_RDONLY, 0).unwrap_err();
             assert_eq!(err.errno, Errno::Acces, "{escape}: {err}");
         }
-        assert!(
-            open_beneath(&root, Path::new("inside"), OFlag::O_RDONLY, 0).is_ok(),
-            "symlink within the export"
-        );
-        assert!(
-            open_beneath(&root, Path::new(""), OFlag::O_RDONLY, 0).is_ok(),
-            "the root itself"
-        );
-        assert_eq!(
-            open_dir(&root, Path::new("sub/ok")).unwrap_err().errno,
-            Errno::NotDir
-        );
-        assert!(
-            open_node(&root, Path::new("abs")).is_ok(),
-            "O_NOFOLLOW stats the link itself"
-        );
+        assert!(open_beneath(&root, Path::new("inside"), OFlag::O_RDONLY, 0).is_ok(), "symlink within the export");
+        assert!(open_beneath(&root, Path::new(""), OFlag::O_RDONLY, 0).is_ok(), "the root itself");
+        assert_eq!(open_dir(&root, Path::new("sub/ok")).unwrap_err().errno, Errno::NotDir);
+        assert!(open_node(&root, Path::new("abs")).is_ok(), "O_NOFOLLOW stats the link itself");
     }
 }

@@ -61,13 +61,8 @@ impl Watcher {
         let watches = inotify.watches();
         let registry = std::sync::Arc::new(Mutex::new(Registry::default()));
         let thread_registry = std::sync::Arc::clone(&registry);
-        std::thread::Builder::new()
-            .name("fs-node-watch".into())
-            .spawn(move || run(inotify, state, thread_registry))?;
-        Ok(Watcher {
-            watches: Mutex::new(watches),
-            registry,
-        })
+        std::thread::Builder::new().name("fs-node-watch".into()).spawn(move || run(inotify, state, thread_registry))?;
+        Ok(Watcher { watches: Mutex::new(watches), registry })
     }
 
     pub fn watch(&self, export: &Export, rel: &Path, id: u64) {
@@ -79,22 +74,11 @@ impl Watcher {
             return;
         };
         let proc_path = format!("/proc/self/fd/{}", dir.as_raw_fd());
-        let added = self
-            .watches
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .add(&proc_path, MASK);
+        let added = self.watches.lock().unwrap_or_else(|p| p.into_inner()).add(&proc_path, MASK);
         match added {
             Ok(wd) => {
                 registry.ids.insert(id);
-                registry.by_wd.insert(
-                    wd,
-                    WatchedDir {
-                        export: export.index,
-                        rel: rel.to_path_buf(),
-                        id,
-                    },
-                );
+                registry.by_wd.insert(wd, WatchedDir { export: export.index, rel: rel.to_path_buf(), id });
             }
             Err(e) => tracing::debug!(error = %e, "inotify watch not added"),
         }
@@ -125,14 +109,8 @@ fn run(mut inotify: Inotify, state: Weak<NodeState>, registry: std::sync::Arc<Mu
             let Some(dir) = registry.by_wd.get(&event.wd).cloned() else {
                 continue;
             };
-            if seen.insert(Event::Dir {
-                dir: dir.id,
-                dir_gen: None,
-            }) {
-                out.push(Event::Dir {
-                    dir: dir.id,
-                    dir_gen: None,
-                });
+            if seen.insert(Event::Dir { dir: dir.id, dir_gen: None }) {
+                out.push(Event::Dir { dir: dir.id, dir_gen: None });
             }
             let Some(name) = event.name.and_then(|n| n.to_str()) else {
                 continue;
@@ -143,11 +121,7 @@ fn run(mut inotify: Inotify, state: Weak<NodeState>, registry: std::sync::Arc<Mu
                 .and_then(|fd| fstatat(&fd, name, AtFlags::AT_SYMLINK_NOFOLLOW).ok());
             if let Some(st) = child {
                 let node = node_id::encode(dir.export, st.st_ino);
-                let inval = Event::Node {
-                    node,
-                    what: InvalWhat::All,
-                    r#gen: None,
-                };
+                let inval = Event::Node { node, what: InvalWhat::All, r#gen: None };
                 if seen.insert(inval) {
                     out.push(inval);
                 }

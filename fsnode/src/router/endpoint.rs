@@ -37,10 +37,7 @@ impl EndpointSpec {
             return Err(EndpointError::EmptyName);
         }
         let mut mount = format!("/{name}");
-        if let Some((head, tail)) = rest
-            .rsplit_once('@')
-            .filter(|(_, tail)| tail.starts_with('/'))
-        {
+        if let Some((head, tail)) = rest.rsplit_once('@').filter(|(_, tail)| tail.starts_with('/')) {
             mount = tail.to_owned();
             rest = head;
         }
@@ -55,12 +52,7 @@ impl EndpointSpec {
         if !rest.starts_with("ws://") {
             return Err(EndpointError::NotWebSocket(rest.to_owned()));
         }
-        Ok(EndpointSpec {
-            name: name.to_owned(),
-            url: rest.to_owned(),
-            export,
-            mount: normalise_mount(&mount)?,
-        })
+        Ok(EndpointSpec { name: name.to_owned(), url: rest.to_owned(), export, mount: normalise_mount(&mount)? })
     }
 }
 
@@ -79,50 +71,21 @@ mod tests {
     #[test]
     fn endpoint_syntax_table() {
         let ok = |name: &str, url: &str, export: Option<&str>, mount: &str| {
-            Ok(EndpointSpec {
-                name: name.into(),
-                url: url.into(),
-                export: export.map(Into::into),
-                mount: mount.into(),
-            })
+            Ok(EndpointSpec { name: name.into(), url: url.into(), export: export.map(Into::into), mount: mount.into() })
         };
         let cases = [
-            (
-                "a=ws://127.0.0.1:18891/v2/fs#work@/src",
-                ok("a", "ws://127.0.0.1:18891/v2/fs", Some("work"), "/src"),
-            ),
+            ("a=ws://127.0.0.1:18891/v2/fs#work@/src", ok("a", "ws://127.0.0.1:18891/v2/fs", Some("work"), "/src")),
             ("a=ws://h:1/v2/fs", ok("a", "ws://h:1/v2/fs", None, "/a")),
-            (
-                "a=ws://h:1/v2/fs#e",
-                ok("a", "ws://h:1/v2/fs", Some("e"), "/a"),
-            ),
-            (
-                "a=ws://h:1/v2/fs@/m/x/",
-                ok("a", "ws://h:1/v2/fs", None, "/m/x"),
-            ),
-            (
-                "a=ws://u@h:1/v2/fs#e",
-                ok("a", "ws://u@h:1/v2/fs", Some("e"), "/a"),
-            ),
-            (
-                "a=ws://h:1/v2/fs#e@/",
-                ok("a", "ws://h:1/v2/fs", Some("e"), "/"),
-            ),
-            (
-                "a=b=ws://h:1/#x",
-                Err(EndpointError::NotWebSocket("b=ws://h:1/".into())),
-            ),
+            ("a=ws://h:1/v2/fs#e", ok("a", "ws://h:1/v2/fs", Some("e"), "/a")),
+            ("a=ws://h:1/v2/fs@/m/x/", ok("a", "ws://h:1/v2/fs", None, "/m/x")),
+            ("a=ws://u@h:1/v2/fs#e", ok("a", "ws://u@h:1/v2/fs", Some("e"), "/a")),
+            ("a=ws://h:1/v2/fs#e@/", ok("a", "ws://h:1/v2/fs", Some("e"), "/")),
+            ("a=b=ws://h:1/#x", Err(EndpointError::NotWebSocket("b=ws://h:1/".into()))),
             ("a=ws://h:1/v2/fs#@/m", Err(EndpointError::EmptyExport)),
             ("noequals", Err(EndpointError::MissingEquals)),
             ("=ws://h:1/", Err(EndpointError::EmptyName)),
-            (
-                "a=http://h:1/",
-                Err(EndpointError::NotWebSocket("http://h:1/".into())),
-            ),
-            (
-                "a=ws://h:1/@/m/../x",
-                Err(EndpointError::BadMount("/m/../x".into())),
-            ),
+            ("a=http://h:1/", Err(EndpointError::NotWebSocket("http://h:1/".into()))),
+            ("a=ws://h:1/@/m/../x", Err(EndpointError::BadMount("/m/../x".into()))),
         ];
         for (text, want) in cases {
             assert_eq!(EndpointSpec::parse(text), want, "{text}");

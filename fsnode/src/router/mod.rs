@@ -22,9 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use serde_json::{Value, json};
-use spiderweb_proto::fs::{
-    Attr, DirEntry, Errno, Event, ExportEntry, FsError, ReaddirReply, Statfs,
-};
+use spiderweb_proto::fs::{Attr, DirEntry, Errno, Event, ExportEntry, FsError, ReaddirReply, Statfs};
 use tokio::sync::broadcast;
 
 use crate::client::{CallError, FsClient};
@@ -108,17 +106,11 @@ pub struct Router {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 fn components(path: &str) -> Vec<String> {
-    path.split('/')
-        .filter(|c| !c.is_empty() && *c != ".")
-        .map(str::to_owned)
-        .collect()
+    path.split('/').filter(|c| !c.is_empty() && *c != ".").map(str::to_owned).collect()
 }
 
 fn fs_err(errno: Errno, message: &str) -> CallError {
@@ -127,13 +119,8 @@ fn fs_err(errno: Errno, message: &str) -> CallError {
 
 impl Router {
     pub fn new(specs: Vec<EndpointSpec>, auth_token: Option<String>) -> Arc<Router> {
-        let endpoints = specs
-            .into_iter()
-            .map(|spec| Endpoint {
-                spec,
-                state: Mutex::new(EndpointState::default()),
-            })
-            .collect();
+        let endpoints =
+            specs.into_iter().map(|spec| Endpoint { spec, state: Mutex::new(EndpointState::default()) }).collect();
         Arc::new(Router {
             endpoints,
             auth_token,
@@ -156,10 +143,7 @@ impl Router {
     }
 
     fn state(&self, ep: usize) -> std::sync::MutexGuard<'_, EndpointState> {
-        self.endpoints[ep]
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.endpoints[ep].state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     // ---- routing ---------------------------------------------------------------------------
@@ -178,13 +162,8 @@ impl Router {
             }
         }
         if let Some((len, mount)) = best {
-            let group = (0..self.endpoints.len())
-                .filter(|i| self.endpoints[*i].spec.mount == mount)
-                .collect();
-            return Ok(Target::Export {
-                group,
-                rel: comps[len..].to_vec(),
-            });
+            let group = (0..self.endpoints.len()).filter(|i| self.endpoints[*i].spec.mount == mount).collect();
+            return Ok(Target::Export { group, rel: comps[len..].to_vec() });
         }
         let mut children: Vec<String> = self
             .endpoints
@@ -253,16 +232,13 @@ impl Router {
             }
         }
         let spec = &self.endpoints[ep].spec;
-        let client =
-            Arc::new(FsClient::connect(&spec.url, self.auth_token.as_deref(), true).await?);
+        let client = Arc::new(FsClient::connect(&spec.url, self.auth_token.as_deref(), true).await?);
         let exports = client.exports().await?;
         let export = match &spec.export {
             Some(name) => exports.into_iter().find(|e| &e.name == name),
             None => exports.into_iter().next(),
         }
-        .ok_or_else(|| {
-            CallError::Transport(format!("{}: export not found on the node", spec.name))
-        })?;
+        .ok_or_else(|| CallError::Transport(format!("{}: export not found on the node", spec.name)))?;
         let root = export.root;
         self.forget_endpoint(ep);
         self.forward_events(ep, &client);
@@ -299,12 +275,7 @@ impl Router {
                     continue;
                 }
             };
-            let attempt = Attempt {
-                ep,
-                client,
-                root,
-                rel: rel.clone(),
-            };
+            let attempt = Attempt { ep, client, root, rel: rel.clone() };
             match op(&attempt).await {
                 Err(CallError::Transport(message)) => {
                     self.mark(ep, false);
@@ -379,30 +350,14 @@ impl Router {
     }
 
     fn forget_endpoint(&self, ep: usize) {
-        self.ids
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|(e, _), _| *e != ep);
-        self.paths
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|(e, _), _| *e != ep);
-        self.handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|(e, _), _| *e != ep);
-        self.attrs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|(e, _), _| *e != ep);
+        self.ids.lock().unwrap_or_else(|p| p.into_inner()).retain(|(e, _), _| *e != ep);
+        self.paths.lock().unwrap_or_else(|p| p.into_inner()).retain(|(e, _), _| *e != ep);
+        self.handles.lock().unwrap_or_else(|p| p.into_inner()).retain(|(e, _), _| *e != ep);
+        self.attrs.lock().unwrap_or_else(|p| p.into_inner()).retain(|(e, _), _| *e != ep);
     }
 
     fn cached(&self, ep: usize, rel: &str) -> Option<u64> {
-        self.ids
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&(ep, rel.to_owned()))
-            .copied()
+        self.ids.lock().unwrap_or_else(|p| p.into_inner()).get(&(ep, rel.to_owned())).copied()
     }
 
     /// The attributes of `a.rel`, resolving from the deepest cached ancestor; a stale cached id
@@ -423,11 +378,7 @@ impl Router {
             return Ok(attr);
         }
         if use_cache && let Some(id) = self.cached(a.ep, &full) {
-            let attr = attr_of(
-                a.client
-                    .call("getattr", Some(id), None, Value::Null)
-                    .await?,
-            )?;
+            let attr = attr_of(a.client.call("getattr", Some(id), None, Value::Null).await?)?;
             self.remember_attr(a.ep, &full, &attr);
             return Ok(attr);
         }
@@ -441,21 +392,13 @@ impl Router {
             }
         }
         if a.rel.is_empty() {
-            let attr = attr_of(
-                a.client
-                    .call("getattr", Some(a.root), None, Value::Null)
-                    .await?,
-            )?;
+            let attr = attr_of(a.client.call("getattr", Some(a.root), None, Value::Null).await?)?;
             self.remember_attr(a.ep, "", &attr);
             return Ok(attr);
         }
         let mut attr = None;
         for depth in start..a.rel.len() {
-            let found = attr_of(
-                a.client
-                    .call("lookup", Some(parent), None, json!({"name": a.rel[depth]}))
-                    .await?,
-            )?;
+            let found = attr_of(a.client.call("lookup", Some(parent), None, json!({"name": a.rel[depth]})).await?)?;
             self.remember_attr(a.ep, &a.rel[..=depth].join("/"), &found);
             parent = found.id;
             attr = Some(found);
@@ -466,17 +409,9 @@ impl Router {
     /// The id of the parent directory of `a.rel` and the last component.
     async fn resolve_parent(&self, a: &Attempt) -> Result<(u64, String), CallError> {
         let Some((name, parent)) = a.rel.split_last() else {
-            return Err(fs_err(
-                Errno::Perm,
-                "operation not permitted on an export root",
-            ));
+            return Err(fs_err(Errno::Perm, "operation not permitted on an export root"));
         };
-        let parent_attempt = Attempt {
-            ep: a.ep,
-            client: Arc::clone(&a.client),
-            root: a.root,
-            rel: parent.to_vec(),
-        };
+        let parent_attempt = Attempt { ep: a.ep, client: Arc::clone(&a.client), root: a.root, rel: parent.to_vec() };
         let dir = self.resolve(&parent_attempt).await?;
         Ok((dir.id, name.clone()))
     }
@@ -499,47 +434,20 @@ impl Router {
                     Event::Node { node, .. } => (node, false),
                     Event::Dir { dir, .. } => (dir, true),
                 };
-                let rel = router
-                    .paths
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(&(ep, id))
-                    .cloned();
+                let rel = router.paths.lock().unwrap_or_else(|p| p.into_inner()).get(&(ep, id)).cloned();
                 let Some(rel) = rel else { continue };
-                router
-                    .attrs
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&(ep, rel.clone()));
+                router.attrs.lock().unwrap_or_else(|p| p.into_inner()).remove(&(ep, rel.clone()));
                 if dir_listing {
                     // Children may have been replaced: their cached ids are suspect.
-                    let prefix = if rel.is_empty() {
-                        String::new()
-                    } else {
-                        format!("{rel}/")
-                    };
+                    let prefix = if rel.is_empty() { String::new() } else { format!("{rel}/") };
                     let is_child = |e: &usize, p: &String| {
-                        *e == ep
-                            && p.starts_with(&prefix)
-                            && !p[prefix.len()..].contains('/')
-                            && p != &rel
+                        *e == ep && p.starts_with(&prefix) && !p[prefix.len()..].contains('/') && p != &rel
                     };
-                    router
-                        .ids
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .retain(|(e, p), _| !is_child(e, p));
-                    router
-                        .attrs
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .retain(|(e, p), _| !is_child(e, p));
+                    router.ids.lock().unwrap_or_else(|p| p.into_inner()).retain(|(e, p), _| !is_child(e, p));
+                    router.attrs.lock().unwrap_or_else(|p| p.into_inner()).retain(|(e, p), _| !is_child(e, p));
                 }
-                let path = if rel.is_empty() {
-                    mount.clone()
-                } else {
-                    format!("{}/{rel}", mount.trim_end_matches('/'))
-                };
+                let path =
+                    if rel.is_empty() { mount.clone() } else { format!("{}/{rel}", mount.trim_end_matches('/')) };
                 let _ = router.events.send(PathEvent { path, dir_listing });
             }
         });
@@ -549,34 +457,14 @@ impl Router {
 
     async fn handle(&self, a: &Attempt, writable: bool) -> Result<u64, CallError> {
         let key = (a.ep, a.rel.join("/"));
-        let cached = self
-            .handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            .copied();
+        let cached = self.handles.lock().unwrap_or_else(|p| p.into_inner()).get(&key).copied();
         if let Some(c) = cached.filter(|c| c.writable || !writable) {
             return Ok(c.h);
         }
         let attr = self.resolve(a).await?;
-        let reply = a
-            .client
-            .call(
-                "open",
-                Some(attr.id),
-                None,
-                json!({"flags": if writable { 2 } else { 0 }}),
-            )
-            .await?;
-        let h = reply
-            .get("h")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| CallError::Transport("bad open reply".into()))?;
-        let old = self
-            .handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, CachedHandle { h, writable });
+        let reply = a.client.call("open", Some(attr.id), None, json!({"flags": if writable { 2 } else { 0 }})).await?;
+        let h = reply.get("h").and_then(Value::as_u64).ok_or_else(|| CallError::Transport("bad open reply".into()))?;
+        let old = self.handles.lock().unwrap_or_else(|p| p.into_inner()).insert(key, CachedHandle { h, writable });
         if let Some(old) = old {
             let _ = a.client.call("close", None, Some(old.h), Value::Null).await;
         }
@@ -593,10 +481,7 @@ impl Router {
         let h = self.handle(a, writable).await?;
         match op(h).await {
             Err(CallError::Fs(e)) if e.errno == Errno::BadF || e.errno == Errno::NoEnt => {
-                self.handles
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&(a.ep, a.rel.join("/")));
+                self.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&(a.ep, a.rel.join("/")));
                 self.forget_path(a.ep, &a.rel.join("/"));
                 let h = self.handle(a, writable).await?;
                 op(h).await
@@ -612,11 +497,7 @@ impl Router {
         };
         let rel = rel.join("/");
         for ep in group {
-            let cached = self
-                .handles
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&(ep, rel.clone()));
+            let cached = self.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&(ep, rel.clone()));
             let client = self.state(ep).client.clone();
             if let (Some(c), Some(client)) = (cached, client) {
                 let _ = client.call("close", None, Some(c.h), Value::Null).await;
@@ -630,53 +511,24 @@ impl Router {
         if let Target::Virtual { .. } = self.target(path)? {
             return Ok(virtual_dir_attr());
         }
-        self.run(path, false, true, async |a| self.resolve(a).await)
-            .await
+        self.run(path, false, true, async |a| self.resolve(a).await).await
     }
 
     /// One page of a listing (the node's reply as is).
-    pub async fn readdir(
-        self: &Arc<Self>,
-        path: &str,
-        cookie: u64,
-        max: u32,
-    ) -> Result<ReaddirReply, CallError> {
+    pub async fn readdir(self: &Arc<Self>, path: &str, cookie: u64, max: u32) -> Result<ReaddirReply, CallError> {
         if let Target::Virtual { children } = self.target(path)? {
-            let ents = children
-                .into_iter()
-                .map(|name| DirEntry {
-                    name,
-                    attr: virtual_dir_attr(),
-                })
-                .collect();
-            return Ok(ReaddirReply {
-                ents,
-                next: 0,
-                eof: true,
-                dir_gen: 0,
-            });
+            let ents = children.into_iter().map(|name| DirEntry { name, attr: virtual_dir_attr() }).collect();
+            return Ok(ReaddirReply { ents, next: 0, eof: true, dir_gen: 0 });
         }
         self.run(path, false, true, async |a| {
             let dir = self.resolve(a).await?;
-            let reply = a
-                .client
-                .call(
-                    "readdirp",
-                    Some(dir.id),
-                    None,
-                    json!({"cookie": cookie, "max": max}),
-                )
-                .await?;
-            let page: ReaddirReply = serde_json::from_value(reply)
-                .map_err(|e| CallError::Transport(format!("bad readdirp reply: {e}")))?;
+            let reply = a.client.call("readdirp", Some(dir.id), None, json!({"cookie": cookie, "max": max})).await?;
+            let page: ReaddirReply =
+                serde_json::from_value(reply).map_err(|e| CallError::Transport(format!("bad readdirp reply: {e}")))?;
             let base = a.rel.join("/");
             for ent in &page.ents {
                 if ent.name != "." && ent.name != ".." {
-                    let rel = if base.is_empty() {
-                        ent.name.clone()
-                    } else {
-                        format!("{base}/{}", ent.name)
-                    };
+                    let rel = if base.is_empty() { ent.name.clone() } else { format!("{base}/{}", ent.name) };
                     self.remember_attr(a.ep, &rel, &ent.attr);
                 }
             }
@@ -691,11 +543,7 @@ impl Router {
         let mut cookie = 0;
         loop {
             let page = self.readdir(path, cookie, LIST_PAGE).await?;
-            all.extend(
-                page.ents
-                    .into_iter()
-                    .filter(|e| e.name != "." && e.name != ".."),
-            );
+            all.extend(page.ents.into_iter().filter(|e| e.name != "." && e.name != ".."));
             if page.eof || page.next <= cookie {
                 return Ok(all);
             }
@@ -704,30 +552,17 @@ impl Router {
     }
 
     /// Reads up to `len` bytes at `off`; `true` at end of file. Idempotent: fails over.
-    pub async fn read(
-        self: &Arc<Self>,
-        path: &str,
-        off: u64,
-        len: u32,
-    ) -> Result<(Vec<u8>, bool), CallError> {
+    pub async fn read(self: &Arc<Self>, path: &str, off: u64, len: u32) -> Result<(Vec<u8>, bool), CallError> {
         self.run(path, false, true, async |a| {
-            self.with_handle(a, false, async |h| a.client.read(h, off, len).await)
-                .await
+            self.with_handle(a, false, async |h| a.client.read(h, off, len).await).await
         })
         .await
     }
 
     /// Writes `data` at `off` (positional, hence idempotent).
-    pub async fn write(
-        self: &Arc<Self>,
-        path: &str,
-        off: u64,
-        data: &[u8],
-    ) -> Result<u64, CallError> {
+    pub async fn write(self: &Arc<Self>, path: &str, off: u64, data: &[u8]) -> Result<u64, CallError> {
         self.run(path, true, true, async |a| {
-            let written = self
-                .with_handle(a, true, async |h| a.client.write(h, off, data).await)
-                .await;
+            let written = self.with_handle(a, true, async |h| a.client.write(h, off, data).await).await;
             // Size and times changed; the node's event may arrive after our caller asks.
             self.forget_attrs(a.ep, &a.rel.join("/"));
             written
@@ -736,17 +571,8 @@ impl Router {
     }
 
     /// Creates (or opens, unless `exclusive`) a file; its handle is cached for writes.
-    pub async fn create(
-        self: &Arc<Self>,
-        path: &str,
-        mode: u32,
-        exclusive: bool,
-    ) -> Result<Attr, CallError> {
-        let flags = if exclusive {
-            2 | libc::O_EXCL as u32
-        } else {
-            2
-        };
+    pub async fn create(self: &Arc<Self>, path: &str, mode: u32, exclusive: bool) -> Result<Attr, CallError> {
+        let flags = if exclusive { 2 | libc::O_EXCL as u32 } else { 2 };
         self.run(path, true, false, async |a| {
             let (parent, name) = self.resolve_parent(a).await?;
             let reply = a
@@ -758,13 +584,7 @@ impl Router {
                     json!({"name": name, "mode": 0o100000 | (mode & 0o7777), "flags": flags}),
                 )
                 .await?;
-            let attr = attr_of(
-                reply
-                    .get("attr")
-                    .cloned()
-                    .map(|attr| json!({"attr": attr}))
-                    .unwrap_or(Value::Null),
-            )?;
+            let attr = attr_of(reply.get("attr").cloned().map(|attr| json!({"attr": attr})).unwrap_or(Value::Null))?;
             let rel = a.rel.join("/");
             self.forget_attrs(a.ep, &rel);
             self.remember_attr(a.ep, &rel, &attr);
@@ -783,12 +603,7 @@ impl Router {
         .await
     }
 
-    async fn parent_op(
-        self: &Arc<Self>,
-        path: &str,
-        op: &str,
-        extra: Value,
-    ) -> Result<(), CallError> {
+    async fn parent_op(self: &Arc<Self>, path: &str, op: &str, extra: Value) -> Result<(), CallError> {
         self.run(path, true, false, async |a| {
             let (parent, name) = self.resolve_parent(a).await?;
             let mut payload = extra.clone();
@@ -813,18 +628,12 @@ impl Router {
     }
 
     pub async fn symlink(self: &Arc<Self>, path: &str, target: &str) -> Result<(), CallError> {
-        self.parent_op(path, "symlink", json!({"target": target}))
-            .await
+        self.parent_op(path, "symlink", json!({"target": target})).await
     }
 
     pub async fn rename(self: &Arc<Self>, from: &str, to: &str) -> Result<(), CallError> {
-        let (
-            Target::Export {
-                group: g1,
-                rel: to_rel,
-            },
-            Target::Export { group: g2, .. },
-        ) = (self.target(to)?, self.target(from)?)
+        let (Target::Export { group: g1, rel: to_rel }, Target::Export { group: g2, .. }) =
+            (self.target(to)?, self.target(from)?)
         else {
             return Err(fs_err(Errno::XDev, "cross-export rename is not supported"));
         };
@@ -853,10 +662,7 @@ impl Router {
     pub async fn truncate(self: &Arc<Self>, path: &str, size: u64) -> Result<(), CallError> {
         self.run(path, true, true, async |a| {
             let attr = self.resolve(a).await?;
-            let done = a
-                .client
-                .call("truncate", Some(attr.id), None, json!({"sz": size}))
-                .await;
+            let done = a.client.call("truncate", Some(attr.id), None, json!({"sz": size})).await;
             self.forget_attrs(a.ep, &a.rel.join("/"));
             done.map(|_| ())
         })
@@ -866,12 +672,8 @@ impl Router {
     pub async fn statfs(self: &Arc<Self>, path: &str) -> Result<Statfs, CallError> {
         self.run(path, false, true, async |a| {
             let attr = self.resolve(a).await?;
-            let reply = a
-                .client
-                .call("statfs", Some(attr.id), None, Value::Null)
-                .await?;
-            serde_json::from_value(reply)
-                .map_err(|e| CallError::Transport(format!("bad statfs reply: {e}")))
+            let reply = a.client.call("statfs", Some(attr.id), None, Value::Null).await?;
+            serde_json::from_value(reply).map_err(|e| CallError::Transport(format!("bad statfs reply: {e}")))
         })
         .await
     }
@@ -879,10 +681,7 @@ impl Router {
     pub async fn getxattr(self: &Arc<Self>, path: &str, name: &str) -> Result<Vec<u8>, CallError> {
         self.run(path, false, true, async |a| {
             let attr = self.resolve(a).await?;
-            let reply = a
-                .client
-                .call("getxattr", Some(attr.id), None, json!({"name": name}))
-                .await?;
+            let reply = a.client.call("getxattr", Some(attr.id), None, json!({"name": name})).await?;
             reply
                 .get("value_b64")
                 .and_then(Value::as_str)
@@ -895,23 +694,14 @@ impl Router {
     pub async fn listxattr(self: &Arc<Self>, path: &str) -> Result<Vec<String>, CallError> {
         self.run(path, false, true, async |a| {
             let attr = self.resolve(a).await?;
-            let reply = a
-                .client
-                .call("listxattr", Some(attr.id), None, Value::Null)
-                .await?;
+            let reply = a.client.call("listxattr", Some(attr.id), None, Value::Null).await?;
             serde_json::from_value(reply.get("names").cloned().unwrap_or(Value::Null))
                 .map_err(|e| CallError::Transport(format!("bad listxattr reply: {e}")))
         })
         .await
     }
 
-    pub async fn setxattr(
-        self: &Arc<Self>,
-        path: &str,
-        name: &str,
-        value: &[u8],
-        flags: u32,
-    ) -> Result<(), CallError> {
+    pub async fn setxattr(self: &Arc<Self>, path: &str, name: &str, value: &[u8], flags: u32) -> Result<(), CallError> {
         let value_b64 = base64::engine::general_purpose::STANDARD.encode(value);
         self.run(path, true, true, async |a| {
             let attr = self.resolve(a).await?;
@@ -931,9 +721,7 @@ impl Router {
     pub async fn removexattr(self: &Arc<Self>, path: &str, name: &str) -> Result<(), CallError> {
         self.run(path, true, true, async |a| {
             let attr = self.resolve(a).await?;
-            a.client
-                .call("removexattr", Some(attr.id), None, json!({"name": name}))
-                .await?;
+            a.client.call("removexattr", Some(attr.id), None, json!({"name": name})).await?;
             Ok(())
         })
         .await
@@ -972,11 +760,7 @@ impl Router {
                 for ep in 0..router.endpoints.len() {
                     let due = {
                         let st = router.state(ep);
-                        let wait = if st.healthy {
-                            HEALTH_INTERVAL
-                        } else {
-                            RETRY_UNHEALTHY
-                        };
+                        let wait = if st.healthy { HEALTH_INTERVAL } else { RETRY_UNHEALTHY };
                         st.last_check.is_none_or(|t| t.elapsed() >= wait)
                     };
                     if due {

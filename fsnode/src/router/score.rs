@@ -28,18 +28,10 @@ pub fn score(h: &Health, needs_write: bool) -> i64 {
         s += 20;
     }
     s -= 200 * i64::from(h.consecutive_failures);
-    if let Some(ms) = h
-        .since_success
-        .map(|d| d.as_millis() as i64)
-        .filter(|ms| *ms < WINDOW_MS)
-    {
+    if let Some(ms) = h.since_success.map(|d| d.as_millis() as i64).filter(|ms| *ms < WINDOW_MS) {
         s += (WINDOW_MS - ms) / 100;
     }
-    if let Some(ms) = h
-        .since_failure
-        .map(|d| d.as_millis() as i64)
-        .filter(|ms| *ms < WINDOW_MS)
-    {
+    if let Some(ms) = h.since_failure.map(|d| d.as_millis() as i64).filter(|ms| *ms < WINDOW_MS) {
         s -= (WINDOW_MS - ms) / 50;
     }
     s
@@ -51,92 +43,19 @@ mod tests {
 
     #[test]
     fn score_table() {
-        let healthy = Health {
-            healthy: true,
-            ..Health::default()
-        };
+        let healthy = Health { healthy: true, ..Health::default() };
         let cases = [
             (healthy, false, 1000),
-            (
-                Health {
-                    healthy: false,
-                    ..healthy
-                },
-                false,
-                -2000,
-            ),
-            (
-                Health {
-                    export_ro: true,
-                    ..healthy
-                },
-                true,
-                -9000,
-            ),
-            (
-                Health {
-                    export_ro: true,
-                    ..healthy
-                },
-                false,
-                1000,
-            ),
-            (
-                Health {
-                    native_watch: true,
-                    ..healthy
-                },
-                false,
-                1020,
-            ),
-            (
-                Health {
-                    consecutive_failures: 2,
-                    ..healthy
-                },
-                false,
-                600,
-            ),
-            (
-                Health {
-                    since_success: Some(Duration::ZERO),
-                    ..healthy
-                },
-                false,
-                1300,
-            ),
-            (
-                Health {
-                    since_success: Some(Duration::from_secs(29)),
-                    ..healthy
-                },
-                false,
-                1010,
-            ),
-            (
-                Health {
-                    since_success: Some(Duration::from_secs(31)),
-                    ..healthy
-                },
-                false,
-                1000,
-            ),
-            (
-                Health {
-                    since_failure: Some(Duration::ZERO),
-                    ..healthy
-                },
-                false,
-                400,
-            ),
-            (
-                Health {
-                    since_failure: Some(Duration::from_secs(40)),
-                    ..healthy
-                },
-                false,
-                1000,
-            ),
+            (Health { healthy: false, ..healthy }, false, -2000),
+            (Health { export_ro: true, ..healthy }, true, -9000),
+            (Health { export_ro: true, ..healthy }, false, 1000),
+            (Health { native_watch: true, ..healthy }, false, 1020),
+            (Health { consecutive_failures: 2, ..healthy }, false, 600),
+            (Health { since_success: Some(Duration::ZERO), ..healthy }, false, 1300),
+            (Health { since_success: Some(Duration::from_secs(29)), ..healthy }, false, 1010),
+            (Health { since_success: Some(Duration::from_secs(31)), ..healthy }, false, 1000),
+            (Health { since_failure: Some(Duration::ZERO), ..healthy }, false, 400),
+            (Health { since_failure: Some(Duration::from_secs(40)), ..healthy }, false, 1000),
         ];
         for (health, write, want) in cases {
             assert_eq!(score(&health, write), want, "{health:?} write={write}");

@@ -16,18 +16,11 @@ pub fn drop_all() -> Result<(), SandboxError> {
     if permitted.contains(&caps::Capability::CAP_SETPCAP) {
         caps::clear(None, CapSet::Bounding).map_err(err)?;
     }
-    for set in [
-        CapSet::Ambient,
-        CapSet::Inheritable,
-        CapSet::Effective,
-        CapSet::Permitted,
-    ] {
+    for set in [CapSet::Ambient, CapSet::Inheritable, CapSet::Effective, CapSet::Permitted] {
         caps::clear(None, set).map_err(err)?;
     }
     if !caps::read(None, CapSet::Effective).map_err(err)?.is_empty() {
-        return Err(SandboxError::Capabilities(
-            "effective set still not empty".into(),
-        ));
+        return Err(SandboxError::Capabilities("effective set still not empty".into()));
     }
     tracing::info!("all capabilities dropped");
     Ok(())

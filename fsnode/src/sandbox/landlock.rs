@@ -9,8 +9,8 @@
 //! outside the exports. Requires Landlock ABI 6; anything less is refused, not degraded.
 
 use landlock::{
-    ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, PathBeneath, Ruleset, RulesetAttr,
-    RulesetCreatedAttr, RulesetStatus, Scope,
+    ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, PathBeneath, Ruleset, RulesetAttr, RulesetCreatedAttr,
+    RulesetStatus, Scope,
 };
 
 use super::SandboxError;
@@ -31,21 +31,13 @@ pub fn restrict_to_exports(exports: &[Export]) -> Result<(), SandboxError> {
         .create()
         .map_err(err)?;
     for export in exports {
-        let rights = if export.read_only() {
-            AccessFs::from_read(ABI_REQUIRED)
-        } else {
-            AccessFs::from_all(ABI_REQUIRED)
-        };
-        ruleset = ruleset
-            .add_rule(PathBeneath::new(&export.root, rights))
-            .map_err(err)?;
+        let rights =
+            if export.read_only() { AccessFs::from_read(ABI_REQUIRED) } else { AccessFs::from_all(ABI_REQUIRED) };
+        ruleset = ruleset.add_rule(PathBeneath::new(&export.root, rights)).map_err(err)?;
     }
     let status = ruleset.restrict_self().map_err(err)?;
     if status.ruleset != RulesetStatus::FullyEnforced {
-        return Err(SandboxError::LandlockNotEnforced(format!(
-            "{:?}",
-            status.ruleset
-        )));
+        return Err(SandboxError::LandlockNotEnforced(format!("{:?}", status.ruleset)));
     }
     tracing::info!(exports = exports.len(), "landlock fully enforced");
     Ok(())

@@ -14,8 +14,7 @@
 use std::collections::BTreeMap;
 
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule,
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
 };
 
 use super::SandboxError;
@@ -81,47 +80,30 @@ const NAMESPACE_FLAGS: &[libc::c_int] = &[
 ];
 
 fn arch() -> Result<seccompiler::TargetArch, SandboxError> {
-    std::env::consts::ARCH
-        .try_into()
-        .map_err(|e: seccompiler::BackendError| SandboxError::Seccomp(e.to_string()))
+    std::env::consts::ARCH.try_into().map_err(|e: seccompiler::BackendError| SandboxError::Seccomp(e.to_string()))
 }
 
 fn compile(rules: BTreeMap<i64, Vec<SeccompRule>>, errno: u32) -> Result<BpfProgram, SandboxError> {
-    let filter = SeccompFilter::new(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(errno),
-        arch()?,
-    )
-    .map_err(|e| SandboxError::Seccomp(e.to_string()))?;
-    filter
-        .try_into()
-        .map_err(|e: seccompiler::BackendError| SandboxError::Seccomp(e.to_string()))
+    let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(errno), arch()?)
+        .map_err(|e| SandboxError::Seccomp(e.to_string()))?;
+    filter.try_into().map_err(|e: seccompiler::BackendError| SandboxError::Seccomp(e.to_string()))
 }
 
 pub fn install() -> Result<(), SandboxError> {
     let err = |e: String| SandboxError::Seccomp(e);
-    let mut denied: BTreeMap<i64, Vec<SeccompRule>> =
-        DENIED.iter().map(|nr| (*nr, Vec::new())).collect();
+    let mut denied: BTreeMap<i64, Vec<SeccompRule>> = DENIED.iter().map(|nr| (*nr, Vec::new())).collect();
     let clone_rules = NAMESPACE_FLAGS
         .iter()
         .map(|flag| {
-            let cond = SeccompCondition::new(
-                0,
-                SeccompCmpArgLen::Qword,
-                SeccompCmpOp::MaskedEq(*flag as u64),
-                *flag as u64,
-            )
-            .map_err(|e| err(e.to_string()))?;
+            let cond =
+                SeccompCondition::new(0, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(*flag as u64), *flag as u64)
+                    .map_err(|e| err(e.to_string()))?;
             SeccompRule::new(vec![cond]).map_err(|e| err(e.to_string()))
         })
         .collect::<Result<Vec<_>, _>>()?;
     denied.insert(libc::SYS_clone, clone_rules);
     let eperm = compile(denied, libc::EPERM as u32)?;
-    let enosys = compile(
-        BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
-        libc::ENOSYS as u32,
-    )?;
+    let enosys = compile(BTreeMap::from([(libc::SYS_clone3, Vec::new())]), libc::ENOSYS as u32)?;
     // Landlock's restrict_self already set no_new_privs, which unprivileged seccomp requires.
     seccompiler::apply_filter(&enosys).map_err(|e| err(e.to_string()))?;
     seccompiler::apply_filter(&eperm).map_err(|e| err(e.to_string()))?;

@@ -37,9 +37,7 @@ impl Node {
         let mut child = cmd.spawn().expect("spawn spiderweb-fs-node");
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read node stdout");
+        BufReader::new(stdout).read_line(&mut line).expect("read node stdout");
         let addr = line
             .trim()
             .strip_prefix("listening on ")
@@ -70,31 +68,19 @@ impl Drop for Node {
 
 /// A raw WebSocket client speaking JSON frames.
 pub struct Raw {
-    ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
+    ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
 }
 
 impl Raw {
     pub async fn connect(url: &str) -> Raw {
-        let (ws, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .expect("connect");
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
         Raw { ws }
     }
 
     /// Connects and negotiates with an optional token.
     pub async fn hello(url: &str, token: Option<&str>) -> Raw {
         let mut raw = Raw::connect(url).await;
-        let reply = raw
-            .req(
-                "hello",
-                1,
-                None,
-                None,
-                spiderweb_proto::fs::hello_payload(token, true),
-            )
-            .await;
+        let reply = raw.req("hello", 1, None, None, spiderweb_proto::fs::hello_payload(token, true)).await;
         assert_eq!(reply["type"], "acheron.r_fs_hello", "{reply}");
         raw
     }
@@ -110,9 +96,7 @@ impl Raw {
     /// The next text frame, or `None` once the server closed.
     pub async fn next(&mut self) -> Option<Value> {
         loop {
-            let msg = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
-                .await
-                .expect("frame in time");
+            let msg = tokio::time::timeout(Duration::from_secs(10), self.ws.next()).await.expect("frame in time");
             match msg {
                 Some(Ok(Message::Text(t))) => {
                     return Some(serde_json::from_str(t.as_str()).unwrap());
@@ -126,9 +110,7 @@ impl Raw {
     /// The next frame, text parsed as JSON or binary as is.
     pub async fn next_any(&mut self) -> Option<Result<Value, Vec<u8>>> {
         loop {
-            let msg = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
-                .await
-                .expect("frame in time");
+            let msg = tokio::time::timeout(Duration::from_secs(10), self.ws.next()).await.expect("frame in time");
             match msg {
                 Some(Ok(Message::Text(t))) => {
                     return Some(Ok(serde_json::from_str(t.as_str()).unwrap()));
@@ -141,18 +123,8 @@ impl Raw {
     }
 
     /// Sends a request and returns its reply, skipping (and collecting nothing of) events.
-    pub async fn req(
-        &mut self,
-        op: &str,
-        tag: u32,
-        node: Option<u64>,
-        h: Option<u64>,
-        payload: Value,
-    ) -> Value {
-        self.send_text(&spiderweb_proto::fs::render_request(
-            op, tag, node, h, &payload,
-        ))
-        .await;
+    pub async fn req(&mut self, op: &str, tag: u32, node: Option<u64>, h: Option<u64>, payload: Value) -> Value {
+        self.send_text(&spiderweb_proto::fs::render_request(op, tag, node, h, &payload)).await;
         loop {
             let frame = self.next().await.expect("reply before close");
             if frame.get("tag").is_some() {
@@ -171,10 +143,7 @@ impl Raw {
         h: Option<u64>,
         payload: Value,
     ) -> (Vec<Value>, Value) {
-        self.send_text(&spiderweb_proto::fs::render_request(
-            op, tag, node, h, &payload,
-        ))
-        .await;
+        self.send_text(&spiderweb_proto::fs::render_request(op, tag, node, h, &payload)).await;
         let mut events = Vec::new();
         loop {
             let frame = self.next().await.expect("reply before close");
@@ -205,50 +174,28 @@ impl Raw {
         }
     }
 
-    pub async fn ok(
-        &mut self,
-        op: &str,
-        node: Option<u64>,
-        h: Option<u64>,
-        payload: Value,
-    ) -> Value {
+    pub async fn ok(&mut self, op: &str, node: Option<u64>, h: Option<u64>, payload: Value) -> Value {
         let reply = self.req(op, 7, node, h, payload).await;
         assert_eq!(reply["ok"], true, "{op}: {reply}");
         reply["payload"].clone()
     }
 
-    pub async fn errno(
-        &mut self,
-        op: &str,
-        node: Option<u64>,
-        h: Option<u64>,
-        payload: Value,
-    ) -> (i64, String) {
+    pub async fn errno(&mut self, op: &str, node: Option<u64>, h: Option<u64>, payload: Value) -> (i64, String) {
         let reply = self.req(op, 8, node, h, payload).await;
         assert_eq!(reply["type"], "acheron.err_fs", "{op}: {reply}");
-        (
-            reply["error"]["errno"].as_i64().unwrap(),
-            reply["error"]["message"].as_str().unwrap().to_owned(),
-        )
+        (reply["error"]["errno"].as_i64().unwrap(), reply["error"]["message"].as_str().unwrap().to_owned())
     }
 
     /// The root id of export `name`.
     pub async fn root(&mut self, name: &str) -> u64 {
         let exports = self.ok("exports", None, None, json!({})).await;
-        exports["exports"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["name"] == name)
-            .expect("export")["root"]
+        exports["exports"].as_array().unwrap().iter().find(|e| e["name"] == name).expect("export")["root"]
             .as_u64()
             .unwrap()
     }
 
     pub async fn lookup(&mut self, parent: u64, name: &str) -> Value {
-        self.ok("lookup", Some(parent), None, json!({"name": name}))
-            .await["attr"]
-            .clone()
+        self.ok("lookup", Some(parent), None, json!({"name": name})).await["attr"].clone()
     }
 }
 
@@ -259,7 +206,5 @@ pub fn b64(data: &[u8]) -> String {
 
 pub fn unb64(text: &Value) -> Vec<u8> {
     use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD
-        .decode(text.as_str().unwrap())
-        .unwrap()
+    base64::engine::general_purpose::STANDARD.decode(text.as_str().unwrap()).unwrap()
 }

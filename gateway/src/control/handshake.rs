@@ -32,14 +32,17 @@ pub fn version(conn: &mut ConnSession, env: &Envelope, out: &mut Outbox) -> Resu
         return Err(OpError::new(code::PROTOCOL_MISMATCH, name));
     }
     conn.control_versioned = true;
-    Ok(json!({"protocol": PROTOCOL, "fsrpc_runtime": "acheron-1", "fsrpc_node": "unified-v2-fs", "fsrpc_node_proto": 2}))
+    Ok(
+        json!({"protocol": PROTOCOL, "fsrpc_runtime": "acheron-1", "fsrpc_node": "unified-v2-fs", "fsrpc_node_proto": 2}),
+    )
 }
 
 pub fn connect_ack(plane: &ControlPlane, conn: &ConnSession) -> Value {
     let binding = conn.binding();
     let bootstrap = plane.bootstrap_only();
     let admin = conn.role == Role::Admin;
-    let (setup_required, setup_message, vision) = setup_state(plane, &binding.agent_id, &binding.project_id, admin, bootstrap);
+    let (setup_required, setup_message, vision) =
+        setup_state(plane, &binding.agent_id, &binding.project_id, admin, bootstrap);
     json!({
         "agent_id": binding.agent_id,
         "project_id": binding.project_id,
@@ -58,10 +61,17 @@ pub fn connect_ack(plane: &ControlPlane, conn: &ConnSession) -> Value {
     })
 }
 
-fn setup_state(plane: &ControlPlane, agent: &str, project_id: &str, admin: bool, bootstrap: bool) -> (bool, Option<String>, Option<String>) {
+fn setup_state(
+    plane: &ControlPlane,
+    agent: &str,
+    project_id: &str,
+    admin: bool,
+    bootstrap: bool,
+) -> (bool, Option<String>, Option<String>) {
     if project_id == SYSTEM_PROJECT {
         if admin && bootstrap {
-            let msg = "Project setup required: ask Mother for the first project name, vision, and first non-system agent.";
+            let msg =
+                "Project setup required: ask Mother for the first project name, vision, and first non-system agent.";
             return (true, Some(msg.into()), None);
         }
         return (false, None, None);

@@ -11,11 +11,12 @@ pub mod session;
 use serde_json::{Value, json};
 use spiderweb_policy::scope::{self, Scope, ScopeTokens, TokenCheck};
 use spiderweb_policy::{Role, role};
+use spiderweb_proto::Envelope;
 use spiderweb_proto::codes::control as code;
 use spiderweb_proto::reply::{self, Correlation};
-use spiderweb_proto::Envelope;
 
 use crate::connection::Outbox;
+use crate::events::topology::{TOPOLOGY_OPS, TopologyChange};
 use crate::plane::{Caller, OpError, OpResult, audit::Entry};
 use crate::server::Shared;
 pub use session::ConnSession;
@@ -38,14 +39,28 @@ pub fn handle(shared: &Shared, conn: &mut ConnSession, env: &Envelope, out: &mut
         return;
     }
     let correlation = if is_control_plane_op(op) { Correlation::Include(env.correlation()) } else { Correlation::Omit };
+    let topology_before = TOPOLOGY_OPS.contains(&op).then(|| shared.plane.availability_snapshot());
     let result = checked(shared, conn, env, out);
+    if let (Some(availability_before), Ok(_)) = (topology_before, &result) {
+        shared.topology.publish(TopologyChange {
+            reason: TOPOLOGY_OPS.iter().find(|t| **t == op).copied().unwrap_or("unknown"),
+            ts_ms: crate::plane::now_ms(),
+            availability_before,
+            availability_after: shared.plane.availability_snapshot(),
+        });
+    }
     match result {
         Ok(Some(payload)) => {
             let kind = match op {
                 "version" => "control.version_ack",
                 "connect" => "control.connect_ack",
                 "ping" => "control.pong",
-                _ => return out.push_owned(format!("control.{op}"), reply::control_ok(&format!("control.{op}"), id, &payload)),
+                _ => {
+                    return out.push_owned(
+                        format!("control.{op}"),
+                        reply::control_ok(&format!("control.{op}"), id, &payload),
+                    );
+                }
             };
             out.push(kind, reply::control_ok(kind, id, &payload));
         }
@@ -55,7 +70,12 @@ pub fn handle(shared: &Shared, conn: &mut ConnSession, env: &Envelope, out: &mut
 }
 
 /// The shared checks, then the op. `Ok(None)` means the op already wrote its own frames.
-fn checked(shared: &Shared, conn: &mut ConnSession, env: &Envelope, out: &mut Outbox) -> Result<Option<Value>, OpError> {
+fn checked(
+    shared: &Shared,
+    conn: &mut ConnSession,
+    env: &Envelope,
+    out: &mut Outbox,
+) -> Result<Option<Value>, OpError> {
     let op = env.op.as_str();
     let plane = &shared.plane;
     if op == "version" {
@@ -71,10 +91,10 @@ fn checked(shared: &Shared, conn: &mut ConnSession, env: &Envelope, out: &mut Ou
         });
         return Err(OpError::forbidden("operation requires admin token"));
     }
-    if let Some(gate) = conn.gate {
-        if !role::allowed_while_gated(op) {
-            return Err(OpError::new(gate.code, gate.message));
-        }
+    if let Some(gate) = conn.gate
+        && !role::allowed_while_gated(op)
+    {
+        return Err(OpError::new(gate.code, gate.message));
     }
     let scope = scope::mutation_scope(op);
     if scope != Scope::None {
@@ -106,7 +126,11 @@ fn scoped(shared: &Shared, conn: &mut ConnSession, env: &Envelope, scope: Scope,
         match payload.and_then(|p| p.get(key)) {
             None => TokenCheck::Absent,
             Some(Value::String(s)) if !s.is_empty() => {
-                if crate::tokens::digests_equal(&crate::tokens::digest(s), expected) { TokenCheck::Match } else { TokenCheck::Mismatch }
+                if crate::tokens::digests_equal(&crate::tokens::digest(s), expected) {
+                    TokenCheck::Match
+                } else {
+                    TokenCheck::Mismatch
+                }
             }
             Some(_) => TokenCheck::Invalid,
         }
@@ -120,7 +144,12 @@ fn scoped(shared: &Shared, conn: &mut ConnSession, env: &Envelope, scope: Scope,
     dispatch(shared, conn, env, out).map(|v| v.unwrap_or(Value::Null))
 }
 
-fn dispatch(shared: &Shared, conn: &mut ConnSession, env: &Envelope, out: &mut Outbox) -> Result<Option<Value>, OpError> {
+fn dispatch(
+    shared: &Shared,
+    conn: &mut ConnSession,
+    env: &Envelope,
+    out: &mut Outbox,
+) -> Result<Option<Value>, OpError> {
     let plane = &shared.plane;
     let payload = env.payload.as_ref();
     let binding = conn.binding().clone();
@@ -198,9 +227,8 @@ fn dispatch(shared: &Shared, conn: &mut ConnSession, env: &Envelope, out: &mut O
 
 fn auth_status(shared: &Shared) -> Value {
     let tokens = shared.plane.tokens();
-    let target = |role| {
-        shared.plane.last_target(role).map(|t| json!({"agent_id": t.agent_id, "project_id": t.project_id}))
-    };
+    let target =
+        |role| shared.plane.last_target(role).map(|t| json!({"agent_id": t.agent_id, "project_id": t.project_id}));
     json!({
         "admin_token": tokens.token(Role::Admin),
         "user_token": tokens.token(Role::User),

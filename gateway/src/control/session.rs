@@ -54,9 +54,15 @@ impl ConnSession {
                 Some((a, p)) => (a, p, None),
                 None => {
                     let gate = if plane.bootstrap_only() {
-                        Gate { code: code::PROVISIONING_REQUIRED, message: "no non-system project/agent is available; an admin should use Mother to provision one" }
+                        Gate {
+                            code: code::PROVISIONING_REQUIRED,
+                            message: "no non-system project/agent is available; an admin should use Mother to provision one",
+                        }
                     } else {
-                        Gate { code: code::PROJECT_CONTEXT_REQUIRED, message: "project selection is required; call control.session_attach with project_id" }
+                        Gate {
+                            code: code::PROJECT_CONTEXT_REQUIRED,
+                            message: "project selection is required; call control.session_attach with project_id",
+                        }
                     };
                     (MOTHER_AGENT.to_owned(), SYSTEM_PROJECT.to_owned(), Some(gate))
                 }
@@ -110,14 +116,15 @@ impl ConnSession {
 
 /// A user's initial binding: the remembered target, else the first project with a non-mother agent.
 fn initial_user_target(plane: &ControlPlane) -> Option<(String, String)> {
-    if let Some(t) = plane.last_target(Role::User) {
-        if t.project_id != SYSTEM_PROJECT && plane.project_exists(&t.project_id) {
-            if t.agent_id != MOTHER_AGENT && plane.agent_exists(&t.agent_id) {
-                return Some((t.agent_id, t.project_id));
-            }
-            if let Some(a) = plane.agents_bound_to(&t.project_id).into_iter().find(|a| a != MOTHER_AGENT) {
-                return Some((a, t.project_id));
-            }
+    if let Some(t) = plane.last_target(Role::User)
+        && t.project_id != SYSTEM_PROJECT
+        && plane.project_exists(&t.project_id)
+    {
+        if t.agent_id != MOTHER_AGENT && plane.agent_exists(&t.agent_id) {
+            return Some((t.agent_id, t.project_id));
+        }
+        if let Some(a) = plane.agents_bound_to(&t.project_id).into_iter().find(|a| a != MOTHER_AGENT) {
+            return Some((a, t.project_id));
         }
     }
     let state = plane.lock();
@@ -152,10 +159,10 @@ pub fn attach(plane: &ControlPlane, conn: &mut ConnSession, payload: Option<&Val
         return Err(invalid("invalid project_id"));
     }
     let mut token = args.optional_str("project_token")?.map(str::to_owned);
-    if token.is_none() {
-        if let Some(existing) = conn.sessions.get(key).filter(|b| b.agent_id == agent) {
-            token = existing.project_token.clone();
-        }
+    if token.is_none()
+        && let Some(existing) = conn.sessions.get(key).filter(|b| b.agent_id == agent)
+    {
+        token = existing.project_token.clone();
     }
     if let Err(denial) = rules::check_attach(conn.role, agent, project) {
         plane.audit(crate::plane::audit::Entry {
@@ -177,12 +184,10 @@ pub fn attach(plane: &ControlPlane, conn: &mut ConnSession, payload: Option<&Val
     plane.bind_agent(agent, project)?;
     let now = crate::plane::now_ms();
     plane.remember(conn.role, key, agent, project, now)?;
-    conn.sessions.insert(key.to_owned(), Binding {
-        agent_id: agent.into(),
-        project_id: project.into(),
-        project_token: token,
-        last_activity_ms: now,
-    });
+    conn.sessions.insert(
+        key.to_owned(),
+        Binding { agent_id: agent.into(), project_id: project.into(), project_token: token, last_activity_ms: now },
+    );
     conn.active = key.to_owned();
     conn.gate = None;
     Ok(attach_reply(plane, conn, key, now))
@@ -277,7 +282,8 @@ fn rebind_active(conn: &mut ConnSession, project: &str, token: Option<&str>) {
 
 pub fn project_up(plane: &ControlPlane, conn: &mut ConnSession, payload: Option<&Value>) -> OpResult {
     let binding = conn.binding().clone();
-    let caller = crate::plane::Caller { role: conn.role, agent_id: &binding.agent_id, project_id: Some(&binding.project_id) };
+    let caller =
+        crate::plane::Caller { role: conn.role, agent_id: &binding.agent_id, project_id: Some(&binding.project_id) };
     let (project_id, created, token) = plane.project_up(caller, payload)?;
     let activate = Args::of(payload)?.optional_bool("activate")?.unwrap_or(true);
     let mut activated = false;

@@ -43,7 +43,11 @@ struct AgentFile {
     capabilities: Vec<String>,
 }
 
-pub(super) fn install_builtin_and_scan(state: &mut PlaneState, store: &dyn Store, dir: &Path) -> Result<(), StoreError> {
+pub(super) fn install_builtin_and_scan(
+    state: &mut PlaneState,
+    store: &dyn Store,
+    dir: &Path,
+) -> Result<(), StoreError> {
     let mut found = vec![mother()];
     match std::fs::read_dir(dir) {
         Ok(entries) => {

@@ -49,16 +49,12 @@ impl<'a> Args<'a> {
     }
 
     pub fn optional_id(&self, key: &str, max: usize) -> Result<Option<&'a str>, OpError> {
-        self.optional_str(key)?
-            .map(|s| check(spiderweb_policy::session::valid_identifier(s, max), s))
-            .transpose()
+        self.optional_str(key)?.map(|s| check(spiderweb_policy::session::valid_identifier(s, max), s)).transpose()
     }
 
     /// A display string: non-empty, at most `max` characters, no control characters.
     pub fn optional_display(&self, key: &str, max: usize) -> Result<Option<&'a str>, OpError> {
-        self.optional_str(key)?
-            .map(|s| check(spiderweb_policy::session::valid_display(s, max), s))
-            .transpose()
+        self.optional_str(key)?.map(|s| check(spiderweb_policy::session::valid_display(s, max), s)).transpose()
     }
 
     pub fn optional_bool(&self, key: &str) -> Result<Option<bool>, OpError> {

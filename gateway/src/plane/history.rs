@@ -19,7 +19,14 @@ const MAX_LIMIT: u64 = 100;
 
 impl ControlPlane {
     /// Records an attach (or a heartbeat) of `session_key` to `agent`/`project`.
-    pub fn remember(&self, role: Role, session_key: &str, agent_id: &str, project_id: &str, now: i64) -> Result<(), OpError> {
+    pub fn remember(
+        &self,
+        role: Role,
+        session_key: &str,
+        agent_id: &str,
+        project_id: &str,
+        now: i64,
+    ) -> Result<(), OpError> {
         if project_id == SYSTEM_PROJECT {
             return Ok(());
         }
@@ -31,14 +38,17 @@ impl ControlPlane {
             .iter()
             .position(|h| h.session_key == session_key && h.agent_id == agent_id && h.project_id == project_id)
             .map(|i| next.history.remove(i));
-        next.history.insert(0, SessionHistoryEntry {
-            session_key: session_key.into(),
-            agent_id: agent_id.into(),
-            project_id: project_id.into(),
-            last_active_ms: now,
-            message_count: previous.map_or(0, |p| p.message_count),
-            summary: format!("{agent_id} @ {project_id}"),
-        });
+        next.history.insert(
+            0,
+            SessionHistoryEntry {
+                session_key: session_key.into(),
+                agent_id: agent_id.into(),
+                project_id: project_id.into(),
+                last_active_ms: now,
+                message_count: previous.map_or(0, |p| p.message_count),
+                summary: format!("{agent_id} @ {project_id}"),
+            },
+        );
         prune(&mut next, now);
         next.last_target = Some(Target { agent_id: agent_id.into(), project_id: project_id.into() });
         self.store.put_role_state(key, &next).map_err(OpError::storage)?;

@@ -116,9 +116,7 @@ pub struct ScopeTokenDigests {
 
 impl ScopeTokenDigests {
     pub fn from_env() -> ScopeTokenDigests {
-        let read = |name: &str| {
-            std::env::var(name).ok().filter(|v| !v.is_empty()).map(|v| crate::tokens::digest(&v))
-        };
+        let read = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty()).map(|v| crate::tokens::digest(&v));
         ScopeTokenDigests {
             operator: read("SPIDERWEB_CONTROL_OPERATOR_TOKEN"),
             project: read("SPIDERWEB_CONTROL_PROJECT_SCOPE_TOKEN"),
@@ -221,8 +219,5 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

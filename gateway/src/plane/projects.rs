@@ -46,7 +46,13 @@ impl Project {
 
     /// Spec §6.8 access evaluation for `action`. `actor` is `None` for the ops that ignore
     /// per-agent overrides.
-    pub fn check(&self, role: Role, actor: Option<&str>, action: Action, presented: Option<&str>) -> Result<(), OpError> {
+    pub fn check(
+        &self,
+        role: Role,
+        actor: Option<&str>,
+        action: Action,
+        presented: Option<&str>,
+    ) -> Result<(), OpError> {
         let request = AccessRequest {
             role,
             agent: actor,
@@ -132,6 +138,35 @@ fn project_id_arg<'a>(args: &Args<'a>) -> Result<&'a str, OpError> {
     if valid_project_id(id) { Ok(id) } else { Err(OpError::invalid_payload()) }
 }
 
+/// The fields `project_update` and `project_up` may change; `None` leaves a field alone.
+struct Changes<'a> {
+    name: Option<&'a str>,
+    vision: Option<&'a str>,
+    status: Option<&'a str>,
+    policy: Option<AccessPolicy>,
+}
+
+impl Changes<'_> {
+    fn applied_to(self, project: &Project) -> Project {
+        let mut next = project.clone();
+        if let Some(n) = self.name {
+            next.record.name = n.into();
+        }
+        if let Some(v) = self.vision {
+            next.record.vision = v.into();
+        }
+        if let Some(s) = self.status {
+            next.record.status = s.into();
+        }
+        if let Some(p) = self.policy {
+            next.record.access_policy = p.to_json();
+            next.policy = p;
+        }
+        next.record.updated_at_ms = super::now_ms();
+        next
+    }
+}
+
 fn policy_arg(args: &Args<'_>) -> Result<Option<AccessPolicy>, OpError> {
     match args.raw("access_policy") {
         None | Some(Value::Null) => Ok(None),
@@ -170,7 +205,14 @@ impl ControlPlane {
         Ok(created)
     }
 
-    fn new_project(&self, state: &mut PlaneState, name: &str, vision: &str, status: &str, policy: AccessPolicy) -> OpResult {
+    fn new_project(
+        &self,
+        state: &mut PlaneState,
+        name: &str,
+        vision: &str,
+        status: &str,
+        policy: AccessPolicy,
+    ) -> OpResult {
         let mut seq = state.next_project_seq;
         while state.projects.contains_key(&format!("proj-{seq}")) {
             seq += 1;
@@ -217,21 +259,7 @@ impl ControlPlane {
             return Ok(project.json());
         }
         project.check(caller.role, Some(caller.agent_id), Action::Admin, token)?;
-        let mut next = project.clone();
-        if let Some(n) = name {
-            next.record.name = n.into();
-        }
-        if let Some(v) = vision {
-            next.record.vision = v.into();
-        }
-        if let Some(s) = status {
-            next.record.status = s.into();
-        }
-        if let Some(p) = policy {
-            next.record.access_policy = p.to_json();
-            next.policy = p;
-        }
-        next.record.updated_at_ms = super::now_ms();
+        let next = Changes { name, vision, status, policy }.applied_to(project);
         let out = self.persist(&mut state, next)?;
         Counters::bump(&self.counters.project_updates);
         Ok(out)
@@ -387,7 +415,13 @@ impl ControlPlane {
     }
 
     /// Checks whether `caller` may bind its agent to `project_id` (spec §6.8 project_activate).
-    pub fn check_activation(&self, role: Role, agent_id: &str, project_id: &str, token: Option<&str>) -> Result<(), OpError> {
+    pub fn check_activation(
+        &self,
+        role: Role,
+        agent_id: &str,
+        project_id: &str,
+        token: Option<&str>,
+    ) -> Result<(), OpError> {
         let state = self.lock();
         let project = state.projects.get(project_id).ok_or_else(not_found)?;
         if !may_activate(role, agent_id, project_id) {
@@ -413,7 +447,11 @@ impl ControlPlane {
 
     /// `project_up`: find by id or exact name, else create; then optionally activate.
     /// Returns the project id, whether it was created, and the token to report.
-    pub fn project_up(&self, caller: Caller<'_>, payload: Option<&Value>) -> Result<(String, bool, Option<String>), OpError> {
+    pub fn project_up(
+        &self,
+        caller: Caller<'_>,
+        payload: Option<&Value>,
+    ) -> Result<(String, bool, Option<String>), OpError> {
         let args = Args::of(payload)?;
         let by_id = match args.optional_str("project_id")? {
             Some(id) if !valid_project_id(id) => return Err(OpError::invalid_payload()),
@@ -455,18 +493,7 @@ impl ControlPlane {
                 }
                 if vision.is_some() || status.is_some() || policy.is_some() {
                     project.check(caller.role, Some(caller.agent_id), Action::Admin, token)?;
-                    let mut next = project.clone();
-                    if let Some(v) = vision {
-                        next.record.vision = v.into();
-                    }
-                    if let Some(s) = status {
-                        next.record.status = s.into();
-                    }
-                    if let Some(p) = policy {
-                        next.record.access_policy = p.to_json();
-                        next.policy = p;
-                    }
-                    next.record.updated_at_ms = super::now_ms();
+                    let next = Changes { name: None, vision, status, policy }.applied_to(project);
                     self.persist(&mut state, next)?;
                     Counters::bump(&self.counters.project_updates);
                 }
@@ -475,7 +502,8 @@ impl ControlPlane {
             None => {
                 let name = name.ok_or_else(OpError::missing_field)?;
                 let vision = vision.ok_or_else(OpError::missing_field)?;
-                let created = self.new_project(&mut state, name, vision, status.unwrap_or("active"), policy.unwrap_or_default())?;
+                let created =
+                    self.new_project(&mut state, name, vision, status.unwrap_or("active"), policy.unwrap_or_default())?;
                 Counters::bump(&self.counters.project_creates);
                 (created["project_id"].as_str().unwrap_or_default().to_owned(), true)
             }

@@ -5,6 +5,7 @@
 //! every mount's node is "missing"; the shapes are the full ones clients parse.
 
 use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
 use spiderweb_policy::session::{MOTHER_AGENT, SYSTEM_PROJECT};
 use spiderweb_policy::{Action, Mode, Role};
 use spiderweb_proto::codes::control as code;
@@ -76,6 +77,29 @@ pub fn no_project(agent_id: &str) -> Value {
 }
 
 impl ControlPlane {
+    /// The gateway-wide availability snapshot that `workspace_availability` debug events
+    /// compare (spec README quirk 6): node and mount counts, and a digest of every project's
+    /// mount table so that a changed mapping shows even when the counts stay the same.
+    pub fn availability_snapshot(&self) -> Value {
+        let state = self.lock();
+        let mut digest = Sha256::new();
+        let mut total = 0usize;
+        for (id, project) in &state.projects {
+            for m in &project.record.mounts {
+                total += 1;
+                for field in [id, &m.mount_path, &m.node_id, &m.export_name] {
+                    digest.update((field.len() as u64).to_be_bytes());
+                    digest.update(field.as_bytes());
+                }
+            }
+        }
+        let digest = super::hex(&digest.finalize());
+        // No node is paired with this gateway yet, so every mount is missing.
+        json!({"nodes": {"online": 0, "total": 0},
+               "mounts": {"online": 0, "degraded": 0, "missing": total, "total": total},
+               "project_mount_digest": digest})
+    }
+
     /// `W` for `project_id` (or the no-project form), without access checks.
     pub fn workspace_of(&self, project_id: Option<&str>, agent_id: &str) -> Value {
         let state = self.lock();
@@ -106,7 +130,9 @@ impl ControlPlane {
                     return Err(OpError::new(code::PROJECT_POLICY_FORBIDDEN, "ProjectPolicyForbidden"));
                 }
                 Mode::Token => match token {
-                    Some(_) => project.check(caller.role, Some(caller.agent_id), Action::Read, token).map_err(|_| auth_failed())?,
+                    Some(_) => project
+                        .check(caller.role, Some(caller.agent_id), Action::Read, token)
+                        .map_err(|_| auth_failed())?,
                     None if active_here => {}
                     None => return Err(auth_failed()),
                 },
@@ -121,10 +147,10 @@ impl ControlPlane {
         let args = Args::of(payload)?;
         let only = args.optional_str("project_id")?;
         let state = self.lock();
-        if let Some(id) = only {
-            if !state.projects.contains_key(id) {
-                return Err(OpError::new(code::PROJECT_NOT_FOUND, "ProjectNotFound"));
-            }
+        if let Some(id) = only
+            && !state.projects.contains_key(id)
+        {
+            return Err(OpError::new(code::PROJECT_NOT_FOUND, "ProjectNotFound"));
         }
         let projects: Vec<Value> = state
             .projects

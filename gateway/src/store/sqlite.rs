@@ -30,8 +30,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    AgentRecord, AuditRecord, ProjectKind, ProjectRecord, RoleKey, RoleState, Snapshot, Store,
-    StoreError, StoreResult,
+    AgentRecord, AuditRecord, ProjectKind, ProjectRecord, RoleKey, RoleState, Snapshot, Store, StoreError, StoreResult,
 };
 
 /// Forward migrations; entry `n` takes the schema from version `n` to `n + 1`. The schema
@@ -137,10 +136,8 @@ impl SqliteStore {
         // No SQLITE_OPEN_CREATE: the file was created above with the right mode, and a file
         // that disappeared in between should be an error, not a fresh 0644 database.
         // No SQLITE_OPEN_URI: a path is a path, even one that starts with "file:".
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
+        let conn =
+            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
         Self::init(conn, true)
     }
 
@@ -165,13 +162,10 @@ impl SqliteStore {
         // silently leave dangling bindings.
         let foreign_keys: i64 = conn.pragma_query_value(None, "foreign_keys", |r| r.get(0))?;
         if foreign_keys != 1 {
-            return Err(StoreError::Database(
-                "this SQLite build does not enforce foreign keys".into(),
-            ));
+            return Err(StoreError::Database("this SQLite build does not enforce foreign keys".into()));
         }
         if on_disk {
-            let mode: String =
-                conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+            let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
             if !mode.eq_ignore_ascii_case("wal") {
                 return Err(StoreError::Database(format!(
                     "cannot switch the database to WAL mode (journal_mode is {mode:?})"
@@ -179,9 +173,7 @@ impl SqliteStore {
             }
         }
         migrate(&mut conn)?;
-        Ok(SqliteStore {
-            conn: Mutex::new(conn),
-        })
+        Ok(SqliteStore { conn: Mutex::new(conn) })
     }
 
     /// A panic while the lock was held (a bug, or allocation failure) poisons the mutex. The
@@ -207,15 +199,8 @@ impl SqliteStore {
 /// Creates `path` with mode 0600 unless it exists. An existing file keeps its mode: the
 /// operator may have chosen it.
 fn create_private_file(path: &Path) -> StoreResult<()> {
-    let io_error = |what: &str, e: io::Error| {
-        StoreError::Database(format!("cannot {what} {}: {e}", path.display()))
-    };
-    match OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
+    let io_error = |what: &str, e: io::Error| StoreError::Database(format!("cannot {what} {}: {e}", path.display()));
+    match OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
         Ok(_) => {
             // SQLite fsyncs the directory when it creates the WAL, but not for the main file,
             // which it assumes exists. Without this a power loss could lose the new file's
@@ -224,9 +209,7 @@ fn create_private_file(path: &Path) -> StoreResult<()> {
                 Some(parent) if !parent.as_os_str().is_empty() => parent,
                 _ => Path::new("."),
             };
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io_error("sync the directory of", e))
+            File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_error("sync the directory of", e))
         }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(io_error("create", e)),
@@ -239,9 +222,7 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
     let found: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let known = MIGRATIONS.len();
     let Ok(found) = usize::try_from(found) else {
-        return Err(StoreError::Corrupt(format!(
-            "database schema version {found} was not written by this gateway"
-        )));
+        return Err(StoreError::Corrupt(format!("database schema version {found} was not written by this gateway")));
     };
     if found > known {
         return Err(StoreError::Corrupt(format!(
@@ -254,11 +235,7 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
         for step in &MIGRATIONS[found..] {
             tx.execute_batch(step)?;
         }
-        tx.pragma_update(
-            None,
-            "user_version",
-            to_sql_int("schema version", known as u64)?,
-        )?;
+        tx.pragma_update(None, "user_version", to_sql_int("schema version", known as u64)?)?;
     }
     tx.commit()?;
     Ok(())
@@ -268,9 +245,7 @@ impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         match e.sqlite_error_code() {
             // SQLite's own verdict that the file is damaged or not a database at all.
-            Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => {
-                StoreError::Corrupt(e.to_string())
-            }
+            Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => StoreError::Corrupt(e.to_string()),
             _ => StoreError::Database(e.to_string()),
         }
     }
@@ -278,8 +253,7 @@ impl From<rusqlite::Error> for StoreError {
 
 /// SQLite integers are signed 64-bit; a larger value is a caller bug, refused before it wraps.
 fn to_sql_int(what: &str, value: u64) -> StoreResult<i64> {
-    i64::try_from(value)
-        .map_err(|_| StoreError::Database(format!("{what} {value} is out of SQLite's range")))
+    i64::try_from(value).map_err(|_| StoreError::Database(format!("{what} {value} is out of SQLite's range")))
 }
 
 fn from_sql_int(table: &str, key: &dyn Debug, column: &str, value: i64) -> StoreResult<u64> {
@@ -291,8 +265,7 @@ fn corrupt(table: &str, key: &dyn Debug, column: &str, why: impl Display) -> Sto
 }
 
 fn encode<T: Serialize>(what: &str, value: &T) -> StoreResult<String> {
-    serde_json::to_string(value)
-        .map_err(|e| StoreError::Database(format!("cannot encode {what} as JSON: {e}")))
+    serde_json::to_string(value).map_err(|e| StoreError::Database(format!("cannot encode {what} as JSON: {e}")))
 }
 
 fn decode<T: DeserializeOwned>(table: &str, key: &str, column: &str, json: &str) -> StoreResult<T> {
@@ -310,12 +283,7 @@ fn kind_from_sql(key: &str, text: &str) -> StoreResult<ProjectKind> {
     match text {
         "normal" => Ok(ProjectKind::Normal),
         "system_builtin" => Ok(ProjectKind::SystemBuiltin),
-        other => Err(corrupt(
-            "projects",
-            &key,
-            "kind",
-            format!("unknown kind {other:?}"),
-        )),
+        other => Err(corrupt("projects", &key, "kind", format!("unknown kind {other:?}"))),
     }
 }
 
@@ -337,9 +305,7 @@ fn role_from_sql(table: &str, text: &str) -> StoreResult<RoleKey> {
 fn now_ms() -> i64 {
     // A clock before 1970 is not worth failing a token rotation over; the column is only
     // informational.
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn load_agents(conn: &Connection) -> StoreResult<Vec<AgentRecord>> {
@@ -427,27 +393,19 @@ fn load_role_tokens(conn: &Connection, snapshot: &mut Snapshot) -> StoreResult<(
     let mut rows = stmt.query([])?;
     while let Some(row) = rows.next()? {
         let role: String = row.get(0)?;
-        snapshot
-            .role_token_hashes
-            .insert(role_from_sql("role_tokens", &role)?, row.get(1)?);
+        snapshot.role_token_hashes.insert(role_from_sql("role_tokens", &role)?, row.get(1)?);
     }
     Ok(())
 }
 
 fn load_meta(conn: &Connection, key: &str) -> StoreResult<Option<u64>> {
-    let value: Option<i64> = conn
-        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
-        .query_row([key], |r| r.get(0))
-        .optional()?;
-    value
-        .map(|v| from_sql_int("meta", &key, "value", v))
-        .transpose()
+    let value: Option<i64> =
+        conn.prepare_cached("SELECT value FROM meta WHERE key = ?1")?.query_row([key], |r| r.get(0)).optional()?;
+    value.map(|v| from_sql_int("meta", &key, "value", v)).transpose()
 }
 
 fn load_next_audit_id(conn: &Connection) -> StoreResult<u64> {
-    let max_id: Option<i64> = conn
-        .prepare_cached("SELECT max(id) FROM audit")?
-        .query_row([], |r| r.get(0))?;
+    let max_id: Option<i64> = conn.prepare_cached("SELECT max(id) FROM audit")?.query_row([], |r| r.get(0))?;
     let after_max = match max_id {
         Some(id) => from_sql_int("audit", &id, "id", id)?.saturating_add(1),
         None => 1,
@@ -560,17 +518,14 @@ impl Store for SqliteStore {
             mounts,
             binds,
         ])?;
-        tx.prepare_cached(SQL_RAISE_META)?
-            .execute(params![META_NEXT_PROJECT_SEQ, next_project_seq])?;
+        tx.prepare_cached(SQL_RAISE_META)?.execute(params![META_NEXT_PROJECT_SEQ, next_project_seq])?;
         tx.commit()?;
         Ok(())
     }
 
     fn delete_project(&self, project_id: &str) -> StoreResult<()> {
         // The bindings go with it through ON DELETE CASCADE, in the same implicit transaction.
-        self.lock()?
-            .prepare_cached("DELETE FROM projects WHERE id = ?1")?
-            .execute([project_id])?;
+        self.lock()?.prepare_cached("DELETE FROM projects WHERE id = ?1")?.execute([project_id])?;
         Ok(())
     }
 
@@ -584,9 +539,7 @@ impl Store for SqliteStore {
                      ON CONFLICT (agent_id) DO UPDATE SET project_id = excluded.project_id",
                 )?
                 .execute([agent_id, project_id])?,
-            None => conn
-                .prepare_cached("DELETE FROM bindings WHERE agent_id = ?1")?
-                .execute([agent_id])?,
+            None => conn.prepare_cached("DELETE FROM bindings WHERE agent_id = ?1")?.execute([agent_id])?,
         };
         Ok(())
     }
@@ -619,9 +572,7 @@ impl Store for SqliteStore {
         let next_id = to_sql_int("next audit id", record.id.saturating_add(1))?;
         // Ids are consecutive, so everything at or below `id - retain` is outside the newest
         // `retain`; deleting by rowid range costs nothing like counting rows would.
-        let prune_through = record
-            .id
-            .saturating_sub(u64::try_from(retain).unwrap_or(u64::MAX));
+        let prune_through = record.id.saturating_sub(u64::try_from(retain).unwrap_or(u64::MAX));
         let prune_through = to_sql_int("audit id", prune_through)?;
         let mut conn = self.lock()?;
         let tx = conn.transaction()?;
@@ -643,10 +594,8 @@ impl Store for SqliteStore {
         ])?;
         // Kept in meta because pruning can delete every row, after which max(id) would
         // hand out ids that earlier exports of the log already used.
-        tx.prepare_cached(SQL_RAISE_META)?
-            .execute(params![META_NEXT_AUDIT_ID, next_id])?;
-        tx.prepare_cached("DELETE FROM audit WHERE id <= ?1")?
-            .execute([prune_through])?;
+        tx.prepare_cached(SQL_RAISE_META)?.execute(params![META_NEXT_AUDIT_ID, next_id])?;
+        tx.prepare_cached("DELETE FROM audit WHERE id <= ?1")?.execute([prune_through])?;
         tx.commit()?;
         Ok(())
     }
@@ -730,19 +679,13 @@ mod tests {
                 node_id: "node-1".into(),
                 export_name: "repo".into(),
             }],
-            binds: vec![BindRecord {
-                bind_path: "/work".into(),
-                target_path: "/src/work".into(),
-            }],
+            binds: vec![BindRecord { bind_path: "/work".into(), target_path: "/src/work".into() }],
         }
     }
 
     fn role_state(agent_id: &str) -> RoleState {
         RoleState {
-            last_target: Some(Target {
-                agent_id: agent_id.into(),
-                project_id: "proj-1".into(),
-            }),
+            last_target: Some(Target { agent_id: agent_id.into(), project_id: "proj-1".into() }),
             history: vec![SessionHistoryEntry {
                 session_key: "s-1".into(),
                 agent_id: agent_id.into(),
@@ -761,9 +704,9 @@ mod tests {
             agent_id: agent_id.into(),
             control_type: "project_up".into(),
             scope: "project".into(),
-            correlation_id: (id % 2 == 0).then(|| format!("c-{id}")),
+            correlation_id: id.is_multiple_of(2).then(|| format!("c-{id}")),
             result: "ok".into(),
-            error_code: (id % 3 == 0).then(|| "E_DENIED".into()),
+            error_code: id.is_multiple_of(3).then(|| "E_DENIED".into()),
         }
     }
 
@@ -791,12 +734,8 @@ mod tests {
             store.upsert_project(&builtin, 2).unwrap();
             store.set_binding("coder", Some("proj-1")).unwrap();
             store.set_binding("mother", Some("system")).unwrap();
-            store
-                .put_role_state(RoleKey::Admin, &role_state("mother"))
-                .unwrap();
-            store
-                .put_role_state(RoleKey::User, &role_state("coder"))
-                .unwrap();
+            store.put_role_state(RoleKey::Admin, &role_state("mother")).unwrap();
+            store.put_role_state(RoleKey::User, &role_state("coder")).unwrap();
             store.put_role_token_hash(RoleKey::Admin, HASH_A).unwrap();
             store.put_role_token_hash(RoleKey::User, HASH_B).unwrap();
             store.append_audit(&audit(1, "mother"), 100).unwrap();
@@ -809,26 +748,17 @@ mod tests {
         assert_eq!(snap.projects, vec![builtin, project("proj-1", 20)]);
         assert_eq!(
             snap.bindings,
-            [("coder", "proj-1"), ("mother", "system")]
-                .map(|(a, p)| (a.to_string(), p.to_string()))
-                .into()
+            [("coder", "proj-1"), ("mother", "system")].map(|(a, p)| (a.to_string(), p.to_string())).into()
         );
         assert_eq!(snap.admin, role_state("mother"));
         assert_eq!(snap.user, role_state("coder"));
         assert_eq!(
             snap.role_token_hashes,
-            [
-                (RoleKey::Admin, HASH_A.to_string()),
-                (RoleKey::User, HASH_B.to_string())
-            ]
-            .into()
+            [(RoleKey::Admin, HASH_A.to_string()), (RoleKey::User, HASH_B.to_string())].into()
         );
         assert_eq!(snap.next_project_seq, 2);
         assert_eq!(snap.next_audit_id, 3);
-        assert_eq!(
-            store.audit_tail(10, None).unwrap(),
-            vec![audit(2, "coder"), audit(1, "mother")]
-        );
+        assert_eq!(store.audit_tail(10, None).unwrap(), vec![audit(2, "coder"), audit(1, "mother")]);
     }
 
     #[test]
@@ -865,10 +795,7 @@ mod tests {
         assert_eq!(snap.agents, vec![changed]);
         assert_eq!(snap.projects, vec![renamed]);
         // Updating a project must not drop its bindings (INSERT OR REPLACE would cascade).
-        assert_eq!(
-            snap.bindings.get("coder").map(String::as_str),
-            Some("proj-1")
-        );
+        assert_eq!(snap.bindings.get("coder").map(String::as_str), Some("proj-1"));
         assert_eq!(snap.role_token_hashes[&RoleKey::Admin], HASH_B);
     }
 
@@ -894,10 +821,7 @@ mod tests {
 
         let snap = store.load().unwrap();
         assert_eq!(ids_of(&snap.projects), vec!["proj-2"]);
-        assert_eq!(
-            snap.bindings,
-            [("c".to_string(), "proj-2".to_string())].into()
-        );
+        assert_eq!(snap.bindings, [("c".to_string(), "proj-2".to_string())].into());
     }
 
     fn ids_of(projects: &[ProjectRecord]) -> Vec<&str> {
@@ -918,10 +842,7 @@ mod tests {
         assert!(store.load().unwrap().bindings.is_empty());
 
         let err = store.set_binding("a", Some("proj-404")).unwrap_err();
-        assert!(
-            matches!(err, StoreError::Database(ref m) if m.contains("FOREIGN KEY")),
-            "{err}"
-        );
+        assert!(matches!(err, StoreError::Database(ref m) if m.contains("FOREIGN KEY")), "{err}");
     }
 
     #[test]
@@ -929,10 +850,7 @@ mod tests {
         let store = SqliteStore::open_in_memory().unwrap();
         for not_a_hash in ["plaintext-token", &HASH_A.to_uppercase(), &HASH_A[1..], ""] {
             assert!(
-                matches!(
-                    store.put_role_token_hash(RoleKey::User, not_a_hash),
-                    Err(StoreError::Database(_))
-                ),
+                matches!(store.put_role_token_hash(RoleKey::User, not_a_hash), Err(StoreError::Database(_))),
                 "{not_a_hash:?} was stored as a role token hash"
             );
         }
@@ -974,10 +892,7 @@ mod tests {
             store.append_audit(&audit(id, agent_id), 1000).unwrap();
         }
         assert_eq!(ids(&store.audit_tail(4, None).unwrap()), vec![9, 8, 7, 6]);
-        assert_eq!(
-            ids(&store.audit_tail(100, Some("b")).unwrap()),
-            vec![9, 6, 3]
-        );
+        assert_eq!(ids(&store.audit_tail(100, Some("b")).unwrap()), vec![9, 6, 3]);
         assert_eq!(ids(&store.audit_tail(2, Some("a")).unwrap()), vec![8, 7]);
         assert!(store.audit_tail(0, None).unwrap().is_empty());
         assert!(store.audit_tail(10, Some("nobody")).unwrap().is_empty());
@@ -990,10 +905,7 @@ mod tests {
         let path = db_path(&dir);
         drop(SqliteStore::open(&path).unwrap());
         let newer = MIGRATIONS.len() + 1;
-        Connection::open(&path)
-            .unwrap()
-            .pragma_update(None, "user_version", newer as i64)
-            .unwrap();
+        Connection::open(&path).unwrap().pragma_update(None, "user_version", newer as i64).unwrap();
 
         let Err(StoreError::Corrupt(msg)) = SqliteStore::open(&path) else {
             panic!("a version {newer} database was opened");
@@ -1007,10 +919,8 @@ mod tests {
         let path = db_path(&dir);
         drop(SqliteStore::open(&path).unwrap());
         drop(SqliteStore::open(&path).unwrap());
-        let version: i64 = Connection::open(&path)
-            .unwrap()
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .unwrap();
+        let version: i64 =
+            Connection::open(&path).unwrap().pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
         assert_eq!(version, MIGRATIONS.len() as i64);
     }
 
@@ -1020,10 +930,7 @@ mod tests {
         let path = db_path(&dir);
         let store = SqliteStore::open(&path).unwrap();
         store.upsert_project(&project("proj-1", 1), 2).unwrap();
-        Connection::open(&path)
-            .unwrap()
-            .execute("UPDATE projects SET mounts = '{' WHERE id = 'proj-1'", [])
-            .unwrap();
+        Connection::open(&path).unwrap().execute("UPDATE projects SET mounts = '{' WHERE id = 'proj-1'", []).unwrap();
 
         let Err(StoreError::Corrupt(msg)) = store.load() else {
             panic!("corrupt mounts loaded");
@@ -1036,10 +943,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = db_path(&dir);
         std::fs::write(&path, vec![b'x'; 4096]).unwrap();
-        assert!(matches!(
-            SqliteStore::open(&path),
-            Err(StoreError::Corrupt(_))
-        ));
+        assert!(matches!(SqliteStore::open(&path), Err(StoreError::Corrupt(_))));
     }
 
     #[test]
@@ -1059,10 +963,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = db_path(&dir);
         drop(SqliteStore::open(&path).unwrap());
-        let mode: String = Connection::open(&path)
-            .unwrap()
-            .pragma_query_value(None, "journal_mode", |r| r.get(0))
-            .unwrap();
+        let mode: String =
+            Connection::open(&path).unwrap().pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
         assert_eq!(mode, "wal");
     }
 
@@ -1106,10 +1008,7 @@ mod tests {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
-        let acknowledged = BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .any(|line| line.contains(WRITTEN));
+        let acknowledged = BufReader::new(stdout).lines().map_while(Result::ok).any(|line| line.contains(WRITTEN));
         child.kill().unwrap(); // SIGKILL: no destructor, no checkpoint, no close.
         child.wait().unwrap();
         assert!(acknowledged, "the child never acknowledged its write");
@@ -1131,8 +1030,7 @@ mod tests {
             // A raw BEGIN, unlike a `Transaction`, is not rolled back by unwinding: the
             // worst case the recovery has to handle.
             let conn = store.conn.lock().unwrap();
-            conn.execute_batch("BEGIN; INSERT INTO meta (key, value) VALUES ('x', 1);")
-                .unwrap();
+            conn.execute_batch("BEGIN; INSERT INTO meta (key, value) VALUES ('x', 1);").unwrap();
             panic!("bug while holding the store lock");
         }));
         assert!(poisoned.is_err() && store.conn.is_poisoned());

@@ -2,24 +2,34 @@
 //!
 //! A 9P-like protocol: the client names nodes with fids it chooses, walks them through the
 //! [`namespace::Namespace`] of its active binding, and reads or writes files. This module
-//! holds the per-connection part (negotiation, fids, the namespace snapshot) and answers
-//! each request; it never blocks and never touches a workspace (tool I/O goes to workers).
+//! holds the per-connection part (negotiation, fids, the namespace snapshot, event waits) and
+//! answers each request; it never touches a workspace (tool I/O goes to workers).
+//!
+//! Nothing here blocks the connection. A read that has to wait (`events/next.json` at offset
+//! 0) is answered with [`Answer::Later`]: a future the connection runs beside later requests,
+//! whose [`Completion`] comes back through [`complete`] to update the cached file content
+//! before the reply is queued (spec README quirk 12).
 //!
 //! Bounds: at most `server.max_fids_per_connection` fids; reads return at most
-//! [`MAX_READ`] bytes whatever `count` asks for.
+//! [`MAX_READ`] bytes whatever `count` asks for; at most [`MAX_PENDING_READS`] waiting reads
+//! per connection.
 
 pub mod namespace;
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 
 use base64::Engine as _;
-use serde_json::json;
+use serde_json::{Value, json};
 use spiderweb_proto::Envelope;
 use spiderweb_proto::codes::acheron as code;
 use spiderweb_proto::reply;
 
 use crate::connection::Outbox;
 use crate::control::ConnSession;
+use crate::events::ScopeKey;
+use crate::events::wait::{self, SharedWait, WaitState};
 use crate::server::Shared;
 use namespace::{Binding, Kind, Namespace, ROOT, Writable};
 
@@ -30,14 +40,41 @@ const IOUNIT: u32 = 65536;
 pub const MAX_READ: u32 = 1024 * 1024;
 /// Chat replies are stored; this bounds what a client can make us keep.
 const MAX_REPLY_BYTES: usize = 256 * 1024;
+/// Reads that may wait at once on one connection.
+pub const MAX_PENDING_READS: usize = 64;
 
 pub struct FsSession {
     namespace: Option<(String, Namespace)>,
+    /// Bumped at every namespace rebuild, so a late completion never writes into a namespace
+    /// whose node ids mean something else.
+    generation: u64,
     fids: HashMap<u32, u32>,
     max_fids: usize,
+    /// Event-wait configurations by session key; they outlive namespace rebuilds.
+    waits: HashMap<String, SharedWait>,
+    pending_reads: usize,
 }
 
-type FsResult = Result<serde_json::Value, (&'static str, String)>;
+/// A reply ready now, or a read that completes later without holding back the connection.
+pub enum Answer {
+    Now(Value),
+    Later(Pending),
+}
+
+pub type Pending = Pin<Box<dyn Future<Output = Completion> + Send>>;
+
+/// The outcome of a waiting read, handed back to [`complete`].
+pub struct Completion {
+    tag: Option<u32>,
+    session_key: String,
+    generation: u64,
+    node: u32,
+    count: u64,
+    content: Vec<u8>,
+}
+
+type Fail = (&'static str, String);
+type FsResult<T = Value> = Result<T, Fail>;
 
 fn fail(code: &'static str, message: impl Into<String>) -> (&'static str, String) {
     (code, message.into())
@@ -45,10 +82,22 @@ fn fail(code: &'static str, message: impl Into<String>) -> (&'static str, String
 
 impl FsSession {
     pub fn new(max_fids: usize) -> FsSession {
-        FsSession { namespace: None, fids: HashMap::new(), max_fids }
+        FsSession {
+            namespace: None,
+            generation: 0,
+            fids: HashMap::new(),
+            max_fids,
+            waits: HashMap::new(),
+            pending_reads: 0,
+        }
     }
 
-    fn bind_fid(&mut self, fid: u32, node: u32) -> Result<(), (&'static str, String)> {
+    /// Whether reads are waiting; a connection with waiting reads is not idle.
+    pub fn has_pending_reads(&self) -> bool {
+        self.pending_reads > 0
+    }
+
+    fn bind_fid(&mut self, fid: u32, node: u32) -> Result<(), Fail> {
         if !self.fids.contains_key(&fid) && self.fids.len() >= self.max_fids {
             return Err(fail(
                 code::FID_LIMIT,
@@ -85,21 +134,43 @@ pub fn handle(shared: &Shared, conn: &mut ConnSession, fs: &mut FsSession, env: 
         "t_read" => ("acheron.r_read", with_namespace(shared, conn, fs, env, read)),
         "t_write" => ("acheron.r_write", with_namespace(shared, conn, fs, env, write)),
         "t_stat" => ("acheron.r_stat", with_namespace(shared, conn, fs, env, stat)),
-        "t_clunk" => ("acheron.r_clunk", clunk(fs, env)),
-        "t_flush" => ("acheron.r_flush", Ok(json!({}))),
+        "t_clunk" => ("acheron.r_clunk", clunk(fs, env).map(Answer::Now)),
+        "t_flush" => ("acheron.r_flush", Ok(Answer::Now(json!({})))),
         _ => ("acheron.error", Err(fail(code::UNSUPPORTED, "unsupported acheron operation"))),
     };
     match result {
-        Ok(payload) => out.push(reply_kind, reply::acheron_ok(reply_kind, tag, &payload)),
+        Ok(Answer::Now(payload)) => out.push(reply_kind, reply::acheron_ok(reply_kind, tag, &payload)),
+        Ok(Answer::Later(pending)) => {
+            fs.pending_reads += 1;
+            out.defer(pending);
+        }
         Err((code, message)) => out.acheron_error(tag, code, &message),
     }
 }
 
-type Op = fn(&Shared, &mut FsSession, &Envelope) -> FsResult;
+/// Queues the reply of a read that waited, after caching its content in the namespace (if
+/// the namespace is still the one the read was made in).
+pub fn complete(fs: &mut FsSession, done: Completion, out: &mut Outbox) {
+    fs.pending_reads = fs.pending_reads.saturating_sub(1);
+    let reply = slice(&done.content, 0, done.count);
+    if let Some((key, namespace)) = fs.namespace.as_mut()
+        && *key == done.session_key
+        && fs.generation == done.generation
+    {
+        namespace.set_content(done.node, done.content);
+    }
+    out.push("acheron.r_read", reply::acheron_ok("acheron.r_read", done.tag, &reply));
+}
 
 /// Selects the binding (`session_key` or the active one), rebuilding the namespace — and
 /// dropping every fid — when it changed (spec §1), then runs `op`.
-fn with_namespace(shared: &Shared, conn: &mut ConnSession, fs: &mut FsSession, env: &Envelope, op: Op) -> FsResult {
+fn with_namespace<T: Into<Answer>>(
+    shared: &Shared,
+    conn: &mut ConnSession,
+    fs: &mut FsSession,
+    env: &Envelope,
+    op: fn(&Shared, &mut FsSession, &Envelope) -> FsResult<T>,
+) -> FsResult<Answer> {
     let key = env.session_key.clone().unwrap_or_else(|| conn.active_key().to_owned());
     let Some(b) = conn.binding_for(&key) else {
         return Err(fail(code::SESSION_NOT_FOUND, "unknown session_key"));
@@ -108,17 +179,28 @@ fn with_namespace(shared: &Shared, conn: &mut ConnSession, fs: &mut FsSession, e
     let current = fs.namespace.as_ref().is_some_and(|(k, ns)| *k == key && ns.binding == wanted);
     if !current {
         fs.fids.clear();
-        fs.namespace = Some((key, Namespace::build(wanted, &shared.plane)));
+        fs.generation += 1;
+        fs.waits.retain(|k, _| conn.binding_for(k).is_some());
+        let mut namespace = Namespace::build(wanted, &shared.plane);
+        let next = if fs.waits.contains_key(&key) { wait::configured_idle() } else { wait::not_configured() };
+        namespace.set_content(namespace.events_next, next.to_string().into_bytes());
+        fs.namespace = Some((key, namespace));
     }
     conn.touch();
-    op(shared, fs, env)
+    op(shared, fs, env).map(Into::into)
 }
 
-fn required_fid(env: &Envelope) -> Result<u32, (&'static str, String)> {
+impl From<Value> for Answer {
+    fn from(value: Value) -> Answer {
+        Answer::Now(value)
+    }
+}
+
+fn required_fid(env: &Envelope) -> Result<u32, Fail> {
     env.acheron.fid.ok_or_else(|| fail(code::INVALID, "fid is required"))
 }
 
-fn node_of(fs: &FsSession, fid: u32) -> Result<u32, (&'static str, String)> {
+fn node_of(fs: &FsSession, fid: u32) -> Result<u32, Fail> {
     fs.fids.get(&fid).copied().ok_or_else(|| fail(code::ENOENT, "unknown fid"))
 }
 
@@ -172,10 +254,16 @@ fn open(_: &Shared, fs: &mut FsSession, env: &Envelope) -> FsResult {
     }
 }
 
-fn read(shared: &Shared, fs: &mut FsSession, env: &Envelope) -> FsResult {
+fn read(shared: &Shared, fs: &mut FsSession, env: &Envelope) -> FsResult<Answer> {
     let node = node_of(fs, required_fid(env)?)?;
     let offset = env.acheron.offset.unwrap_or(0);
     let count = env.acheron.count.unwrap_or(IOUNIT).min(MAX_READ) as u64;
+    if offset == 0
+        && node == ns(fs).events_next
+        && let Some(pending) = wait_for_event(shared, fs, env.acheron.tag, node, count)?
+    {
+        return Ok(Answer::Later(pending));
+    }
     let namespace = ns(fs);
     if offset == 0 {
         namespace.refresh(node, &shared.plane);
@@ -189,18 +277,58 @@ fn read(shared: &Shared, fs: &mut FsSession, env: &Envelope) -> FsResult {
         Some(Kind::File { content, .. }) => content,
         None => return Err(fail(code::EIO, "missing node")),
     };
+    Ok(Answer::Now(slice(bytes, offset, count)))
+}
+
+/// A read reply for `count` bytes of `bytes` from `offset` (spec §3: `n`, `eof`).
+fn slice(bytes: &[u8], offset: u64, count: u64) -> Value {
     let len = bytes.len() as u64;
     let start = offset.min(len);
     let end = start.saturating_add(count).min(len);
     let chunk = &bytes[start as usize..end as usize];
-    Ok(json!({
+    json!({
         "data_b64": base64::engine::general_purpose::STANDARD.encode(chunk),
         "n": chunk.len(),
         "eof": end >= len,
-    }))
+    })
 }
 
-fn write(_: &Shared, fs: &mut FsSession, env: &Envelope) -> FsResult {
+/// The events scope of the namespace's binding (agent and project).
+fn scope_key(fs: &mut FsSession) -> ScopeKey {
+    let binding = &ns(fs).binding;
+    ScopeKey { agent_id: binding.agent_id.clone(), project_id: binding.project_id.clone() }
+}
+
+/// Starts waiting for the next event of the session's wait configuration, or returns `None`
+/// when none is configured (the read then answers `wait_not_configured` at once).
+fn wait_for_event(
+    shared: &Shared,
+    fs: &mut FsSession,
+    tag: Option<u32>,
+    node: u32,
+    count: u64,
+) -> FsResult<Option<Pending>> {
+    let session_key = fs.namespace.as_ref().map(|(k, _)| k.clone()).unwrap_or_default();
+    let Some(wait) = fs.waits.get(&session_key).cloned() else {
+        ns(fs).set_content(node, wait::not_configured().to_string().into_bytes());
+        return Ok(None);
+    };
+    if fs.pending_reads >= MAX_PENDING_READS {
+        return Err(fail(
+            code::QUEUE_SATURATED,
+            format!("{MAX_PENDING_READS} reads are already waiting on this connection; wait for one to finish"),
+        ));
+    }
+    let scope = shared.events.scope(scope_key(fs));
+    let shutdown = shared.shutdown.clone();
+    let generation = fs.generation;
+    Ok(Some(Box::pin(async move {
+        let event = wait::next_event(wait, scope, shutdown).await;
+        Completion { tag, session_key, generation, node, count, content: event.to_string().into_bytes() }
+    })))
+}
+
+fn write(shared: &Shared, fs: &mut FsSession, env: &Envelope) -> FsResult {
     let node = node_of(fs, required_fid(env)?)?;
     let data = env.acheron.data.as_deref().ok_or_else(|| fail(code::INVALID, "write requires data"))?;
     let namespace = ns(fs);
@@ -224,10 +352,31 @@ fn write(_: &Shared, fs: &mut FsSession, env: &Envelope) -> FsResult {
             code::RUNTIME_UNAVAILABLE,
             "chat jobs need the agent runtime, which this gateway does not run yet",
         )),
-        (Writable::EventWait | Writable::EventSignal, _) => Err(fail(
-            code::UNAVAILABLE,
-            "event waits and signals need the agent runtime, which this gateway does not run yet",
-        )),
+        (Writable::EventWait, _) => {
+            let config = wait::parse_wait(data).map_err(|message| fail(code::INVALID, message))?;
+            let n = data.len();
+            let session_key = fs.namespace.as_ref().map(|(k, _)| k.clone()).unwrap_or_default();
+            let next = match config {
+                Some(config) => {
+                    let scope = shared.events.scope(scope_key(fs));
+                    fs.waits.insert(session_key, WaitState::new(config, &scope));
+                    wait::configured_idle()
+                }
+                None => {
+                    fs.waits.remove(&session_key);
+                    wait::not_configured()
+                }
+            };
+            let namespace = ns(fs);
+            namespace.set_content(namespace.events_next, next.to_string().into_bytes());
+            Ok(json!({"n": n}))
+        }
+        (Writable::EventSignal, _) => {
+            let (event_type, parameter, payload) =
+                wait::parse_signal(data).map_err(|message| fail(code::INVALID, message))?;
+            let seq = shared.events.scope(scope_key(fs)).raise(event_type, parameter, payload, crate::plane::now_ms());
+            Ok(json!({"n": data.len(), "signal": {"seq": seq}}))
+        }
         (Writable::ServiceControl(service), _) => Err(fail(
             code::UNAVAILABLE,
             format!("the {service} service needs the agent runtime, which this gateway does not run yet"),

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use spiderweb_policy::Role;
 use spiderweb_policy::session::MOTHER_AGENT;
 
+use crate::events::wait;
 use crate::plane::ControlPlane;
 
 pub const ROOT: u32 = 1;
@@ -81,6 +82,8 @@ pub struct Binding {
 pub struct Namespace {
     nodes: Vec<Node>,
     pub binding: Binding,
+    /// `/agents/self/events/next.json`, whose reads at offset 0 wait for an event.
+    pub events_next: u32,
 }
 
 const SERVICES: &[(&str, &[&str])] = &[
@@ -122,6 +125,13 @@ impl Namespace {
         self.nodes.get_mut(id.checked_sub(1)? as usize)
     }
 
+    /// Replaces a file's cached content (what later reads at offset > 0 see).
+    pub fn set_content(&mut self, id: u32, bytes: Vec<u8>) {
+        if let Some(Node { kind: Kind::File { content, .. }, .. }) = self.node_mut(id) {
+            *content = bytes;
+        }
+    }
+
     pub fn child(&self, dir: u32, name: &str) -> Option<u32> {
         match &self.node(dir)?.kind {
             Kind::Dir(children) => children.iter().copied().find(|c| self.node(*c).is_some_and(|n| n.name == name)),
@@ -151,7 +161,7 @@ impl Namespace {
     }
 
     pub fn build(binding: Binding, plane: &ControlPlane) -> Namespace {
-        let mut b = Builder { nodes: Vec::new(), binding: binding.clone() };
+        let mut b = Builder { nodes: Vec::new(), binding: binding.clone(), events_next: 0 };
         b.nodes.push(Node { name: String::new(), parent: ROOT, kind: Kind::Dir(Vec::new()) });
         let show_debug = binding.role == Role::Admin || binding.agent_id == MOTHER_AGENT;
 
@@ -170,7 +180,8 @@ impl Namespace {
             }
             let dir = b.dir(agents, &agent);
             b.file(dir, "README.md", format!("# {agent}\n\nAgent `{agent}`.\n"));
-            let link = if agent == binding.agent_id { "/agents/self\n".to_owned() } else { format!("/agents/{agent}\n") };
+            let link =
+                if agent == binding.agent_id { "/agents/self\n".to_owned() } else { format!("/agents/{agent}\n") };
             b.file(dir, "LINK.txt", link);
         }
 
@@ -207,8 +218,13 @@ impl Namespace {
 
         let meta = b.dir(ROOT, "meta");
         b.describe(meta, "meta", "Protocol and workspace state of this session.");
-        b.file(meta, "protocol.json", json!({"channel": "acheron", "version": "acheron-1", "layout": "world-v1",
-            "ops": ["t_version","t_attach","t_walk","t_open","t_read","t_write","t_stat","t_clunk","t_flush"]}).to_string());
+        b.file(
+            meta,
+            "protocol.json",
+            json!({"channel": "acheron", "version": "acheron-1", "layout": "world-v1",
+            "ops": ["t_version","t_attach","t_walk","t_open","t_read","t_write","t_stat","t_clunk","t_flush"]})
+            .to_string(),
+        );
         b.generated(meta, "view.json", Generated::View, plane);
         b.generated(meta, "workspace_status.json", Generated::WorkspaceStatus, plane);
         b.generated(meta, "workspace_availability.json", Generated::Availability, plane);
@@ -236,7 +252,7 @@ impl Namespace {
                 b.writable(icontrol, name, "", Writable::PairingControl);
             }
         }
-        Namespace { nodes: b.nodes, binding }
+        Namespace { nodes: b.nodes, binding, events_next: b.events_next }
     }
 }
 
@@ -247,8 +263,13 @@ fn build_self(b: &mut Builder, me: u32) {
     b.file(chat, "README.md", "# chat\n\nWrite a prompt to `control/input` to start a job; read `/agents/self/jobs/<job>/result.txt` for the answer.\n");
     b.file(chat, "SCHEMA.json", json!({"name":"chat","input":"control/input","reply":"control/reply","jobs":"/agents/self/jobs","result":"result.txt"}).to_string());
     b.file(chat, "CAPS.json", json!({"read": true, "write": true, "jobs": true}).to_string());
-    b.file(chat, "meta.json", json!({"name":"chat","version":"1","agent_id":agent,"project_id":project,
-        "cost_hint":"provider-dependent","latency_hint":"seconds"}).to_string());
+    b.file(
+        chat,
+        "meta.json",
+        json!({"name":"chat","version":"1","agent_id":agent,"project_id":project,
+        "cost_hint":"provider-dependent","latency_hint":"seconds"})
+        .to_string(),
+    );
     let control = b.dir(chat, "control");
     b.writable(control, "input", "", Writable::ChatInput);
     b.writable(control, "reply", "", Writable::ChatReply);
@@ -259,10 +280,19 @@ fn build_self(b: &mut Builder, me: u32) {
     b.describe(jobs, "jobs", "One directory per chat job: status.json, result.txt, log.txt. No job has run.");
 
     let events = b.dir(me, "events");
-    b.file(events, "README.md", "# events\n\nConfigure `control/wait.json`, then read `next.json` for the next matching event.\n");
-    b.file(events, "SCHEMA.json", json!({"name":"events","wait":"control/wait.json","signal":"control/signal.json","next":"next.json"}).to_string());
+    b.file(
+        events,
+        "README.md",
+        "# events\n\nConfigure `control/wait.json`, then read `next.json` for the next matching event.\n",
+    );
+    b.file(
+        events,
+        "SCHEMA.json",
+        json!({"name":"events","wait":"control/wait.json","signal":"control/signal.json","next":"next.json"})
+            .to_string(),
+    );
     b.file(events, "CAPS.json", json!({"read": true, "write": true}).to_string());
-    b.file(events, "next.json", json!({"configured": false, "waiting": false, "error": "wait_not_configured"}).to_string());
+    b.events_next = b.file(events, "next.json", wait::not_configured().to_string());
     let econtrol = b.dir(events, "control");
     b.file(econtrol, "README.md", "# events/control\n\n`wait.json`: `{\"paths\":[…],\"timeout_ms\":N}`; `signal.json`: `{\"event_type\":\"user\"|\"agent\"|\"hook\",…}`.\n");
     b.writable(econtrol, "wait.json", "", Writable::EventWait);
@@ -276,8 +306,10 @@ fn build_self(b: &mut Builder, me: u32) {
     let services = b.dir(me, "services");
     let index: Vec<Value> = SERVICES
         .iter()
-        .map(|(id, _)| json!({"node_id":"self","service_id":id,"service_path":format!("/agents/self/{id}"),
-            "invoke_path":format!("/agents/self/{id}/control/invoke.json"),"has_invoke":true,"scope":"agent_namespace"}))
+        .map(|(id, _)| {
+            json!({"node_id":"self","service_id":id,"service_path":format!("/agents/self/{id}"),
+            "invoke_path":format!("/agents/self/{id}/control/invoke.json"),"has_invoke":true,"scope":"agent_namespace"})
+        })
         .chain(std::iter::once(json!({"node_id":"global","service_id":"library","service_path":"/global/library",
             "invoke_path":null,"has_invoke":false,"scope":"global_namespace"})))
         .collect();
@@ -286,19 +318,35 @@ fn build_self(b: &mut Builder, me: u32) {
     let thoughts = b.dir(me, "thoughts");
     b.file(thoughts, "latest.txt", "");
     b.file(thoughts, "history.ndjson", "");
-    b.file(thoughts, "status.json", json!({"count":0,"updated_at_ms":0,"latest_source":null,"latest_round":null}).to_string());
+    b.file(
+        thoughts,
+        "status.json",
+        json!({"count":0,"updated_at_ms":0,"latest_source":null,"latest_round":null}).to_string(),
+    );
 
     for (service, ops) in SERVICES {
         let dir = b.dir(me, service);
-        b.file(dir, "README.md", format!("# {service}\n\nAgent-namespace service. Write a JSON object to `control/<op>.json`.\n"));
+        b.file(
+            dir,
+            "README.md",
+            format!("# {service}\n\nAgent-namespace service. Write a JSON object to `control/<op>.json`.\n"),
+        );
         b.file(dir, "SCHEMA.json", json!({"service_id": service, "operations": ops}).to_string());
         b.file(dir, "CAPS.json", json!({"invoke": true}).to_string());
         let paths: serde_json::Map<String, Value> =
             ops.iter().map(|op| (op.to_string(), json!(format!("control/{op}.json")))).collect();
         b.file(dir, "OPS.json", json!({"model":"local_bridge","invoke":"control/invoke.json","transport":"acheron-local","paths":paths,"operations":ops}).to_string());
         b.file(dir, "RUNTIME.json", json!({"service_id": service, "transport": "acheron-local"}).to_string());
-        b.file(dir, "PERMISSIONS.json", json!({"default":"allow-by-default","allow_roles":["admin","user"],"scope":"agent"}).to_string());
-        b.file(dir, "STATUS.json", json!({"service_id": service, "state": "namespace", "has_invoke": true}).to_string());
+        b.file(
+            dir,
+            "PERMISSIONS.json",
+            json!({"default":"allow-by-default","allow_roles":["admin","user"],"scope":"agent"}).to_string(),
+        );
+        b.file(
+            dir,
+            "STATUS.json",
+            json!({"service_id": service, "state": "namespace", "has_invoke": true}).to_string(),
+        );
         b.file(dir, "status.json", json!({"state":"idle","tool":null,"updated_at_ms":0,"error":null}).to_string());
         b.file(dir, "result.json", json!({"ok":false,"result":null,"error":null}).to_string());
         let control = b.dir(dir, "control");
@@ -311,6 +359,7 @@ fn build_self(b: &mut Builder, me: u32) {
 struct Builder {
     nodes: Vec<Node>,
     binding: Binding,
+    events_next: u32,
 }
 
 impl Builder {
@@ -373,14 +422,18 @@ fn render(g: Generated, b: &Binding, plane: &ControlPlane) -> Vec<u8> {
         }
         Generated::Alerts => alerts(),
         Generated::ProjectMeta(m) => match m {
-            ProjectMeta::Topology => json!({"project_id": b.project_id, "nodes": [], "mounts": w["desired_mounts"], "agents": bound()}),
+            ProjectMeta::Topology => {
+                json!({"project_id": b.project_id, "nodes": [], "mounts": w["desired_mounts"], "agents": bound()})
+            }
             ProjectMeta::Nodes => json!({"nodes": []}),
             ProjectMeta::Agents => json!({"agents": bound()}),
             ProjectMeta::Sources => json!({"sources": []}),
             ProjectMeta::Contracts => json!({"contracts": []}),
-            ProjectMeta::Paths => json!({"workspace_root": w["workspace_root"], "fs": format!("/projects/{}/fs", b.project_id),
+            ProjectMeta::Paths => {
+                json!({"workspace_root": w["workspace_root"], "fs": format!("/projects/{}/fs", b.project_id),
                 "nodes": format!("/projects/{}/nodes", b.project_id), "agents": format!("/projects/{}/agents", b.project_id),
-                "meta": format!("/projects/{}/meta", b.project_id)}),
+                "meta": format!("/projects/{}/meta", b.project_id)})
+            }
             ProjectMeta::Summary => {
                 let state = plane.lock();
                 let p = state.projects.get(&b.project_id);
@@ -393,8 +446,10 @@ fn render(g: Generated, b: &Binding, plane: &ControlPlane) -> Vec<u8> {
             ProjectMeta::DesiredMounts => w["desired_mounts"].clone(),
             ProjectMeta::ActualMounts => w["actual_mounts"].clone(),
             ProjectMeta::Drift => w["drift"].clone(),
-            ProjectMeta::Reconcile => json!({"reconcile_state": w["reconcile_state"], "last_reconcile_ms": w["last_reconcile_ms"],
-                "last_success_ms": w["last_success_ms"], "last_error": w["last_error"], "queue_depth": w["queue_depth"]}),
+            ProjectMeta::Reconcile => {
+                json!({"reconcile_state": w["reconcile_state"], "last_reconcile_ms": w["last_reconcile_ms"],
+                "last_success_ms": w["last_success_ms"], "last_error": w["last_error"], "queue_depth": w["queue_depth"]})
+            }
         },
     };
     value.to_string().into_bytes()

@@ -82,10 +82,7 @@ struct Target {
 
 fn raise_nofile() -> (u64, u64) {
     unsafe {
-        let mut rl = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
+        let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 {
             rl.rlim_cur = rl.rlim_max;
             let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
@@ -96,18 +93,11 @@ fn raise_nofile() -> (u64, u64) {
 }
 
 async fn open(t: &Target) -> Result<Ws> {
-    let stream = TcpStream::connect(&t.host_port)
-        .await
-        .with_context(|| format!("connect {}", t.host_port))?;
+    let stream = TcpStream::connect(&t.host_port).await.with_context(|| format!("connect {}", t.host_port))?;
     stream.set_nodelay(true)?;
     let mut req = t.url.as_str().into_client_request()?;
-    req.headers_mut().insert(
-        "Authorization",
-        HeaderValue::from_str(&format!("Bearer {}", t.token))?,
-    );
-    let (ws, _) = tokio_tungstenite::client_async(req, stream)
-        .await
-        .context("websocket upgrade")?;
+    req.headers_mut().insert("Authorization", HeaderValue::from_str(&format!("Bearer {}", t.token))?);
+    let (ws, _) = tokio_tungstenite::client_async(req, stream).await.context("websocket upgrade")?;
     Ok(ws)
 }
 
@@ -162,11 +152,7 @@ fn stats(mut ns: Vec<u64>) -> Stats {
 }
 
 fn fmt_us(us: f64) -> String {
-    if us >= 1000.0 {
-        format!("{:.2} ms", us / 1000.0)
-    } else {
-        format!("{us:.1} µs")
-    }
+    if us >= 1000.0 { format!("{:.2} ms", us / 1000.0) } else { format!("{us:.1} µs") }
 }
 
 async fn phase_single(t: &Target, a: &Args) -> Result<Stats> {
@@ -274,20 +260,10 @@ fn main() -> Result<()> {
     let mut _gateway: Option<Gateway> = None;
     let target = match &args.url {
         Some(url) => {
-            let token = args
-                .token
-                .clone()
-                .ok_or_else(|| anyhow!("--url needs --token (or SPIDERWEB_AUTH_TOKEN)"))?;
-            let rest = url
-                .strip_prefix("ws://")
-                .ok_or_else(|| anyhow!("only ws:// URLs are supported"))?;
+            let token = args.token.clone().ok_or_else(|| anyhow!("--url needs --token (or SPIDERWEB_AUTH_TOKEN)"))?;
+            let rest = url.strip_prefix("ws://").ok_or_else(|| anyhow!("only ws:// URLs are supported"))?;
             let host_port = rest.split('/').next().unwrap().to_string();
-            Target {
-                host_port,
-                url: url.clone(),
-                token,
-                pid: args.pid,
-            }
+            Target { host_port, url: url.clone(), token, pid: args.pid }
         }
         None => {
             let bin = args.gateway_bin.clone().unwrap_or_else(gateway_bin);
@@ -309,14 +285,9 @@ fn main() -> Result<()> {
     };
 
     let rt = if args.client_threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
     } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(args.client_threads)
-            .enable_all()
-            .build()?
+        tokio::runtime::Builder::new_multi_thread().worker_threads(args.client_threads).enable_all().build()?
     };
     let skip = |p: &str| args.skip.iter().any(|s| s == p);
 
@@ -325,26 +296,14 @@ fn main() -> Result<()> {
         let single = if skip("ping") {
             None
         } else {
-            Some(
-                phase_single(&target, &args)
-                    .await
-                    .context("single-connection ping phase")?,
-            )
+            Some(phase_single(&target, &args).await.context("single-connection ping phase")?)
         };
         let thr = if skip("throughput") {
             None
         } else {
-            Some(
-                phase_throughput(&target, &args)
-                    .await
-                    .context("throughput phase")?,
-            )
+            Some(phase_throughput(&target, &args).await.context("throughput phase")?)
         };
-        let setup = if skip("setup") {
-            None
-        } else {
-            Some(phase_setup(&target, &args).await.context("set-up phase")?)
-        };
+        let setup = if skip("setup") { None } else { Some(phase_setup(&target, &args).await.context("set-up phase")?) };
         tokio::time::sleep(Duration::from_secs(1)).await;
         let rss_idle = rss(&target);
         let idle = if skip("idle") {
@@ -377,16 +336,10 @@ fn main() -> Result<()> {
     println!(
         "spiderweb loadgen — {} (pid {}), client runtime: {} thread(s), TCP_NODELAY on",
         target.url,
-        target
-            .pid
-            .map(|p| p.to_string())
-            .unwrap_or_else(|| "unknown".into()),
+        target.pid.map(|p| p.to_string()).unwrap_or_else(|| "unknown".into()),
         args.client_threads.max(1)
     );
-    println!(
-        "{:<52} {:>14} {:>12} {:>7}",
-        "metric", "value", "target", ""
-    );
+    println!("{:<52} {:>14} {:>12} {:>7}", "metric", "value", "target", "");
     println!("{}", "-".repeat(88));
     let mut summary = serde_json::Map::new();
     if let Some(s) = single {
@@ -416,10 +369,7 @@ fn main() -> Result<()> {
     if let Some((s, rate, failed)) = thr {
         println!(
             "{:<52} {:>14} {:>12} {:>7}",
-            format!(
-                "pings/s, {} connections, {} s",
-                args.connections, args.duration_secs
-            ),
+            format!("pings/s, {} connections, {} s", args.connections, args.duration_secs),
             format!("{rate:.0}"),
             "≥ 50000",
             mark(rate >= 50_000.0)
@@ -447,24 +397,13 @@ fn main() -> Result<()> {
         summary.insert("setup_p50_us".into(), json!(s.p50_us));
         summary.insert("setup_p99_us".into(), json!(s.p99_us));
     }
-    let kib = |v: Option<u64>| {
-        v.map(|k| format!("{:.1} MiB", k as f64 / 1024.0))
-            .unwrap_or_else(|| "n/a".into())
-    };
+    let kib = |v: Option<u64>| v.map(|k| format!("{:.1} MiB", k as f64 / 1024.0)).unwrap_or_else(|| "n/a".into());
     println!("{:<52} {:>14}", "gateway RSS at start", kib(rss_start));
-    println!(
-        "{:<52} {:>14}",
-        "gateway RSS idle (after the phases above)",
-        kib(rss_idle)
-    );
+    println!("{:<52} {:>14}", "gateway RSS idle (after the phases above)", kib(rss_idle));
     summary.insert("rss_start_kib".into(), json!(rss_start));
     summary.insert("rss_idle_kib".into(), json!(rss_idle));
     if let Some((n, failed, first_err, open_secs, rss_with, alive)) = idle {
-        println!(
-            "{:<52} {:>14}",
-            format!("gateway RSS with {n} idle authenticated connections"),
-            kib(rss_with)
-        );
+        println!("{:<52} {:>14}", format!("gateway RSS with {n} idle authenticated connections"), kib(rss_with));
         let per = match (rss_idle, rss_with) {
             (Some(i), Some(w)) if n > 0 => Some(w.saturating_sub(i) as f64 / n as f64),
             _ => None,
@@ -479,24 +418,14 @@ fn main() -> Result<()> {
             ),
             None => println!("{:<52} {:>14}", "KiB per idle connection", "n/a (no pid)"),
         }
-        println!(
-            "{:<52} {:>14}",
-            "idle set opened in",
-            format!("{open_secs:.2} s")
-        );
+        println!("{:<52} {:>14}", "idle set opened in", format!("{open_secs:.2} s"));
         println!(
             "{:<52} {:>14}",
             "sampled idle connections still answering",
-            format!(
-                "{alive}/{}",
-                n.div_ceil((args.idle_connections / 20).max(1))
-            )
+            format!("{alive}/{}", n.div_ceil((args.idle_connections / 20).max(1)))
         );
         if failed > 0 {
-            println!(
-                "{:<52} {:>14}",
-                "idle connections that failed to open", failed
-            );
+            println!("{:<52} {:>14}", "idle connections that failed to open", failed);
             println!("  first error: {first_err}");
         }
         summary.insert("idle_connections".into(), json!(n));

@@ -1,0 +1,143 @@
+//! `spiderweb-broker`: hardens itself, loads its configuration, listens, serves until
+//! SIGTERM/SIGINT.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use spiderweb_broker::codex::{CodexAuth, CodexSettings};
+use spiderweb_broker::credentials::{EnvKeys, Resolver};
+use spiderweb_broker::egress::{Egress, http_client};
+use spiderweb_broker::providers::Catalogue;
+use spiderweb_broker::server::{self, Listener, Shared};
+use spiderweb_broker::{config, hardening, paths};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "spiderweb-broker",
+    version,
+    about = "spiderweb's credential broker"
+)]
+struct Args {
+    /// Config file (default `$SPIDERWEB_BROKER_CONFIG`, else `~/.config/spiderweb/broker.json`).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Socket path (default `socket.path`, else `$XDG_RUNTIME_DIR/spiderweb/broker.sock`).
+    /// Ignored when systemd passes a socket.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, value_parser = ["text", "json"], default_value = "text")]
+    log_format: String,
+}
+
+fn main() -> std::process::ExitCode {
+    // Before anything else, and before the runtime has threads: see hardening.rs.
+    if let Err(e) = hardening::apply() {
+        eprintln!("spiderweb-broker: {e}; refusing to run unprotected");
+        return std::process::ExitCode::FAILURE;
+    }
+    let args = Args::parse();
+    let config_path = config::config_path(args.config.as_deref());
+    let loaded = match config::load(&config_path) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("spiderweb-broker: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    init_logging(&args.log_format, &loaded.config.log.level);
+    for warning in &loaded.warnings {
+        tracing::warn!(path = %config_path.display(), "{warning}");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run(args, loaded.config)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: &str, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SPIDERWEB_BROKER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(args: Args, config: config::Config) -> anyhow::Result<()> {
+    let catalogue = Catalogue::build(&config.providers).map_err(anyhow::Error::msg)?;
+    let http = http_client(&config.limits);
+    let codex = CodexAuth::new(
+        CodexSettings {
+            auth_path: CodexSettings::auth_path(config.codex.home.clone()),
+            token_url: CodexSettings::token_url(config.codex.token_url.clone()),
+            client_id: config.codex.client_id.clone(),
+            stale_after: Duration::from_secs(config.codex.refresh_after_days * 86_400),
+            exchange_timeout: config.limits.response_timeout(),
+        },
+        http.clone(),
+    );
+    let credentials_dir = std::env::var_os("CREDENTIALS_DIRECTORY")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from);
+    let resolver = Arc::new(Resolver::new(
+        credentials_dir,
+        EnvKeys::from_process(),
+        Arc::new(codex),
+        config.limits.credential_cache(),
+    ));
+    let egress = Egress::new(http, config.limits.clone(), catalogue, resolver.clone());
+    let listener = match server::activated()? {
+        Some(l) => {
+            tracing::info!("listening on the socket passed by systemd");
+            Listener::Activated(l)
+        }
+        None => {
+            let path = args
+                .socket
+                .or(config.socket.path.clone())
+                .unwrap_or_else(paths::default_socket_path);
+            let listener = server::bind(&path, config.socket.group)?;
+            tracing::info!(socket = %path.display(), non_dumpable = hardening::is_non_dumpable(), "spiderweb-broker listening");
+            Listener::Created { listener, path }
+        }
+    };
+    let shared = Arc::new(Shared {
+        access: config.access,
+        own_uid: nix::unistd::getuid().as_raw(),
+        limits: config.limits,
+        egress,
+        resolver,
+    });
+    let shutdown = CancellationToken::new();
+    let signals = shutdown.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("shutting down");
+        signals.cancel();
+    });
+    server::run(listener, shared, shutdown).await;
+    Ok(())
+}
