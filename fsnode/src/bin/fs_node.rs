@@ -57,6 +57,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         max_connections: cli.max_connections as usize,
         hello_timeout: std::time::Duration::from_millis(cli.hello_timeout_ms),
         hide_sandbox_dir: false,
+        events_to_subscribers_only: false,
     })?;
     let listener = std::net::TcpListener::bind(SocketAddr::new(cli.bind, cli.port))?;
     listener.set_nonblocking(true)?;

@@ -10,6 +10,7 @@
 //! a binary frame. Never panics on input.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures_util::{SinkExt, StreamExt};
 use sha2::{Digest, Sha256};
@@ -87,6 +88,7 @@ where
         quota: Arc::default(),
         binary: false,
         budget: Arc::new(Semaphore::new(OUTBOUND_BYTES)),
+        wants_events: Arc::new(AtomicBool::new(!state.events_to_subscribers_only)),
     };
     let hello_deadline = tokio::time::Instant::now() + state.hello_timeout;
     loop {
@@ -130,6 +132,8 @@ struct Connection {
     binary: bool,
     /// [`OUTBOUND_BYTES`] of queued replies.
     budget: Arc<Semaphore>,
+    /// Whether broadcasts reach this connection (see `NodeConfig::events_to_subscribers_only`).
+    wants_events: Arc<AtomicBool>,
 }
 
 impl Connection {
@@ -178,6 +182,10 @@ impl Connection {
         let Some(op) = fs_op else {
             return self.send(wire::render_error(Some(tag), &FsError::new(Errno::Inval, "UnsupportedType"))).await;
         };
+        if self.state.events_to_subscribers_only {
+            // Only a dedicated event connection (nothing but hellos) gets broadcasts.
+            self.wants_events.store(false, Ordering::Relaxed);
+        }
         let (reply, events) = if op == "lock" {
             // `lock` with wait may block for as long as another holder keeps the lock.
             let (state, quota, payload) = (Arc::clone(&self.state), Arc::clone(&self.quota), env.payload.clone());
@@ -246,13 +254,16 @@ impl Connection {
         // Once negotiated, binary frames stay on for the connection: a later hello (a health
         // check) must not change how replies already in flight are framed.
         self.binary |= hello.binary_data;
+        if self.state.events_to_subscribers_only {
+            self.wants_events.store(hello.subscribe_invalidations == Some(true), Ordering::Relaxed);
+        }
         let mut reply = hello_reply(&self.state);
         reply.caps.binary_data = self.binary;
         if !self.send(wire::render_ok("hello", tag, &reply)).await {
             return false;
         }
         if self.hub_id.is_none() {
-            self.hub_id = Some(self.state.hub.register(self.queue.clone()));
+            self.hub_id = Some(self.state.hub.register(self.queue.clone(), Arc::clone(&self.wants_events)));
         }
         true
     }

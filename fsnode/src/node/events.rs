@@ -8,26 +8,35 @@
 //! quirk 11: queue per connection, bounded, never block request/reply traffic).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use spiderweb_proto::fs::Event;
 use tokio::sync::mpsc;
 
 use super::connection::{Frame, Outbound};
 
+/// A connection's queue and whether it currently wants broadcasts.
+#[derive(Debug)]
+struct Subscriber {
+    queue: mpsc::Sender<Outbound>,
+    wants: Arc<AtomicBool>,
+}
+
 #[derive(Debug, Default)]
 pub struct EventHub {
     next_id: AtomicU64,
-    connections: Mutex<HashMap<u64, mpsc::Sender<Outbound>>>,
+    connections: Mutex<HashMap<u64, Subscriber>>,
     dropped: AtomicU64,
 }
 
 impl EventHub {
-    /// Registers a connection's queue; returns its id.
-    pub fn register(&self, queue: mpsc::Sender<Outbound>) -> u64 {
+    /// Registers a connection's queue; returns its id. Broadcasts reach it while `wants` is
+    /// set (always on a standalone node; see `NodeConfig::events_to_subscribers_only`).
+    pub fn register(&self, queue: mpsc::Sender<Outbound>, wants: Arc<AtomicBool>) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.lock().insert(id, queue);
+        self.lock().insert(id, Subscriber { queue, wants });
         id
     }
 
@@ -41,12 +50,12 @@ impl EventHub {
             return;
         }
         let frames: Vec<String> = events.iter().map(Event::render).collect();
-        for (id, queue) in self.lock().iter() {
-            if Some(*id) == origin {
+        for (id, subscriber) in self.lock().iter() {
+            if Some(*id) == origin || !subscriber.wants.load(Ordering::Relaxed) {
                 continue;
             }
             for frame in &frames {
-                if queue.try_send(Outbound::unbudgeted(Frame::Text(frame.clone()))).is_err() {
+                if subscriber.queue.try_send(Outbound::unbudgeted(Frame::Text(frame.clone()))).is_err() {
                     self.dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -58,7 +67,7 @@ impl EventHub {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, mpsc::Sender<Outbound>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Subscriber>> {
         self.connections.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

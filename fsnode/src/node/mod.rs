@@ -47,6 +47,10 @@ pub struct NodeConfig {
     pub hello_timeout: std::time::Duration,
     /// Hide `.spiderweb-sandbox` (the gateway's local exports, spec §5.3).
     pub hide_sandbox_dir: bool,
+    /// Broadcast events only to connections whose hello asked for them and that have sent
+    /// nothing but hellos since (the gateway's `/v2/fs`, spec §6); a standalone node
+    /// broadcasts to every negotiated connection.
+    pub events_to_subscribers_only: bool,
 }
 
 /// Why a node could not start.
@@ -71,6 +75,7 @@ pub struct NodeState {
     connections: Arc<Semaphore>,
     hello_timeout: std::time::Duration,
     hide_sandbox_dir: bool,
+    events_to_subscribers_only: bool,
     uid: u32,
     gid: u32,
 }
@@ -98,6 +103,7 @@ impl NodeState {
             connections: Arc::new(Semaphore::new(config.max_connections)),
             hello_timeout: config.hello_timeout,
             hide_sandbox_dir: config.hide_sandbox_dir,
+            events_to_subscribers_only: config.events_to_subscribers_only,
             uid: nix::unistd::getuid().as_raw(),
             gid: nix::unistd::getgid().as_raw(),
         }))
