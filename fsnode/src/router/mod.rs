@@ -67,6 +67,9 @@ struct EndpointState {
 struct Endpoint {
     spec: EndpointSpec,
     state: Mutex<EndpointState>,
+    /// Held while connecting, so concurrent callers (health checks, FUSE threads) share one
+    /// new connection instead of racing to replace each other's.
+    connecting: tokio::sync::Mutex<()>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -119,8 +122,14 @@ fn fs_err(errno: Errno, message: &str) -> CallError {
 
 impl Router {
     pub fn new(specs: Vec<EndpointSpec>, auth_token: Option<String>) -> Arc<Router> {
-        let endpoints =
-            specs.into_iter().map(|spec| Endpoint { spec, state: Mutex::new(EndpointState::default()) }).collect();
+        let endpoints = specs
+            .into_iter()
+            .map(|spec| Endpoint {
+                spec,
+                state: Mutex::new(EndpointState::default()),
+                connecting: tokio::sync::Mutex::new(()),
+            })
+            .collect();
         Arc::new(Router {
             endpoints,
             auth_token,
@@ -222,14 +231,21 @@ impl Router {
     }
 
     /// The endpoint's connection, connecting (hello + exports) when there is none.
+    fn connected(&self, ep: usize) -> Option<(Arc<FsClient>, u64)> {
+        let st = self.state(ep);
+        match (&st.client, &st.export) {
+            (Some(client), Some(export)) if !client.is_closed() => Some((Arc::clone(client), export.root)),
+            _ => None,
+        }
+    }
+
     async fn connect(self: &Arc<Self>, ep: usize) -> Result<(Arc<FsClient>, u64), CallError> {
-        {
-            let st = self.state(ep);
-            if let (Some(client), Some(export)) = (&st.client, &st.export)
-                && !client.is_closed()
-            {
-                return Ok((Arc::clone(client), export.root));
-            }
+        if let Some(connected) = self.connected(ep) {
+            return Ok(connected);
+        }
+        let _connecting = self.endpoints[ep].connecting.lock().await;
+        if let Some(connected) = self.connected(ep) {
+            return Ok(connected);
         }
         let spec = &self.endpoints[ep].spec;
         let client = Arc::new(FsClient::connect(&spec.url, self.auth_token.as_deref(), true).await?);
