@@ -221,10 +221,19 @@ fn host_changes_are_visible_through_the_mount() {
     // Longer content: the cached size (TTL 10 s) must be invalidated by the node's event.
     std::fs::write(export.path().join("f.txt"), "one two three").unwrap();
     wait_until("host write", || std::fs::read_to_string(src.join("f.txt")).unwrap() == "one two three");
+    let names = || -> Vec<String> {
+        let mut v: Vec<String> =
+            std::fs::read_dir(&src).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(), ["f.txt"]);
     std::fs::write(export.path().join("added.txt"), "new").unwrap();
+    wait_until("host create in the listing", || names() == ["added.txt", "f.txt"]);
     wait_until("host create", || std::fs::read_to_string(src.join("added.txt")).is_ok_and(|s| s == "new"));
     std::fs::remove_file(export.path().join("added.txt")).unwrap();
     wait_until("host unlink", || !src.join("added.txt").exists());
+    wait_until("host unlink in the listing", || names() == ["f.txt"]);
 }
 
 #[test]

@@ -57,6 +57,11 @@ impl Outbound {
 }
 
 /// Serves one upgraded WebSocket until the client leaves or breaks the protocol.
+///
+/// The connection limit is the caller's: take a slot with [`NodeState::try_admit`] before
+/// answering the upgrade and drop it when this returns (the standalone listener does).
+/// Inbound messages must be capped by the caller's WebSocket config
+/// (`spiderweb_proto::fs::MAX_FRAME_BYTES`).
 pub async fn serve_connection<S>(ws: WebSocketStream<S>, state: Arc<NodeState>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,

@@ -35,6 +35,8 @@ pub const RETRY_UNHEALTHY: Duration = Duration::from_millis(1500);
 /// How long attributes fetched from a node are reused without asking again (the same TTL
 /// the FUSE layer gives the kernel); invalidation events end it earlier.
 pub const ATTR_TTL: Duration = Duration::from_secs(10);
+/// Directory listings cached, over all mounts.
+const MAX_CACHED_LISTINGS: usize = 4096;
 /// Paths whose node id / attributes are cached, over all endpoints.
 const MAX_CACHED_PATHS: usize = 262_144;
 /// Page size of directory listings.
@@ -105,11 +107,19 @@ pub struct Router {
     /// (endpoint, relative path) → attributes and when they were fetched; dropped by the
     /// nodes' invalidation events and by our own mutations, and after [`ATTR_TTL`].
     attrs: Mutex<HashMap<(usize, String), (Attr, Instant)>>,
+    /// Full directory listings by namespace path, dropped like `attrs` (a listing carries its
+    /// entries' attributes, which `readdirplus` hands to the kernel).
+    listings: Mutex<HashMap<String, (Vec<DirEntry>, Instant)>>,
     events: broadcast::Sender<PathEvent>,
 }
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// `/a/b` for `a//b/`, `/a/./b` and the like: the key of per-path caches.
+fn normalise(path: &str) -> String {
+    format!("/{}", components(path).join("/"))
 }
 
 fn components(path: &str) -> Vec<String> {
@@ -138,6 +148,7 @@ impl Router {
             paths: Mutex::default(),
             handles: Mutex::default(),
             attrs: Mutex::default(),
+            listings: Mutex::default(),
             events: broadcast::channel(4096).0,
         })
     }
@@ -464,6 +475,7 @@ impl Router {
                 }
                 let path =
                     if rel.is_empty() { mount.clone() } else { format!("{}/{rel}", mount.trim_end_matches('/')) };
+                router.forget_listings(&path);
                 let _ = router.events.send(PathEvent { path, dir_listing });
             }
         });
@@ -555,16 +567,42 @@ impl Router {
 
     /// The whole listing without `.` and `..`.
     pub async fn list(self: &Arc<Self>, path: &str) -> Result<Vec<DirEntry>, CallError> {
+        let key = normalise(path);
+        if let Some((listing, at)) = self.listings.lock().unwrap_or_else(|p| p.into_inner()).get(&key)
+            && at.elapsed() < ATTR_TTL
+        {
+            return Ok(listing.clone());
+        }
+        let started = Instant::now();
         let mut all = Vec::new();
         let mut cookie = 0;
         loop {
             let page = self.readdir(path, cookie, LIST_PAGE).await?;
             all.extend(page.ents.into_iter().filter(|e| e.name != "." && e.name != ".."));
             if page.eof || page.next <= cookie {
-                return Ok(all);
+                break;
             }
             cookie = page.next;
         }
+        let mut listings = self.listings.lock().unwrap_or_else(|p| p.into_inner());
+        if listings.len() >= MAX_CACHED_LISTINGS {
+            listings.clear();
+        }
+        // Stamped with the start: an invalidation that raced the listing shortens its life.
+        listings.insert(key, (all.clone(), started));
+        Ok(all)
+    }
+
+    /// `path`'s own listing and its parent's (whose entries carry `path`'s attributes).
+    fn forget_listings(&self, path: &str) {
+        let key = normalise(path);
+        let parent = match key.rsplit_once('/') {
+            Some(("", _)) | None => "/".to_owned(),
+            Some((p, _)) => p.to_owned(),
+        };
+        let mut listings = self.listings.lock().unwrap_or_else(|p| p.into_inner());
+        listings.remove(&key);
+        listings.remove(&parent);
     }
 
     /// Reads up to `len` bytes at `off`; `true` at end of file. Idempotent: fails over.
@@ -581,6 +619,7 @@ impl Router {
             let written = self.with_handle(a, true, async |h| a.client.write(h, off, data).await).await;
             // Size and times changed; the node's event may arrive after our caller asks.
             self.forget_attrs(a.ep, &a.rel.join("/"));
+            self.forget_listings(path);
             written
         })
         .await
@@ -603,6 +642,7 @@ impl Router {
             let attr = attr_of(reply.get("attr").cloned().map(|attr| json!({"attr": attr})).unwrap_or(Value::Null))?;
             let rel = a.rel.join("/");
             self.forget_attrs(a.ep, &rel);
+            self.forget_listings(path);
             self.remember_attr(a.ep, &rel, &attr);
             if let Some(h) = reply.get("h").and_then(Value::as_u64) {
                 let old = self
@@ -624,9 +664,10 @@ impl Router {
             let (parent, name) = self.resolve_parent(a).await?;
             let mut payload = extra.clone();
             payload["name"] = name.into();
-            a.client.call(op, Some(parent), None, payload).await?;
+            let done = a.client.call(op, Some(parent), None, payload).await;
             self.forget_path(a.ep, &a.rel.join("/"));
-            Ok(())
+            self.forget_listings(path);
+            done.map(|_| ())
         })
         .await
     }
@@ -670,6 +711,8 @@ impl Router {
                 .await?;
             self.forget_path(a.ep, &a.rel.join("/"));
             self.forget_path(a.ep, &to_rel.join("/"));
+            self.forget_listings(from);
+            self.forget_listings(to);
             Ok(())
         })
         .await
@@ -680,6 +723,7 @@ impl Router {
             let attr = self.resolve(a).await?;
             let done = a.client.call("truncate", Some(attr.id), None, json!({"sz": size})).await;
             self.forget_attrs(a.ep, &a.rel.join("/"));
+            self.forget_listings(path);
             done.map(|_| ())
         })
         .await
