@@ -5,6 +5,9 @@
 //! exhaustively. The process that enforces a decision gathers the facts (role, op name, what a
 //! token comparison found, the stored project policy) and calls in.
 //!
+//! - [`export`]: what a filesystem export allows (ro/rw, which ops mutate, child names,
+//!   the `--export` flag syntax).
+//!
 //! This crate must never perform I/O, read the environment or the clock, hold or compare
 //! secrets, or keep state: a decision depends only on its arguments.
 
@@ -17,6 +20,7 @@
 
 pub mod approval;
 pub mod broker_access;
+pub mod export;
 pub mod peer;
 pub mod project_access;
 pub mod role;

@@ -15,11 +15,14 @@
 //! - [`broker`]: the credential broker's requests, replies and streamed provider responses.
 //! - [`worker`]: the worker supervisor's protocol (tool requests, streamed output, results),
 //!   the five tools' argument/result shapes and their generated JSON Schemas.
+//! - [`fs`]: the node filesystem protocol `unified-v2-fs` (hello, attributes, node ids,
+//!   errno table, events), shared by fs nodes, the gateway's `/v2/fs` and the mount client.
 
 pub mod broker;
 pub mod codes;
 pub mod envelope;
 pub mod frame;
+pub mod fs;
 pub mod names;
 pub mod reply;
 pub mod worker;

@@ -1,0 +1,87 @@
+//! `spiderweb-fs-node`: serves directories over `unified-v2-fs` on `/v2/fs`.
+//!
+//! Start-up order is a security property: open the exports and bind the listener, then
+//! confine this (still single-threaded) process with Landlock and seccomp, and only then start
+//! the tokio runtime and the watcher thread, which inherit the confinement. If confinement is
+//! impossible the node exits with an error instead of serving unconfined.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::Parser;
+use spiderweb_fsnode::node::{DEFAULT_HELLO_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS, NodeConfig, NodeState};
+use spiderweb_policy::export::ExportSpec;
+
+#[derive(Parser, Debug)]
+#[command(name = "spiderweb-fs-node", version, about = "Export directories over unified-v2-fs")]
+struct Cli {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: std::net::IpAddr,
+    /// Port (0 = any free port; the chosen one is printed as `listening on <addr>`).
+    #[arg(long, default_value_t = 18891)]
+    port: u16,
+    /// `<name>=<path>[:ro|:rw]`, repeatable; default `work=.` read-write.
+    #[arg(long = "export")]
+    exports: Vec<String>,
+    /// Token the hello must carry.
+    #[arg(long, env = "SPIDERWEB_FS_NODE_AUTH_TOKEN", hide_env_values = true)]
+    auth_token: Option<String>,
+    /// Concurrent connections accepted.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    max_connections: u32,
+    /// Milliseconds a new connection has to send its hello before it is closed.
+    #[arg(long, default_value_t = DEFAULT_HELLO_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    hello_timeout_ms: u64,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SPIDERWEB_LOG").unwrap_or_else(|_| "info".into()))
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("spiderweb-fs-node: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let exports = ExportSpec::parse_all(&cli.exports)?;
+    let state = NodeState::new(NodeConfig {
+        exports,
+        auth_token: cli.auth_token.filter(|t| !t.is_empty()),
+        max_connections: cli.max_connections as usize,
+        hello_timeout: std::time::Duration::from_millis(cli.hello_timeout_ms),
+        hide_sandbox_dir: false,
+        events_to_subscribers_only: false,
+    })?;
+    let listener = std::net::TcpListener::bind(SocketAddr::new(cli.bind, cli.port))?;
+    listener.set_nonblocking(true)?;
+    spiderweb_fsnode::sandbox::confine(&state.exports)?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        state.start_watcher()?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        println!("listening on {}", listener.local_addr()?);
+        for export in &state.exports {
+            tracing::info!(name = %export.spec.name, path = %export.spec.path, read_only = export.read_only(), "export");
+        }
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            anyhow::Ok(())
+        };
+        tokio::select! {
+            () = spiderweb_fsnode::listener::run(listener, state) => Ok(()),
+            r = shutdown => r,
+        }
+    })
+}

@@ -1,0 +1,316 @@
+//! One WebSocket connection to a node: negotiation, then requests in order (§2, §3, §6).
+//!
+//! A reader task parses each text frame, runs the op and puts, in this order, the events the
+//! op caused and then its reply onto the connection's bounded outbound queue; the same events
+//! are then broadcast to the other connections. A writer task drains the queue and flushes
+//! once per batch, so every frame leaves in one message and a slow client only slows itself.
+//!
+//! Closes the connection (after an `err_fs` reply) on: an unparseable envelope, a first
+//! message that is not the hello, a failed hello (including `AuthMissing`/`AuthFailed`),
+//! a binary frame. Never panics on input.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures_util::{SinkExt, StreamExt};
+use sha2::{Digest, Sha256};
+use spiderweb_proto::envelope::{self, Channel, Envelope};
+use spiderweb_proto::fs::{self as wire, Errno, Event, FsError, HelloCaps, HelloReply, HelloRequest, NodeInfo, binary};
+use subtle::ConstantTimeEq;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::NodeState;
+use super::handles::HandleQuota;
+use super::ops::{self, Ctx, Request};
+
+/// Frames waiting for one client (replies wait for room; broadcasts are dropped when full).
+pub const OUTBOUND_QUEUE: usize = 1024;
+/// Bytes of replies waiting for one client: a client that sends reads without reading the
+/// replies stalls itself here instead of filling the node's memory (1,024 queued 1 MiB reads
+/// would otherwise be 1 GiB).
+pub const OUTBOUND_BYTES: usize = 8 << 20;
+
+/// A frame for the writer task.
+#[derive(Debug)]
+pub enum Frame {
+    Text(String),
+    /// A binary data frame (only after `binary_data` was negotiated).
+    Binary(Vec<u8>),
+    Close,
+}
+
+/// A queued frame and the share of the connection's byte budget it holds until written.
+#[derive(Debug)]
+pub struct Outbound {
+    pub frame: Frame,
+    pub budget: Option<OwnedSemaphorePermit>,
+}
+
+impl Outbound {
+    /// A frame outside the byte budget (small: events, close).
+    pub fn unbudgeted(frame: Frame) -> Outbound {
+        Outbound { frame, budget: None }
+    }
+}
+
+/// Serves one upgraded WebSocket until the client leaves or breaks the protocol.
+///
+/// The connection limit is the caller's: take a slot with [`NodeState::try_admit`] before
+/// answering the upgrade and drop it when this returns (the standalone listener does).
+/// Inbound messages must be capped by the caller's WebSocket config
+/// (`spiderweb_proto::fs::MAX_FRAME_BYTES`).
+pub async fn serve_connection<S>(ws: WebSocketStream<S>, state: Arc<NodeState>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sink, mut stream) = ws.split();
+    let (queue, mut outbound) = mpsc::channel::<Outbound>(OUTBOUND_QUEUE);
+    let writer = tokio::spawn(async move {
+        while let Some(Outbound { frame, budget }) = outbound.recv().await {
+            let result = match frame {
+                Frame::Text(text) => sink.feed(Message::text(text)).await,
+                Frame::Binary(data) => sink.feed(Message::binary(data)).await,
+                Frame::Close => {
+                    let _ = sink.send(Message::Close(None)).await;
+                    break;
+                }
+            };
+            if result.is_err() || (outbound.is_empty() && sink.flush().await.is_err()) {
+                break;
+            }
+            drop(budget);
+        }
+        let _ = sink.close().await;
+    });
+
+    let mut conn = Connection {
+        state: Arc::clone(&state),
+        queue,
+        hub_id: None,
+        quota: Arc::default(),
+        binary: false,
+        budget: Arc::new(Semaphore::new(OUTBOUND_BYTES)),
+        wants_events: Arc::new(AtomicBool::new(!state.events_to_subscribers_only)),
+    };
+    let hello_deadline = tokio::time::Instant::now() + state.hello_timeout;
+    loop {
+        let next = if conn.hub_id.is_none() {
+            match tokio::time::timeout_at(hello_deadline, stream.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    let error = FsError::new(Errno::TimedOut, "acheron.t_fs_hello must be negotiated first");
+                    conn.fail_and_close(None, error).await;
+                    break;
+                }
+            }
+        } else {
+            stream.next().await
+        };
+        let Some(message) = next else { break };
+        let keep_going = match message {
+            Ok(Message::Text(text)) => conn.on_text(text.as_str()).await,
+            Ok(Message::Binary(data)) => conn.on_binary(&data).await,
+            Ok(Message::Close(_)) | Err(_) => false,
+            Ok(_) => true,
+        };
+        if !keep_going {
+            break;
+        }
+    }
+    if let Some(id) = conn.hub_id {
+        state.hub.unregister(id);
+    }
+    drop(conn);
+    let _ = writer.await;
+}
+
+struct Connection {
+    state: Arc<NodeState>,
+    queue: mpsc::Sender<Outbound>,
+    /// Set once the hello succeeded: the connection then receives broadcasts.
+    hub_id: Option<u64>,
+    quota: Arc<HandleQuota>,
+    /// Binary data frames negotiated in the hello.
+    binary: bool,
+    /// [`OUTBOUND_BYTES`] of queued replies.
+    budget: Arc<Semaphore>,
+    /// Whether broadcasts reach this connection (see `NodeConfig::events_to_subscribers_only`).
+    wants_events: Arc<AtomicBool>,
+}
+
+impl Connection {
+    async fn send(&self, text: String) -> bool {
+        self.send_frame(Frame::Text(text)).await
+    }
+
+    /// Queues a reply once the byte budget has room for it (waits while the client is slow).
+    async fn send_frame(&self, frame: Frame) -> bool {
+        let len = match &frame {
+            Frame::Text(t) => t.len(),
+            Frame::Binary(b) => b.len(),
+            Frame::Close => 0,
+        };
+        let permits = len.clamp(1, OUTBOUND_BYTES) as u32;
+        let Ok(budget) = Arc::clone(&self.budget).acquire_many_owned(permits).await else {
+            return false;
+        };
+        self.queue.send(Outbound { frame, budget: Some(budget) }).await.is_ok()
+    }
+
+    async fn fail_and_close(&self, tag: Option<u32>, error: FsError) {
+        let _ = self.send(wire::render_error(tag, &error)).await;
+        let _ = self.queue.send(Outbound::unbudgeted(Frame::Close)).await;
+    }
+
+    /// Handles one text frame; `false` closes the connection.
+    async fn on_text(&mut self, text: &str) -> bool {
+        let env = match envelope::parse(text) {
+            Ok(env) => env,
+            Err(e) => {
+                self.fail_and_close(e.tag, FsError::new(Errno::Inval, e.name.as_str())).await;
+                return false;
+            }
+        };
+        let tag = env.acheron.tag.unwrap_or(0);
+        let fs_op = (env.channel == Channel::Acheron).then(|| env.op.strip_prefix("t_fs_")).flatten();
+        if fs_op == Some("hello") {
+            return self.hello(&env, tag).await;
+        }
+        if self.hub_id.is_none() {
+            self.fail_and_close(Some(tag), FsError::new(Errno::Inval, "acheron.t_fs_hello must be negotiated first"))
+                .await;
+            return false;
+        }
+        let Some(op) = fs_op else {
+            return self.send(wire::render_error(Some(tag), &FsError::new(Errno::Inval, "UnsupportedType"))).await;
+        };
+        if self.state.events_to_subscribers_only {
+            // Only a dedicated event connection (nothing but hellos) gets broadcasts.
+            self.wants_events.store(false, Ordering::Relaxed);
+        }
+        let (reply, events) = if op == "lock" {
+            // `lock` with wait may block for as long as another holder keeps the lock.
+            let (state, quota, payload) = (Arc::clone(&self.state), Arc::clone(&self.quota), env.payload.clone());
+            let (node, h) = (env.acheron.node, env.acheron.h);
+            tokio::task::spawn_blocking(move || {
+                let req = Request { op: "lock", tag, node, h, payload: payload.as_ref() };
+                run(&state, &quota, &req)
+            })
+            .await
+            .unwrap_or_else(|_| (Err(FsError::of(Errno::Io)), Vec::new()))
+        } else if op == "read" && self.binary {
+            let req = Request { op, tag, node: env.acheron.node, h: env.acheron.h, payload: env.payload.as_ref() };
+            let ctx = Ctx { state: &self.state, quota: &self.quota, events: Vec::new() };
+            let frame = match ops::read_binary(&ctx, &req) {
+                Ok(frame) => Frame::Binary(frame),
+                Err(e) => Frame::Text(wire::render_error(Some(tag), &e)),
+            };
+            return self.send_frame(frame).await;
+        } else {
+            let req = Request { op, tag, node: env.acheron.node, h: env.acheron.h, payload: env.payload.as_ref() };
+            run(&self.state, &self.quota, &req)
+        };
+        self.finish(tag, reply, events).await
+    }
+
+    /// A binary frame: only a negotiated binary write request is valid; anything else is
+    /// answered and closes the connection, like any unparseable frame.
+    async fn on_binary(&mut self, data: &[u8]) -> bool {
+        let request = self.binary.then(|| binary::parse_write_request(data)).flatten();
+        let (Some(write), Some(_)) = (request, self.hub_id) else {
+            self.fail_and_close(None, FsError::new(Errno::Inval, "InvalidEnvelope")).await;
+            return false;
+        };
+        let mut ctx = Ctx { state: &self.state, quota: &self.quota, events: Vec::new() };
+        let reply = ops::write_bytes(&mut ctx, write.h, write.off, write.data)
+            .map(|payload| wire::render_ok("write", write.tag, &payload));
+        let events = ctx.events;
+        self.finish(write.tag, reply, events).await
+    }
+
+    /// Queues the op's events, then its reply, then broadcasts the events to the others.
+    async fn finish(&self, tag: u32, reply: Result<String, FsError>, events: Vec<Event>) -> bool {
+        for event in &events {
+            if !self.send(event.render()).await {
+                return false;
+            }
+        }
+        let frame = reply.unwrap_or_else(|e| wire::render_error(Some(tag), &e));
+        if !self.send(frame).await {
+            return false;
+        }
+        self.state.hub.broadcast(self.hub_id, &events);
+        true
+    }
+
+    async fn hello(&mut self, env: &Envelope, tag: u32) -> bool {
+        let checked =
+            HelloRequest::parse(env.payload.as_ref()).and_then(|hello| self.authenticate(&hello).map(|()| hello));
+        let hello = match checked {
+            Ok(hello) => hello,
+            Err(e) => {
+                self.fail_and_close(Some(tag), e).await;
+                return false;
+            }
+        };
+        // Once negotiated, binary frames stay on for the connection: a later hello (a health
+        // check) must not change how replies already in flight are framed.
+        self.binary |= hello.binary_data;
+        if self.state.events_to_subscribers_only {
+            self.wants_events.store(hello.subscribe_invalidations == Some(true), Ordering::Relaxed);
+        }
+        let mut reply = hello_reply(&self.state);
+        reply.caps.binary_data = self.binary;
+        if !self.send(wire::render_ok("hello", tag, &reply)).await {
+            return false;
+        }
+        if self.hub_id.is_none() {
+            self.hub_id = Some(self.state.hub.register(self.queue.clone(), Arc::clone(&self.wants_events)));
+        }
+        true
+    }
+
+    fn authenticate(&self, hello: &HelloRequest) -> Result<(), FsError> {
+        let Some(expected) = &self.state.auth_digest else {
+            return Ok(());
+        };
+        let Some(token) = &hello.auth_token else {
+            return Err(FsError::new(Errno::Inval, "AuthMissing"));
+        };
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if bool::from(digest.ct_eq(expected)) { Ok(()) } else { Err(FsError::new(Errno::Inval, "AuthFailed")) }
+    }
+}
+
+fn run(
+    state: &NodeState,
+    quota: &Arc<HandleQuota>,
+    req: &Request<'_>,
+) -> (Result<String, FsError>, Vec<spiderweb_proto::fs::Event>) {
+    let mut ctx = Ctx { state, quota, events: Vec::new() };
+    let reply = ops::dispatch(&mut ctx, req);
+    (reply, ctx.events)
+}
+
+fn hello_reply(state: &NodeState) -> HelloReply {
+    use super::exports::CAPS;
+    let any = !state.exports.is_empty();
+    HelloReply {
+        protocol: wire::PROTOCOL.into(),
+        proto: wire::PROTO,
+        node: NodeInfo { name: "spiderweb-fs-node".into(), os: "linux".into(), ver: env!("CARGO_PKG_VERSION").into() },
+        caps: HelloCaps {
+            readdirp: true,
+            symlink: any && CAPS.symlink,
+            xattr: any && CAPS.xattr,
+            locks: any && CAPS.locks,
+            case_sensitive: any && CAPS.case_sensitive,
+            max_read: wire::MAX_READ,
+            max_write: wire::MAX_WRITE,
+            binary_data: false,
+        },
+    }
+}
