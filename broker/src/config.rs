@@ -14,29 +14,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use spiderweb_policy::broker_access::BrokerAccess;
+use spiderweb_service::config::read_json;
 
 use crate::providers::ProviderKind;
 
-/// Why the configuration cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file exists but cannot be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// A value is wrong; the message starts with its key.
-    #[error("config file {path}: {message}")]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// `<key>: <what is wrong>`.
-        message: String,
-    },
-}
+pub use spiderweb_service::config::ConfigError;
 
 /// The whole file.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -207,27 +189,12 @@ pub fn config_path(flag: Option<&Path>) -> PathBuf {
 
 /// Reads and validates the file at `path` (defaults when it does not exist).
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-    let invalid = |message: String| ConfigError::Invalid { path: path.to_path_buf(), message };
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(Loaded { config: Config::default(), warnings: vec![] });
-        }
-        Err(source) => {
-            return Err(ConfigError::Read { path: path.to_path_buf(), source });
-        }
+    let Some(file) = read_json::<Config>(path)? else {
+        return Ok(Loaded { config: Config::default(), warnings: vec![] });
     };
-    let mut unknown = Vec::new();
-    let mut json = serde_json::Deserializer::from_str(&text);
-    let mut record = |key: serde_ignored::Path<'_>| unknown.push(key.to_string());
-    let ignored = serde_ignored::Deserializer::new(&mut json, &mut record);
-    let config: Config = serde_path_to_error::deserialize(ignored).map_err(|e| {
-        let key = e.path().to_string();
-        invalid(format!("{key}: {}", e.into_inner()))
-    })?;
-    validate(&config).map_err(invalid)?;
-    let warnings = unknown.into_iter().map(|key| format!("unknown config key {key} (ignored)")).collect();
-    Ok(Loaded { config, warnings })
+    validate(&file.value).map_err(|message| ConfigError::Invalid { path: path.to_path_buf(), message })?;
+    let warnings = file.unknown_keys.iter().map(|key| format!("unknown config key {key} (ignored)")).collect();
+    Ok(Loaded { config: file.value, warnings })
 }
 
 /// Range checks that types alone cannot express. Each message starts with the key.

@@ -2,10 +2,7 @@
 
 use std::path::PathBuf;
 
-/// `$HOME`, else the current directory (a service without a home still gets a usable path).
-pub fn home_dir() -> PathBuf {
-    std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."))
-}
+pub use spiderweb_service::config::home_dir;
 
 /// `$SPIDERWEB_BROKER_SOCKET`, else `$XDG_RUNTIME_DIR/spiderweb/broker.sock`, else
 /// `/run/user/<uid>/spiderweb/broker.sock`.

@@ -13,14 +13,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("config file {path}: {message}")]
-    Invalid { path: PathBuf, message: String },
-}
+pub use spiderweb_service::config::ConfigError;
+use spiderweb_service::config::{home_dir, read_json};
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default)]
@@ -220,19 +214,10 @@ pub fn config_path(flag: Option<&Path>) -> PathBuf {
     home_dir().join(".config/spiderweb/config.json")
 }
 
-fn home_dir() -> PathBuf {
-    std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."))
-}
-
 /// Reads and validates the file at `path` (defaults when it does not exist).
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => Some(t),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(source) => return Err(ConfigError::Read { path: path.to_path_buf(), source }),
-    };
     let invalid = |message: String| ConfigError::Invalid { path: path.to_path_buf(), message };
-    let Some(text) = text else {
+    let Some(file) = read_json::<Config>(path)? else {
         return Ok(Loaded {
             config: Config::default(),
             path: path.to_path_buf(),
@@ -240,19 +225,10 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
             warnings: vec![],
         });
     };
-    let mut warnings = Vec::new();
-    let mut json = serde_json::Deserializer::from_str(&text);
-    let mut unknown = Vec::new();
-    let mut record = |key: serde_ignored::Path<'_>| unknown.push(key.to_string());
-    let ignored = serde_ignored::Deserializer::new(&mut json, &mut record);
-    let config: Config = serde_path_to_error::deserialize(ignored).map_err(|e| {
-        let key = e.path().to_string();
-        invalid(format!("{key}: {}", e.into_inner()))
-    })?;
-    for key in unknown {
-        warnings.push(format!("unknown config key {key} (ignored)"));
-    }
-    let seen: serde_json::Value = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+    let config = file.value;
+    let mut warnings: Vec<String> =
+        file.unknown_keys.iter().map(|key| format!("unknown config key {key} (ignored)")).collect();
+    let seen: serde_json::Value = serde_json::from_str(&file.text).map_err(|e| invalid(e.to_string()))?;
     for key in NO_EFFECT_KEYS {
         let (section, name) = key.split_once('.').unwrap_or(("", key));
         if seen.get(section).and_then(|s| s.get(name)).is_some() {

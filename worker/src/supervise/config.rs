@@ -72,11 +72,12 @@ pub struct SupervisorConfig {
 impl SupervisorConfig {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path, switch_ids: bool) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        let config: SupervisorConfig =
-            serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        config.validate(switch_ids)?;
-        Ok(config)
+        // Unknown keys are refused here (deny_unknown_fields), not just reported: a mistyped
+        // confinement setting must not fall back to a default silently.
+        let file = spiderweb_service::config::read_json::<SupervisorConfig>(path)?
+            .ok_or_else(|| anyhow::anyhow!("config file {} does not exist", path.display()))?;
+        file.value.validate(switch_ids)?;
+        Ok(file.value)
     }
 
     /// Refuses values that would weaken or break the supervisor.
