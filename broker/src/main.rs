@@ -5,13 +5,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use spiderweb_broker::codex::{CodexAuth, CodexSettings};
 use spiderweb_broker::credentials::{EnvKeys, Resolver};
 use spiderweb_broker::egress::{Egress, http_client};
 use spiderweb_broker::providers::Catalogue;
 use spiderweb_broker::server::{self, Listener, Shared};
 use spiderweb_broker::{config, hardening, paths};
+use spiderweb_service::activation::Activation;
+use spiderweb_service::logging::{self, LogFormat};
+use spiderweb_service::notify::Notifier;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -24,9 +27,17 @@ struct Args {
     /// Ignored when systemd passes a socket.
     #[arg(long)]
     socket: Option<PathBuf>,
-    /// Log format on stderr.
-    #[arg(long, value_parser = ["text", "json"], default_value = "text")]
-    log_format: String,
+    /// Log format on stderr: text, json, or journal (syslog priority prefixes).
+    /// Default: journal when stderr is the journal, else text.
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormatArg>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+    Journal,
 }
 
 fn main() -> std::process::ExitCode {
@@ -35,6 +46,17 @@ fn main() -> std::process::ExitCode {
         eprintln!("spiderweb-broker: {e}; refusing to run unprotected");
         return std::process::ExitCode::FAILURE;
     }
+    // Both read and clear environment variables: before the runtime starts threads.
+    // SAFETY: single-threaded here.
+    let activation = match unsafe { Activation::take() } {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("spiderweb-broker: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    // SAFETY: as above.
+    let notifier = unsafe { Notifier::take() };
     let args = Args::parse();
     let config_path = config::config_path(args.config.as_deref());
     let loaded = match config::load(&config_path) {
@@ -44,12 +66,18 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    init_logging(&args.log_format, &loaded.config.log.level);
+    let format = match args.log_format {
+        Some(LogFormatArg::Text) => LogFormat::Text,
+        Some(LogFormatArg::Json) => LogFormat::Json,
+        Some(LogFormatArg::Journal) => LogFormat::Journal,
+        None => LogFormat::detect(),
+    };
+    logging::init(format, &loaded.config.log.level, "SPIDERWEB_BROKER_LOG");
     for warning in &loaded.warnings {
         tracing::warn!(path = %config_path.display(), "{warning}");
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    match runtime.block_on(run(args, loaded.config)) {
+    match runtime.block_on(run(args, loaded.config, activation, notifier)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -58,22 +86,7 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn init_logging(format: &str, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SPIDERWEB_BROKER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
-async fn run(args: Args, config: config::Config) -> anyhow::Result<()> {
+async fn run(args: Args, config: config::Config, mut activation: Activation, notifier: Notifier) -> anyhow::Result<()> {
     let catalogue = Catalogue::build(&config.providers).map_err(anyhow::Error::msg)?;
     let http = http_client(&config.limits);
     let codex = CodexAuth::new(
@@ -94,10 +107,10 @@ async fn run(args: Args, config: config::Config) -> anyhow::Result<()> {
         config.limits.credential_cache(),
     ));
     let egress = Egress::new(http, config.limits.clone(), catalogue, resolver.clone());
-    let listener = match server::activated()? {
+    let listener = match activation.unix("broker")? {
         Some(l) => {
             tracing::info!("listening on the socket passed by systemd");
-            Listener::Activated(l)
+            Listener::Activated(tokio::net::UnixListener::from_std(l)?)
         }
         None => {
             let path = args.socket.or(config.socket.path.clone()).unwrap_or_else(paths::default_socket_path);
@@ -113,6 +126,11 @@ async fn run(args: Args, config: config::Config) -> anyhow::Result<()> {
         egress,
         resolver,
     });
+    for name in activation.unclaimed() {
+        tracing::warn!(name, "ignoring a socket passed by the service manager: the broker serves one socket");
+    }
+    notifier.ready("serving provider requests");
+    let watchdog = notifier.spawn_watchdog();
     let shutdown = CancellationToken::new();
     let signals = shutdown.clone();
     tokio::spawn(async move {
@@ -124,8 +142,12 @@ async fn run(args: Args, config: config::Config) -> anyhow::Result<()> {
             _ = int.recv() => {}
         }
         tracing::info!("shutting down");
+        notifier.stopping("finishing requests in flight");
         signals.cancel();
     });
     server::run(listener, shared, shutdown).await;
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     Ok(())
 }

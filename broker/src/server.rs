@@ -9,7 +9,6 @@
 //! Ordering: permissions are set before the first `accept`; a stale socket file is removed
 //! only if it is a socket (never another file someone placed there).
 
-use std::os::fd::FromRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -71,21 +70,6 @@ pub enum Listener {
     },
     /// Handed over by systemd.
     Activated(UnixListener),
-}
-
-/// The systemd-activated socket, if this process was started with one.
-pub fn activated() -> Result<Option<UnixListener>, ListenError> {
-    let ours = std::env::var("LISTEN_PID").ok().and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
-    let count = std::env::var("LISTEN_FDS").ok().and_then(|n| n.parse::<i32>().ok()).unwrap_or(0);
-    if !ours || count < 1 {
-        return Ok(None);
-    }
-    // SAFETY: systemd passes the listening socket as fd 3 (SD_LISTEN_FDS_START) to the process
-    // named by LISTEN_PID, which we checked is us; nothing else in this process owns fd 3.
-    let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(3) };
-    let io = |source| ListenError::Io { what: "using the activated socket", path: PathBuf::from("fd 3"), source };
-    std_listener.set_nonblocking(true).map_err(io)?;
-    UnixListener::from_std(std_listener).map(Some).map_err(io)
 }
 
 /// Creates the socket at `path` with the permissions described in the module doc.

@@ -8,6 +8,7 @@
 //! device and inode, as systemd sets it), so units need no flag.
 
 use std::fmt;
+use std::io::IsTerminal as _;
 use std::os::fd::AsRawFd as _;
 
 use tracing::{Event, Level, Subscriber};
@@ -39,7 +40,8 @@ pub fn init(format: LogFormat, default_level: &str, filter_var: &str) {
     let filter = EnvFilter::try_from_env(filter_var).unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.init(),
+        // Colours only for a person at a terminal; files and pipes get plain text.
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Journal => builder
             .with_ansi(false)
