@@ -7,6 +7,9 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use spiderweb_policy::sandbox::SandboxConfig;
 use spiderweb_proto::worker::{OutputStream, SandboxProfile, ToolOutcome, WorkerTask, tool_schemas};
+use spiderweb_service::activation::Activation;
+use spiderweb_service::logging::{self, LogFormat};
+use spiderweb_service::notify::Notifier;
 use spiderweb_worker::entry;
 use spiderweb_worker::ids::id_switch;
 use spiderweb_worker::launch::run_task;
@@ -83,16 +86,22 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::SUCCESS
         }
         Cmd::Supervise { config } => {
-            tracing_subscriber::fmt()
-                .with_writer(std::io::stderr)
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_env("SPIDERWEB_LOG").unwrap_or_else(|_| "info".into()),
-                )
-                .init();
+            // Both read and clear environment variables: before any thread exists.
+            // SAFETY: single-threaded until the runtime below starts.
+            let activation = match unsafe { Activation::take() } {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("spiderweb-worker supervise: {e}");
+                    return std::process::ExitCode::from(2);
+                }
+            };
+            // SAFETY: as above.
+            let notifier = unsafe { Notifier::take() };
+            logging::init(LogFormat::detect(), "info", "SPIDERWEB_LOG");
             // Before the runtime starts its threads: ambient capabilities are per thread.
             let result = id_switch().map_err(anyhow::Error::msg).and_then(|switch| {
                 let config = SupervisorConfig::load(&config, switch.available())?;
-                runtime()?.block_on(server::serve(config, switch))
+                runtime()?.block_on(server::serve(config, switch, activation, notifier))
             });
             match result {
                 Ok(()) => std::process::ExitCode::SUCCESS,

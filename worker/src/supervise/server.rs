@@ -5,6 +5,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use spiderweb_service::activation::Activation;
+use spiderweb_service::notify::Notifier;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::Semaphore;
@@ -29,13 +31,24 @@ pub struct Shared {
 }
 
 /// Serves until SIGTERM/SIGINT.
-pub async fn serve(config: SupervisorConfig, switch_ids: IdSwitch) -> anyhow::Result<()> {
+pub async fn serve(
+    config: SupervisorConfig,
+    switch_ids: IdSwitch,
+    mut activation: Activation,
+    notifier: Notifier,
+) -> anyhow::Result<()> {
     let own_uid = nix::unistd::geteuid().as_raw();
     let exe = std::env::current_exe()?;
-    let _ = std::fs::remove_file(&config.socket);
-    let listener =
-        UnixListener::bind(&config.socket).map_err(|e| anyhow::anyhow!("binding {}: {e}", config.socket.display()))?;
-    std::fs::set_permissions(&config.socket, std::fs::Permissions::from_mode(config.socket_mode))?;
+    let (listener, created) = match activation.unix("worker")? {
+        Some(passed) => {
+            tracing::info!("listening on the socket passed by systemd");
+            (UnixListener::from_std(passed)?, false)
+        }
+        None => (bind(&config.socket, config.socket_mode)?, true),
+    };
+    for name in activation.unclaimed() {
+        tracing::warn!(name, "ignoring a socket passed by the service manager: the supervisor serves one socket");
+    }
     let warm_ttl = std::time::Duration::from_millis(config.warm_ttl_ms);
     let shared = Arc::new(Shared {
         warm: WarmPool::new(config.warm_workers_per_plan, config.max_workers, warm_ttl),
@@ -47,6 +60,8 @@ pub async fn serve(config: SupervisorConfig, switch_ids: IdSwitch) -> anyhow::Re
     tracing::info!(socket = %shared.config.socket.display(), switch_ids = ?shared.switch_ids, "supervisor listening");
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    notifier.ready("serving tool calls");
+    let watchdog = notifier.spawn_watchdog();
     let mut expiry = tokio::time::interval(warm_ttl / 2);
     loop {
         tokio::select! {
@@ -70,6 +85,25 @@ pub async fn serve(config: SupervisorConfig, switch_ids: IdSwitch) -> anyhow::Re
             _ = int.recv() => break,
         }
     }
-    let _ = std::fs::remove_file(&shared.config.socket);
+    notifier.stopping("stopping");
+    if let Some(w) = watchdog {
+        w.abort();
+    }
+    if created {
+        let _ = std::fs::remove_file(&shared.config.socket);
+    }
     Ok(())
+}
+
+/// Binds the socket at `path`, replacing a stale socket but never another kind of file.
+fn bind(path: &std::path::Path, mode: u32) -> anyhow::Result<UnixListener> {
+    use std::os::unix::fs::FileTypeExt as _;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(_) => anyhow::bail!("{} exists and is not a socket; refusing to replace it", path.display()),
+        Err(_) => {}
+    }
+    let listener = UnixListener::bind(path).map_err(|e| anyhow::anyhow!("binding {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(listener)
 }
