@@ -77,10 +77,7 @@ enum Command {
 const CAT_CHUNK: u32 = 256 * 1024;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SPIDERWEB_LOG").unwrap_or_else(|_| "warn".into()))
-        .init();
+    spiderweb_service::logging::init(spiderweb_service::logging::LogFormat::detect(), "warn", "SPIDERWEB_LOG");
     let mut cli = Cli::parse();
     if cli.endpoints.is_empty() {
         cli.endpoints.push(EndpointSpec::parse("a=ws://127.0.0.1:18891/v2/fs").expect("default endpoint parses"));

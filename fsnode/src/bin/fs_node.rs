@@ -11,6 +11,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use spiderweb_fsnode::node::{DEFAULT_HELLO_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS, NodeConfig, NodeState};
 use spiderweb_policy::export::ExportSpec;
+use spiderweb_service::activation::Activation;
+use spiderweb_service::logging::{self, LogFormat};
 
 #[derive(Parser, Debug)]
 #[command(name = "spiderweb-fs-node", version, about = "Export directories over unified-v2-fs")]
@@ -36,11 +38,17 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SPIDERWEB_LOG").unwrap_or_else(|_| "info".into()))
-        .init();
-    match run(Cli::parse()) {
+    // Reads and clears LISTEN_FDS: before any thread exists.
+    // SAFETY: single-threaded here.
+    let activation = match unsafe { Activation::take() } {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("spiderweb-fs-node: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    logging::init(LogFormat::detect(), "info", "SPIDERWEB_LOG");
+    match run(Cli::parse(), activation) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("spiderweb-fs-node: {e:#}");
@@ -49,7 +57,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli, mut activation: Activation) -> anyhow::Result<()> {
     let exports = ExportSpec::parse_all(&cli.exports)?;
     let state = NodeState::new(NodeConfig {
         exports,
@@ -59,8 +67,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         hide_sandbox_dir: false,
         events_to_subscribers_only: false,
     })?;
-    let listener = std::net::TcpListener::bind(SocketAddr::new(cli.bind, cli.port))?;
-    listener.set_nonblocking(true)?;
+    // A socket passed by systemd (`FileDescriptorName=fs`) replaces --bind/--port.
+    let listener = match activation.tcp("fs")? {
+        Some(passed) => passed,
+        None => {
+            let listener = std::net::TcpListener::bind(SocketAddr::new(cli.bind, cli.port))?;
+            listener.set_nonblocking(true)?;
+            listener
+        }
+    };
+    for name in activation.unclaimed() {
+        tracing::warn!(name, "ignoring a socket passed by the service manager: the node serves one socket");
+    }
     spiderweb_fsnode::sandbox::confine(&state.exports)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
