@@ -13,9 +13,8 @@ use serde_json::{Value, json};
 use sse_stream::Sse;
 
 use super::chat::{ChatRequest, Message, TurnRole};
-use super::error::{ErrorKind, ProviderError, kind_from_status, mentions_context_overflow};
+use super::error::{ErrorKind, ProviderError, json_or_plain_error, kind_from_status, mentions_context_overflow};
 use super::event::{StopReason, StreamEvent, Usage};
-use super::openai_chat::plain_error;
 use super::request::{BuildError, ProviderRequest, arguments_object};
 use super::stream::{WireDecoder, incomplete, json_payload};
 use super::tool_calls::ToolCallAssembler;
@@ -264,10 +263,7 @@ impl WireDecoder for Decoder {
     }
 
     fn error_from_body(&self, status: u16, body: &[u8]) -> ProviderError {
-        match serde_json::from_slice::<Value>(body) {
-            Ok(value) => error_from_value(Some(status), &value),
-            Err(_) => plain_error(status, body),
-        }
+        json_or_plain_error(status, body, error_from_value)
     }
 }
 

@@ -121,6 +121,27 @@ pub(crate) fn snippet(text: &str) -> &str {
 }
 
 /// The kind an HTTP status implies when the body says nothing more specific.
+/// An error reply that is not JSON (a proxy's HTML page, plain text).
+pub(crate) fn plain_error(status: u16, body: &[u8]) -> ProviderError {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    let message = if text.is_empty() { format!("HTTP {status} with an empty body") } else { bounded(text.to_owned()) };
+    ProviderError::new(kind_from_status(status), message).with_status(status)
+}
+
+/// A non-2xx reply's body as a typed error: the provider's JSON error object, read by
+/// `from_json`, when the body is JSON; else the body as text.
+pub(crate) fn json_or_plain_error(
+    status: u16,
+    body: &[u8],
+    from_json: fn(Option<u16>, &serde_json::Value) -> ProviderError,
+) -> ProviderError {
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(value) => from_json(Some(status), &value),
+        Err(_) => plain_error(status, body),
+    }
+}
+
 pub(crate) fn kind_from_status(status: u16) -> ErrorKind {
     match status {
         401 => ErrorKind::Auth,

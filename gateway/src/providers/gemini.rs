@@ -13,9 +13,9 @@ use serde_json::{Value, json};
 use sse_stream::Sse;
 
 use super::chat::{ChatRequest, Message, TurnRole};
+use super::error::plain_error;
 use super::error::{ErrorKind, ProviderError, kind_from_status, mentions_context_overflow};
 use super::event::{StopReason, StreamEvent, Usage};
-use super::openai_chat::plain_error;
 use super::request::{BuildError, ProviderRequest, arguments_object};
 use super::stream::{WireDecoder, incomplete, json_payload};
 use super::tool_calls::ToolCallAssembler;

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use sse_stream::Sse;
 
 use super::chat::{ChatRequest, Message};
-use super::error::{ErrorKind, ProviderError, bounded, kind_from_status, mentions_context_overflow};
+use super::error::{ErrorKind, ProviderError, json_or_plain_error, kind_from_status, mentions_context_overflow};
 use super::event::{StopReason, StreamEvent, Usage};
 use super::request::{BuildError, ProviderRequest};
 use super::stream::{WireDecoder, incomplete, json_payload};
@@ -221,10 +221,7 @@ impl WireDecoder for Decoder {
     }
 
     fn error_from_body(&self, status: u16, body: &[u8]) -> ProviderError {
-        match serde_json::from_slice::<Value>(body) {
-            Ok(value) => error_from_value(Some(status), &value),
-            Err(_) => plain_error(status, body),
-        }
+        json_or_plain_error(status, body, error_from_value)
     }
 }
 
@@ -267,12 +264,4 @@ pub(crate) fn error_from_value(status: Option<u16>, value: &Value) -> ProviderEr
     let resets_in = error.get("resets_in_seconds").and_then(Value::as_u64).map(std::time::Duration::from_secs);
     let shown = if code.is_empty() { message } else { format!("{message} [{code}]") };
     ProviderError { status, retry_after: resets_in, ..ProviderError::new(kind, shown) }
-}
-
-/// An error reply that is not JSON (a proxy's HTML page, plain text).
-pub(crate) fn plain_error(status: u16, body: &[u8]) -> ProviderError {
-    let text = String::from_utf8_lossy(body);
-    let text = text.trim();
-    let message = if text.is_empty() { format!("HTTP {status} with an empty body") } else { bounded(text.to_owned()) };
-    ProviderError::new(kind_from_status(status), message).with_status(status)
 }

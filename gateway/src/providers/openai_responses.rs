@@ -15,9 +15,9 @@ use serde_json::{Value, json};
 use sse_stream::Sse;
 
 use super::chat::{ChatRequest, Message};
-use super::error::ProviderError;
+use super::error::{ProviderError, json_or_plain_error};
 use super::event::{StopReason, StreamEvent, Usage};
-use super::openai_chat::{error_from_value, plain_error};
+use super::openai_chat::error_from_value;
 use super::request::{BuildError, ProviderRequest};
 use super::stream::{WireDecoder, incomplete, json_payload};
 use super::tool_calls::ToolCallAssembler;
@@ -234,9 +234,6 @@ impl WireDecoder for Decoder {
     }
 
     fn error_from_body(&self, status: u16, body: &[u8]) -> ProviderError {
-        match serde_json::from_slice::<Value>(body) {
-            Ok(value) => error_from_value(Some(status), &value),
-            Err(_) => plain_error(status, body),
-        }
+        json_or_plain_error(status, body, error_from_value)
     }
 }
