@@ -262,3 +262,26 @@ async fn a_socket_passed_by_systemd_is_used_as_is() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// Under systemd (`Type=notify`) the broker says when it serves and when it stops; a test
+/// datagram socket stands in for the service manager's.
+#[test]
+fn tells_the_service_manager_when_it_serves_and_when_it_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let manager = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    manager.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let mut broker = Broker::start(BrokerSpec {
+        env: vec![("NOTIFY_SOCKET".into(), notify_path.to_str().unwrap().into())],
+        ..Default::default()
+    });
+    let mut buf = [0u8; 1024];
+    let n = manager.recv(&mut buf).expect("READY=1 within 10 s");
+    let ready = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(broker.pid() as i32), nix::sys::signal::SIGTERM).unwrap();
+    let n = manager.recv(&mut buf).expect("STOPPING=1 within 10 s");
+    let stopping = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping}");
+    assert!(broker.wait_exit(std::time::Duration::from_secs(10)).success(), "{}", broker.stderr());
+}
