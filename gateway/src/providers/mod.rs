@@ -10,20 +10,36 @@
 //!
 //! The turn loop drives it like this:
 //!
-//! ```no_run
+//! ```
 //! # use spiderweb_gateway::providers::*;
-//! # fn send(_: ProviderRequest) -> (u16, Vec<(String, String)>, Vec<Vec<u8>>) { todo!() }
+//! # use spiderweb_gateway::providers::chat::{ChatRequest, Message};
+//! # use spiderweb_gateway::providers::event::StreamEvent;
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! # let chat: ChatRequest = todo!();
+//! let chat = ChatRequest {
+//!     model: "claude-sonnet-4-5".into(),
+//!     system: None,
+//!     messages: vec![Message::User { text: "Say hi".into() }],
+//!     tools: vec![],
+//!     max_output_tokens: 256,
+//!     temperature: None,
+//! };
 //! let provider = Provider::new(ProviderKind::Anthropic);
-//! let request = provider.build(&chat)?;
-//! let (status, headers, chunks) = send(request); // through the broker
+//! let request = provider.build(&chat)?; // the broker sends this and streams the reply back
+//! assert_eq!(request.path, "/v1/messages");
+//! let reply: &[&[u8]] = &[
+//!     b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":3,\"output_tokens\":1}}}\n\n",
+//!     b"event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\nevent: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n",
+//!     b"event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":2}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+//! ];
 //! let mut parser = provider.parser();
-//! parser.head(status, &headers)?;
-//! for chunk in chunks {
-//!     for event in parser.feed(&chunk)? { /* forward, collect tool calls */ }
+//! parser.head(200, &[("content-type", "text/event-stream")])?;
+//! let mut events = Vec::new();
+//! for chunk in reply {
+//!     events.extend(parser.feed(chunk)?); // forward text deltas to the client as they come
 //! }
-//! for event in parser.finish()? { /* Usage, Done */ }
+//! events.extend(parser.finish()?); // fails if the stream ended before its terminal event
+//! assert_eq!(events.first(), Some(&StreamEvent::TextDelta("Hi".into())));
+//! assert!(matches!(events.last(), Some(StreamEvent::Done { .. })));
 //! # Ok(()) }
 //! ```
 //!
