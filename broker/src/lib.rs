@@ -9,6 +9,8 @@
 //!   accept loop; [`connection`]: one client, `SO_PEERCRED` checks per operation, requests
 //!   in flight, backpressure and cancellation.
 //! - [`egress`]: one provider request, checks → credential → reqwest → streamed reply.
+//! - [`plugin`]: plugin providers, a configured binary run for one JSON-RPC call with its key
+//!   in its environment (the only child process the broker starts).
 //! - [`providers`]: the catalogue, URL confinement, header allowlists, auth header styles.
 //! - [`credentials`]: Secret Service → systemd credentials → environment → Codex login.
 //! - [`codex`]: `auth.json`, its atomic locked rewrite, and single-flight OAuth refresh.
@@ -24,5 +26,6 @@ pub mod credentials;
 pub mod egress;
 pub mod hardening;
 pub mod paths;
+pub mod plugin;
 pub mod providers;
 pub mod server;

@@ -88,6 +88,11 @@ fn serialize_key<S: Serializer>(key: &secrecy::SecretString, s: S) -> Result<S::
 
 /// An HTTP request for a provider. The broker chooses the host: `path` is relative to the
 /// provider's configured base URL and may carry a query string (`/models/x:streamGenerateContent?alt=sse`).
+///
+/// For a plugin provider (a local binary the broker runs, JSON-RPC on stdin/stdout) the method
+/// is `POST`, the path `/` and the body the JSON-RPC request line without its newline; the
+/// reply is `response_head` 200, the plugin's stdout as body chunks, then `end` — after the
+/// plugin exited successfully — or one `error`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderRequest {
@@ -248,6 +253,9 @@ pub enum ErrorCode {
     UpstreamTimeout,
     /// The request was cancelled by the client.
     Cancelled,
+    /// A plugin provider ran but failed: non-zero exit (the message quotes its stderr), too
+    /// much output, or a broken pipe.
+    PluginFailed,
     /// No Secret Service is reachable (set-key/clear-key).
     KeyringUnavailable,
     /// An unexpected failure inside the broker.
