@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
-use spiderweb_broker::client::BrokerClient;
+use spiderweb_client::broker::BrokerClient;
 use spiderweb_gateway::providers::plugin::{self, PluginReply};
 use spiderweb_gateway::providers::{
     ChatRequest, ErrorKind, Message, Provider, ProviderError, ProviderKind, ProviderRequest, StopReason, StreamEvent,
