@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::fake_provider::{FakeProvider, Format};
 use crate::{Gateway, bin_dir};
 
 /// The provider as both sides configure it.
@@ -19,14 +20,35 @@ use crate::{Gateway, bin_dir};
 pub struct ProviderSetup {
     /// The broker's provider id (also the gateway's `provider.broker_provider`).
     pub id: String,
-    /// The broker's `kind` (`openai`, `anthropic`, `gemini`, `openai-compatible`, …).
-    pub broker_kind: String,
+    /// The broker's `providers.<id>` entry (`kind`, `base_url`, plugin `command` …).
+    pub broker_entry: Value,
     /// The gateway's `provider.name` (its wire format).
     pub gateway_name: String,
-    pub base_url: String,
     pub model: String,
     /// `(variable, key)` given to the broker's environment.
     pub key_env: Option<(String, String)>,
+}
+
+/// The key tests give the broker; a provider request without it is a bug.
+pub const TEST_KEY: &str = "sk-test-0123456789";
+
+impl ProviderSetup {
+    /// A fake provider of `fake`'s format, as the built-in provider of that format.
+    pub fn fake(fake: &FakeProvider) -> ProviderSetup {
+        let (id, kind, gateway_name, var, model) = match fake.format() {
+            Format::OpenAiChat => ("openai", "openai", "openai", "OPENAI_API_KEY", "gpt-4o-mini"),
+            Format::OpenAiResponses => ("openai", "openai", "openai-responses", "OPENAI_API_KEY", "gpt-4.1-mini"),
+            Format::Anthropic => ("anthropic", "anthropic", "anthropic", "ANTHROPIC_API_KEY", "claude-sonnet-4-5"),
+            Format::Gemini => ("gemini", "gemini", "gemini", "GEMINI_API_KEY", "gemini-2.5-flash"),
+        };
+        ProviderSetup {
+            id: id.into(),
+            broker_entry: json!({"kind": kind, "base_url": fake.base_url()}),
+            gateway_name: gateway_name.into(),
+            model: model.into(),
+            key_env: Some((var.into(), TEST_KEY.into())),
+        }
+    }
 }
 
 /// The project every admin session is bound to at first, and so the tenant of its tools.
@@ -59,7 +81,7 @@ impl Stack {
         std::os::unix::fs::chown(&workspace, Some(TENANT_UID), Some(TENANT_UID)).unwrap();
 
         let broker_config = dir.path().join("broker.json");
-        let providers = json!({ &provider.id: {"kind": provider.broker_kind, "base_url": provider.base_url} });
+        let providers = json!({ &provider.id: provider.broker_entry });
         std::fs::write(&broker_config, json!({"providers": providers}).to_string()).unwrap();
         let mut broker = Command::new(bin_dir().join("spiderweb-broker"));
         broker

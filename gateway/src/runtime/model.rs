@@ -19,8 +19,9 @@ use spiderweb_proto::broker::ErrorCode;
 
 use super::Runtime;
 use super::job::Job;
+use crate::providers::plugin::{self, PluginError, PluginReply};
 use crate::providers::retry::{GiveUpReason, RetryDecision, RetryPolicy, jitter_sample};
-use crate::providers::{ChatRequest, ErrorKind, ProviderError, StopReason, StreamEvent, ToolCall, Usage};
+use crate::providers::{ChatRequest, ErrorKind, ProviderError, ProviderKind, StopReason, StreamEvent, ToolCall, Usage};
 
 /// The assistant's reply to one call.
 #[derive(Debug, Default)]
@@ -52,11 +53,15 @@ pub enum Streaming {
 /// Sends `chat` and collects the reply, streaming text deltas to `job` as they arrive.
 pub async fn call(runtime: &Runtime, job: &Job, chat: &ChatRequest, streaming: Streaming) -> Result<Reply, CallError> {
     let settings = &runtime.settings;
-    let request = settings.provider.build(chat).map_err(|e| CallError {
-        code: "provider_request_invalid",
-        message: format!("cannot build the request for {}: {e}", settings.broker_provider),
-        context_too_long: false,
-    })?;
+    let request = if settings.provider.kind() == ProviderKind::Plugin {
+        plugin::request(chat)
+    } else {
+        settings.provider.build(chat).map_err(|e| CallError {
+            code: "provider_request_invalid",
+            message: format!("cannot build the request for {}: {e}", settings.broker_provider),
+            context_too_long: false,
+        })?
+    };
     let body = Bytes::from(request.body);
     let policy = RetryPolicy::default();
     let mut attempt = 0;
@@ -104,6 +109,16 @@ async fn attempt_once(
     let broker =
         runtime.broker().await.map_err(|message| (ProviderError::new(ErrorKind::Connection, message), false))?;
     let mut response = broker.provider_request(outgoing).await.map_err(|e| (from_broker(e), false))?;
+    if runtime.settings.provider.kind() == ProviderKind::Plugin {
+        // A plugin answers once, whole: nothing is streamed, so every failure is "not started".
+        let mut collected = PluginReply::new(runtime.settings.broker_provider.clone());
+        while let Some(chunk) = response.chunk().await.map_err(|e| (from_broker(e), false))? {
+            collected.feed(&chunk).map_err(|e| (plugin_error(e), false))?;
+        }
+        let events = collected.finish().map_err(|e| (plugin_error(e), false))?;
+        absorb(job, reply, events, streaming);
+        return Ok(());
+    }
     let mut parser = runtime.settings.provider.parser();
     parser.head(response.status, &response.headers).map_err(|e| (e, false))?;
     loop {
@@ -154,6 +169,15 @@ fn from_broker(failure: BrokerFailure) -> ProviderError {
             ProviderError::new(kind, format!("broker: {message}"))
         }
     }
+}
+
+fn plugin_error(error: PluginError) -> ProviderError {
+    let kind = match error {
+        PluginError::OutputTooLarge { .. } => ErrorKind::ResponseTooLarge,
+        PluginError::Rpc { .. } => ErrorKind::Server,
+        _ => ErrorKind::MalformedStream,
+    };
+    ProviderError::new(kind, error.to_string())
 }
 
 fn give_up(runtime: &Runtime, error: ProviderError, why: GiveUpReason, attempts: u32) -> CallError {
