@@ -56,6 +56,14 @@ pub const SYSTEM_PROJECT: &str = "system";
 /// The uid tools of [`SYSTEM_PROJECT`] run as.
 pub const TENANT_UID: u32 = 345_678;
 
+/// Tenants (projects) the worker supervisor knows: `system` and the first projects a test
+/// creates (`proj-1` …), each with its own uid and workspace.
+fn tenant_uids() -> Vec<(String, u32)> {
+    let mut tenants = vec![(SYSTEM_PROJECT.to_owned(), TENANT_UID)];
+    tenants.extend((1..=3).map(|n| (format!("proj-{n}"), TENANT_UID + n)));
+    tenants
+}
+
 pub struct Stack {
     pub gateway: Gateway,
     broker: Child,
@@ -76,9 +84,13 @@ impl Stack {
         let worker_socket = dir.path().join("run/worker.sock");
         std::fs::create_dir_all(dir.path().join("run")).unwrap();
         let workspaces = dir.path().join("workspaces");
-        let workspace = workspaces.join(SYSTEM_PROJECT);
-        std::fs::create_dir_all(&workspace).unwrap();
-        std::os::unix::fs::chown(&workspace, Some(TENANT_UID), Some(TENANT_UID)).unwrap();
+        let mut tenants = serde_json::Map::new();
+        for (project, uid) in tenant_uids() {
+            let workspace = workspaces.join(&project);
+            std::fs::create_dir_all(&workspace).unwrap();
+            std::os::unix::fs::chown(&workspace, Some(uid), Some(uid)).unwrap();
+            tenants.insert(project, json!({"uid": uid, "gid": uid}));
+        }
 
         let broker_config = dir.path().join("broker.json");
         let providers = json!({ &provider.id: provider.broker_entry });
@@ -107,7 +119,7 @@ impl Stack {
                 "socket": worker_socket,
                 "workspace_roots": [workspaces],
                 "uid_range": {"start": 300000, "count": 100000},
-                "tenants": {SYSTEM_PROJECT: {"uid": TENANT_UID, "gid": TENANT_UID}},
+                "tenants": tenants,
             })
             .to_string(),
         )
@@ -129,7 +141,8 @@ impl Stack {
             "runtime": {"broker_socket": broker_socket, "worker_socket": worker_socket, "workspace_root": workspaces},
         });
         crate::merge_json(&mut config, &gateway_overlay);
-        let gateway = Gateway::start_with(config);
+        // Agent `helper` exists so that tests can bind an agent to projects other than `system`.
+        let gateway = Gateway::with_helper_agent(config);
         let StackDirs { broker, worker, dir } = stack_dirs;
         Stack { gateway, broker, worker, dir }
     }

@@ -247,6 +247,30 @@ async fn the_conversation_survives_a_gateway_restart() {
 }
 
 #[tokio::test]
+async fn session_history_counts_the_messages_of_a_project_session() {
+    let fake = FakeProvider::start(Format::OpenAiChat);
+    fake.script(vec![Reply::text("hello in the project")]);
+    let stack = Stack::start(&ProviderSetup::fake(&fake), json!({}));
+    let mut client = stack.gateway.admin().await;
+    let project = client.control_ok("project_create", json!({"name": "Alpha", "vision": "the alpha thing"})).await;
+    let project_id = project["project_id"].as_str().unwrap().to_owned();
+    client
+        .control_ok("session_attach", json!({"session_key": "work", "agent_id": "helper", "project_id": project_id}))
+        .await;
+    let job = send_prompt(&mut client, "hi").await;
+    follow_job(&mut client, &job, &mut never_asked, LIMIT).await;
+    let history = client.control_ok("session_history", json!({})).await;
+    let entry = history["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["session_key"] == "work")
+        .unwrap_or_else(|| panic!("no entry for session work: {history}"));
+    assert_eq!(entry["project_id"], json!(project_id));
+    assert_eq!(entry["message_count"], json!(2), "the prompt and the answer: {entry}");
+}
+
+#[tokio::test]
 async fn a_plugin_provider_runs_in_the_broker() {
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("plugin.sh");
