@@ -11,7 +11,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::Settings;
+use crate::config::BudgetConfig;
 use crate::store::{ConversationKey, Store, StoreError, UsageTotals};
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
@@ -24,12 +24,11 @@ pub fn start_of_day_ms() -> i64 {
 
 /// `Err(reason)` when a limit is reached.
 pub fn check(
-    settings: &Settings,
+    b: &BudgetConfig,
     store: &dyn Store,
     conversation: &ConversationKey,
     user: &str,
 ) -> Result<Result<(), String>, StoreError> {
-    let b = &settings.budget;
     if b.session_max_tokens.is_some() || b.session_max_usd.is_some() {
         let used = store.usage_of_conversation(conversation)?;
         if let Some(reason) = exceeded("session", used, b.session_max_tokens, b.session_max_usd) {

@@ -85,6 +85,8 @@ struct Inner {
     truncated: bool,
     updated_at_ms: i64,
     approvals: HashMap<String, oneshot::Sender<Decision>>,
+    /// Lines emitted while the job's start is not yet durable, shown by [`Job::release`].
+    held: Option<String>,
 }
 
 /// Why an approval answer was refused.
@@ -120,8 +122,31 @@ impl Job {
                 truncated: false,
                 updated_at_ms: now_ms,
                 approvals: HashMap::new(),
+                held: None,
             }),
             changed: watch::Sender::new(0),
+        }
+    }
+
+    /// From now on, emitted lines are kept back until [`Job::release`]: the turn starts
+    /// talking to the provider while the prompt is being committed, and readers must not see
+    /// a reply to a prompt that is not durable yet.
+    pub fn hold(&self) {
+        let mut inner = self.lock();
+        if inner.held.is_none() {
+            inner.held = Some(String::new());
+        }
+    }
+
+    /// Shows the lines kept back since [`Job::hold`].
+    pub fn release(&self) {
+        let mut inner = self.lock();
+        if let Some(held) = inner.held.take()
+            && !held.is_empty()
+        {
+            inner.events.push_str(&held);
+            drop(inner);
+            self.bump();
         }
     }
 
@@ -160,6 +185,7 @@ impl Job {
                 truncated: false,
                 updated_at_ms: if interrupted { now_ms } else { record.updated_at_ms },
                 approvals: HashMap::new(),
+                held: None,
             }),
             changed: watch::Sender::new(0),
         };
@@ -192,30 +218,39 @@ impl Job {
     /// are dropped past the cap; the others always go in.
     pub fn emit(&self, mut event: Value, droppable: bool, now_ms: i64) {
         let mut inner = self.lock();
-        let over = inner.events.len() >= MAX_EVENTS_BYTES;
+        let size = inner.events.len() + inner.held.as_ref().map_or(0, String::len);
+        let over = size >= MAX_EVENTS_BYTES;
         if droppable && over {
             if !inner.truncated {
                 inner.truncated = true;
                 let seq = inner.next_seq;
                 inner.next_seq += 1;
                 let line = json!({"seq": seq, "type": "truncated", "reason": "the event stream reached its size limit; text and output deltas are no longer streamed"});
-                inner.events.push_str(&line.to_string());
-                inner.events.push('\n');
+                let line = format!("{line}\n");
+                match inner.held.as_mut() {
+                    Some(held) => held.push_str(&line),
+                    None => inner.events.push_str(&line),
+                }
             }
             return;
         }
-        if !droppable && inner.events.len() >= MAX_EVENTS_BYTES + RESERVE_BYTES {
+        if !droppable && size >= MAX_EVENTS_BYTES + RESERVE_BYTES {
             return;
         }
         if let Some(object) = event.as_object_mut() {
             object.insert("seq".into(), json!(inner.next_seq));
         }
         inner.next_seq += 1;
-        inner.events.push_str(&event.to_string());
-        inner.events.push('\n');
         inner.updated_at_ms = now_ms;
-        drop(inner);
-        self.bump();
+        let line = format!("{event}\n");
+        match inner.held.as_mut() {
+            Some(held) => held.push_str(&line),
+            None => {
+                inner.events.push_str(&line);
+                drop(inner);
+                self.bump();
+            }
+        }
     }
 
     /// Appends a line to `log.txt` (dropped past the cap).
@@ -251,6 +286,7 @@ impl Job {
                 return;
             }
         }
+        self.release();
         self.emit(event, false, now_ms);
         let mut inner = self.lock();
         match outcome {
@@ -381,6 +417,21 @@ mod tests {
         assert_eq!(text.matches("\"truncated\"").count(), 1);
         assert!(text.trim_end().lines().last().unwrap().contains("\"failed\""));
         assert_eq!(job.result_text(), "boom");
+    }
+
+    #[test]
+    fn held_lines_appear_only_when_released() {
+        let job = job();
+        let mut changes = job.subscribe();
+        job.hold();
+        job.emit(json!({"type": "text", "text": "early"}), true, 1);
+        assert_eq!(job.events_len(), 0, "not visible before the prompt is durable");
+        assert!(!changes.has_changed().unwrap());
+        job.release();
+        assert!(changes.has_changed().unwrap());
+        assert!(job.events_text().contains("early"));
+        job.emit(json!({"type": "text", "text": "late"}), true, 2);
+        assert!(job.events_text().contains("late"), "after release, lines go straight out");
     }
 
     #[test]

@@ -195,7 +195,14 @@ struct Jobs {
     /// seq → id, to forget the oldest first.
     order: BTreeMap<u64, String>,
     next_seq: u64,
+    /// Job numbers below this are reserved in the store (see [`JOB_SEQ_BLOCK`]).
+    reserved_until: u64,
 }
+
+/// Job numbers are reserved in the store this many at a time, so that a job id can be
+/// handed to the client before the job's record is committed (the commit runs beside the
+/// first provider request) without a crash ever making an id be issued twice.
+const JOB_SEQ_BLOCK: u64 = 64;
 
 impl Runtime {
     /// Loads the jobs of the last 24 h (failing those a restart interrupted).
@@ -203,6 +210,7 @@ impl Runtime {
         let now = crate::plane::now_ms();
         let (records, next_seq) = store.load_jobs(now - JOB_TTL_MS)?;
         let mut jobs = Jobs { next_seq: next_seq.max(1), ..Jobs::default() };
+        jobs.reserved_until = jobs.next_seq;
         for record in records {
             let (job, interrupted) = Job::restored(record, now);
             if interrupted {
@@ -254,6 +262,15 @@ impl Runtime {
         let job = {
             let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
             let seq = jobs.next_seq;
+            if seq >= jobs.reserved_until {
+                // One synchronous write per JOB_SEQ_BLOCK jobs.
+                let until = seq + JOB_SEQ_BLOCK;
+                if let Err(e) = self.store.reserve_job_seqs(until) {
+                    self.queued.fetch_sub(1, Ordering::SeqCst);
+                    return Err(SubmitError::Storage(e.to_string()));
+                }
+                jobs.reserved_until = until;
+            }
             jobs.next_seq += 1;
             let cancel = origin.connection.child_token();
             let job = Arc::new(Job::new(
@@ -269,11 +286,6 @@ impl Runtime {
             forget_oldest(&mut jobs);
             job
         };
-        if let Err(e) = self.store.put_job(&job.record()) {
-            self.queued.fetch_sub(1, Ordering::SeqCst);
-            self.jobs.lock().unwrap_or_else(|p| p.into_inner()).by_id.remove(&job.id);
-            return Err(SubmitError::Storage(e.to_string()));
-        }
         job.log(&format!("[runtime] job {} queued for {}", job.id, origin.conversation.session_key));
         let runtime = self.clone();
         let task_job = job.clone();
@@ -288,7 +300,7 @@ impl Runtime {
                 Some(_permit) => turn::run(runtime.clone(), task_job.clone(), prompt, origin).await,
                 None => runtime.fail(&task_job, "runtime_cancelled", "the job was cancelled before it started"),
             }
-            runtime.persist(&task_job);
+            runtime.persist(task_job.clone()).await;
             runtime.job_changes.send_modify(|n| *n += 1);
         });
         Ok(job)
@@ -301,9 +313,20 @@ impl Runtime {
 
     /// Writes a job's current record; a failure is logged, not fatal (the job's outcome was
     /// already delivered to its readers, and the transcript is stored separately).
-    pub fn persist(&self, job: &Job) {
-        if let Err(e) = self.store.put_job(&job.record()) {
+    pub async fn persist(&self, job: Arc<Job>) {
+        let record = job.record();
+        if let Err(e) = self.blocking(move |store| store.put_job(&record)).await {
             tracing::error!(job = job.id, error = %e, "cannot store the job");
+        }
+    }
+
+    /// Runs a store call on the blocking pool: commits wait for the disk (fsync), which must
+    /// not stall the tasks that stream other chats.
+    pub async fn blocking<T: Send + 'static>(&self, call: impl FnOnce(&dyn Store) -> T + Send + 'static) -> T {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || call(store.as_ref())).await {
+            Ok(value) => value,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
         }
     }
 

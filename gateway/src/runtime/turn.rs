@@ -28,7 +28,8 @@ use super::tools::{self, Outcome};
 use super::transcript::{self, JsonlLog};
 use super::{Origin, Runtime, budget, compaction};
 use crate::providers::{ChatRequest, Message, ToolCall, Usage};
-use crate::store::UsageRecord;
+use crate::store::{ConversationKey, StoreError, UsageRecord};
+use tokio::task::JoinHandle;
 
 type Failure = (String, String);
 
@@ -39,7 +40,6 @@ fn failure(code: &str, message: impl Into<String>) -> Failure {
 /// Runs the job's turn to its end and records the outcome.
 pub async fn run(runtime: Arc<Runtime>, job: Arc<Job>, prompt: String, origin: Origin) {
     runtime.set_state(&job, JobState::Running);
-    runtime.persist(&job);
     let timeout = runtime.settings.chat_timeout;
     let outcome = tokio::select! {
         outcome = turn(&runtime, &job, prompt, &origin) => outcome,
@@ -74,13 +74,56 @@ fn session_log<'a>(runtime: &'a Runtime, origin: &'a Origin) -> Option<JsonlLog<
     runtime.settings.session_store_path.as_deref().map(|dir| JsonlLog { dir, conversation: &origin.conversation })
 }
 
-async fn turn(runtime: &Arc<Runtime>, job: &Job, prompt: String, origin: &Origin) -> Result<String, Failure> {
-    let settings = &runtime.settings;
-    let store = runtime.store().as_ref();
-    let conversation = &origin.conversation;
-    let stored = |e: crate::store::StoreError| failure("storage_error", format!("cannot store the conversation: {e}"));
+fn stored(e: StoreError) -> Failure {
+    failure("storage_error", format!("cannot store the conversation: {e}"))
+}
 
-    transcript::append(store, conversation, &Message::User { text: prompt.clone() }, &job.id).map_err(stored)?;
+/// Stores a message (on the blocking pool: a commit waits for the disk).
+async fn append(
+    runtime: &Runtime,
+    conversation: &ConversationKey,
+    message: &Message,
+    job: &Job,
+) -> Result<u64, Failure> {
+    let (conversation, message, job_id) = (conversation.clone(), message.clone(), job.id.clone());
+    runtime.blocking(move |store| transcript::append(store, &conversation, &message, &job_id)).await.map_err(stored)
+}
+
+/// Commits the job and its prompt in one transaction, beside the first model call, and then
+/// shows what the job emitted meanwhile (see [`Job::hold`]).
+fn commit_start(runtime: &Arc<Runtime>, job: &Arc<Job>, prompt: &Message) -> JoinHandle<Result<(), Failure>> {
+    job.hold();
+    let record = job.record();
+    let body = serde_json::to_value(prompt).unwrap_or_default();
+    let (runtime, job) = (runtime.clone(), job.clone());
+    tokio::spawn(async move {
+        let now = crate::plane::now_ms();
+        runtime.blocking(move |store| store.start_turn(&record, &body, now)).await.map_err(stored)?;
+        job.release();
+        Ok(())
+    })
+}
+
+/// Waits for [`commit_start`]; every later write comes after the prompt.
+async fn durable(start: &mut Option<JoinHandle<Result<(), Failure>>>) -> Result<(), Failure> {
+    match start.take() {
+        None => Ok(()),
+        Some(handle) => {
+            handle.await.unwrap_or_else(|e| Err(failure("storage_error", format!("the commit task failed: {e}"))))
+        }
+    }
+}
+
+async fn turn(runtime: &Arc<Runtime>, job: &Arc<Job>, prompt: String, origin: &Origin) -> Result<String, Failure> {
+    let settings = &runtime.settings;
+    let conversation = &origin.conversation;
+
+    // Reads do not wait for the disk; the prompt's commit runs beside the first model call.
+    let key = conversation.clone();
+    let mut history = runtime.blocking(move |store| transcript::load(store, &key)).await.map_err(stored)?;
+    let user = Message::User { text: prompt.clone() };
+    let mut start = Some(commit_start(runtime, job, &user));
+    history.push((0, user));
     if let Some(log) = session_log(runtime, origin) {
         log.record(
             "websocket_message_received",
@@ -88,7 +131,6 @@ async fn turn(runtime: &Arc<Runtime>, job: &Job, prompt: String, origin: &Origin
             json!({"id": job.id, "type": "user_input", "payload": {"input": [{"type": "input_text", "text": prompt}]}}),
         );
     }
-    let mut history = transcript::load(store, conversation).map_err(stored)?;
     let tool_schemas = tools::schemas();
     let approval_seq = AtomicU32::new(0);
     let mut compacted_after_error = false;
@@ -101,7 +143,10 @@ async fn turn(runtime: &Arc<Runtime>, job: &Job, prompt: String, origin: &Origin
             ));
         }
         step += 1;
-        if let Err(reason) = budget::check(settings, store, conversation, &origin.user).map_err(stored)? {
+        let (budget, key, user) = (settings.budget.clone(), conversation.clone(), origin.user.clone());
+        if let Err(reason) =
+            runtime.blocking(move |store| budget::check(&budget, store, &key, &user)).await.map_err(stored)?
+        {
             return Err(failure("budget_exceeded", reason));
         }
         let mut chat = ChatRequest {
@@ -113,6 +158,7 @@ async fn turn(runtime: &Arc<Runtime>, job: &Job, prompt: String, origin: &Origin
             temperature: settings.temperature,
         };
         if compaction::needs_compaction(&chat, settings.model_info.info.context_window) {
+            durable(&mut start).await?;
             history = compact(runtime, job, origin, history, &chat).await?;
             chat.messages = history.iter().map(|(_, m)| m.clone()).collect();
         }
@@ -120,12 +166,14 @@ async fn turn(runtime: &Arc<Runtime>, job: &Job, prompt: String, origin: &Origin
             Ok(reply) => reply,
             Err(e) if e.context_too_long && !compacted_after_error => {
                 compacted_after_error = true;
+                durable(&mut start).await?;
                 history = compact(runtime, job, origin, history, &chat).await?;
                 continue;
             }
             Err(e) => return Err(failure(e.code, e.message)),
         };
-        record_usage(runtime, job, origin, &reply.usage)?;
+        durable(&mut start).await?;
+        record_usage(runtime, job, origin, &reply.usage).await?;
 
         // A call whose arguments are not JSON is stored with `{}` (providers that resend
         // calls as objects would reject the conversation otherwise) and answered with an error.
@@ -142,7 +190,7 @@ async fn turn(runtime: &Arc<Runtime>, job: &Job, prompt: String, origin: &Origin
             })
             .collect();
         let assistant = Message::Assistant { text: reply.text.clone(), tool_calls: calls.clone() };
-        let seq = transcript::append(store, conversation, &assistant, &job.id).map_err(stored)?;
+        let seq = append(runtime, conversation, &assistant, job).await?;
         history.push((seq, assistant));
         if let Some(log) = session_log(runtime, origin) {
             if !reply.text.is_empty() {
@@ -178,7 +226,7 @@ async fn turn(runtime: &Arc<Runtime>, job: &Job, prompt: String, origin: &Origin
                 };
                 let result =
                     Message::ToolResult { call_id: call.id.clone(), name: call.name.clone(), content, is_error };
-                let seq = transcript::append(store, conversation, &result, &job.id).map_err(stored)?;
+                let seq = append(runtime, conversation, &result, job).await?;
                 if let (Some(log), Message::ToolResult { content, .. }) = (session_log(runtime, origin), &result) {
                     log.record("websocket_message_sent", false, json!({"id": job.id, "type": "response_item", "payload": {"type": "function_call_output", "call_id": call.id, "output": content}}));
                 }
@@ -194,7 +242,7 @@ async fn turn(runtime: &Arc<Runtime>, job: &Job, prompt: String, origin: &Origin
     }
 }
 
-fn record_usage(runtime: &Runtime, job: &Job, origin: &Origin, usage: &Usage) -> Result<(), Failure> {
+async fn record_usage(runtime: &Runtime, job: &Job, origin: &Origin, usage: &Usage) -> Result<(), Failure> {
     let settings = &runtime.settings;
     let cost_usd = settings.model_info.info.pricing.cost_usd(usage);
     let record = UsageRecord {
@@ -238,8 +286,11 @@ async fn compact(
     let max_bytes = window as usize * 3 * 60 / 100;
     let request = compaction::summary_request(template, &messages[..cut], max_bytes);
     let reply = model::call(runtime, job, &request, Streaming::Quiet).await.map_err(|e| failure(e.code, e.message))?;
-    record_usage(runtime, job, origin, &reply.usage)?;
-    transcript::append_summary(runtime.store().as_ref(), &origin.conversation, &reply.text, covers_through, &job.id)
+    record_usage(runtime, job, origin, &reply.usage).await?;
+    let (key, text, job_id) = (origin.conversation.clone(), reply.text.clone(), job.id.clone());
+    runtime
+        .blocking(move |store| transcript::append_summary(store, &key, &text, covers_through, &job_id))
+        .await
         .map_err(|e| failure("storage_error", format!("cannot store the summary: {e}")))?;
     job.emit(
         json!({"type": "compaction", "summarised_messages": cut, "kept_messages": history.len() - cut}),

@@ -256,6 +256,12 @@ pub trait Store: Send + Sync {
     fn usage_of_user_since(&self, user: &str, since_ms: i64) -> StoreResult<UsageTotals>;
     /// Inserts or replaces a job, raising the job counter to `seq + 1`.
     fn put_job(&self, job: &JobRecord) -> StoreResult<()>;
+    /// Starts a turn in one transaction: the job record and its prompt (a `user` message).
+    /// Returns the message's seq.
+    fn start_turn(&self, job: &JobRecord, prompt: &serde_json::Value, created_at_ms: i64) -> StoreResult<u64>;
+    /// Raises the job counter to `next` (job numbers below it are never issued again), so
+    /// that job ids can be handed out before their records are written.
+    fn reserve_job_seqs(&self, next: u64) -> StoreResult<()>;
     /// Jobs created at or after `since_ms`, oldest first, and the next job number.
     fn load_jobs(&self, since_ms: i64) -> StoreResult<(Vec<JobRecord>, u64)>;
 }

@@ -686,23 +686,11 @@ impl Store for SqliteStore {
         job_id: Option<&str>,
         created_at_ms: i64,
     ) -> StoreResult<u64> {
-        let ConversationKey { agent_id, project_id, session_key } = conversation;
-        let body = encode("message", body)?;
         let mut conn = self.lock()?;
         let tx = conn.transaction()?;
-        let last: Option<i64> = tx
-            .prepare_cached(
-                "SELECT max(seq) FROM messages WHERE agent_id = ?1 AND project_id = ?2 AND session_key = ?3",
-            )?
-            .query_row(params![agent_id, project_id, session_key], |r| r.get(0))?;
-        let seq = last.unwrap_or(0).saturating_add(1);
-        tx.prepare_cached(
-            "INSERT INTO messages (agent_id, project_id, session_key, seq, role, body, job_id, created_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?
-        .execute(params![agent_id, project_id, session_key, seq, role, body, job_id, created_at_ms])?;
+        let seq = insert_message(&tx, conversation, role, body, job_id, created_at_ms)?;
         tx.commit()?;
-        from_sql_int("messages", &session_key, "seq", seq)
+        Ok(seq)
     }
 
     fn latest_message_with_role(
@@ -810,33 +798,25 @@ impl Store for SqliteStore {
     }
 
     fn put_job(&self, job: &JobRecord) -> StoreResult<()> {
-        let ConversationKey { agent_id, project_id, session_key } = &job.conversation;
-        let seq = to_sql_int("job seq", job.seq)?;
-        let next = to_sql_int("next job seq", job.seq.saturating_add(1))?;
         let mut conn = self.lock()?;
         let tx = conn.transaction()?;
-        tx.prepare_cached(
-            "INSERT OR REPLACE INTO jobs (id, seq, agent_id, project_id, session_key, correlation_id, state, error,
-                                          result, log, events, created_at_ms, updated_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-        )?
-        .execute(params![
-            job.id,
-            seq,
-            agent_id,
-            project_id,
-            session_key,
-            job.correlation_id,
-            job.state,
-            job.error,
-            job.result,
-            job.log,
-            job.events,
-            job.created_at_ms,
-            job.updated_at_ms,
-        ])?;
-        tx.prepare_cached(SQL_RAISE_META)?.execute(params![META_NEXT_JOB_SEQ, next])?;
+        write_job(&tx, job)?;
         tx.commit()?;
+        Ok(())
+    }
+
+    fn start_turn(&self, job: &JobRecord, prompt: &serde_json::Value, created_at_ms: i64) -> StoreResult<u64> {
+        let mut conn = self.lock()?;
+        let tx = conn.transaction()?;
+        write_job(&tx, job)?;
+        let seq = insert_message(&tx, &job.conversation, "user", prompt, Some(&job.id), created_at_ms)?;
+        tx.commit()?;
+        Ok(seq)
+    }
+
+    fn reserve_job_seqs(&self, next: u64) -> StoreResult<()> {
+        let conn = self.lock()?;
+        conn.prepare_cached(SQL_RAISE_META)?.execute(params![META_NEXT_JOB_SEQ, to_sql_int("next job seq", next)?])?;
         Ok(())
     }
 
@@ -879,6 +859,58 @@ impl Store for SqliteStore {
         tx.commit()?;
         Ok((jobs, next))
     }
+}
+
+/// Appends a message with the next seq of its conversation.
+fn insert_message(
+    tx: &rusqlite::Transaction<'_>,
+    conversation: &ConversationKey,
+    role: &str,
+    body: &serde_json::Value,
+    job_id: Option<&str>,
+    created_at_ms: i64,
+) -> StoreResult<u64> {
+    let ConversationKey { agent_id, project_id, session_key } = conversation;
+    let body = encode("message", body)?;
+    let last: Option<i64> = tx
+        .prepare_cached("SELECT max(seq) FROM messages WHERE agent_id = ?1 AND project_id = ?2 AND session_key = ?3")?
+        .query_row(params![agent_id, project_id, session_key], |r| r.get(0))?;
+    let seq = last.unwrap_or(0).saturating_add(1);
+    tx.prepare_cached(
+        "INSERT INTO messages (agent_id, project_id, session_key, seq, role, body, job_id, created_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![agent_id, project_id, session_key, seq, role, body, job_id, created_at_ms])?;
+    from_sql_int("messages", &session_key, "seq", seq)
+}
+
+/// Inserts or replaces a job and raises the job counter past it.
+fn write_job(tx: &rusqlite::Transaction<'_>, job: &JobRecord) -> StoreResult<()> {
+    let ConversationKey { agent_id, project_id, session_key } = &job.conversation;
+    let seq = to_sql_int("job seq", job.seq)?;
+    let next = to_sql_int("next job seq", job.seq.saturating_add(1))?;
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO jobs (id, seq, agent_id, project_id, session_key, correlation_id, state, error,
+                                      result, log, events, created_at_ms, updated_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )?
+    .execute(params![
+        job.id,
+        seq,
+        agent_id,
+        project_id,
+        session_key,
+        job.correlation_id,
+        job.state,
+        job.error,
+        job.result,
+        job.log,
+        job.events,
+        job.created_at_ms,
+        job.updated_at_ms,
+    ])?;
+    tx.prepare_cached(SQL_RAISE_META)?.execute(params![META_NEXT_JOB_SEQ, next])?;
+    Ok(())
 }
 
 fn messages_from_rows(mut rows: rusqlite::Rows<'_>, session_key: &str) -> StoreResult<Vec<StoredMessage>> {
