@@ -85,8 +85,6 @@ struct Inner {
     truncated: bool,
     updated_at_ms: i64,
     approvals: HashMap<String, oneshot::Sender<Decision>>,
-    /// Lines emitted while the job's start is not yet durable, shown by [`Job::release`].
-    held: Option<String>,
 }
 
 /// Why an approval answer was refused.
@@ -122,31 +120,8 @@ impl Job {
                 truncated: false,
                 updated_at_ms: now_ms,
                 approvals: HashMap::new(),
-                held: None,
             }),
             changed: watch::Sender::new(0),
-        }
-    }
-
-    /// From now on, emitted lines are kept back until [`Job::release`]: the turn starts
-    /// talking to the provider while the prompt is being committed, and readers must not see
-    /// a reply to a prompt that is not durable yet.
-    pub fn hold(&self) {
-        let mut inner = self.lock();
-        if inner.held.is_none() {
-            inner.held = Some(String::new());
-        }
-    }
-
-    /// Shows the lines kept back since [`Job::hold`].
-    pub fn release(&self) {
-        let mut inner = self.lock();
-        if let Some(held) = inner.held.take()
-            && !held.is_empty()
-        {
-            inner.events.push_str(&held);
-            drop(inner);
-            self.bump();
         }
     }
 
@@ -185,7 +160,6 @@ impl Job {
                 truncated: false,
                 updated_at_ms: if interrupted { now_ms } else { record.updated_at_ms },
                 approvals: HashMap::new(),
-                held: None,
             }),
             changed: watch::Sender::new(0),
         };
@@ -218,7 +192,7 @@ impl Job {
     /// are dropped past the cap; the others always go in.
     pub fn emit(&self, mut event: Value, droppable: bool, now_ms: i64) {
         let mut inner = self.lock();
-        let size = inner.events.len() + inner.held.as_ref().map_or(0, String::len);
+        let size = inner.events.len();
         let over = size >= MAX_EVENTS_BYTES;
         if droppable && over {
             if !inner.truncated {
@@ -226,11 +200,7 @@ impl Job {
                 let seq = inner.next_seq;
                 inner.next_seq += 1;
                 let line = json!({"seq": seq, "type": "truncated", "reason": "the event stream reached its size limit; text and output deltas are no longer streamed"});
-                let line = format!("{line}\n");
-                match inner.held.as_mut() {
-                    Some(held) => held.push_str(&line),
-                    None => inner.events.push_str(&line),
-                }
+                inner.events.push_str(&format!("{line}\n"));
             }
             return;
         }
@@ -242,15 +212,9 @@ impl Job {
         }
         inner.next_seq += 1;
         inner.updated_at_ms = now_ms;
-        let line = format!("{event}\n");
-        match inner.held.as_mut() {
-            Some(held) => held.push_str(&line),
-            None => {
-                inner.events.push_str(&line);
-                drop(inner);
-                self.bump();
-            }
-        }
+        inner.events.push_str(&format!("{event}\n"));
+        drop(inner);
+        self.bump();
     }
 
     /// Appends a line to `log.txt` (dropped past the cap).
@@ -286,7 +250,6 @@ impl Job {
                 return;
             }
         }
-        self.release();
         self.emit(event, false, now_ms);
         let mut inner = self.lock();
         match outcome {
@@ -417,21 +380,6 @@ mod tests {
         assert_eq!(text.matches("\"truncated\"").count(), 1);
         assert!(text.trim_end().lines().last().unwrap().contains("\"failed\""));
         assert_eq!(job.result_text(), "boom");
-    }
-
-    #[test]
-    fn held_lines_appear_only_when_released() {
-        let job = job();
-        let mut changes = job.subscribe();
-        job.hold();
-        job.emit(json!({"type": "text", "text": "early"}), true, 1);
-        assert_eq!(job.events_len(), 0, "not visible before the prompt is durable");
-        assert!(!changes.has_changed().unwrap());
-        job.release();
-        assert!(changes.has_changed().unwrap());
-        assert!(job.events_text().contains("early"));
-        job.emit(json!({"type": "text", "text": "late"}), true, 2);
-        assert!(job.events_text().contains("late"), "after release, lines go straight out");
     }
 
     #[test]

@@ -89,17 +89,17 @@ async fn append(
     runtime.blocking(move |store| transcript::append(store, &conversation, &message, &job_id)).await.map_err(stored)
 }
 
-/// Commits the job and its prompt in one transaction, beside the first model call, and then
-/// shows what the job emitted meanwhile (see [`Job::hold`]).
-fn commit_start(runtime: &Arc<Runtime>, job: &Arc<Job>, prompt: &Message) -> JoinHandle<Result<(), Failure>> {
-    job.hold();
+/// Commits the job and its prompt in one transaction, beside the first model call: the
+/// commit waits for the disk (milliseconds), the provider for longer. Text deltas of the
+/// first reply may stream before it completes — they are previews; every message, tool
+/// call, result and usage record is written after it, and each before its own event.
+fn commit_start(runtime: &Arc<Runtime>, job: &Job, prompt: &Message) -> JoinHandle<Result<(), Failure>> {
     let record = job.record();
     let body = serde_json::to_value(prompt).unwrap_or_default();
-    let (runtime, job) = (runtime.clone(), job.clone());
+    let runtime = runtime.clone();
     tokio::spawn(async move {
         let now = crate::plane::now_ms();
         runtime.blocking(move |store| store.start_turn(&record, &body, now)).await.map_err(stored)?;
-        job.release();
         Ok(())
     })
 }
