@@ -39,6 +39,7 @@ async fn a_401_fails_at_once_and_says_how_to_set_a_key() {
     let (code, message) = failure(&events);
     assert_eq!(code, "provider_auth");
     assert!(message.contains("HTTP 401"), "{message}");
+    assert!(message.contains("the broker sent the key from environment (ANTHROPIC_API_KEY)"), "{message}");
     assert!(message.contains("spiderweb-config config set-key") && message.contains("ANTHROPIC_API_KEY"), "{message}");
     assert_eq!(fake.requests().len(), 1, "an auth failure is not retried");
 }

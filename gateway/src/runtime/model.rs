@@ -15,7 +15,7 @@
 use bytes::Bytes;
 use serde_json::json;
 use spiderweb_client::shared::{Outgoing, ProviderError as BrokerFailure};
-use spiderweb_proto::broker::ErrorCode;
+use spiderweb_proto::broker::{CREDENTIAL_SOURCE_HEADER, ErrorCode};
 
 use super::Runtime;
 use super::job::Job;
@@ -119,8 +119,15 @@ async fn attempt_once(
         absorb(job, reply, events, streaming);
         return Ok(());
     }
+    let refused_source = response
+        .headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(CREDENTIAL_SOURCE_HEADER))
+        .map(|(_, source)| source.clone());
     let mut parser = runtime.settings.provider.parser();
-    parser.head(response.status, &response.headers).map_err(|e| (e, false))?;
+    if let Err(e) = parser.head(response.status, &response.headers) {
+        return Err((name_source(e, refused_source), false));
+    }
     loop {
         let chunk = match response.chunk().await {
             Ok(Some(chunk)) => chunk,
@@ -131,7 +138,7 @@ async fn attempt_once(
         absorb(job, reply, events, streaming);
     }
     let started = parser.stream_started();
-    let events = parser.finish().map_err(|e| (e, started))?;
+    let events = parser.finish().map_err(|e| (name_source(e, refused_source), started))?;
     absorb(job, reply, events, streaming);
     Ok(())
 }
@@ -169,6 +176,19 @@ fn from_broker(failure: BrokerFailure) -> ProviderError {
             ProviderError::new(kind, format!("broker: {message}"))
         }
     }
+}
+
+/// Adds to a refused credential's error which source the broker took it from.
+fn name_source(mut error: ProviderError, source: Option<String>) -> ProviderError {
+    if error.kind == ErrorKind::Auth
+        && let Some(source) = source
+    {
+        error.message = match source.as_str() {
+            "none" => format!("{} (the broker has no key for this provider)", error.message),
+            _ => format!("{} (the broker sent the key from {source})", error.message),
+        };
+    }
+    error
 }
 
 fn plugin_error(error: PluginError) -> ProviderError {
