@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use spiderweb_policy::sandbox::{ResourceLimits, SandboxRules};
 use spiderweb_proto::worker::SandboxProfile;
 
+use crate::confine::network::find_pasta;
+
 /// Where the workspace appears inside the sandbox (also `HOME` and the cwd of tools).
 pub const SANDBOX_WORKSPACE: &str = "/workspace";
 
@@ -44,8 +46,11 @@ pub struct ConfinementPlan {
     pub profile: SandboxProfile,
     /// Workspace writable.
     pub workspace_writable: bool,
-    /// Host network namespace, TCP allowed.
+    /// Outbound network through pasta (own network namespace either way), TCP allowed.
     pub network: bool,
+    /// pasta's absolute path, found by the launcher for a network plan (`None`: not found, or
+    /// no network; a network plan without it is refused).
+    pub pasta: Option<String>,
     /// Workspace-relative paths kept read-only.
     pub protected_paths: Vec<String>,
     /// Resource limits.
@@ -57,13 +62,14 @@ pub struct ConfinementPlan {
 }
 
 impl ConfinementPlan {
-    /// A plan from policy rules.
+    /// A plan from policy rules; a network plan gets the launcher's pasta.
     pub fn new(workspace: String, rules: SandboxRules, ids: Option<Ids>, search_backend: SearchBackend) -> Self {
         ConfinementPlan {
             workspace,
             profile: rules.profile,
             workspace_writable: rules.workspace_writable,
             network: rules.network,
+            pasta: if rules.network { find_pasta().map(|p| p.display().to_string()) } else { None },
             protected_paths: rules.protected_paths,
             limits: rules.limits,
             ids,
