@@ -72,7 +72,9 @@ pub enum NetworkError {
         errno: Errno,
     },
     /// pasta exited without configuring the namespace.
-    #[error("pasta (package `passt`) could not configure the worker's network namespace; its messages are on the worker's stderr")]
+    #[error(
+        "pasta (package `passt`) could not configure the worker's network namespace; its messages are on the worker's stderr"
+    )]
     PastaFailed,
 }
 
@@ -122,8 +124,12 @@ impl Helper {
     /// them. Returns pasta's pid, which the relay kills when the worker ends.
     pub fn attach(self, user_namespace: bool) -> Result<Pid, NetworkError> {
         let open = |path: &str| {
-            nix::fcntl::open(path, nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
-                .map_err(call("open(/proc/self/ns)"))
+            nix::fcntl::open(
+                path,
+                nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map_err(call("open(/proc/self/ns)"))
         };
         let netns = open("/proc/self/ns/net")?;
         let userns = if user_namespace { Some(open("/proc/self/ns/user")?) } else { None };
