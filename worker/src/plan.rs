@@ -59,6 +59,10 @@ pub struct ConfinementPlan {
     pub ids: Option<Ids>,
     /// `search_code` implementation.
     pub search_backend: SearchBackend,
+    /// Start `shell_exec`'s login shell before reading the task (a warm worker expecting a
+    /// shell call); not part of what is confined, so warm-pool keys leave it out.
+    #[serde(default)]
+    pub prestart_shell: bool,
 }
 
 impl ConfinementPlan {
@@ -74,6 +78,7 @@ impl ConfinementPlan {
             limits: rules.limits,
             ids,
             search_backend,
+            prestart_shell: false,
         }
     }
 }

@@ -362,3 +362,47 @@ fn a_vanished_gateway_takes_its_running_calls_with_it() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn a_warm_workers_login_shell_runs_commands_as_a_cold_bash_lc_would() {
+    let uid = test_uid("sup-prestart");
+    let sup = Supervisor::start(&[("alice", uid)], json!({"warm_workers_per_plan": 1}));
+    let ws = Workspace::new(uid);
+    ws.write(".profile", "export FROM_PROFILE=yes\n");
+    let mut conn = sup.connect();
+    let mut call_warm = |id: &str, command: &str| {
+        // After a shell call the next worker is warmed with its login shell already started.
+        std::thread::sleep(Duration::from_millis(300));
+        send(&mut conn, &request(id, "alice", ws.path(), "shell_exec", json!({ "command": command })));
+        collect(&mut conn, id).1
+    };
+    call_warm("first", "true");
+    let shown = call_warm("which", "tr '\\0' ' ' < /proc/$$/cmdline");
+    assert!(
+        shown["payload"]["stdout"].as_str().unwrap().contains("read -r -d"),
+        "the call ran in the pre-started shell: {shown}"
+    );
+    for (i, command) in [
+        "echo \"$0|$BASH_EXECUTION_STRING|$-|$(pwd)|$HOME|$FROM_PROFILE\"; shopt -q login_shell && echo login",
+        "cat; echo stdin=$?; echo out; echo err >&2; exit 7",
+        "printf 'a\\tb\\n\\n'; echo \"trailing \"",
+        "kill -9 $$",
+        "echo $LINENO\necho $LINENO",
+        "  echo 'leading blanks kept';  ",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let cold = run_tool(&ws, "workspace-write", "shell_exec", json!({ "command": command }), &[]);
+        let warm = call_warm(&format!("c{i}"), command);
+        assert_eq!(warm, cold.json, "warm and cold `bash -lc` differ for {command:?}");
+    }
+    // A syntax error has the same exit status (the message says `eval` instead of `-c`).
+    let cold = run_tool(&ws, "workspace-write", "shell_exec", json!({"command": "if then"}), &[]);
+    let warm = call_warm("syntax", "if then");
+    assert_eq!(warm["payload"]["exit_code"], cold.json["payload"]["exit_code"]);
+    assert_eq!(warm["payload"]["exit_code"], 2);
+    // NUL cannot reach a shell either way.
+    let nul = call_warm("nul", "echo a\u{0}rm -rf .");
+    assert_eq!(nul["code"], "invalid_params", "{nul}");
+}

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::request::plan_for;
 use super::server::Shared;
 use crate::launch::start;
+use crate::plan::ConfinementPlan;
 
 /// Requests one connection may have running or queued.
 pub const MAX_IN_FLIGHT: usize = 64;
@@ -94,6 +95,7 @@ async fn handle(shared: &Arc<Shared>, request: ToolRequest, tx: &mpsc::Sender<Su
         return ToolOutcome::failed(FailureCode::Rejected, "supervisor shutting down");
     };
     tracing::info!(request_id = %request.request_id, tenant = %request.tenant, tool = %request.tool, profile = %plan.profile, "tool call");
+    let shell_call = request.tool == "shell_exec";
     let task = WorkerTask { tool: request.tool, args: request.args };
     // Output is forwarded through an unbounded queue, bounded in total by the cap below
     // (the worker caps each stream at MAX_STREAM_BYTES; a worker that lies is cut off here).
@@ -127,9 +129,10 @@ async fn handle(shared: &Arc<Shared>, request: ToolRequest, tx: &mpsc::Sender<Su
         })
         .await;
     // Warm the next worker once this one is done, so starting it does not compete with the
-    // call for CPU.
+    // call for CPU. After a shell call, expect another: its login shell starts ahead too.
     if shared.warm.has_room(&plan_key) {
-        let (shared, plan_key, plan) = (shared.clone(), plan_key.clone(), plan.clone());
+        let (shared, plan_key) = (shared.clone(), plan_key.clone());
+        let plan = ConfinementPlan { prestart_shell: shell_call, ..plan.clone() };
         tokio::spawn(async move {
             if let Ok(worker) = start(&shared.exe, &plan).await {
                 shared.warm.put(plan_key, worker);
