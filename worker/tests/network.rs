@@ -140,13 +140,15 @@ fn the_network_profile_reaches_other_hosts_but_not_the_hosts_loopback() {
     // Host services a tool must not reach: one on loopback, one on every address.
     let loopback = TcpListener::bind("127.0.0.1:0").unwrap();
     let wildcard = TcpListener::bind("0.0.0.0:0").unwrap();
-    for l in [&loopback, &wildcard] {
+    let loopback6 = TcpListener::bind("[::1]:0").expect("IPv6 loopback on the host");
+    for l in [&loopback, &wildcard, &loopback6] {
         l.set_nonblocking(true).unwrap();
     }
     let mut targets = vec![
         (target.address.to_string(), target.port),
         ("127.0.0.1".to_owned(), loopback.local_addr().unwrap().port()),
         ("127.0.0.1".to_owned(), wildcard.local_addr().unwrap().port()),
+        ("::1".to_owned(), loopback6.local_addr().unwrap().port()),
     ];
     let host = host_address();
     if let Some(host) = host {
@@ -159,10 +161,11 @@ fn the_network_profile_reaches_other_hosts_but_not_the_hosts_loopback() {
         "outbound TCP to a non-loopback address must work in the network profile: {text}"
     );
     assert!(!text.contains("CONNECTED 127.0.0.1"), "the host's loopback was reachable: {text}");
+    assert!(!text.contains("CONNECTED ::1"), "the host's IPv6 loopback was reachable: {text}");
     if let Some(host) = host {
         assert!(!text.contains(&format!("CONNECTED {host}")), "the host's own address was reachable: {text}");
     }
-    for l in [&loopback, &wildcard] {
+    for l in [&loopback, &wildcard, &loopback6] {
         assert!(l.accept().is_err(), "a host listener accepted a connection from the sandbox: {text}");
     }
     // The profiles without network reach nothing, not even the target.
