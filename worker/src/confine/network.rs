@@ -71,6 +71,12 @@ pub enum NetworkError {
         /// The kernel's answer.
         errno: Errno,
     },
+    /// pasta cannot use the tun device as the worker's uid.
+    #[error(
+        "pasta (package `passt`) needs /dev/net/tun readable and writable by the worker's uid (Debian's default mode is \
+         0666); only a root supervisor's workers can use the network profile here"
+    )]
+    TunUnusable,
     /// pasta exited without configuring the namespace.
     #[error(
         "pasta (package `passt`) could not configure the worker's network namespace; its messages are on the worker's stderr"
@@ -154,10 +160,17 @@ impl Helper {
                 Ok(1) if byte[0] == b'\n' => return Ok(self.pid),
                 Ok(1) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                _ if tun_unusable() => return Err(NetworkError::TunUnusable),
                 _ => return Err(NetworkError::PastaFailed),
             }
         }
     }
+}
+
+/// Whether this process (pasta's uid) lacks read-write access to the tun device.
+fn tun_unusable() -> bool {
+    use nix::unistd::{AccessFlags, access};
+    access("/dev/net/tun", AccessFlags::R_OK | AccessFlags::W_OK).is_err()
 }
 
 /// In the helper: receives the namespaces, puts them at fixed descriptor numbers and execs
