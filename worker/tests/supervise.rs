@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{Value, json};
 use spiderweb_proto::frame::{read_frame, write_frame};
-use spiderweb_proto::worker::{MAX_FRAME_BYTES, SupervisorReply, ToolRequest};
+use spiderweb_proto::worker::{MAX_FRAME_BYTES, SandboxProfile, SupervisorReply, ToolRequest};
 
 struct Supervisor {
     child: Child,
@@ -405,4 +405,65 @@ fn a_warm_workers_login_shell_runs_commands_as_a_cold_bash_lc_would() {
     // NUL cannot reach a shell either way.
     let nul = call_warm("nul", "echo a\u{0}rm -rf .");
     assert_eq!(nul["code"], "invalid_params", "{nul}");
+}
+
+#[test]
+fn a_warm_network_worker_keeps_its_pasta_only_while_it_waits() {
+    let uid = test_uid("sup-net-warm");
+    let sup = Supervisor::start(&[("alice", uid)], json!({"warm_workers_per_plan": 1, "warm_ttl_ms": 1000}));
+    let ws = Workspace::new(uid);
+    let mut conn = sup.connect();
+    let interfaces = "grep -c ':' /proc/net/dev";
+    let call = ToolRequest {
+        profile: SandboxProfile::WorkspaceWriteNetwork,
+        ..request("n1", "alice", ws.path(), "shell_exec", json!({ "command": interfaces }))
+    };
+    send(&mut conn, &call);
+    let (_, result) = collect(&mut conn, "n1");
+    let count: u32 = result["payload"]["stdout"].as_str().unwrap_or_default().trim().parse().unwrap_or(0);
+    assert!(count >= 2, "loopback and pasta's interface in the worker's own namespace: {result}");
+    // Orphans are re-parented to this process, so a pasta whose worker ended is still counted.
+    nix::sys::prctl::set_child_subreaper(true).unwrap();
+    let me = std::process::id();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pastas_under(me) != 1 {
+        assert!(Instant::now() < deadline, "the warm network worker has no pasta");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Past its time-to-live the warm worker is ended, and its pasta with it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pastas_under(me) != 0 {
+        assert!(Instant::now() < deadline, "pasta outlived its expired warm worker");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// pasta processes descending from `root`.
+fn pastas_under(root: u32) -> usize {
+    let parent_of = |pid: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(") ")?.1.split_whitespace().nth(1)?.parse().ok()
+    };
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            cmdline.split(|b| *b == 0).next().is_some_and(|argv0| argv0.ends_with(b"pasta"))
+        })
+        .filter(|pid| {
+            let mut at = *pid;
+            while let Some(parent) = parent_of(at) {
+                if parent == root {
+                    return true;
+                }
+                if parent <= 1 {
+                    return false;
+                }
+                at = parent;
+            }
+            false
+        })
+        .count()
 }
