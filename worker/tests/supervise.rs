@@ -225,6 +225,37 @@ fn requests_outside_the_configuration_are_rejected_before_a_worker_starts() {
 }
 
 #[test]
+fn a_new_projects_workspace_is_created_for_its_tenant_on_first_use() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let uid = test_uid("sup-provision");
+    let sup = Supervisor::start(&[("alice", uid)], json!({}));
+    let fresh = std::env::temp_dir().join(format!("sw-fresh-{}", std::process::id()));
+    let _cleanup = RemoveOnDrop(fresh.clone());
+    let mut conn = sup.connect();
+    send(&mut conn, &request("new", "alice", &fresh, "shell_exec", json!({"command": "echo hi > made.txt; id -u"})));
+    let (_, result) = collect(&mut conn, "new");
+    assert_eq!(result["status"], "ok", "{result}");
+    let meta = std::fs::metadata(&fresh).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (uid, uid), "owned by the tenant");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+    assert_eq!(result["payload"]["stdout"], format!("{uid}\n"));
+    // Only direct children of a root are created: a deeper path is still refused.
+    let deep = fresh.join("a/b");
+    send(&mut conn, &request("deep", "alice", &deep, "file_list", json!({})));
+    let (_, result) = collect(&mut conn, "deep");
+    assert_eq!(result["code"], "rejected", "{result}");
+    assert!(!deep.exists());
+}
+
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
 fn wall_clock_timeout_kills_the_whole_tree() {
     let uid = test_uid("sup-timeout");
     let limits = json!({"cpu_seconds": 10, "address_space_bytes": 1073741824u64, "open_files": 256,
