@@ -263,3 +263,14 @@ async fn requests_a_plugin_cannot_take_are_refused_without_running_it() {
         BrokerReply::CredentialStatus { .. }
     ));
 }
+
+#[tokio::test]
+async fn a_plugin_writing_more_than_16_mib_is_killed_and_reported() {
+    let script = Script::new("cat > /dev/null\nhead -c 17000000 /dev/zero | tr '\\0' x\necho\nsleep 300");
+    let broker = broker_with(json!({"chatty": script.provider(json!({}))}), vec![], vec![]);
+    let mut client = broker.client().await;
+    let got = call(&mut client, plugin_request(1, "chatty", REQUEST_LINE)).await;
+    let (code, message) = got.error.expect("an error");
+    assert_eq!(code, ErrorCode::PluginFailed);
+    assert!(message.contains("more than 16777216 bytes"), "{message}");
+}

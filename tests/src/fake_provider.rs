@@ -24,7 +24,7 @@
 //! both in the format's error shape and without using a scripted reply. Every request is
 //! recorded ([`FakeProvider::requests`]) so tests can assert what the gateway and broker sent.
 //!
-//! The server runs on a thread of its own (its own tokio runtime), so it serves whether the
+//! The server runs on threads of its own (its own tokio runtime), so it serves whether the
 //! test is async or blocking; dropping the [`FakeProvider`] stops it and drops its connections.
 //!
 //! What it must never do: pretend to be a provider it is not (each format only answers its own
@@ -222,7 +222,13 @@ impl FakeProvider {
         let thread = std::thread::Builder::new()
             .name(format!("fake-provider-{}", addr.port()))
             .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+                // Two workers: a benchmark's thousand streams should not be held back by
+                // the fake itself.
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
                 runtime.block_on(serve(format, listener, shared, stopped));
             })
             .expect("spawn the fake provider thread");
@@ -256,7 +262,7 @@ impl FakeProvider {
         self
     }
 
-    /// Waits `delay` before each streamed chunk (the first included).
+    /// Sends streamed chunk `i` at `delay × (i + 1)` after the reply starts (0: at once).
     pub fn set_chunk_delay(&self, delay: Duration) -> &Self {
         self.state.lock().unwrap().chunk_delay = delay;
         self
@@ -436,9 +442,12 @@ impl Stream {
         };
         let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
         tokio::spawn(async move {
-            for chunk in chunks {
+            // An absolute schedule (chunk i at start + (i+1)·delay) keeps the rate steady: a
+            // late chunk does not push back every later one.
+            let start = tokio::time::Instant::now();
+            for (position, chunk) in chunks.into_iter().enumerate() {
                 if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
+                    tokio::time::sleep_until(start + delay * (position as u32 + 1)).await;
                 }
                 if tx.send(Ok(Frame::data(chunk))).await.is_err() {
                     return;
