@@ -274,3 +274,26 @@ async fn a_plugin_writing_more_than_16_mib_is_killed_and_reported() {
     assert_eq!(code, ErrorCode::PluginFailed);
     assert!(message.contains("more than 16777216 bytes"), "{message}");
 }
+
+#[tokio::test]
+async fn a_plugin_that_echoes_its_key_has_it_redacted_from_stdout_and_stderr() {
+    let leaky = Script::new(&format!("cat > /dev/null\necho \"debug: using $MY_PLUGIN_KEY\"\necho '{ANSWER}'"));
+    let failing = Script::new("cat > /dev/null\necho \"401: key $MY_PLUGIN_KEY was refused\" >&2\nexit 1");
+    let broker = broker_with(
+        json!({
+            "leaky": leaky.provider(json!({"key_env": "MY_PLUGIN_KEY"})),
+            "failing": failing.provider(json!({"key_env": "MY_PLUGIN_KEY"})),
+        }),
+        vec![("MY_PLUGIN_KEY".into(), PLUGIN_KEY.into())],
+        vec![],
+    );
+    let mut client = broker.client().await;
+    let got = call(&mut client, plugin_request(1, "leaky", REQUEST_LINE)).await;
+    assert_eq!(got.body_text(), format!("debug: using [redacted]\n{ANSWER}\n"));
+    let failed = call(&mut client, plugin_request(2, "failing", REQUEST_LINE)).await;
+    let (_, message) = failed.error.clone().expect("an error");
+    assert!(message.contains("401: key [redacted] was refused"), "{message}");
+    for text in [&got.wire, &failed.wire, &broker.stderr()] {
+        assert!(!text.contains(PLUGIN_KEY), "the key leaked: {text}");
+    }
+}
