@@ -87,6 +87,18 @@ impl Format {
     }
 }
 
+impl Format {
+    /// Whether `headers` carry `key` where this format's provider expects it.
+    fn carries_key(self, headers: &[(String, String)], key: &str) -> bool {
+        let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+        match self {
+            Format::OpenAiChat | Format::OpenAiResponses => header("authorization") == Some(&format!("Bearer {key}")),
+            Format::Anthropic => header("x-api-key") == Some(key),
+            Format::Gemini => header("x-goog-api-key") == Some(key),
+        }
+    }
+}
+
 fn not_found(path: &str) -> String {
     format!("fake provider: no endpoint {path}")
 }
@@ -188,6 +200,7 @@ struct Settings {
     served: usize,
     chunk_delay: Duration,
     text_chunk_chars: usize,
+    required_key: Option<String>,
     requests: Vec<Recorded>,
 }
 
@@ -212,6 +225,7 @@ impl FakeProvider {
             served: 0,
             chunk_delay: Duration::ZERO,
             text_chunk_chars: 8,
+            required_key: None,
             requests: Vec::new(),
         }));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
@@ -274,6 +288,14 @@ impl FakeProvider {
         self
     }
 
+    /// Answers requests that do not carry `key` in the format's credential header
+    /// (`authorization: Bearer`, `x-api-key`, `x-goog-api-key`) with the format's real
+    /// "invalid key" error ([`ErrorCase::Unauthorized`]), without using a scripted reply.
+    pub fn require_key(&self, key: impl Into<String>) -> &Self {
+        self.state.lock().unwrap().required_key = Some(key.into());
+        self
+    }
+
     /// Every request received so far (the first [`MAX_RECORDED`]).
     pub fn requests(&self) -> Vec<Recorded> {
         self.state.lock().unwrap().requests.clone()
@@ -331,7 +353,7 @@ async fn answer(
 ) -> Result<Response<Body>, Infallible> {
     let method = req.method().to_string();
     let path = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
-    let headers = req
+    let headers: Vec<(String, String)> = req
         .headers()
         .iter()
         .map(|(n, v)| (n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
@@ -340,6 +362,7 @@ async fn answer(
     let body: Option<Value> = serde_json::from_slice(&raw).ok();
     let reply = {
         let mut s = state.lock().unwrap();
+        let authorized = s.required_key.as_deref().is_none_or(|key| format.carries_key(&headers, key));
         if s.requests.len() < MAX_RECORDED {
             s.requests.push(Recorded {
                 method: method.clone(),
@@ -351,6 +374,12 @@ async fn answer(
         let route = if method == "POST" { format.accepts(&path) } else { Err(not_found(&path)) };
         match (route, &body) {
             (Err(message), _) => Err(render_error(format, 404, &message)),
+            _ if !authorized => {
+                let Reply::Status { code, headers, body } = Reply::error(format, ErrorCase::Unauthorized) else {
+                    unreachable!("Reply::error is a Status")
+                };
+                Err(full(code, &headers, body))
+            }
             (Ok(_), None) => Err(render_error(format, 400, "fake provider: the body is not JSON")),
             (Ok(model), Some(body)) => {
                 let next = s.script.pop_front().or_else(|| s.always.clone());

@@ -293,6 +293,17 @@ async fn malformed_dropped_and_stalled_streams_fail_clearly() {
 }
 
 #[tokio::test]
+async fn a_required_key_missing_from_the_request_is_the_providers_real_401() {
+    for format in Format::ALL {
+        let fake = FakeProvider::start(format);
+        fake.require_key(TEST_KEY).script(vec![Reply::text("never served")]);
+        let error = turn(&fake, &hello()).await.unwrap_err();
+        assert_eq!(error.kind, ErrorKind::Auth, "{format:?}: {error}");
+        assert_eq!(fake.served(), 0, "{format:?}: the scripted reply is kept");
+    }
+}
+
+#[tokio::test]
 async fn an_exhausted_script_answers_500_and_unknown_paths_404() {
     let fake = FakeProvider::start(Format::Anthropic);
     fake.script(vec![Reply::text("only one")]);
@@ -459,7 +470,7 @@ async fn every_format_through_the_real_broker_with_its_key_added() {
             entry["kind"] = json!("openai");
         }
         providers.insert((*id).to_owned(), entry);
-        fake.script(vec![
+        fake.require_key(TEST_KEY).script(vec![
             Reply::TextThenToolCalls("Checking.".into(), vec![("file_read".into(), r#"{"path":"a"}"#.into())]),
             Reply::error(fake.format(), ErrorCase::RateLimited { retry_after_secs: 3 }),
         ]);
