@@ -205,7 +205,7 @@ struct Settings {
 }
 
 /// Requests beyond this are counted but not kept, so a long benchmark does not grow memory.
-const MAX_RECORDED: usize = 10_000;
+pub const MAX_RECORDED: usize = 10_000;
 
 /// A running fake provider. Stops when dropped.
 pub struct FakeProvider {
