@@ -297,3 +297,26 @@ async fn a_plugin_that_echoes_its_key_has_it_redacted_from_stdout_and_stderr() {
         assert!(!text.contains(PLUGIN_KEY), "the key leaked: {text}");
     }
 }
+
+#[tokio::test]
+async fn a_key_stored_in_the_secret_service_reaches_the_plugin_but_not_the_bus_address() {
+    require_tool("dbus-run-session", "dbus");
+    require_tool("gnome-keyring-daemon", "gnome-keyring");
+    let script = Script::new(r#"cat > /dev/null; env -0 > "$1/env"; echo ok"#);
+    let broker = Broker::start(BrokerSpec {
+        keyring: true,
+        config: json!({"providers": {"kp": script.provider(json!({"key_env": "MY_PLUGIN_KEY"}))}}),
+        ..Default::default()
+    });
+    let mut client = broker.client().await;
+    let reply = client
+        .call(BrokerRequest::SetKey { id: 1, provider: "kp".into(), key: PLUGIN_KEY.to_owned().into() })
+        .await
+        .unwrap();
+    assert_eq!(reply, BrokerReply::Done { id: 1 }, "set-key for a plugin provider");
+    let got = call(&mut client, plugin_request(2, "kp", REQUEST_LINE)).await;
+    assert_eq!(got.status, Some(200), "{got:?}");
+    let env = saved_env(&script.file("env"));
+    assert!(env.contains(&("MY_PLUGIN_KEY".into(), PLUGIN_KEY.into())), "{env:?}");
+    assert!(!env.iter().any(|(k, _)| k == "DBUS_SESSION_BUS_ADDRESS"), "the plugin got the broker's bus: {env:?}");
+}
