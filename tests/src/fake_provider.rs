@@ -12,6 +12,7 @@
 //! | `OpenAiResponses` | `POST /v1/responses`, SSE `event: response.*` | `http://127.0.0.1:<port>/v1` |
 //! | `Anthropic` | `POST /v1/messages`, SSE `message_start` … `message_stop` | `http://127.0.0.1:<port>` |
 //! | `Gemini` | `POST /v1beta/models/{model}:streamGenerateContent?alt=sse` | `http://127.0.0.1:<port>` |
+//! | `AzureOpenAi` | `POST /openai/deployments/{deployment}/chat/completions?api-version=…`, as `OpenAiChat` | `http://127.0.0.1:<port>` |
 //!
 //! The base URL is what the gateway's request paths are relative to, i.e. what a broker
 //! config's `providers.<id>.base_url` must be for requests built by `Provider::build`.
@@ -46,7 +47,7 @@ use tokio::sync::{mpsc, oneshot};
 /// A provider wire format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
-    /// OpenAI Chat Completions (also Azure-style and OpenAI-compatible servers).
+    /// OpenAI Chat Completions (also OpenAI-compatible servers: Ollama, vLLM, llama.cpp).
     OpenAiChat,
     /// OpenAI Responses API.
     OpenAiResponses,
@@ -54,17 +55,20 @@ pub enum Format {
     Anthropic,
     /// Google Gemini `streamGenerateContent`.
     Gemini,
+    /// Azure OpenAI: Chat Completions on a deployment, `api-key` header, Azure's error bodies.
+    AzureOpenAi,
 }
 
 impl Format {
     /// Every format, for tests that cover them all.
-    pub const ALL: [Format; 4] = [Format::OpenAiChat, Format::OpenAiResponses, Format::Anthropic, Format::Gemini];
+    pub const ALL: [Format; 5] =
+        [Format::OpenAiChat, Format::OpenAiResponses, Format::Anthropic, Format::Gemini, Format::AzureOpenAi];
 
     /// The path prefix below the server root that the gateway's paths are relative to.
     fn base_path(self) -> &'static str {
         match self {
             Format::OpenAiChat | Format::OpenAiResponses => "/v1",
-            Format::Anthropic | Format::Gemini => "",
+            Format::Anthropic | Format::Gemini | Format::AzureOpenAi => "",
         }
     }
 
@@ -82,6 +86,16 @@ impl Format {
                     .filter(|model| !model.is_empty() && !model.contains('/'));
                 return model.map(|m| Some(m.to_owned())).ok_or_else(|| not_found(path_and_query));
             }
+            Format::AzureOpenAi => {
+                let deployment = path_and_query
+                    .strip_prefix("/openai/deployments/")
+                    .and_then(|rest| rest.split_once("/chat/completions?api-version="))
+                    .filter(|(deployment, version)| {
+                        !deployment.is_empty() && !deployment.contains('/') && !version.is_empty()
+                    })
+                    .map(|(deployment, _)| deployment.to_owned());
+                return deployment.map(Some).ok_or_else(|| not_found(path_and_query));
+            }
         };
         if ok { Ok(None) } else { Err(not_found(path_and_query)) }
     }
@@ -95,6 +109,7 @@ impl Format {
             Format::OpenAiChat | Format::OpenAiResponses => header("authorization") == Some(&format!("Bearer {key}")),
             Format::Anthropic => header("x-api-key") == Some(key),
             Format::Gemini => header("x-goog-api-key") == Some(key),
+            Format::AzureOpenAi => header("api-key") == Some(key),
         }
     }
 }
@@ -449,7 +464,9 @@ impl Stream {
             Reply::Malformed => {
                 let mut chunks = self.turn("ok", &[], usage);
                 let bad = match self.format {
-                    Format::OpenAiChat | Format::Gemini => "data: {\"choices\":[{\"delta\":\n\n".to_owned(),
+                    Format::OpenAiChat | Format::AzureOpenAi | Format::Gemini => {
+                        "data: {\"choices\":[{\"delta\":\n\n".to_owned()
+                    }
                     Format::OpenAiResponses => {
                         "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\n\n"
                             .to_owned()
@@ -510,7 +527,7 @@ impl Stream {
     fn turn(&self, text: &str, calls: &[(String, String)], usage: Usage) -> Vec<Bytes> {
         let pieces = split_text(text, self.chunk_chars);
         let events = match self.format {
-            Format::OpenAiChat => self.openai_chat(&pieces, calls, usage),
+            Format::OpenAiChat | Format::AzureOpenAi => self.openai_chat(&pieces, calls, usage),
             Format::OpenAiResponses => self.openai_responses(text, &pieces, calls, usage),
             Format::Anthropic => self.anthropic(&pieces, calls, usage),
             Format::Gemini => self.gemini(&pieces, calls, usage),
@@ -720,7 +737,7 @@ fn error_reply(format: Format, case: ErrorCase) -> (u16, Vec<(String, String)>, 
         ErrorCase::RateLimited { retry_after_secs } => {
             let mut headers = vec![("retry-after".to_owned(), retry_after_secs.to_string())];
             match format {
-                Format::OpenAiChat | Format::OpenAiResponses => {
+                Format::OpenAiChat | Format::OpenAiResponses | Format::AzureOpenAi => {
                     headers.push(("x-ratelimit-remaining-requests".into(), "0".into()));
                     headers.push(("x-ratelimit-reset-requests".into(), format!("{retry_after_secs}s")));
                 }
@@ -757,6 +774,8 @@ fn error_body(format: Format, status: u16, message: &str) -> Value {
             };
             json!({"error": {"message": message, "type": kind, "param": null, "code": code}})
         }
+        // Azure's own shape: the status as a string code, no type.
+        Format::AzureOpenAi => json!({"error": {"code": status.to_string(), "message": message}}),
         Format::Anthropic => {
             let kind = match status {
                 400 => "invalid_request_error",

@@ -27,6 +27,7 @@ fn kind(format: Format) -> ProviderKind {
         Format::OpenAiResponses => ProviderKind::OpenAiResponses,
         Format::Anthropic => ProviderKind::Anthropic,
         Format::Gemini => ProviderKind::Gemini,
+        Format::AzureOpenAi => ProviderKind::AzureOpenAi,
     }
 }
 
@@ -213,7 +214,7 @@ fn paired_result(format: Format, sent: &Value, call: &ToolCall) -> Option<String
     let items = |key: &str| sent[key].as_array().cloned().unwrap_or_default();
     let text = |v: &Value| v.as_str().map(str::to_owned);
     match format {
-        Format::OpenAiChat => items("messages")
+        Format::OpenAiChat | Format::AzureOpenAi => items("messages")
             .iter()
             .find(|m| m["role"] == "tool" && m["tool_call_id"] == call.id.as_str())
             .and_then(|m| text(&m["content"])),
@@ -462,6 +463,7 @@ async fn every_format_through_the_real_broker_with_its_key_added() {
         ("openai-responses", FakeProvider::start(Format::OpenAiResponses)),
         ("anthropic", FakeProvider::start(Format::Anthropic)),
         ("gemini", FakeProvider::start(Format::Gemini)),
+        ("azure-openai", FakeProvider::start(Format::AzureOpenAi)),
     ];
     let mut providers = serde_json::Map::new();
     for (id, fake) in &fakes {
@@ -477,7 +479,12 @@ async fn every_format_through_the_real_broker_with_its_key_added() {
     }
     let broker = Broker::start(
         json!({"providers": providers}),
-        &[("OPENAI_API_KEY", TEST_KEY), ("ANTHROPIC_API_KEY", TEST_KEY), ("GEMINI_API_KEY", TEST_KEY)],
+        &[
+            ("OPENAI_API_KEY", TEST_KEY),
+            ("ANTHROPIC_API_KEY", TEST_KEY),
+            ("GEMINI_API_KEY", TEST_KEY),
+            ("AZURE_OPENAI_API_KEY", TEST_KEY),
+        ],
         // A provider that is not built in gets its key from a systemd credential.
         &[("openai-responses-api-key", TEST_KEY)],
     );
@@ -498,6 +505,7 @@ async fn every_format_through_the_real_broker_with_its_key_added() {
             Format::OpenAiChat | Format::OpenAiResponses => ("authorization", format!("Bearer {TEST_KEY}")),
             Format::Anthropic => ("x-api-key", TEST_KEY.to_owned()),
             Format::Gemini => ("x-goog-api-key", TEST_KEY.to_owned()),
+            Format::AzureOpenAi => ("api-key", TEST_KEY.to_owned()),
         };
         assert_eq!(seen.header(header), Some(value.as_str()), "{id}: {:?}", seen.headers);
         assert!(!seen.path.contains(TEST_KEY), "{id}: keys never go in URLs");

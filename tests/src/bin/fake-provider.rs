@@ -60,6 +60,7 @@ enum FormatArg {
     OpenaiResponses,
     Anthropic,
     Gemini,
+    AzureOpenai,
 }
 
 impl FormatArg {
@@ -69,6 +70,7 @@ impl FormatArg {
             FormatArg::OpenaiResponses => Format::OpenAiResponses,
             FormatArg::Anthropic => Format::Anthropic,
             FormatArg::Gemini => Format::Gemini,
+            FormatArg::AzureOpenai => Format::AzureOpenAi,
         }
     }
 
@@ -79,6 +81,7 @@ impl FormatArg {
             FormatArg::OpenaiResponses => "/responses",
             FormatArg::Anthropic => "/v1/messages",
             FormatArg::Gemini => "/v1beta/models/bench:streamGenerateContent?alt=sse",
+            FormatArg::AzureOpenai => "/openai/deployments/bench/chat/completions?api-version=2024-10-21",
         }
     }
 }
