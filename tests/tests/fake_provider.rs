@@ -390,6 +390,23 @@ impl Broker {
     fn stderr(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default()
     }
+
+    /// A connection; the socket file exists a moment before the broker listens, so a refused
+    /// connection is retried for a bounded time.
+    async fn client(&self) -> BrokerClient {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match BrokerClient::connect(&self.socket).await {
+                Ok(client) => return client,
+                Err(spiderweb_broker::client::ClientError::Connect { source, .. })
+                    if source.kind() == std::io::ErrorKind::ConnectionRefused && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => panic!("connect to the broker: {e:?}\n{}", self.stderr()),
+            }
+        }
+    }
 }
 
 impl Drop for Broker {
@@ -488,7 +505,7 @@ async fn every_format_through_the_real_broker_with_its_key_added() {
         // A provider that is not built in gets its key from a systemd credential.
         &[("openai-responses-api-key", TEST_KEY)],
     );
-    let mut client = BrokerClient::connect(&broker.socket).await.unwrap();
+    let mut client = broker.client().await;
     let mut wire = String::new();
     for (n, (id, fake)) in fakes.iter().enumerate() {
         let format = fake.format();
@@ -539,7 +556,7 @@ printf '{"jsonrpc":"2.0","id":1,"result":{"content":"calling","tool_calls":[{"id
         &[("MY_PLUGIN_KEY", TEST_KEY)],
         &[],
     );
-    let mut client = BrokerClient::connect(&broker.socket).await.unwrap();
+    let mut client = broker.client().await;
     let chat = hello();
     let request = plugin::request(&chat);
     let got = through_broker(&mut client, 1, "my-llm", &request).await;
