@@ -148,16 +148,17 @@ impl Egress {
         };
 
         let id = req.id;
-        let head = BrokerReply::ResponseHead {
-            id,
-            status: response.status().as_u16(),
-            headers: response
-                .headers()
-                .iter()
-                .filter(|(name, _)| providers::forward_response_header(name.as_str()))
-                .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
-                .collect(),
-        };
+        let mut forwarded: Vec<(String, String)> = response
+            .headers()
+            .iter()
+            .filter(|(name, _)| providers::forward_response_header(name.as_str()))
+            .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
+            .collect();
+        if response.status() == StatusCode::UNAUTHORIZED {
+            let source = credential.as_ref().map_or_else(|| "none".to_owned(), |c| c.source().to_string());
+            forwarded.push((spiderweb_proto::broker::CREDENTIAL_SOURCE_HEADER.to_owned(), source));
+        }
+        let head = BrokerReply::ResponseHead { id, status: response.status().as_u16(), headers: forwarded };
         if out.send(head).await.is_err() {
             return Ok(());
         }

@@ -16,10 +16,9 @@
 //! - [`codex`]: `auth.json`, its atomic locked rewrite, and single-flight OAuth refresh.
 //! - [`config`]: the broker's config file; [`paths`]: default locations.
 //! - [`hardening`]: non-dumpable, no core dumps, umask — before any key is read.
-//! - [`client`]: a plain async client (one request at a time) for `spiderweb-config` and tests;
-//!   [`shared_client`]: many concurrent provider requests over one connection (the gateway's).
+//! Clients of this socket live in the `spiderweb-client` crate, so that the gateway can talk
+//! to the broker without linking any of the code above.
 
-pub mod client;
 pub mod codex;
 pub mod config;
 pub mod connection;
@@ -30,4 +29,3 @@ pub mod paths;
 pub mod plugin;
 pub mod providers;
 pub mod server;
-pub mod shared_client;

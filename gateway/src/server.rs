@@ -33,6 +33,7 @@ use crate::events::EventHub;
 use crate::events::topology::TopologyFeed;
 use crate::metrics::Metrics;
 use crate::plane::ControlPlane;
+use crate::runtime::Runtime;
 use crate::tokens::Digest;
 
 /// How long shutdown waits for open connections to finish.
@@ -45,6 +46,7 @@ pub struct Shared {
     pub events: EventHub,
     pub topology: TopologyFeed,
     pub metrics: Metrics,
+    pub runtime: Arc<Runtime>,
     pub shutdown: CancellationToken,
     tasks: TaskTracker,
     open: AtomicUsize,
@@ -53,14 +55,23 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config: Config, plane: ControlPlane, metrics: Metrics) -> Arc<Shared> {
+    /// `shutdown` is the token the runtime was given, so that stopping the server also
+    /// stops running turns.
+    pub fn new(
+        config: Config,
+        plane: ControlPlane,
+        metrics: Metrics,
+        runtime: Arc<Runtime>,
+        shutdown: CancellationToken,
+    ) -> Arc<Shared> {
         Arc::new(Shared {
             config,
             plane,
             events: EventHub::default(),
             topology: TopologyFeed::default(),
             metrics,
-            shutdown: CancellationToken::new(),
+            runtime,
+            shutdown,
             tasks: TaskTracker::new(),
             open: AtomicUsize::new(0),
             per_token: Mutex::new(HashMap::new()),

@@ -21,6 +21,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Largest frame either side accepts by default: a maximal request body (8 MiB) grows by a
 /// third in base64, plus headers and JSON overhead.
+/// Response header the broker adds to a `response_head` with status 401: the name of the
+/// credential source it used (e.g. `environment (OPENAI_API_KEY)`, or `none`) — never the key — so that
+/// the gateway can say which key the provider refused.
+pub const CREDENTIAL_SOURCE_HEADER: &str = "x-spiderweb-credential-source";
+
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 12 * 1024 * 1024;
 
 /// The codec of a broker client: encodes requests, decodes replies. A gateway wraps its

@@ -34,6 +34,7 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -229,6 +230,7 @@ pub struct FakeProvider {
     state: Arc<Mutex<Settings>>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    open: Arc<AtomicUsize>,
 }
 
 impl FakeProvider {
@@ -248,6 +250,8 @@ impl FakeProvider {
         let addr = listener.local_addr().expect("local address");
         let (stop, stopped) = oneshot::channel();
         let shared = state.clone();
+        let open = Arc::new(AtomicUsize::new(0));
+        let counter = open.clone();
         let thread = std::thread::Builder::new()
             .name(format!("fake-provider-{}", addr.port()))
             .spawn(move || {
@@ -258,10 +262,10 @@ impl FakeProvider {
                     .enable_all()
                     .build()
                     .expect("runtime");
-                runtime.block_on(serve(format, listener, shared, stopped));
+                runtime.block_on(serve(format, listener, shared, counter, stopped));
             })
             .expect("spawn the fake provider thread");
-        FakeProvider { format, addr, state, stop: Some(stop), thread: Some(thread) }
+        FakeProvider { format, addr, state, stop: Some(stop), thread: Some(thread), open }
     }
 
     /// The format it speaks.
@@ -316,6 +320,11 @@ impl FakeProvider {
         self.state.lock().unwrap().requests.clone()
     }
 
+    /// Client connections open now (a cancelled request closes its connection).
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
     /// How many scripted (or repeated) replies have been served.
     pub fn served(&self) -> usize {
         self.state.lock().unwrap().served
@@ -339,6 +348,7 @@ async fn serve(
     format: Format,
     listener: std::net::TcpListener,
     state: Arc<Mutex<Settings>>,
+    open: Arc<AtomicUsize>,
     mut stopped: oneshot::Receiver<()>,
 ) {
     let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
@@ -352,11 +362,14 @@ async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
+        let open = open.clone();
+        open.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| answer(format, state.clone(), req));
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                 .await;
+            open.fetch_sub(1, Ordering::SeqCst);
         });
     }
 }

@@ -34,6 +34,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 
+pub mod stack;
+
 pub use serde_json;
 pub use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control as OpControl, Data as OpData, OpCode};
 

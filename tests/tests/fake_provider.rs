@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
-use spiderweb_broker::client::BrokerClient;
+use spiderweb_client::broker::BrokerClient;
 use spiderweb_gateway::providers::plugin::{self, PluginReply};
 use spiderweb_gateway::providers::{
     ChatRequest, ErrorKind, Message, Provider, ProviderError, ProviderKind, ProviderRequest, StopReason, StreamEvent,
@@ -398,7 +398,7 @@ impl Broker {
         loop {
             match BrokerClient::connect(&self.socket).await {
                 Ok(client) => return client,
-                Err(spiderweb_broker::client::ClientError::Connect { source, .. })
+                Err(spiderweb_client::broker::ClientError::Connect { source, .. })
                     if source.kind() == std::io::ErrorKind::ConnectionRefused && Instant::now() < deadline =>
                 {
                     tokio::time::sleep(Duration::from_millis(10)).await;

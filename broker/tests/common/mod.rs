@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::Frame;
 use hyper::{Request, Response};
 use serde_json::{Value, json};
-use spiderweb_broker::client::BrokerClient;
+use spiderweb_client::broker::BrokerClient;
 use spiderweb_proto::broker::{BrokerReply, BrokerRequest, ProviderRequest};
 use tokio::sync::mpsc;
 
@@ -271,7 +271,7 @@ exec "$@""#;
         loop {
             match BrokerClient::connect(&self.socket).await {
                 Ok(client) => return client,
-                Err(spiderweb_broker::client::ClientError::Connect { source, .. })
+                Err(spiderweb_client::broker::ClientError::Connect { source, .. })
                     if source.kind() == std::io::ErrorKind::ConnectionRefused && Instant::now() < deadline =>
                 {
                     tokio::time::sleep(Duration::from_millis(10)).await;
