@@ -10,7 +10,8 @@
 //! (arrival gap minus the configured delay). These are the "client talks to the provider
 //! directly" figures that spiderweb's added latency is measured against.
 //!
-//! Usage: `cargo run --release -p spiderweb-tests --bin fake-provider -- measure --streams 1000`
+//! Usage: `cargo run --release -p spiderweb-tests --bin fake-provider -- measure --streams 1000
+//! [--ramp-ms 1000] [--format anthropic]`
 
 use std::time::{Duration, Instant};
 
@@ -51,6 +52,10 @@ enum Mode {
         /// Concurrent streams.
         #[arg(long, default_value_t = 1000)]
         streams: usize,
+        /// Spread the streams' starts evenly over this many milliseconds (chats do not all
+        /// begin in the same instant; 0 starts them together).
+        #[arg(long, default_value_t = 1000)]
+        ramp_ms: u64,
     },
 }
 
@@ -107,7 +112,9 @@ fn main() -> Result<()> {
             runtime.block_on(tokio::signal::ctrl_c())?;
             Ok(())
         }
-        Mode::Measure { stream, streams } => runtime.block_on(measure(stream, streams)),
+        Mode::Measure { stream, streams, ramp_ms } => {
+            runtime.block_on(measure(stream, streams, Duration::from_millis(ramp_ms)))
+        }
     }
 }
 
@@ -117,7 +124,7 @@ struct Timings {
     lateness: Vec<Duration>,
 }
 
-async fn measure(stream: Stream, streams: usize) -> Result<()> {
+async fn measure(stream: Stream, streams: usize, ramp: Duration) -> Result<()> {
     if streams == 0 {
         bail!("--streams must be at least 1");
     }
@@ -126,9 +133,13 @@ async fn measure(stream: Stream, streams: usize) -> Result<()> {
     let delay = Duration::from_millis(stream.chunk_delay_ms);
     let started = Instant::now();
     let tasks: Vec<_> = (0..streams)
-        .map(|_| {
+        .map(|n| {
             let url = format!("{base}{}", stream.format.path());
-            tokio::spawn(async move { read_stream(&url, delay).await })
+            let start_at = tokio::time::Instant::now() + ramp.mul_f64(n as f64 / streams as f64);
+            tokio::spawn(async move {
+                tokio::time::sleep_until(start_at).await;
+                read_stream(&url, delay).await
+            })
         })
         .collect();
     let mut first = Vec::with_capacity(streams);
@@ -144,9 +155,10 @@ async fn measure(stream: Stream, streams: usize) -> Result<()> {
         values[(values.len() * p / 100).min(values.len() - 1)]
     };
     println!(
-        "fake-provider direct: {streams} concurrent streams × {} chunks at {:?} apart, {:.1} s",
+        "fake-provider direct: {streams} concurrent streams × {} chunks at {:?} apart, started over {:?}, {:.1} s",
         stream.chunks,
         delay,
+        ramp,
         wall.as_secs_f64()
     );
     println!("  first chunk: p50 {:?}  p99 {:?}", percentile(&mut first, 50), percentile(&mut first, 99));
