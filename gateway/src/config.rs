@@ -24,6 +24,34 @@ pub struct Config {
     pub provider: ProviderConfig,
     pub log: LogConfig,
     pub runtime: RuntimeConfig,
+    /// The gateway's own exports on `/v2/fs`.
+    pub fs: FsConfig,
+}
+
+/// The `fs` section: directories the gateway exports itself on `/v2/fs`, served by the same
+/// code as `spiderweb-fs-node` (spec `fs-node.md`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FsConfig {
+    /// `name=/path[:ro|:rw]`, as `spiderweb-fs-node --export`.
+    pub exports: Vec<String>,
+    /// The token a node hello must carry (`$SPIDERWEB_FS_AUTH_TOKEN` also sets it); required
+    /// when there are exports.
+    pub auth_token: Option<String>,
+    pub max_connections: usize,
+}
+
+impl Default for FsConfig {
+    fn default() -> Self {
+        FsConfig { exports: Vec::new(), auth_token: None, max_connections: 64 }
+    }
+}
+
+impl FsConfig {
+    /// The auth token: the config's, else the environment's.
+    pub fn token(&self) -> Option<String> {
+        self.auth_token.clone().or_else(|| std::env::var("SPIDERWEB_FS_AUTH_TOKEN").ok()).filter(|t| !t.is_empty())
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -344,6 +372,17 @@ fn validate(c: &Config) -> Result<(), String> {
     }
     if c.provider.model.trim().is_empty() {
         return Err("provider.model: must name a model".into());
+    }
+    if let Err(e) = spiderweb_policy::export::ExportSpec::parse_all(&c.fs.exports) {
+        return Err(format!("fs.exports: {e}"));
+    }
+    if !c.fs.exports.is_empty() && c.fs.token().is_none() {
+        return Err("fs.auth_token: required when fs.exports is set (or set SPIDERWEB_FS_AUTH_TOKEN): \
+                    anyone who reaches the gateway's port could otherwise use the exports"
+            .into());
+    }
+    if c.fs.max_connections == 0 {
+        return Err("fs.max_connections: must be greater than 0".into());
     }
     let budget = &c.runtime.budget;
     for (key, value) in [("session_max_usd", budget.session_max_usd), ("user_daily_max_usd", budget.user_daily_max_usd)]

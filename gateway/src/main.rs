@@ -5,12 +5,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, ValueEnum};
+use spiderweb_fsnode::node::{NodeConfig, NodeState};
 use spiderweb_gateway::plane::{ControlPlane, ScopeTokenDigests, now_ms};
 use spiderweb_gateway::runtime::{Runtime, Settings};
 use spiderweb_gateway::store::Store;
 use spiderweb_gateway::store::sqlite::SqliteStore;
 use spiderweb_gateway::tokens::{Origin, RoleTokens};
 use spiderweb_gateway::{config, metrics::Metrics, server};
+use spiderweb_policy::export::ExportSpec;
 use spiderweb_service::activation::Activation;
 use spiderweb_service::logging::{self, LogFormat};
 use spiderweb_service::notify::Notifier;
@@ -179,7 +181,8 @@ async fn run(
         settings.broker_socket.display()
     );
     let runtime = Arc::new(Runtime::new(settings, store, shutdown.clone()).context("cannot start the agent runtime")?);
-    let shared = server::Shared::new(cfg, plane, Metrics::new(), runtime, shutdown);
+    let fs_node = local_exports(&cfg.fs)?;
+    let shared = server::Shared::new(cfg, plane, Metrics::new(), runtime, fs_node, shutdown);
     if let Some(listener) = metrics_listener {
         println!("  metrics port: http://{}/metrics", listener.local_addr()?);
         tokio::spawn(server::serve_metrics(listener, shared.clone()));
@@ -195,6 +198,27 @@ async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The gateway's own exports (`fs.exports`), served on `/v2/fs` by the fs node's code.
+fn local_exports(fs: &config::FsConfig) -> anyhow::Result<Option<Arc<NodeState>>> {
+    use anyhow::Context as _;
+    if fs.exports.is_empty() {
+        return Ok(None);
+    }
+    let exports = ExportSpec::parse_all(&fs.exports).context("fs.exports")?;
+    let names: Vec<String> = exports.iter().map(|e| e.name.clone()).collect();
+    let node = NodeState::new(NodeConfig {
+        exports,
+        auth_token: fs.token(),
+        max_connections: fs.max_connections,
+        hello_timeout: std::time::Duration::from_secs(10),
+        hide_sandbox_dir: true,
+        events_to_subscribers_only: true,
+    })
+    .context("cannot open the fs.exports")?;
+    println!("  fs:       ws://<this address>{} exports {}", server::FS_PATH, names.join(", "));
+    Ok(Some(node))
 }
 
 /// `SPIDERWEB_METRICS_PORT` (spec unified-v2 §1): a separate plain-HTTP listener for the

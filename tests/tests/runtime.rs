@@ -271,6 +271,42 @@ async fn session_history_counts_the_messages_of_a_project_session() {
 }
 
 #[tokio::test]
+async fn session_store_path_keeps_a_jsonl_transcript_in_the_codex_server_format() {
+    let fake = FakeProvider::start(Format::OpenAiChat);
+    fake.script(vec![Reply::tool_calls([("file_list", "{}")]), Reply::text("listed")]);
+    let logs = tempfile::tempdir().unwrap();
+    let stack = Stack::start(&ProviderSetup::fake(&fake), json!({"runtime": {"session_store_path": logs.path()}}));
+    let mut client = stack.gateway.admin().await;
+    let job = send_prompt(&mut client, "list it").await;
+    follow_job(&mut client, &job, &mut never_asked, LIMIT).await;
+    let file = logs.path().join("mother.system.main.jsonl");
+    let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for line in &lines {
+        for key in ["timestamp", "event_type", "direction", "message_data"] {
+            assert!(line.get(key).is_some(), "{key} missing in {line}");
+        }
+        assert!(line["timestamp"].as_str().unwrap().ends_with('Z'), "ISO 8601 UTC: {line}");
+    }
+    let kinds: Vec<(&str, &str)> =
+        lines.iter().map(|l| (l["direction"].as_str().unwrap(), l["message_data"]["type"].as_str().unwrap())).collect();
+    assert_eq!(
+        kinds,
+        [
+            ("incoming", "user_input"),
+            ("outgoing", "response_item"),
+            ("outgoing", "response_item"),
+            ("outgoing", "response_item"),
+            ("outgoing", "agent_finished"),
+        ],
+        "{text}"
+    );
+    assert_eq!(lines[1]["message_data"]["payload"]["type"], "function_call");
+    assert_eq!(lines[2]["message_data"]["payload"]["type"], "function_call_output");
+    assert_eq!(lines[3]["message_data"]["payload"]["content"][0]["text"], "listed");
+}
+
+#[tokio::test]
 async fn a_plugin_provider_runs_in_the_broker() {
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("plugin.sh");

@@ -250,4 +250,7 @@ async fn a_full_queue_refuses_with_queue_saturated() {
     assert_eq!(refused["ok"], json!(false), "{refused}");
     assert_eq!(refused["error"]["code"], "queue_saturated", "{refused}");
     assert_eq!(refused["error"]["message"], "runtime request queue saturated");
+    let metrics = stack.gateway.metrics().await;
+    assert_eq!(metrics.get("spiderweb_turns_running", &[]), Some(1.0), "operators see the load");
+    assert_eq!(metrics.get("spiderweb_turns_queued", &[]), Some(1.0));
 }

@@ -22,6 +22,7 @@ use spiderweb_proto::worker::{ToolName, ToolOutcome, ToolRequest};
 
 use super::job::{Job, JobState};
 use super::model::{self, Streaming};
+use super::transcript::session_log;
 use super::{Origin, Runtime};
 use crate::providers::{ChatRequest, Message, ToolCall, ToolSchema};
 
@@ -173,6 +174,14 @@ async fn ask(
             crate::plane::now_ms(),
         );
         job.log(&format!("[approval] {approval_id} requested for {} {:?}", call.name, argv));
+        if let Some(log) = session_log(runtime, origin) {
+            let payload = json!({"command": argv, "applyPatch": null});
+            log.record(
+                "websocket_message_sent",
+                false,
+                json!({"id": approval_id, "type": "approval_request", "payload": payload}),
+            );
+        }
         // The job's cancellation (client gone, timeout) ends the wait: the outer select drops us.
         let decision = receiver.await.unwrap_or(Decision::No);
         runtime.set_state(job, JobState::Running);
@@ -182,6 +191,14 @@ async fn ask(
             crate::plane::now_ms(),
         );
         job.log(&format!("[approval] {approval_id} answered {}", decision_name(decision)));
+        if let Some(log) = session_log(runtime, origin) {
+            let payload = json!({"review": decision_name(decision)});
+            log.record(
+                "websocket_message_received",
+                true,
+                json!({"id": approval_id, "type": "approval_response", "payload": payload}),
+            );
+        }
         match approval::resolve(decision, &command) {
             Resolution::Run => return Approval::Run,
             Resolution::RunAndRemember(key) => {

@@ -147,6 +147,11 @@ pub fn history_line(stored: &StoredMessage) -> Value {
     line
 }
 
+/// The conversation's JSONL log, when `session_store_path` is set.
+pub fn session_log<'a>(runtime: &'a super::Runtime, origin: &'a super::Origin) -> Option<JsonlLog<'a>> {
+    runtime.settings.session_store_path.as_deref().map(|dir| JsonlLog { dir, conversation: &origin.conversation })
+}
+
 /// Appends events to `<dir>/<agent>.<project>.<session>.jsonl` (ids are validated, so
 /// they are safe file-name parts).
 pub struct JsonlLog<'a> {

@@ -25,7 +25,7 @@ use serde_json::json;
 use super::job::{Job, JobState};
 use super::model::{self, Streaming};
 use super::tools::{self, Outcome};
-use super::transcript::{self, JsonlLog};
+use super::transcript::{self, session_log};
 use super::{Origin, Runtime, budget, compaction};
 use crate::providers::{ChatRequest, Message, ToolCall, Usage};
 use crate::store::{ConversationKey, StoreError, UsageRecord};
@@ -68,10 +68,6 @@ pub async fn run(runtime: Arc<Runtime>, job: Arc<Job>, prompt: String, origin: O
         }
     }
     job.finish(outcome, crate::plane::now_ms());
-}
-
-fn session_log<'a>(runtime: &'a Runtime, origin: &'a Origin) -> Option<JsonlLog<'a>> {
-    runtime.settings.session_store_path.as_deref().map(|dir| JsonlLog { dir, conversation: &origin.conversation })
 }
 
 fn stored(e: StoreError) -> Failure {
