@@ -129,14 +129,16 @@ async fn run(args: Args, config: config::Config, mut activation: Activation, not
     for name in activation.unclaimed() {
         tracing::warn!(name, "ignoring a socket passed by the service manager: the broker serves one socket");
     }
+    // Handlers first: a SIGTERM that follows READY=1 at once must not meet the default action
+    // (which would end the broker without STOPPING=1 or removing its socket).
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     notifier.ready("serving provider requests");
     let watchdog = notifier.spawn_watchdog();
     let shutdown = CancellationToken::new();
     let signals = shutdown.clone();
     tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
