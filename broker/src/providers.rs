@@ -428,7 +428,13 @@ pub fn request_headers(pairs: &[(String, String)]) -> Result<HeaderMap, String> 
 pub fn forward_response_header(name: &str) -> bool {
     matches!(
         name,
-        "content-type" | "retry-after" | "request-id" | "x-request-id" | "openai-processing-ms" | "openai-model"
+        "content-type"
+            | "retry-after"
+            | "retry-after-ms"
+            | "request-id"
+            | "x-request-id"
+            | "openai-processing-ms"
+            | "openai-model"
     ) || name.starts_with("x-ratelimit-")
         || name.starts_with("anthropic-ratelimit-")
 }

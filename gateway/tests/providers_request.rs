@@ -179,7 +179,7 @@ fn codex_leaves_out_the_fields_its_backend_rejects() {
 fn anthropic_turns_alternate_with_tool_results_first() {
     for kind in [ProviderKind::Anthropic, ProviderKind::KimiCoding] {
         let (request, body) = build(kind, "claude-sonnet-4-5");
-        assert_eq!(request.path, "/v1/messages");
+        assert_eq!(request.path, "/messages");
         assert_eq!(header(&request, "anthropic-version"), Some("2023-06-01"));
         assert_eq!(body["system"], "You are spiderweb.");
         assert_eq!(body["max_tokens"], 1024);
@@ -208,7 +208,7 @@ fn gemini_uses_model_turns_function_responses_and_signatures() {
         tool_calls[0].signature = Some("c2ln".into());
     }
     let request = Provider::new(ProviderKind::Gemini).build(&chat).unwrap();
-    assert_eq!(request.path, "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse");
+    assert_eq!(request.path, "/models/gemini-2.5-flash:streamGenerateContent?alt=sse");
     let body: Value = serde_json::from_slice(&request.body).unwrap();
     assert_eq!(body["systemInstruction"]["parts"][0]["text"], "You are spiderweb.");
     assert_eq!(body["generationConfig"]["maxOutputTokens"], 1024);

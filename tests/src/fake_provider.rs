@@ -10,8 +10,8 @@
 //! |---|---|---|
 //! | `OpenAiChat` | `POST /v1/chat/completions`, SSE `data:` chunks, `data: [DONE]` | `http://127.0.0.1:<port>/v1` |
 //! | `OpenAiResponses` | `POST /v1/responses`, SSE `event: response.*` | `http://127.0.0.1:<port>/v1` |
-//! | `Anthropic` | `POST /v1/messages`, SSE `message_start` … `message_stop` | `http://127.0.0.1:<port>` |
-//! | `Gemini` | `POST /v1beta/models/{model}:streamGenerateContent?alt=sse` | `http://127.0.0.1:<port>` |
+//! | `Anthropic` | `POST /v1/messages`, SSE `message_start` … `message_stop` | `http://127.0.0.1:<port>/v1` |
+//! | `Gemini` | `POST /v1beta/models/{model}:streamGenerateContent?alt=sse` | `http://127.0.0.1:<port>/v1beta` |
 //! | `AzureOpenAi` | `POST /openai/deployments/{deployment}/chat/completions?api-version=…`, as `OpenAiChat` | `http://127.0.0.1:<port>` |
 //!
 //! The base URL is what the gateway's request paths are relative to, i.e. what a broker
@@ -68,8 +68,9 @@ impl Format {
     /// The path prefix below the server root that the gateway's paths are relative to.
     fn base_path(self) -> &'static str {
         match self {
-            Format::OpenAiChat | Format::OpenAiResponses => "/v1",
-            Format::Anthropic | Format::Gemini | Format::AzureOpenAi => "",
+            Format::OpenAiChat | Format::OpenAiResponses | Format::Anthropic => "/v1",
+            Format::Gemini => "/v1beta",
+            Format::AzureOpenAi => "",
         }
     }
 

@@ -95,7 +95,7 @@ pub(crate) fn build(chat: &ChatRequest) -> Result<ProviderRequest, BuildError> {
         body.insert("temperature".into(), json!(temperature));
     }
     Ok(ProviderRequest::post_json(
-        "/v1/messages".to_owned(),
+        "/messages".to_owned(),
         vec![("anthropic-version", API_VERSION.to_owned())],
         &Value::Object(body),
     ))

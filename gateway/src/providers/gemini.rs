@@ -1,4 +1,4 @@
-//! Google Gemini (`POST /v1beta/models/{model}:streamGenerateContent?alt=sse`).
+//! Google Gemini (`POST {base}/models/{model}:streamGenerateContent?alt=sse`, base `…/v1beta`).
 //!
 //! Why it exists: Gemini's own format. Stream shape: every `data:` event is a whole
 //! `GenerateContentResponse` (`candidates[0].content.parts[]` holding `text` or a complete
@@ -86,7 +86,7 @@ pub(crate) fn build(chat: &ChatRequest) -> Result<ProviderRequest, BuildError> {
     }
     body.insert("generationConfig".into(), generation);
     Ok(ProviderRequest::post_json(
-        format!("/v1beta/models/{}:streamGenerateContent?alt=sse", chat.model),
+        format!("/models/{}:streamGenerateContent?alt=sse", chat.model),
         Vec::new(),
         &Value::Object(body),
     ))

@@ -26,7 +26,7 @@
 //! };
 //! let provider = Provider::new(ProviderKind::Anthropic);
 //! let request = provider.build(&chat)?; // the broker sends this and streams the reply back
-//! assert_eq!(request.path, "/v1/messages");
+//! assert_eq!(request.path, "/messages"); // below the broker's base, `https://api.anthropic.com/v1`
 //! let reply: &[&[u8]] = &[
 //!     b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":3,\"output_tokens\":1}}}\n\n",
 //!     b"event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\nevent: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n",
@@ -125,9 +125,9 @@ impl ProviderKind {
         match self {
             Self::OpenAi | Self::OpenAiResponses => Some("https://api.openai.com/v1"),
             Self::Codex => Some("https://chatgpt.com/backend-api/codex"),
-            Self::Anthropic => Some("https://api.anthropic.com"),
-            Self::KimiCoding => Some("https://api.kimi.com/coding"),
-            Self::Gemini => Some("https://generativelanguage.googleapis.com"),
+            Self::Anthropic => Some("https://api.anthropic.com/v1"),
+            Self::KimiCoding => Some("https://api.kimi.com/coding/v1"),
+            Self::Gemini => Some("https://generativelanguage.googleapis.com/v1beta"),
             Self::OpenAiCompatible => Some("http://127.0.0.1:11434/v1"),
             Self::AzureOpenAi | Self::Plugin => None,
         }

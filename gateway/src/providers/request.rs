@@ -34,7 +34,7 @@ pub enum BuildError {
     ToolArgumentsNotObject { call_id: String },
     #[error("{0:?} cannot be used in a URL path (letters, digits, '-', '_', '.' only)")]
     UnsafePathSegment(String),
-    #[error("{0} providers are not reached over HTTP; use the plugin runner")]
+    #[error("{0} providers are not reached over HTTP; build their request with providers::plugin::request")]
     NotHttp(&'static str),
 }
 

@@ -84,8 +84,8 @@ impl FormatArg {
         match self {
             FormatArg::OpenaiChat => "/chat/completions",
             FormatArg::OpenaiResponses => "/responses",
-            FormatArg::Anthropic => "/v1/messages",
-            FormatArg::Gemini => "/v1beta/models/bench:streamGenerateContent?alt=sse",
+            FormatArg::Anthropic => "/messages",
+            FormatArg::Gemini => "/models/bench:streamGenerateContent?alt=sse",
             FormatArg::AzureOpenai => "/openai/deployments/bench/chat/completions?api-version=2024-10-21",
         }
     }

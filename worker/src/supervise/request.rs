@@ -24,7 +24,9 @@ pub fn plan_for(config: &SupervisorConfig, request: &ToolRequest, switch_ids: bo
         }
     }
     let tenant_ids = match switch_ids {
-        true => Some(*config.tenants.get(&request.tenant).ok_or_else(|| format!("unknown tenant `{}`", request.tenant))?),
+        true => {
+            Some(*config.tenants.get(&request.tenant).ok_or_else(|| format!("unknown tenant `{}`", request.tenant))?)
+        }
         false => None,
     };
     provision_workspace(config, &request.workspace, tenant_ids)?;
