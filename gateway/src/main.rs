@@ -40,9 +40,22 @@ struct Cli {
     /// (syslog priority prefixes). Default: journal when stderr is the journal, else text.
     #[arg(long, value_enum)]
     log_format: Option<LogFormatArg>,
+    /// The credential broker's socket (overrides runtime.broker_socket).
+    #[arg(long, env = "SPIDERWEB_BROKER_SOCKET")]
+    broker_socket: Option<PathBuf>,
+    /// The worker supervisor's socket (overrides runtime.worker_socket).
+    #[arg(long, env = "SPIDERWEB_WORKER_SOCKET")]
+    worker_socket: Option<PathBuf>,
+    /// Without a subcommand, spiderweb serves.
+    #[command(subcommand)]
+    command: Option<spiderweb_gateway::cli::Command>,
 }
 
 fn main() -> ExitCode {
+    let mut cli = Cli::parse();
+    if let Some(command) = cli.command.take() {
+        return spiderweb_gateway::cli::run(command);
+    }
     // Both read and clear environment variables, so they run before any thread exists.
     // SAFETY: nothing else runs yet; the tokio runtime is built below.
     let activation = match unsafe { Activation::take() } {
@@ -54,7 +67,6 @@ fn main() -> ExitCode {
     };
     // SAFETY: as above.
     let notifier = unsafe { Notifier::take() };
-    let cli = Cli::parse();
     let config_path = config::config_path(cli.config.as_deref());
     let loaded = match config::load(&config_path) {
         Ok(l) => l,
@@ -73,6 +85,7 @@ fn main() -> ExitCode {
     for warning in &loaded.warnings {
         tracing::warn!(config = %loaded.path.display(), "{warning}");
     }
+    tracing::debug!(broker_socket = ?cli.broker_socket, worker_socket = ?cli.worker_socket, "daemon sockets");
     let mut cfg = loaded.config;
     if let Some(bind) = cli.bind {
         cfg.server.bind = bind;
