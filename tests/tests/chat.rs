@@ -98,7 +98,8 @@ fn chat_streams_a_demo_turn_asks_for_approval_and_resumes_with_history() {
     let of_type = |t: &str| events.iter().filter(|e| e["type"] == t).cloned().collect::<Vec<_>>();
     let text: String = of_type("text").iter().map(|e| e["text"].as_str().unwrap()).collect();
     assert!(text.starts_with("[demo provider]"), "the demo is labelled: {text}");
-    let tools: Vec<&str> = events.iter().filter(|e| e["type"] == "tool_call").map(|e| e["tool"].as_str().unwrap()).collect();
+    let tools: Vec<&str> =
+        events.iter().filter(|e| e["type"] == "tool_call").map(|e| e["tool"].as_str().unwrap()).collect();
     assert_eq!(tools, ["file_list", "file_read", "shell_exec"], "the demo script's calls");
     let request = of_type("approval_request").pop().expect("the command needs approval");
     assert!(request["argv"].as_array().is_some_and(|a| !a.is_empty()), "{request}");

@@ -26,7 +26,12 @@ struct Parsed {
     stop: Option<StopReason>,
 }
 
-async fn http(demo: &DemoProvider, method: &str, path: &str, body: Vec<u8>) -> (u16, Vec<(String, String)>, Vec<Bytes>) {
+async fn http(
+    demo: &DemoProvider,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> (u16, Vec<(String, String)>, Vec<Bytes>) {
     let stream = tokio::net::TcpStream::connect(demo.addr()).await.expect("connect to the demo provider");
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
     tokio::spawn(conn);
@@ -159,7 +164,11 @@ async fn up_to_the_command(demo: &DemoProvider) -> (Vec<Message>, ToolCall) {
 async fn the_whole_script_parses_and_the_summary_quotes_the_tools() {
     let demo = DemoProvider::start().await.unwrap();
     let (mut messages, exec) = up_to_the_command(&demo).await;
-    let output = ShellExecResult { exit_code: 0, stdout: "total 8 drwx------ workspace-listing-marker\n".into(), stderr: String::new() };
+    let output = ShellExecResult {
+        exit_code: 0,
+        stdout: "total 8 drwx------ workspace-listing-marker\n".into(),
+        stderr: String::new(),
+    };
     messages.push(result_of(&exec, serde_json::to_string(&output).unwrap()));
     let summary = turn(&demo, &messages, true).await;
     assert!(summary.calls.is_empty(), "the summary calls no tool");

@@ -19,14 +19,17 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The gateway behind `url` answers `control.version` to the admin token from `state_dir`.
 async fn assert_gateway_answers(url: &str, state_dir: &Path) {
-    let tokens: Value = serde_json::from_str(&std::fs::read_to_string(state_dir.join("auth_tokens.json")).unwrap()).unwrap();
+    let tokens: Value =
+        serde_json::from_str(&std::fs::read_to_string(state_dir.join("auth_tokens.json")).unwrap()).unwrap();
     let mut request = url.into_client_request().unwrap();
     let bearer = format!("Bearer {}", tokens["admin_token"].as_str().unwrap());
     request.headers_mut().insert("authorization", bearer.parse().unwrap());
     let (mut ws, _) = tokio_tungstenite::connect_async(request).await.expect("the gateway accepts the upgrade");
-    let version = json!({"channel": "control", "type": "control.version", "id": "v1", "payload": {"protocol": "unified-v2"}});
+    let version =
+        json!({"channel": "control", "type": "control.version", "id": "v1", "payload": {"protocol": "unified-v2"}});
     ws.send(Message::text(version.to_string())).await.unwrap();
-    let reply = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("a reply in time").unwrap().unwrap();
+    let reply =
+        tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("a reply in time").unwrap().unwrap();
     let reply: Value = serde_json::from_str(reply.to_text().unwrap()).unwrap();
     assert_eq!(reply["type"], json!("control.version_ack"), "{reply}");
 }
@@ -53,7 +56,11 @@ fn restarted_pid(stderr: &str, name: &str) -> Option<u32> {
 async fn up_runs_three_daemons_in_a_private_runtime_dir_and_sigterm_stops_them_all() {
     let mut stack = UpStack::start(&["--demo"]);
     let [broker, worker, gateway] = stack.pids;
-    assert!(broker != worker && worker != gateway && broker != gateway && broker != 0, "three processes: {:?}", stack.pids);
+    assert!(
+        broker != worker && worker != gateway && broker != gateway && broker != 0,
+        "three processes: {:?}",
+        stack.pids
+    );
     assert_eq!(
         [exe_name(broker), exe_name(worker), exe_name(gateway)],
         ["spiderweb-broker", "spiderweb-worker", "spiderweb"],
@@ -101,9 +108,8 @@ async fn up_restarts_a_daemon_killed_with_sigkill_and_sigint_stops_the_restarted
 
     // The gateway comes back on the same address, so clients can reconnect.
     signal_pid(gateway, libc::SIGKILL);
-    let stderr = stack.wait_stderr("the gateway's restart", Duration::from_secs(30), |s| {
-        restarted_pid(s, "spiderweb").is_some()
-    });
+    let stderr = stack
+        .wait_stderr("the gateway's restart", Duration::from_secs(30), |s| restarted_pid(s, "spiderweb").is_some());
     let new_gateway = restarted_pid(&stderr, "spiderweb").unwrap();
     stack.track(new_gateway);
     assert_ne!(new_gateway, gateway);

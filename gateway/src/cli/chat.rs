@@ -318,7 +318,7 @@ impl Answers {
             return answer;
         }
         if !style.json {
-            let argv = request.get("argv").map_or_else(String::new, |a| shell_words(a));
+            let argv = request.get("argv").map_or_else(String::new, shell_words);
             println!();
             println!("approval needed: {} wants to run: {argv}", str_of(request, "tool"));
             println!("  in: {}", str_of(request, "cwd"));
