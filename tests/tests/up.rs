@@ -79,6 +79,11 @@ async fn up_runs_three_daemons_in_a_private_runtime_dir_and_sigterm_stops_them_a
         "the default project's workspace is seeded"
     );
     assert_gateway_answers(&stack.url, &stack.state_dir()).await;
+    let environ = |pid: u32| std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let holds_key =
+        |pid: u32| environ(pid).windows(up_stack::FAKE_KEY.len()).any(|w| w == up_stack::FAKE_KEY.as_bytes());
+    assert!(holds_key(broker), "the broker inherits the user's provider keys");
+    assert!(!holds_key(gateway) && !holds_key(worker), "no other daemon ever holds a key");
 
     stack.signal(libc::SIGTERM);
     let status = stack.wait_exit(STOP_TIMEOUT);

@@ -102,6 +102,34 @@ impl Drop for RuntimeDir {
     }
 }
 
+/// The environment the gateway and the worker supervisor get: only what running needs.
+///
+/// `up` inherits the user's shell environment, which may hold provider keys
+/// (`OPENAI_API_KEY`, …). Only the broker may see those (DESIGN.md: no other process holds a
+/// credential), so the other daemons get an allowlist instead of a deny list that a new
+/// provider's variable would slip through.
+pub fn daemon_env() -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    const EXACT: &[&str] = &[
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "RUST_LOG",
+        "RUST_BACKTRACE",
+        "SESSION_STORE_PATH",
+    ];
+    const PREFIXES: &[&str] = &["LC_", "XDG_", "SPIDERWEB_"];
+    std::env::vars_os()
+        .filter(|(name, _)| {
+            let name = name.to_string_lossy();
+            EXACT.contains(&name.as_ref()) || PREFIXES.iter().any(|p| name.starts_with(p))
+        })
+        .collect()
+}
+
 /// A user's config file as JSON (`{}` when it does not exist).
 pub fn read_user_config(path: &Path) -> Result<Value, StackError> {
     match std::fs::read_to_string(path) {

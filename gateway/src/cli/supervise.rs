@@ -52,6 +52,8 @@ pub struct ChildSpec {
     pub program: PathBuf,
     /// Its arguments.
     pub args: Vec<OsString>,
+    /// Its whole environment; `None` inherits `up`'s (only for the broker, which holds keys).
+    pub env: Option<Vec<(OsString, OsString)>>,
     /// Where its `NOTIFY_SOCKET` is bound.
     pub notify_socket: PathBuf,
 }
@@ -158,6 +160,9 @@ fn spawn(spec: &ChildSpec) -> Result<Child, SuperviseError> {
     // The daemons' stdout carries banners for people: keep `up`'s own stdout for its banner.
     let stdout = std::io::stderr().as_fd().try_clone_to_owned().map_err(spawn_error)?;
     let mut command = Command::new(&spec.program);
+    if let Some(env) = &spec.env {
+        command.env_clear().envs(env.iter().map(|(k, v)| (k, v)));
+    }
     command
         .args(&spec.args)
         .env("NOTIFY_SOCKET", &spec.notify_socket)

@@ -160,10 +160,14 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         name,
         program: program.clone(),
         args,
+        env: Some(stack::daemon_env()),
         notify_socket: runtime_dir.join(&format!("notify-{name}.sock")),
     };
-    let broker =
-        spec("spiderweb-broker", &binaries.broker, os_args(["--config".as_ref(), broker_config_file.as_os_str()]));
+    // The broker alone inherits the user's environment: it is where provider keys belong.
+    let broker = ChildSpec {
+        env: None,
+        ..spec("spiderweb-broker", &binaries.broker, os_args(["--config".as_ref(), broker_config_file.as_os_str()]))
+    };
     let worker = spec(
         "spiderweb-worker",
         &binaries.worker,

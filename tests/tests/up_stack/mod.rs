@@ -17,6 +17,9 @@ use spiderweb_tests::gateway_bin;
 /// How long `up` may take to print its banner (debug builds on a loaded 2-core machine).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A provider key in `up`'s environment: only the broker may inherit it.
+pub const FAKE_KEY: &str = "sk-spiderweb-test-not-a-real-key";
+
 pub struct UpStack {
     child: Child,
     tmp: tempfile::TempDir,
@@ -47,6 +50,7 @@ impl UpStack {
             .args(&args)
             .env("HOME", tmp.path().join("home"))
             .env("XDG_RUNTIME_DIR", tmp.path().join("run"))
+            .env("OPENAI_API_KEY", FAKE_KEY)
             .env_remove("XDG_STATE_HOME")
             .env_remove("XDG_CONFIG_HOME")
             .env_remove("SPIDERWEB_CONFIG")
