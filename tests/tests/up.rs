@@ -192,3 +192,31 @@ fn up_refuses_clearly_without_its_sibling_binaries_or_with_a_broken_daemon_confi
     assert!(stderr.contains("spiderweb-broker exited before it was ready (exit status 2)"), "{stderr}");
     assert_eq!(std::fs::read_dir(&run).unwrap().count(), 0, "no runtime dir is left behind");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_gives_up_on_a_crash_loop_with_a_clear_message_and_cleans_up() {
+    let mut stack = UpStack::start(&["--demo"]);
+    let mut broker = stack.pids[0];
+    // Each kill lands on a broker that is serving, as a real crash loop would.
+    for restart in 1..=5 {
+        signal_pid(broker, libc::SIGKILL);
+        let stderr = stack.wait_stderr("the broker's restart", Duration::from_secs(30), |s| {
+            s.matches("spiderweb-broker is ready again").count() == restart
+        });
+        broker = stderr
+            .rsplit("spiderweb-broker is ready again (pid ")
+            .next()
+            .and_then(|rest| rest.split(')').next())
+            .and_then(|pid| pid.parse().ok())
+            .unwrap();
+        stack.track(broker);
+    }
+    signal_pid(broker, libc::SIGKILL);
+    let status = stack.wait_exit(STOP_TIMEOUT);
+    let stderr = stack.stderr();
+    assert_eq!(status.code(), Some(1), "a crash loop ends up with exit code 1:\n{stderr}");
+    assert!(stderr.contains("spiderweb-broker keeps crashing (5 restarts within 60 s"), "{stderr}");
+    let [_, worker, gateway] = stack.pids;
+    assert_eq!(wait_gone(&[worker, gateway], Duration::from_secs(5)), Vec::<u32>::new(), "the others are stopped");
+    assert!(!stack.runtime_dir.exists(), "the runtime dir is removed");
+}
