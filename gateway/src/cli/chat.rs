@@ -28,6 +28,8 @@ use crate::config;
 pub const DEFAULT_URL: &str = "ws://127.0.0.1:18790/";
 /// A blocking events read waits up to 60 s on the server; this bounds it on our side.
 const EVENTS_READ_TIMEOUT: Duration = Duration::from_secs(90);
+/// An empty events read quicker than this is followed by a pause of this long.
+const EMPTY_READ_PAUSE: Duration = Duration::from_millis(250);
 /// Largest history printed on resume.
 const MAX_HISTORY_BYTES: usize = 4 * 1024 * 1024;
 /// Largest status file read.
@@ -117,6 +119,9 @@ enum ChatError {
     /// Exit code 2.
     #[error(transparent)]
     Connection(#[from] ClientError),
+    /// Exit code 2: the gateway sent something the protocol does not allow.
+    #[error("{0}")]
+    Protocol(String),
 }
 
 /// Runs `chat`; the exit code is the contract above.
@@ -226,8 +231,13 @@ async fn turn(
     let mut pending: Vec<u8> = Vec::new();
     let mut usage = None;
     let outcome = 'read: loop {
+        let asked = std::time::Instant::now();
         let (bytes, _) = client.read_at(events, offset, EVENTS_READ_TIMEOUT).await?;
         if bytes.is_empty() {
+            if asked.elapsed() < EMPTY_READ_PAUSE {
+                // The read should have blocked; never turn a server that does not into a busy loop.
+                tokio::time::sleep(EMPTY_READ_PAUSE).await;
+            }
             // EOF or the server's wait ran out: the status says which.
             let status = client.read_file(&format!("{job_dir}/status.json"), MAX_STATUS_BYTES).await?;
             let status: Value = serde_json::from_slice(&status).unwrap_or(Value::Null);
@@ -243,9 +253,8 @@ async fn turn(
         offset += bytes.len() as u64;
         pending.extend_from_slice(&bytes);
         if pending.len() > MAX_EVENT_LINE_BYTES {
-            return Err(ChatError::Usage(format!(
-                "an event line of job {job} is longer than {MAX_EVENT_LINE_BYTES} bytes"
-            )));
+            let message = format!("an event line of job {job} is longer than {MAX_EVENT_LINE_BYTES} bytes");
+            return Err(ChatError::Protocol(message));
         }
         while let Some(end) = pending.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = pending.drain(..=end).collect();
