@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{Value, json};
 use spiderweb_proto::frame::{read_frame, write_frame};
-use spiderweb_proto::worker::{MAX_FRAME_BYTES, SupervisorReply, ToolRequest};
+use spiderweb_proto::worker::{MAX_FRAME_BYTES, SandboxProfile, SupervisorReply, ToolRequest};
 
 struct Supervisor {
     child: Child,
@@ -361,4 +361,109 @@ fn a_vanished_gateway_takes_its_running_calls_with_it() {
         assert!(Instant::now() < deadline, "the call outlived its gateway: {}", describe(&processes_of(uid)));
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[test]
+fn a_warm_workers_login_shell_runs_commands_as_a_cold_bash_lc_would() {
+    let uid = test_uid("sup-prestart");
+    let sup = Supervisor::start(&[("alice", uid)], json!({"warm_workers_per_plan": 1}));
+    let ws = Workspace::new(uid);
+    ws.write(".profile", "export FROM_PROFILE=yes\n");
+    let mut conn = sup.connect();
+    let mut call_warm = |id: &str, command: &str| {
+        // After a shell call the next worker is warmed with its login shell already started.
+        std::thread::sleep(Duration::from_millis(300));
+        send(&mut conn, &request(id, "alice", ws.path(), "shell_exec", json!({ "command": command })));
+        collect(&mut conn, id).1
+    };
+    call_warm("first", "true");
+    let shown = call_warm("which", "tr '\\0' ' ' < /proc/$$/cmdline");
+    assert!(
+        shown["payload"]["stdout"].as_str().unwrap().contains("read -r -d"),
+        "the call ran in the pre-started shell: {shown}"
+    );
+    for (i, command) in [
+        "echo \"$0|$BASH_EXECUTION_STRING|$-|$(pwd)|$HOME|$FROM_PROFILE\"; shopt -q login_shell && echo login",
+        "cat; echo stdin=$?; echo out; echo err >&2; exit 7",
+        "printf 'a\\tb\\n\\n'; echo \"trailing \"",
+        "kill -9 $$",
+        "echo $LINENO\necho $LINENO",
+        "  echo 'leading blanks kept';  ",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let cold = run_tool(&ws, "workspace-write", "shell_exec", json!({ "command": command }), &[]);
+        let warm = call_warm(&format!("c{i}"), command);
+        assert_eq!(warm, cold.json, "warm and cold `bash -lc` differ for {command:?}");
+    }
+    // A syntax error has the same exit status (the message says `eval` instead of `-c`).
+    let cold = run_tool(&ws, "workspace-write", "shell_exec", json!({"command": "if then"}), &[]);
+    let warm = call_warm("syntax", "if then");
+    assert_eq!(warm["payload"]["exit_code"], cold.json["payload"]["exit_code"]);
+    assert_eq!(warm["payload"]["exit_code"], 2);
+    // NUL cannot reach a shell either way.
+    let nul = call_warm("nul", "echo a\u{0}rm -rf .");
+    assert_eq!(nul["code"], "invalid_params", "{nul}");
+}
+
+#[test]
+fn a_warm_network_worker_keeps_its_pasta_only_while_it_waits() {
+    let uid = test_uid("sup-net-warm");
+    let sup = Supervisor::start(&[("alice", uid)], json!({"warm_workers_per_plan": 1, "warm_ttl_ms": 1000}));
+    let ws = Workspace::new(uid);
+    let mut conn = sup.connect();
+    let interfaces = "grep -c ':' /proc/net/dev";
+    let call = ToolRequest {
+        profile: SandboxProfile::WorkspaceWriteNetwork,
+        ..request("n1", "alice", ws.path(), "shell_exec", json!({ "command": interfaces }))
+    };
+    send(&mut conn, &call);
+    let (_, result) = collect(&mut conn, "n1");
+    let count: u32 = result["payload"]["stdout"].as_str().unwrap_or_default().trim().parse().unwrap_or(0);
+    assert!(count >= 2, "loopback and pasta's interface in the worker's own namespace: {result}");
+    // Orphans are re-parented to this process, so a pasta whose worker ended is still counted.
+    nix::sys::prctl::set_child_subreaper(true).unwrap();
+    let me = std::process::id();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pastas_under(me) != 1 {
+        assert!(Instant::now() < deadline, "the warm network worker has no pasta");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Past its time-to-live the warm worker is ended, and its pasta with it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pastas_under(me) != 0 {
+        assert!(Instant::now() < deadline, "pasta outlived its expired warm worker");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// pasta processes descending from `root`.
+fn pastas_under(root: u32) -> usize {
+    let parent_of = |pid: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(") ")?.1.split_whitespace().nth(1)?.parse().ok()
+    };
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            cmdline.split(|b| *b == 0).next().is_some_and(|argv0| argv0.ends_with(b"pasta"))
+        })
+        .filter(|pid| {
+            let mut at = *pid;
+            while let Some(parent) = parent_of(at) {
+                if parent == root {
+                    return true;
+                }
+                if parent <= 1 {
+                    return false;
+                }
+                at = parent;
+            }
+            false
+        })
+        .count()
 }
