@@ -1,5 +1,5 @@
-//! `spiderweb chat` against `spiderweb up`: token discovery, sessions, exit codes, and (once the
-//! agent runtime is merged) the whole loop: message → streamed text → approval → done.
+//! `spiderweb chat` against `spiderweb up`: token discovery, sessions, exit codes, and the whole
+//! loop with the demo provider: message → streamed text → approval → real tools → done.
 
 mod up_stack;
 
@@ -82,7 +82,6 @@ fn chat_finds_the_token_of_up_attaches_a_new_session_and_resumes_it() {
 }
 
 #[test]
-#[ignore = "needs the agent runtime (gateway/src/runtime), merged by the lead"]
 fn chat_streams_a_demo_turn_asks_for_approval_and_resumes_with_history() {
     let stack = UpStack::start(&["--demo"]);
 
