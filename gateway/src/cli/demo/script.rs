@@ -98,17 +98,17 @@ fn text_only(user_text: &str) -> Reply {
 
 fn summary(listing: &str, content: &str, command: &str) -> String {
     let file = file_to_read(listing);
-    let names = entry_names(listing).len();
+    let names = entries_phrase(entry_names(listing).len());
     let read = quote(&file_text(content));
     if is_denied(command) {
         return format!(
-            "{LABEL} Understood, I did not run `{DEMO_COMMAND}`. Summary: I listed {names} entries in your \
+            "{LABEL} Understood, I did not run `{DEMO_COMMAND}`. Summary: I listed {names} in your \
              workspace and read {file} (\"{read}\"). That is the whole demo: configure a real provider to do \
              real work."
         );
     }
     format!(
-        "{LABEL} Summary: I listed {names} entries in your workspace, read {file} (\"{read}\") and ran \
+        "{LABEL} Summary: I listed {names} in your workspace, read {file} (\"{read}\") and ran \
          `{DEMO_COMMAND}` after you approved it, which printed: \"{}\". That is the whole loop: tools ran in \
          confined workers and you stayed in control. Configure a real provider to do real work.",
         quote(&command_output(command))
@@ -176,11 +176,17 @@ fn file_text(result: &str) -> String {
     }
 }
 
+/// The command's stdout: the `stdout` field of a JSON result, else the text after the
+/// runtime's "exit code N" line.
 fn command_output(result: &str) -> String {
     match find(&parsed(result), "stdout") {
         Some(Value::String(text)) => text.clone(),
-        _ => result.to_owned(),
+        _ => result.lines().filter(|l| !l.trim_start().starts_with("exit code")).collect::<Vec<_>>().join("\n"),
     }
+}
+
+fn entries_phrase(count: usize) -> String {
+    if count == 1 { "1 entry".to_owned() } else { format!("{count} entries") }
 }
 
 /// Whether the runtime told the model the user declined the call.
@@ -231,6 +237,18 @@ mod tests {
             {"role": "user", "content": "again"},
         ])));
         assert_eq!(next_turn.tool_call.unwrap().0, "file_list", "a new user message restarts the script");
+    }
+
+    #[test]
+    fn the_summary_quotes_stdout_of_a_plain_text_result() {
+        let listing = json!({"entries": [{"name": "WELCOME.md", "type": "file"}]}).to_string();
+        let r = reply_for(&request(json!([
+            {"role": "user", "content": "hi"},
+            {"role": "tool", "content": listing},
+            {"role": "tool", "content": "{\"content\":\"# Welcome\"}"},
+            {"role": "tool", "content": "exit code 0\ntotal 8 marker-line"},
+        ])));
+        assert!(r.text.contains("\"total 8 marker-line\"") && r.text.contains("1 entry "), "{}", r.text);
     }
 
     #[test]
