@@ -11,7 +11,9 @@
 //! - [`providers`]: model requests and streamed replies per provider (no network, no keys),
 //!   plugin providers, the model catalog and the retry policy.
 //! - [`tokens`], [`config`], [`metrics`], [`http_ops`]: the rest of running a server.
+//! - [`cli`]: the `spiderweb up` (local stack) and `spiderweb chat` (terminal client) subcommands.
 
+pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod control;

@@ -51,9 +51,16 @@ struct Cli {
     /// The worker supervisor's socket (overrides runtime.worker_socket).
     #[arg(long, env = "SPIDERWEB_WORKER_SOCKET")]
     worker_socket: Option<PathBuf>,
+    /// Without a subcommand, spiderweb serves.
+    #[command(subcommand)]
+    command: Option<spiderweb_gateway::cli::Command>,
 }
 
 fn main() -> ExitCode {
+    let mut cli = Cli::parse();
+    if let Some(command) = cli.command.take() {
+        return spiderweb_gateway::cli::run(command);
+    }
     // Both read and clear environment variables, so they run before any thread exists.
     // SAFETY: nothing else runs yet; the tokio runtime is built below.
     let activation = match unsafe { Activation::take() } {
@@ -65,7 +72,6 @@ fn main() -> ExitCode {
     };
     // SAFETY: as above.
     let notifier = unsafe { Notifier::take() };
-    let cli = Cli::parse();
     let config_path = config::config_path(cli.config.as_deref());
     let loaded = match config::load(&config_path) {
         Ok(l) => l,
