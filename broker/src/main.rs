@@ -129,25 +129,29 @@ async fn run(args: Args, config: config::Config, mut activation: Activation, not
     for name in activation.unclaimed() {
         tracing::warn!(name, "ignoring a socket passed by the service manager: the broker serves one socket");
     }
+    // Signal handlers exist before READY=1: a stop right after start must be a clean one.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     notifier.ready("serving provider requests");
     let watchdog = notifier.spawn_watchdog();
     let shutdown = CancellationToken::new();
     let signals = shutdown.clone();
+    let stopping = notifier.clone();
     tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
         tracing::info!("shutting down");
-        notifier.stopping("finishing requests in flight");
+        stopping.stopping("finishing requests in flight");
         signals.cancel();
     });
     server::run(listener, shared, shutdown).await;
     if let Some(w) = watchdog {
         w.abort();
     }
+    // STOPPING=1 goes out before the process does.
+    notifier.flush(Duration::from_secs(1));
     Ok(())
 }
