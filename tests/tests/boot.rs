@@ -5,7 +5,8 @@
 //! 1. after boot `spiderweb.target` is active with its sockets listening and no daemon
 //!    running yet (socket activation, nothing started early);
 //! 2. the gateway starts on the first connection to its metrics socket and answers a
-//!    WebSocket `control.version` + `control.connect` with the token it created;
+//!    WebSocket `control.version` + `control.connect` with the token it created; its log
+//!    lines reach journald with their priority;
 //! 3. the broker starts on the first connection and sees the key given with
 //!    `LoadCredential=` (source `systemd-credential`), the key never appearing in any output
 //!    or in the journal;
@@ -446,6 +447,11 @@ fn gateway_activates_and_serves_a_handshake(c: &Booted) {
     assert_eq!(replies[0]["type"], "control.version_ack", "{}", replies[0]);
     assert_eq!(replies[1]["type"], "control.connect_ack", "{}", replies[1]);
     assert_eq!(replies[1]["ok"], true, "{}", replies[1]);
+
+    // journald got each line's priority: the token warning is at warning, start-up info is not.
+    let warnings = c.stdout(&["journalctl", "--no-pager", "-o", "cat", "-p", "warning", "-u", "spiderweb-gateway.service"]);
+    assert!(warnings.contains("created new admin and user tokens"), "warning missing at -p warning:\n{warnings}");
+    assert!(!warnings.contains("serving on the socket passed"), "an info line was logged as a warning:\n{warnings}");
 }
 
 /// 3. The broker starts on the first connection and has the credential's key, never shown.

@@ -109,6 +109,8 @@ fn run(cli: Cli, mut activation: Activation, notifier: ConnectedNotifier) -> any
         }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         notifier.ready(&format!("serving {} export(s)", state.exports.len()));
+        // Ends with the runtime, which is what the watchdog watches.
+        let _watchdog = notifier.spawn_watchdog();
         let shutdown = async {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
