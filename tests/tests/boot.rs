@@ -449,7 +449,8 @@ fn gateway_activates_and_serves_a_handshake(c: &Booted) {
     assert_eq!(replies[1]["ok"], true, "{}", replies[1]);
 
     // journald got each line's priority: the token warning is at warning, start-up info is not.
-    let warnings = c.stdout(&["journalctl", "--no-pager", "-o", "cat", "-p", "warning", "-u", "spiderweb-gateway.service"]);
+    let warnings =
+        c.stdout(&["journalctl", "--no-pager", "-o", "cat", "-p", "warning", "-u", "spiderweb-gateway.service"]);
     assert!(warnings.contains("created new admin and user tokens"), "warning missing at -p warning:\n{warnings}");
     assert!(!warnings.contains("serving on the socket passed"), "an info line was logged as a warning:\n{warnings}");
 }
