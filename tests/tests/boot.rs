@@ -7,9 +7,9 @@
 //! 2. the gateway starts on the first connection to its metrics socket and answers a
 //!    WebSocket `control.version` + `control.connect` with the token it created; its log
 //!    lines reach journald with their priority;
-//! 3. the broker starts on the first connection and sees the key given with
-//!    `LoadCredential=` (source `systemd-credential`), the key never appearing in any output
-//!    or in the journal;
+//! 3. the broker starts on the first connection and sees the keys given with
+//!    `LoadCredential=` and `LoadCredentialEncrypted=` (source `systemd-credential`), reports
+//!    a provider without one as missing, and no key appears in any output or the journal;
 //! 4. the worker supervisor starts on the first connection and runs a tool in a confined
 //!    worker as the tenant's uid, under its hardened unit;
 //! 5. an fs node instance starts on the first connection, reads its token credential and
@@ -41,6 +41,8 @@ const CACHE_DIR: &str = "/var/cache/spiderweb-boot-test";
 const SUITE: &str = "bookworm";
 /// The fake key handed to the broker; it must never show up anywhere.
 const ANTHROPIC_KEY: &str = "sk-ant-boot-test-NEVER-PRINT-4f1c9e";
+/// The key handed over encrypted (`LoadCredentialEncrypted=`); never shown either.
+const OPENAI_KEY: &str = "sk-openai-boot-test-NEVER-PRINT-77ab02";
 const FS_NODE_TOKEN: &str = "fs-node-boot-test-token";
 const TENANT_UID: u32 = 200_001;
 /// How long systemd gets to reach `spiderweb.target`.
@@ -188,10 +190,25 @@ fn configure(root: &Path, ports: &Ports) {
     write(&units.join("spiderweb-fs-node@boot.socket.d/port.conf"), &listen(ports.fs_node), 0o644);
     write(
         &units.join("spiderweb-broker.service.d/key.conf"),
-        "[Service]\nLoadCredential=anthropic-api-key:/etc/spiderweb/credentials/anthropic-api-key\n",
+        "[Service]\nLoadCredential=anthropic-api-key:/etc/spiderweb/credentials/anthropic-api-key\n\
+         LoadCredentialEncrypted=openai-api-key:/etc/spiderweb/credentials/openai-api-key.cred\n",
         0o644,
     );
     write(&root.join("etc/spiderweb/credentials/anthropic-api-key"), &format!("{ANTHROPIC_KEY}\n"), 0o600);
+    // Encrypted with the image's own host key, as an operator would on the server.
+    let plain = root.join("etc/spiderweb/credentials/openai.txt");
+    write(&plain, &format!("{OPENAI_KEY}\n"), 0o600);
+    run(
+        Command::new("systemd-nspawn")
+            .args(["--quiet", "--register=no", "--keep-unit", "--pipe", "--directory"])
+            .arg(root)
+            .args(["systemd-creds", "encrypt", "--with-key=host", "--name=openai-api-key"])
+            .args(["/etc/spiderweb/credentials/openai.txt", "/etc/spiderweb/credentials/openai-api-key.cred"]),
+        "systemd-creds encrypt inside the root",
+    );
+    std::fs::remove_file(&plain).unwrap();
+    let sealed = std::fs::read(root.join("etc/spiderweb/credentials/openai-api-key.cred")).unwrap();
+    assert!(!String::from_utf8_lossy(&sealed).contains(OPENAI_KEY), "systemd-creds left the key readable");
 
     // The worker config the package wrote names the gateway's uid; root (this test, through
     // /proc/<pid>/root) is added, and one tenant.
@@ -470,8 +487,13 @@ fn broker_activates_with_its_credential(c: &Booted) {
         "the credential did not reach the broker: {anthropic}\n{text}"
     );
     let openai = text.lines().find(|l| l.trim_start().starts_with("openai ")).unwrap();
-    assert!(openai.contains("missing"), "a provider without a key must be reported missing: {openai}");
-    assert!(!text.contains(ANTHROPIC_KEY), "the key was printed:\n{text}");
+    assert!(
+        openai.contains("present (systemd-credential)"),
+        "the encrypted credential did not reach the broker: {openai}"
+    );
+    let gemini = text.lines().find(|l| l.trim_start().starts_with("gemini ")).unwrap();
+    assert!(gemini.contains("missing"), "a provider without a key must be reported missing: {gemini}");
+    assert!(!text.contains(ANTHROPIC_KEY) && !text.contains(OPENAI_KEY), "a key was printed:\n{text}");
     c.assert_state("spiderweb-broker.service", "active", "the status request must have started it");
 }
 
@@ -596,6 +618,6 @@ fn boot_the_package_and_use_every_daemon() {
     // server configured in broker.json, here.)
     malformed_config_fails_naming_the_key(&booted);
     let journal = booted.journal(None);
-    assert!(!journal.contains(ANTHROPIC_KEY), "the key appeared in the journal");
+    assert!(!journal.contains(ANTHROPIC_KEY) && !journal.contains(OPENAI_KEY), "a key appeared in the journal");
     drop(booted);
 }
