@@ -14,7 +14,8 @@
 //!    worker as the tenant's uid, under its hardened unit;
 //! 5. an fs node instance starts on the first connection, reads its token credential and
 //!    serves its export to the mount client;
-//! 6. a malformed config makes the unit fail with the key named in the journal.
+//! 6. a malformed config makes the unit fail with the key named in the journal;
+//! 7. `dpkg --purge` stops everything and removes the binaries and generated configs.
 //!
 //! Agent chat (provider turn through the broker) is not on this branch yet; when it is, it is
 //! one more step here next to the others.
@@ -573,6 +574,35 @@ fn malformed_config_fails_naming_the_key(c: &Booted) {
     assert_ne!(c.state("spiderweb-gateway.service"), "active", "a gateway with a malformed config must not run");
 }
 
+/// 7. `dpkg --purge` stops every unit and removes what the package installed or generated.
+fn purge_stops_everything(c: &Booted) {
+    let out = c.exec(&["dpkg", "--purge", "spiderweb"]);
+    assert!(
+        out.status.success(),
+        "dpkg --purge: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for unit in [
+        "spiderweb.target",
+        "spiderweb-gateway.socket",
+        "spiderweb-broker.service",
+        "spiderweb-worker.service",
+        "spiderweb-fs-node@boot.service",
+    ] {
+        let state = c.state(unit);
+        assert!(state == "inactive" || state == "failed", "{unit} is still {state:?} after purge");
+    }
+    for gone in [
+        "/usr/bin/spiderweb-broker",
+        "/etc/spiderweb/broker.json",
+        "/etc/spiderweb/worker.json",
+        "/etc/spiderweb/config.json",
+    ] {
+        assert!(!c.path(gone).exists(), "{gone} survived dpkg --purge");
+    }
+}
+
 fn http_get(port: u16, path: &str) -> String {
     use std::io::Write as _;
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connect {port}: {e}"));
@@ -619,5 +649,6 @@ fn boot_the_package_and_use_every_daemon() {
     malformed_config_fails_naming_the_key(&booted);
     let journal = booted.journal(None);
     assert!(!journal.contains(ANTHROPIC_KEY) && !journal.contains(OPENAI_KEY), "a key appeared in the journal");
+    purge_stops_everything(&booted);
     drop(booted);
 }
