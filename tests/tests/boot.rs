@@ -10,6 +10,8 @@
 //! 3. the broker starts on the first connection and sees the keys given with
 //!    `LoadCredential=` and `LoadCredentialEncrypted=` (source `systemd-credential`), reports
 //!    a provider without one as missing, and no key appears in any output or the journal;
+//!    it then makes a provider request (to a local stand-in for the OpenAI API) carrying the
+//!    encrypted credential's key, from inside its private root and system-call filter;
 //! 4. the worker supervisor starts on the first connection and runs a tool in a confined
 //!    worker as the tenant's uid, under its hardened unit;
 //! 5. an fs node instance starts on the first connection, reads its token credential and
@@ -32,6 +34,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt as _, StreamExt as _};
+use spiderweb_proto::broker::{BrokerReply, DEFAULT_MAX_FRAME_BYTES};
 use spiderweb_proto::frame::{read_frame, write_frame};
 use spiderweb_proto::worker::{MAX_FRAME_BYTES, SupervisorReply, ToolOutcome, ToolRequest};
 use spiderweb_tests::bin_dir;
@@ -171,6 +174,8 @@ struct Ports {
     http: u16,
     metrics: u16,
     fs_node: u16,
+    /// The local stand-in for the OpenAI API the broker is pointed at.
+    upstream: u16,
 }
 
 fn write(path: &Path, text: &str, mode: u32) {
@@ -210,6 +215,15 @@ fn configure(root: &Path, ports: &Ports) {
     std::fs::remove_file(&plain).unwrap();
     let sealed = std::fs::read(root.join("etc/spiderweb/credentials/openai-api-key.cred")).unwrap();
     assert!(!String::from_utf8_lossy(&sealed).contains(OPENAI_KEY), "systemd-creds left the key readable");
+
+    // The broker config the package wrote: root (this test) may also make provider requests,
+    // and `openai` points at the local stand-in instead of api.openai.com.
+    let broker_json = root.join("etc/spiderweb/broker.json");
+    let mut broker: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&broker_json).unwrap()).unwrap();
+    broker["access"]["provider_requests"].as_array_mut().expect("postinst wrote provider_requests").push(0.into());
+    broker["providers"] =
+        serde_json::json!({"openai": {"base_url": format!("http://127.0.0.1:{}/v1", ports.upstream)}});
+    write(&broker_json, &serde_json::to_string_pretty(&broker).unwrap(), 0o644);
 
     // The worker config the package wrote names the gateway's uid; root (this test, through
     // /proc/<pid>/root) is added, and one tenant.
@@ -498,6 +512,71 @@ fn broker_activates_with_its_credential(c: &Booted) {
     c.assert_state("spiderweb-broker.service", "active", "the status request must have started it");
 }
 
+/// 3b. A provider request leaves the hardened broker with the encrypted credential's key.
+fn broker_makes_a_provider_request(c: &Booted, upstream: std::net::TcpListener) {
+    use std::io::{BufRead as _, Write as _};
+    let answer = r#"{"id":"chatcmpl-boot","object":"chat.completion","choices":[]}"#;
+    let server = std::thread::spawn(move || {
+        let (stream, _) = upstream.accept().unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut reader = std::io::BufReader::new(stream);
+        let mut head = Vec::new();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line.trim().is_empty() {
+                break;
+            }
+            head.push(line.trim().to_owned());
+        }
+        let length: usize = head
+            .iter()
+            .find_map(|h| h.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+            .unwrap_or(0);
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        let mut stream = reader.into_inner();
+        write!(
+            stream,
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+            answer.len()
+        )
+        .unwrap();
+        (head, body)
+    });
+    let socket = c.path("/run/spiderweb/broker.sock");
+    let mut stream = UnixStream::connect(&socket).unwrap_or_else(|e| panic!("{}: {e}", socket.display()));
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
+    use base64::Engine as _;
+    let request = serde_json::json!({
+        "op": "provider_request", "id": 7, "provider": "openai", "method": "POST",
+        "path": "/chat/completions", "headers": [["content-type", "application/json"]],
+        "body": base64::engine::general_purpose::STANDARD.encode(body),
+    });
+    write_frame(&mut stream, &request, DEFAULT_MAX_FRAME_BYTES).unwrap();
+    let mut status = None;
+    let mut received = Vec::new();
+    loop {
+        match read_frame::<BrokerReply>(&mut stream, DEFAULT_MAX_FRAME_BYTES) {
+            Ok(Some(Ok(BrokerReply::ResponseHead { status: s, .. }))) => status = Some(s),
+            Ok(Some(Ok(BrokerReply::BodyChunk { data, .. }))) => received.extend_from_slice(&data.0),
+            Ok(Some(Ok(BrokerReply::End { .. }))) => break,
+            other => panic!("broker: {other:?}\n{}", c.context("spiderweb-broker.service")),
+        }
+    }
+    assert_eq!(status, Some(200));
+    assert_eq!(String::from_utf8_lossy(&received), answer, "the upstream body must come back unchanged");
+    let (head, sent) = server.join().unwrap();
+    assert!(head[0].starts_with("POST /v1/chat/completions "), "upstream saw {head:?}");
+    assert!(
+        head.iter().any(|h| h.eq_ignore_ascii_case(&format!("authorization: Bearer {OPENAI_KEY}"))),
+        "the broker must add the key from LoadCredentialEncrypted=: {:?}",
+        head.iter().map(|h| h.split(':').next().unwrap()).collect::<Vec<_>>()
+    );
+    assert_eq!(sent, body.as_bytes());
+}
+
 /// 4. The worker supervisor starts on the first connection and runs a tool, confined, as
 ///    the tenant.
 fn worker_activates_and_runs_a_tool(c: &Booted) {
@@ -635,12 +714,19 @@ fn boot_the_package_and_use_every_daemon() {
             .args(["dpkg", "-i", "/var/tmp/spiderweb.deb"]),
         "dpkg -i inside the root",
     );
-    let ports = Ports { http: free_port(), metrics: free_port(), fs_node: free_port() };
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ports = Ports {
+        http: free_port(),
+        metrics: free_port(),
+        fs_node: free_port(),
+        upstream: upstream.local_addr().unwrap().port(),
+    };
     configure(&root, &ports);
 
     let booted = Booted::boot(&root, scratch.path().join("console.log"), ports);
     target_starts_with_only_the_sockets(&booted);
     broker_activates_with_its_credential(&booted);
+    broker_makes_a_provider_request(&booted, upstream);
     gateway_activates_and_serves_a_handshake(&booted);
     worker_activates_and_runs_a_tool(&booted);
     fs_node_activates_and_serves(&booted);
