@@ -43,6 +43,9 @@ use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest as _};
 /// Where the pristine minimal Debian root is kept between runs.
 const CACHE_DIR: &str = "/var/cache/spiderweb-boot-test";
 const SUITE: &str = "bookworm";
+/// Packages in the cached root besides minbase; the cache directory is named after them, so
+/// changing this list builds a new one.
+const INCLUDE: &str = "systemd,systemd-sysv,dbus,ca-certificates";
 /// The fake key handed to the broker; it must never show up anywhere.
 const ANTHROPIC_KEY: &str = "sk-ant-boot-test-NEVER-PRINT-4f1c9e";
 /// The key handed over encrypted (`LoadCredentialEncrypted=`); never shown either.
@@ -106,7 +109,7 @@ fn debian_mirror() -> String {
 /// half-made root behind.
 fn base_root() -> PathBuf {
     let cache = Path::new(CACHE_DIR);
-    let base = cache.join(format!("{SUITE}-minbase"));
+    let base = cache.join(format!("{SUITE}-minbase-{}", INCLUDE.replace(',', "-")));
     if base.join("usr/lib/systemd/systemd").exists() {
         return base;
     }
@@ -127,7 +130,7 @@ fn base_root() -> PathBuf {
     eprintln!("boot test: building the cached Debian root with debootstrap from {mirror} (~2 min, once)");
     run(
         Command::new("/usr/sbin/debootstrap")
-            .args(["--variant=minbase", "--include=systemd,systemd-sysv,dbus", SUITE])
+            .args(["--variant=minbase", &format!("--include={INCLUDE}"), SUITE])
             .arg(&scratch)
             .arg(&mirror),
         "debootstrap",
