@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::{Broker, BrokerSpec, LocalServer, Reply};
 use serde_json::json;
-use spiderweb_broker::client::BrokerClient;
+use spiderweb_client::broker::BrokerClient;
 use spiderweb_proto::broker::{BrokerReply, BrokerRequest, ProviderRequest};
 
 const WARMUP: usize = 500;

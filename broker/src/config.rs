@@ -60,6 +60,31 @@ pub struct ProviderOverride {
     /// Codex providers: the base for requests made with an API key rather than the Codex
     /// login (default `https://api.openai.com/v1`).
     pub api_key_base_url: Option<String>,
+    /// Plugins: the absolute path of the binary (never run through a shell).
+    pub command: Option<PathBuf>,
+    /// Plugins: its arguments.
+    pub args: Option<Vec<String>>,
+    /// Plugins: how long one call may take (default 120000).
+    pub timeout_ms: Option<u64>,
+    /// Plugins: the environment variable through which the plugin gets its key (resolved as
+    /// for any provider: Secret Service, `$CREDENTIALS_DIRECTORY/<id>-api-key`, then the
+    /// broker's own variable of that name). Without it the plugin gets no key.
+    pub key_env: Option<String>,
+}
+
+impl ProviderOverride {
+    /// The plugin-only fields that are set, by name.
+    pub fn plugin_fields(&self) -> Vec<&'static str> {
+        [
+            ("command", self.command.is_some()),
+            ("args", self.args.is_some()),
+            ("timeout_ms", self.timeout_ms.is_some()),
+            ("key_env", self.key_env.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect()
+    }
 }
 
 /// The `limits` section.
@@ -282,6 +307,17 @@ mod tests {
             (r#"{"providers":{"openai":{"base_url":"https://u:p@x/v1"}}}"#, "providers.openai.base_url"),
             (r#"{"providers":{"Bad Id":{"kind":"openai","base_url":"https://x"}}}"#, "providers.Bad Id"),
             (r#"{"codex":{"token_url":"not a url"}}"#, "codex.token_url"),
+            (r#"{"providers":{"p":{"kind":"plugin"}}}"#, "providers.p.command"),
+            (r#"{"providers":{"p":{"kind":"plugin","command":"bin/p"}}}"#, "providers.p.command"),
+            (r#"{"providers":{"p":{"kind":"plugin","command":"/bin/p","timeout_ms":0}}}"#, "providers.p.timeout_ms"),
+            (
+                r#"{"providers":{"p":{"kind":"plugin","command":"/bin/p","key_env":"LD_PRELOAD"}}}"#,
+                "providers.p.key_env",
+            ),
+            (r#"{"providers":{"p":{"kind":"plugin","command":"/bin/p","key_env":"A-B"}}}"#, "providers.p.key_env"),
+            (r#"{"providers":{"p":{"kind":"plugin","command":"/p","base_url":"http://x"}}}"#, "providers.p.base_url"),
+            (r#"{"providers":{"openai":{"kind":"plugin","command":"/bin/p"}}}"#, "providers.openai.kind"),
+            (r#"{"providers":{"openai":{"command":"/bin/p"}}}"#, "providers.openai.command"),
         ] {
             let err = load_text(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");

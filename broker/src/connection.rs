@@ -251,7 +251,7 @@ impl Conn {
                     "no Secret Service is reachable ({why}). Without a desktop keyring, give the broker its key as a \
                      systemd credential (LoadCredentialEncrypted={provider}-api-key:… in its unit, read from \
                      $CREDENTIALS_DIRECTORY/{provider}-api-key) or in its environment{}",
-                    match p.env_vars {
+                    match p.env_vars.as_slice() {
                         [] => String::new(),
                         vars => format!(" ({})", vars.join(" / ")),
                     }

@@ -26,6 +26,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::config::Limits;
 use crate::credentials::{Credential, ResolveError, Resolver};
+use crate::plugin;
 use crate::providers::{self, ANTHROPIC_VERSION, Catalogue, Provider, ProviderKind};
 
 /// A failed provider request, as it will be reported.
@@ -87,6 +88,9 @@ impl Egress {
             .catalogue
             .get(&req.provider)
             .ok_or_else(|| fail(ErrorCode::UnknownProvider, format!("no provider {:?} is configured", req.provider)))?;
+        if let Some(spec) = &provider.plugin {
+            return self.run_plugin(provider, spec, req, out).await;
+        }
         let method = match req.method.as_str() {
             "GET" => Method::GET,
             "POST" => Method::POST,
@@ -106,20 +110,8 @@ impl Egress {
         // Checked before anything else; the final base depends on the credential's kind.
         target(false)?;
         let headers = providers::request_headers(&req.headers).map_err(|m| fail(ErrorCode::HeaderNotAllowed, m))?;
-        if req.body.0.len() > self.limits.max_request_body_bytes {
-            return Err(fail(
-                ErrorCode::BodyTooLarge,
-                format!(
-                    "body of {} bytes exceeds limits.max_request_body_bytes ({})",
-                    req.body.0.len(),
-                    self.limits.max_request_body_bytes
-                ),
-            ));
-        }
-        let _slot = tokio::time::timeout(self.limits.queue_timeout(), self.slots.acquire())
-            .await
-            .map_err(|_| fail(ErrorCode::Busy, "all upstream slots stayed busy; retry later"))?
-            .expect("the semaphore is never closed");
+        self.check_body_size(&req)?;
+        let _slot = self.upstream_slot().await?;
 
         let mut credential = self.credential(provider).await?;
         let url = target(matches!(credential, Some(Credential::ApiKey { .. })))?;
@@ -156,16 +148,17 @@ impl Egress {
         };
 
         let id = req.id;
-        let head = BrokerReply::ResponseHead {
-            id,
-            status: response.status().as_u16(),
-            headers: response
-                .headers()
-                .iter()
-                .filter(|(name, _)| providers::forward_response_header(name.as_str()))
-                .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
-                .collect(),
-        };
+        let mut forwarded: Vec<(String, String)> = response
+            .headers()
+            .iter()
+            .filter(|(name, _)| providers::forward_response_header(name.as_str()))
+            .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
+            .collect();
+        if response.status() == StatusCode::UNAUTHORIZED {
+            let source = credential.as_ref().map_or_else(|| "none".to_owned(), |c| c.source().to_string());
+            forwarded.push((spiderweb_proto::broker::CREDENTIAL_SOURCE_HEADER.to_owned(), source));
+        }
+        let head = BrokerReply::ResponseHead { id, status: response.status().as_u16(), headers: forwarded };
         if out.send(head).await.is_err() {
             return Ok(());
         }
@@ -175,18 +168,102 @@ impl Egress {
                 .await
                 .map_err(|_| fail(ErrorCode::UpstreamTimeout, format!("{} stopped sending mid-body", provider.id)))?
                 .map_err(|e| upstream_error(provider, &e))?;
-            let Some(mut data) = chunk else {
+            let Some(data) = chunk else {
                 let _ = out.send(BrokerReply::End { id }).await;
                 return Ok(());
             };
-            while !data.is_empty() {
-                let piece = data.split_to(data.len().min(self.max_chunk_bytes()));
-                let reply = BrokerReply::BodyChunk { id, data: piece.into() };
-                if out.send(reply).await.is_err() {
-                    return Ok(());
-                }
+            if !self.send_body(id, data, out).await {
+                return Ok(());
             }
         }
+    }
+
+    /// A plugin provider: the same checks as an HTTP request where they apply, then one run
+    /// of the configured binary (see [`crate::plugin`]) in an upstream slot.
+    async fn run_plugin(
+        &self,
+        provider: &Provider,
+        spec: &plugin::PluginSpec,
+        req: ProviderRequest,
+        out: &mpsc::Sender<BrokerReply>,
+    ) -> Result<(), EgressError> {
+        if req.method != "POST" {
+            return Err(fail(ErrorCode::MethodNotAllowed, format!("plugin provider {} takes POST only", provider.id)));
+        }
+        if req.path != "/" {
+            return Err(fail(
+                ErrorCode::PathNotAllowed,
+                format!("plugin provider {} has only the path \"/\"", provider.id),
+            ));
+        }
+        // Nothing reaches a plugin but its stdin; refusing credential headers still tells a
+        // confused client that it may not choose the key.
+        providers::request_headers(&req.headers).map_err(|m| fail(ErrorCode::HeaderNotAllowed, m))?;
+        self.check_body_size(&req)?;
+        if req.body.0.is_empty() || req.body.0.contains(&b'\n') {
+            return Err(fail(
+                ErrorCode::MalformedRequest,
+                "a plugin request body is one JSON-RPC request line, without a newline",
+            ));
+        }
+        let _slot = self.upstream_slot().await?;
+        let credential = self.credential(provider).await?;
+        let key = match &credential {
+            Some(Credential::ApiKey { key, .. }) => Some(key.as_ref()),
+            Some(Credential::CodexOauth { .. }) | None => None,
+        };
+        let stdout = plugin::run(spec, &req.body.0, key).await.map_err(|e| {
+            let code = match &e {
+                plugin::PluginError::Spawn { .. } => ErrorCode::UpstreamUnreachable,
+                plugin::PluginError::Timeout { .. } => ErrorCode::UpstreamTimeout,
+                _ => ErrorCode::PluginFailed,
+            };
+            tracing::warn!(provider = %provider.id, "{e}");
+            fail(code, format!("{}: {e}", provider.id))
+        })?;
+        let id = req.id;
+        let head = BrokerReply::ResponseHead {
+            id,
+            status: 200,
+            headers: vec![("content-type".into(), "application/x-ndjson".into())],
+        };
+        if out.send(head).await.is_ok() && self.send_body(id, stdout.into(), out).await {
+            let _ = out.send(BrokerReply::End { id }).await;
+        }
+        Ok(())
+    }
+
+    fn check_body_size(&self, req: &ProviderRequest) -> Result<(), EgressError> {
+        if req.body.0.len() > self.limits.max_request_body_bytes {
+            return Err(fail(
+                ErrorCode::BodyTooLarge,
+                format!(
+                    "body of {} bytes exceeds limits.max_request_body_bytes ({})",
+                    req.body.0.len(),
+                    self.limits.max_request_body_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// One of `limits.max_concurrent_upstream` slots (HTTP requests and plugin processes).
+    async fn upstream_slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, EgressError> {
+        Ok(tokio::time::timeout(self.limits.queue_timeout(), self.slots.acquire())
+            .await
+            .map_err(|_| fail(ErrorCode::Busy, "all upstream slots stayed busy; retry later"))?
+            .expect("the semaphore is never closed"))
+    }
+
+    /// Sends `data` as body chunks that each fit in a frame; false when the client is gone.
+    async fn send_body(&self, id: u64, mut data: bytes::Bytes, out: &mpsc::Sender<BrokerReply>) -> bool {
+        while !data.is_empty() {
+            let piece = data.split_to(data.len().min(self.max_chunk_bytes()));
+            if out.send(BrokerReply::BodyChunk { id, data: piece.into() }).await.is_err() {
+                return false;
+            }
+        }
+        true
     }
 
     /// The largest body piece one frame carries: hyper's reads are usually far smaller, but a
@@ -252,7 +329,8 @@ fn authenticate(kind: ProviderKind, credential: &Credential, headers: &mut Heade
                 ProviderKind::AzureOpenai => {
                     headers.insert("api-key", secret_header(key)?);
                 }
-                ProviderKind::OpenaiCompatible => {}
+                // Keyless, or (plugins) given the key in their environment instead.
+                ProviderKind::OpenaiCompatible | ProviderKind::Plugin => {}
             }
         }
     }

@@ -102,7 +102,7 @@ async fn run(args: Args, config: config::Config, mut activation: Activation, not
     let credentials_dir = std::env::var_os("CREDENTIALS_DIRECTORY").filter(|d| !d.is_empty()).map(PathBuf::from);
     let resolver = Arc::new(Resolver::new(
         credentials_dir,
-        EnvKeys::from_process(),
+        EnvKeys::from_process(catalogue.iter().filter_map(|p| p.plugin.as_ref()?.key_env.as_deref())),
         Arc::new(codex),
         config.limits.credential_cache(),
     ));

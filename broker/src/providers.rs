@@ -17,6 +17,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
 
 use crate::config::ProviderOverride;
+use crate::plugin::{self, PluginSpec};
 
 /// How a provider is spoken to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -36,6 +37,9 @@ pub enum ProviderKind {
     AzureOpenai,
     /// A local OpenAI-compatible server (Ollama, vLLM, llama.cpp): no credential.
     OpenaiCompatible,
+    /// A local binary speaking JSON-RPC on stdin/stdout (`crate::plugin`): its credential, if
+    /// it takes one, goes into the environment variable its config names.
+    Plugin,
 }
 
 /// The `anthropic-version` sent when the client does not choose one.
@@ -51,11 +55,13 @@ pub struct Provider {
     /// Every request stays below this URL. `None` for a built-in that needs configuring
     /// (Azure: the deployment URL is the operator's).
     pub base_url: Option<Url>,
-    /// Environment variables holding its key, in precedence order.
-    pub env_vars: &'static [&'static str],
+    /// Environment variables of the broker holding its key, in precedence order.
+    pub env_vars: Vec<String>,
     /// Codex only: where requests authenticated with an API key go. The ChatGPT backend
     /// (`base_url`) accepts only the Codex login; an API key is for the OpenAI API.
     pub api_key_base_url: Option<Url>,
+    /// Plugins only: what to run.
+    pub plugin: Option<PluginSpec>,
 }
 
 /// A request the catalogue refuses.
@@ -139,10 +145,29 @@ impl Catalogue {
             let base_url = b.base_url.map(|u| parse_base_url(u).expect("built-in URLs are valid"));
             providers.insert(
                 b.id.to_owned(),
-                Provider { id: b.id.into(), kind: b.kind, base_url, env_vars: b.env_vars, api_key_base_url: None },
+                Provider {
+                    id: b.id.into(),
+                    kind: b.kind,
+                    base_url,
+                    env_vars: b.env_vars.iter().map(|v| (*v).to_owned()).collect(),
+                    api_key_base_url: None,
+                    plugin: None,
+                },
             );
         }
         for (id, o) in overrides {
+            if o.kind == Some(ProviderKind::Plugin) {
+                if providers.contains_key(id) {
+                    return Err(format!(
+                        "providers.{id}.kind: the built-in provider {id} cannot be a plugin; give the plugin an id of its own"
+                    ));
+                }
+                providers.insert(id.clone(), plugin_provider(id, o)?);
+                continue;
+            }
+            if let Some(field) = o.plugin_fields().first() {
+                return Err(format!("providers.{id}.{field}: only for providers of kind \"plugin\""));
+            }
             let base_url = o
                 .base_url
                 .as_deref()
@@ -176,7 +201,14 @@ impl Catalogue {
                     })?;
                     providers.insert(
                         id.clone(),
-                        Provider { id: id.clone(), kind, base_url: Some(base_url), env_vars: &[], api_key_base_url },
+                        Provider {
+                            id: id.clone(),
+                            kind,
+                            base_url: Some(base_url),
+                            env_vars: Vec::new(),
+                            api_key_base_url,
+                            plugin: None,
+                        },
                     );
                 }
             }
@@ -200,10 +232,74 @@ impl Catalogue {
     }
 }
 
+/// A `kind: "plugin"` entry: a command instead of a URL, and the broker's variable of the same
+/// name as `key_env` as the environment source of its key.
+fn plugin_provider(id: &str, o: &ProviderOverride) -> Result<Provider, String> {
+    if o.base_url.is_some() || o.api_key_base_url.is_some() {
+        return Err(format!("providers.{id}.base_url: a plugin has a command, not a URL"));
+    }
+    let command = o.command.clone().ok_or_else(|| format!("providers.{id}.command: required for a plugin"))?;
+    if !command.is_absolute() {
+        return Err(format!("providers.{id}.command: {} must be an absolute path", command.display()));
+    }
+    let args = o.args.clone().unwrap_or_default();
+    if args.len() > MAX_PLUGIN_ARGS {
+        return Err(format!("providers.{id}.args: more than {MAX_PLUGIN_ARGS} arguments"));
+    }
+    if args.iter().any(|a| a.contains('\0')) || command.as_os_str().as_encoded_bytes().contains(&0) {
+        return Err(format!("providers.{id}.args: a NUL byte cannot be passed to a program"));
+    }
+    let timeout = match o.timeout_ms {
+        None => plugin::DEFAULT_TIMEOUT,
+        Some(ms) if ms == 0 || u128::from(ms) > plugin::MAX_TIMEOUT.as_millis() => {
+            return Err(format!(
+                "providers.{id}.timeout_ms: must be between 1 and {}",
+                plugin::MAX_TIMEOUT.as_millis()
+            ));
+        }
+        Some(ms) => std::time::Duration::from_millis(ms),
+    };
+    if let Some(name) = &o.key_env {
+        check_key_env(name).map_err(|e| format!("providers.{id}.key_env: {e}"))?;
+    }
+    Ok(Provider {
+        id: id.to_owned(),
+        kind: ProviderKind::Plugin,
+        base_url: None,
+        env_vars: o.key_env.iter().cloned().collect(),
+        api_key_base_url: None,
+        plugin: Some(PluginSpec { command, args, timeout, key_env: o.key_env.clone() }),
+    })
+}
+
+/// Most arguments a plugin command line may have.
+const MAX_PLUGIN_ARGS: usize = 256;
+
+/// A plugin's key variable: a plain name, and not one that would change how the plugin is
+/// found or loaded (`PATH`, `LD_*`) or replace what it inherits.
+fn check_key_env(name: &str) -> Result<(), String> {
+    let plain = !name.is_empty()
+        && name.len() <= 128
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !name.as_bytes()[0].is_ascii_digit();
+    if !plain {
+        return Err(format!("{name:?} is not an environment variable name (letters, digits, _)"));
+    }
+    if matches!(name, "PATH" | "HOME" | "LANG") || name.starts_with("LD_") {
+        return Err(format!("{name} cannot carry a key"));
+    }
+    Ok(())
+}
+
 impl Provider {
-    /// Whether requests to it carry a credential.
+    /// Whether requests to it carry a credential: every HTTP provider but a local
+    /// OpenAI-compatible server, and plugins that name a `key_env`.
     pub fn needs_credential(&self) -> bool {
-        self.kind != ProviderKind::OpenaiCompatible
+        match self.kind {
+            ProviderKind::OpenaiCompatible => false,
+            ProviderKind::Plugin => self.plugin.as_ref().is_some_and(|p| p.key_env.is_some()),
+            _ => true,
+        }
     }
 
     /// Whether the Codex CLI's OAuth login is a credential source for it.
@@ -346,8 +442,9 @@ mod tests {
             id: "t".into(),
             kind: ProviderKind::Openai,
             base_url: Some(parse_base_url(base).unwrap()),
-            env_vars: &[],
+            env_vars: Vec::new(),
             api_key_base_url: None,
+            plugin: None,
         }
     }
 

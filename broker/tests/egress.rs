@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use serde_json::json;
-use spiderweb_broker::client::BrokerClient;
+use spiderweb_client::broker::BrokerClient;
 use spiderweb_proto::broker::{BrokerReply, BrokerRequest, CredentialSource, ErrorCode, ProviderRequest};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
@@ -504,7 +504,7 @@ async fn an_upstream_that_goes_silent_mid_stream_times_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shared_client_runs_many_requests_on_one_connection_and_a_dropped_response_cancels() {
-    use spiderweb_broker::shared_client::{Outgoing, ProviderError, SharedClient};
+    use spiderweb_client::shared::{Outgoing, ProviderError, SharedClient};
     let (stream_server, mut upstreams) = endless_stream_server().await;
     let echo = LocalServer::start(|seen| Reply::json(200, json!({"echo": seen.path_and_query}))).await;
     let broker = openai_broker(json!({"providers": {

@@ -249,7 +249,7 @@ async fn a_socket_passed_by_systemd_is_used_as_is() {
     drop(listener);
     let mut client = None;
     for _ in 0..500 {
-        if let Ok(c) = spiderweb_broker::client::BrokerClient::connect(&path).await {
+        if let Ok(c) = spiderweb_client::broker::BrokerClient::connect(&path).await {
             client = Some(c);
             break;
         }

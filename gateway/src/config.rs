@@ -24,6 +24,34 @@ pub struct Config {
     pub provider: ProviderConfig,
     pub log: LogConfig,
     pub runtime: RuntimeConfig,
+    /// The gateway's own exports on `/v2/fs`.
+    pub fs: FsConfig,
+}
+
+/// The `fs` section: directories the gateway exports itself on `/v2/fs`, served by the same
+/// code as `spiderweb-fs-node` (spec `fs-node.md`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FsConfig {
+    /// `name=/path[:ro|:rw]`, as `spiderweb-fs-node --export`.
+    pub exports: Vec<String>,
+    /// The token a node hello must carry (`$SPIDERWEB_FS_AUTH_TOKEN` also sets it); required
+    /// when there are exports.
+    pub auth_token: Option<String>,
+    pub max_connections: usize,
+}
+
+impl Default for FsConfig {
+    fn default() -> Self {
+        FsConfig { exports: Vec::new(), auth_token: None, max_connections: 64 }
+    }
+}
+
+impl FsConfig {
+    /// The auth token: the config's, else the environment's.
+    pub fn token(&self) -> Option<String> {
+        self.auth_token.clone().or_else(|| std::env::var("SPIDERWEB_FS_AUTH_TOKEN").ok()).filter(|t| !t.is_empty())
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -74,14 +102,36 @@ impl ServerConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default)]
 pub struct ProviderConfig {
+    /// The wire format (`openai`, `anthropic`, `gemini`, `openai-compatible`, … see
+    /// `providers::ProviderKind::from_config_name`).
     pub name: String,
     pub model: String,
+    /// Accepted for the original's configs; the broker's configuration decides where
+    /// requests go (`providers.<id>.base_url` there).
     pub base_url: Option<String>,
+    /// The broker's provider id to send requests to (default: `name`'s canonical name).
+    pub broker_provider: Option<String>,
+    /// Cap on one reply's tokens (default: the catalog's max output, at most 8192).
+    pub max_output_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    /// Azure OpenAI `api-version`.
+    pub azure_api_version: Option<String>,
+    /// The system prompt of every conversation.
+    pub system_prompt: Option<String>,
 }
 
 impl Default for ProviderConfig {
     fn default() -> Self {
-        ProviderConfig { name: "openai".into(), model: "gpt-4o-mini".into(), base_url: None }
+        ProviderConfig {
+            name: "openai".into(),
+            model: "gpt-4o-mini".into(),
+            base_url: None,
+            broker_provider: None,
+            max_output_tokens: None,
+            temperature: None,
+            azure_api_version: None,
+            system_prompt: None,
+        }
     }
 }
 
@@ -137,6 +187,33 @@ pub struct RuntimeConfig {
     pub sandbox_launcher: Option<String>,
     pub sandbox_fs_mount_bin: Option<String>,
     pub sandbox_agent_runtime_bin: Option<String>,
+    /// The broker's socket (default `$XDG_RUNTIME_DIR/spiderweb/broker.sock`, else
+    /// `/run/spiderweb/broker.sock`); `--broker-socket` wins.
+    pub broker_socket: Option<PathBuf>,
+    /// The worker supervisor's socket (same directory, `worker.sock`); `--worker-socket` wins.
+    pub worker_socket: Option<PathBuf>,
+    /// Workspaces live in `<workspace_root>/<project_id>` (default `<state dir>/workspaces`).
+    pub workspace_root: Option<PathBuf>,
+    /// When a tool call needs a human's approval: `never`, `on-request`, `untrusted`.
+    pub approval_mode: spiderweb_policy::approval::ApprovalMode,
+    /// The sandbox profile tools run under.
+    pub sandbox_profile: spiderweb_proto::worker::SandboxProfile,
+    /// Budgets; a turn that would exceed one stops with `budget_exceeded`.
+    pub budget: BudgetConfig,
+    /// Also write each conversation as JSONL (the Codex server's transcript format) in
+    /// this directory; `$SESSION_STORE_PATH` sets it too.
+    pub session_store_path: Option<PathBuf>,
+}
+
+/// Spending limits (`runtime.budget`). Unset means unlimited.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BudgetConfig {
+    pub session_max_tokens: Option<u64>,
+    pub session_max_usd: Option<f64>,
+    /// Per role token (admin or user) per UTC day.
+    pub user_daily_max_tokens: Option<u64>,
+    pub user_daily_max_usd: Option<f64>,
 }
 
 impl Default for RuntimeConfig {
@@ -148,7 +225,9 @@ impl Default for RuntimeConfig {
             control_queue_max: 128,
             connection_worker_threads: 16,
             connection_queue_max: 128,
-            runtime_worker_threads: 2,
+            // The original ran each turn on a thread and defaulted to 2; here a turn is a task
+            // that mostly waits, so the default admits more at once.
+            runtime_worker_threads: 16,
             runtime_request_queue_max: 128,
             chat_operation_timeout_ms: 300_000,
             control_operation_timeout_ms: 5_000,
@@ -174,6 +253,13 @@ impl Default for RuntimeConfig {
             sandbox_launcher: None,
             sandbox_fs_mount_bin: None,
             sandbox_agent_runtime_bin: None,
+            broker_socket: None,
+            worker_socket: None,
+            workspace_root: None,
+            approval_mode: Default::default(),
+            sandbox_profile: Default::default(),
+            budget: BudgetConfig::default(),
+            session_store_path: None,
         }
     }
 }
@@ -256,6 +342,9 @@ fn validate(c: &Config) -> Result<(), String> {
         ("runtime.runtime_request_queue_max", c.runtime.runtime_request_queue_max as u64),
         ("runtime.chat_operation_timeout_ms", c.runtime.chat_operation_timeout_ms),
         ("runtime.max_run_steps", c.runtime.max_run_steps),
+        ("runtime.max_inflight_tool_calls_per_run", u64::from(c.runtime.max_inflight_tool_calls_per_run)),
+        ("runtime.tool_retry_max_attempts", u64::from(c.runtime.tool_retry_max_attempts)),
+        ("runtime.tool_lease_timeout_ms", c.runtime.tool_lease_timeout_ms),
     ];
     for (key, value) in positive {
         if *value == 0 {
@@ -273,6 +362,34 @@ fn validate(c: &Config) -> Result<(), String> {
     }
     if c.log.level.parse::<tracing::Level>().is_err() {
         return Err(format!("log.level: {:?} is not one of trace, debug, info, warn, error", c.log.level));
+    }
+    if crate::providers::ProviderKind::from_config_name(&c.provider.name).is_none() {
+        return Err(format!(
+            "provider.name: {:?} is not a provider this gateway speaks (openai, openai-responses, openai-codex, \
+             anthropic, kimi-coding, gemini, azure-openai, openai-compatible, plugin)",
+            c.provider.name
+        ));
+    }
+    if c.provider.model.trim().is_empty() {
+        return Err("provider.model: must name a model".into());
+    }
+    if let Err(e) = spiderweb_policy::export::ExportSpec::parse_all(&c.fs.exports) {
+        return Err(format!("fs.exports: {e}"));
+    }
+    if !c.fs.exports.is_empty() && c.fs.token().is_none() {
+        return Err("fs.auth_token: required when fs.exports is set (or set SPIDERWEB_FS_AUTH_TOKEN): \
+                    anyone who reaches the gateway's port could otherwise use the exports"
+            .into());
+    }
+    if c.fs.max_connections == 0 {
+        return Err("fs.max_connections: must be greater than 0".into());
+    }
+    let budget = &c.runtime.budget;
+    for (key, value) in [("session_max_usd", budget.session_max_usd), ("user_daily_max_usd", budget.user_daily_max_usd)]
+    {
+        if value.is_some_and(|v| !v.is_finite() || v < 0.0) {
+            return Err(format!("runtime.budget.{key}: must be a non-negative number"));
+        }
     }
     if c.runtime.ltm_filename.is_empty() || c.runtime.ltm_filename.contains('/') {
         return Err("runtime.ltm_filename: must be a plain file name".into());

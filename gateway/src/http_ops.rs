@@ -66,6 +66,9 @@ fn endpoint<B>(req: &Request<B>, shared: &Shared) -> Option<Response<Full<Bytes>
             shared.metrics.projects.set(state.projects.len() as i64);
             shared.metrics.agents.set(state.agents.len() as i64);
             drop(state);
+            let (running, queued) = shared.runtime.load();
+            shared.metrics.turns_running.set(running as i64);
+            shared.metrics.turns_queued.set(queued as i64);
             let wants_openmetrics = req
                 .headers()
                 .get(header::ACCEPT)

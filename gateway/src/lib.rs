@@ -20,6 +20,7 @@ pub mod http_ops;
 pub mod metrics;
 pub mod plane;
 pub mod providers;
+pub mod runtime;
 pub mod server;
 pub mod store;
 pub mod tokens;

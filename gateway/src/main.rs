@@ -5,13 +5,18 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, ValueEnum};
+use spiderweb_fsnode::node::{NodeConfig, NodeState};
 use spiderweb_gateway::plane::{ControlPlane, ScopeTokenDigests, now_ms};
+use spiderweb_gateway::runtime::{Runtime, Settings};
+use spiderweb_gateway::store::Store;
 use spiderweb_gateway::store::sqlite::SqliteStore;
 use spiderweb_gateway::tokens::{Origin, RoleTokens};
 use spiderweb_gateway::{config, metrics::Metrics, server};
+use spiderweb_policy::export::ExportSpec;
 use spiderweb_service::activation::Activation;
 use spiderweb_service::logging::{self, LogFormat};
 use spiderweb_service::notify::Notifier;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum LogFormatArg {
@@ -40,6 +45,12 @@ struct Cli {
     /// (syslog priority prefixes). Default: journal when stderr is the journal, else text.
     #[arg(long, value_enum)]
     log_format: Option<LogFormatArg>,
+    /// The broker's socket (overrides runtime.broker_socket).
+    #[arg(long, env = "SPIDERWEB_BROKER_SOCKET")]
+    broker_socket: Option<PathBuf>,
+    /// The worker supervisor's socket (overrides runtime.worker_socket).
+    #[arg(long, env = "SPIDERWEB_WORKER_SOCKET")]
+    worker_socket: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -87,7 +98,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cfg, cli.state_dir, activation, notifier)) {
+    let sockets = Sockets { broker: cli.broker_socket, worker: cli.worker_socket };
+    match runtime.block_on(run(cfg, cli.state_dir, sockets, activation, notifier)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -97,9 +109,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// The internal sockets given on the command line.
+struct Sockets {
+    broker: Option<PathBuf>,
+    worker: Option<PathBuf>,
+}
+
 async fn run(
     cfg: config::Config,
     state_dir_flag: Option<PathBuf>,
+    sockets: Sockets,
     mut activation: Activation,
     notifier: Notifier,
 ) -> anyhow::Result<()> {
@@ -110,11 +129,12 @@ async fn run(
     let now = now_ms();
     let (tokens, origin) = RoleTokens::load_or_create(&state_dir, now)?;
     let db_path = state_dir.join(&cfg.runtime.ltm_filename);
-    let store = SqliteStore::open(&db_path).with_context(|| format!("cannot open database {}", db_path.display()))?;
+    let store: Arc<dyn Store> =
+        Arc::new(SqliteStore::open(&db_path).with_context(|| format!("cannot open database {}", db_path.display()))?);
     let agents_dir = state_dir.join(&cfg.runtime.agents_dir);
     let token_file = tokens.path().to_path_buf();
     let plane =
-        ControlPlane::open(Arc::new(store), tokens, ScopeTokenDigests::from_env(), state_dir.clone(), &agents_dir, now)
+        ControlPlane::open(store.clone(), tokens, ScopeTokenDigests::from_env(), state_dir.clone(), &agents_dir, now)
             .context("cannot load the control-plane state")?;
     let listener = match activation.tcp("http")? {
         Some(passed) => {
@@ -152,7 +172,17 @@ async fn run(
     println!("  state:    {}", state_dir.display());
     println!("  connect:  send 'Authorization: Bearer <token>' to ws://{addr}/ (unified-v2)");
     println!("  health:   http://{addr}/readyz   metrics: http://{addr}/metrics");
-    let shared = server::Shared::new(cfg, plane, Metrics::new());
+    let shutdown = CancellationToken::new();
+    let settings = Settings::from_config(&cfg, &state_dir, sockets.broker, sockets.worker);
+    println!(
+        "  provider: {} model {} (through the broker at {})",
+        settings.broker_provider,
+        settings.model,
+        settings.broker_socket.display()
+    );
+    let runtime = Arc::new(Runtime::new(settings, store, shutdown.clone()).context("cannot start the agent runtime")?);
+    let fs_node = local_exports(&cfg.fs)?;
+    let shared = server::Shared::new(cfg, plane, Metrics::new(), runtime, fs_node, shutdown);
     if let Some(listener) = metrics_listener {
         println!("  metrics port: http://{}/metrics", listener.local_addr()?);
         tokio::spawn(server::serve_metrics(listener, shared.clone()));
@@ -168,6 +198,27 @@ async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The gateway's own exports (`fs.exports`), served on `/v2/fs` by the fs node's code.
+fn local_exports(fs: &config::FsConfig) -> anyhow::Result<Option<Arc<NodeState>>> {
+    use anyhow::Context as _;
+    if fs.exports.is_empty() {
+        return Ok(None);
+    }
+    let exports = ExportSpec::parse_all(&fs.exports).context("fs.exports")?;
+    let names: Vec<String> = exports.iter().map(|e| e.name.clone()).collect();
+    let node = NodeState::new(NodeConfig {
+        exports,
+        auth_token: fs.token(),
+        max_connections: fs.max_connections,
+        hello_timeout: std::time::Duration::from_secs(10),
+        hide_sandbox_dir: true,
+        events_to_subscribers_only: true,
+    })
+    .context("cannot open the fs.exports")?;
+    println!("  fs:       ws://<this address>{} exports {}", server::FS_PATH, names.join(", "));
+    Ok(Some(node))
 }
 
 /// `SPIDERWEB_METRICS_PORT` (spec unified-v2 §1): a separate plain-HTTP listener for the

@@ -31,6 +31,8 @@ pub struct Metrics {
     request_duration: Histogram,
     pub projects: Gauge,
     pub agents: Gauge,
+    pub turns_running: Gauge,
+    pub turns_queued: Gauge,
 }
 
 impl Metrics {
@@ -81,6 +83,14 @@ impl Metrics {
         registry.register("spiderweb_projects_total", "Projects that exist", projects.clone());
         let agents = Gauge::default();
         registry.register("spiderweb_agents_total", "Agents that exist", agents.clone());
+        let turns_running = Gauge::default();
+        registry.register("spiderweb_turns_running", "Chat turns running now", turns_running.clone());
+        let turns_queued = Gauge::default();
+        registry.register(
+            "spiderweb_turns_queued",
+            "Chat turns waiting for a slot (runtime_worker_threads)",
+            turns_queued.clone(),
+        );
         Metrics {
             registry,
             connections_active,
@@ -94,6 +104,8 @@ impl Metrics {
             request_duration,
             projects,
             agents,
+            turns_running,
+            turns_queued,
         }
     }
 

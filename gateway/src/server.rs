@@ -33,6 +33,11 @@ use crate::events::EventHub;
 use crate::events::topology::TopologyFeed;
 use crate::metrics::Metrics;
 use crate::plane::ControlPlane;
+use crate::runtime::Runtime;
+use spiderweb_fsnode::node::NodeState;
+
+/// Where the gateway serves its own exports (spec `fs-node.md`).
+pub const FS_PATH: &str = "/v2/fs";
 use crate::tokens::Digest;
 
 /// How long shutdown waits for open connections to finish.
@@ -45,6 +50,9 @@ pub struct Shared {
     pub events: EventHub,
     pub topology: TopologyFeed,
     pub metrics: Metrics,
+    pub runtime: Arc<Runtime>,
+    /// The gateway's own exports (`fs.exports`), served on `/v2/fs`.
+    pub fs_node: Option<Arc<NodeState>>,
     pub shutdown: CancellationToken,
     tasks: TaskTracker,
     open: AtomicUsize,
@@ -53,14 +61,25 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config: Config, plane: ControlPlane, metrics: Metrics) -> Arc<Shared> {
+    /// `shutdown` is the token the runtime was given, so that stopping the server also
+    /// stops running turns.
+    pub fn new(
+        config: Config,
+        plane: ControlPlane,
+        metrics: Metrics,
+        runtime: Arc<Runtime>,
+        fs_node: Option<Arc<NodeState>>,
+        shutdown: CancellationToken,
+    ) -> Arc<Shared> {
         Arc::new(Shared {
             config,
             plane,
             events: EventHub::default(),
             topology: TopologyFeed::default(),
             metrics,
-            shutdown: CancellationToken::new(),
+            runtime,
+            fs_node,
+            shutdown,
             tasks: TaskTracker::new(),
             open: AtomicUsize::new(0),
             per_token: Mutex::new(HashMap::new()),
@@ -290,6 +309,22 @@ fn route(mut req: Request<Incoming>, shared: &Arc<Shared>) -> Response<Full<Byte
                 tracing::info!("refused a connection without a valid bearer token");
                 crate::connection::refuse(socket, &task_shared, code::PROVIDER_AUTH_FAILED, "forbidden").await;
             }
+            // The node protocol authenticates in its hello (fs.auth_token), as a node does.
+            (FS_PATH, _) => match task_shared.fs_node.clone() {
+                Some(node) => {
+                    let _slot = slot;
+                    spiderweb_fsnode::node::serve_connection(socket, node).await
+                }
+                None => {
+                    crate::connection::refuse(
+                        socket,
+                        &task_shared,
+                        code::INVALID_ENVELOPE,
+                        "this gateway has no fs.exports",
+                    )
+                    .await
+                }
+            },
             _ => {
                 crate::connection::refuse(socket, &task_shared, code::INVALID_ENVELOPE, "invalid websocket path").await
             }

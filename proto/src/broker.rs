@@ -21,6 +21,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Largest frame either side accepts by default: a maximal request body (8 MiB) grows by a
 /// third in base64, plus headers and JSON overhead.
+/// Response header the broker adds to a `response_head` with status 401: the name of the
+/// credential source it used (e.g. `environment (OPENAI_API_KEY)`, or `none`) — never the key — so that
+/// the gateway can say which key the provider refused.
+pub const CREDENTIAL_SOURCE_HEADER: &str = "x-spiderweb-credential-source";
+
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 12 * 1024 * 1024;
 
 /// The codec of a broker client: encodes requests, decodes replies. A gateway wraps its
@@ -88,6 +93,11 @@ fn serialize_key<S: Serializer>(key: &secrecy::SecretString, s: S) -> Result<S::
 
 /// An HTTP request for a provider. The broker chooses the host: `path` is relative to the
 /// provider's configured base URL and may carry a query string (`/models/x:streamGenerateContent?alt=sse`).
+///
+/// For a plugin provider (a local binary the broker runs, JSON-RPC on stdin/stdout) the method
+/// is `POST`, the path `/` and the body the JSON-RPC request line without its newline; the
+/// reply is `response_head` 200, the plugin's stdout as body chunks, then `end` — after the
+/// plugin exited successfully — or one `error`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderRequest {
@@ -248,6 +258,9 @@ pub enum ErrorCode {
     UpstreamTimeout,
     /// The request was cancelled by the client.
     Cancelled,
+    /// A plugin provider ran but failed: non-zero exit (the message quotes its stderr), too
+    /// much output, or a broken pipe.
+    PluginFailed,
     /// No Secret Service is reachable (set-key/clear-key).
     KeyringUnavailable,
     /// An unexpected failure inside the broker.

@@ -8,6 +8,11 @@
 //! What it must never do: pass silently. Every helper that cannot do its job (binary missing, the
 //! gateway does not announce its port, a reply does not arrive) panics with a message that says
 //! what was expected, what arrived and the tail of the gateway's stderr.
+//!
+//! Modules: [`fake_provider`], local servers speaking each LLM provider's streaming wire
+//! format, scripted per test.
+
+pub mod fake_provider;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::{self, OpenOptions};
@@ -28,6 +33,8 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
+
+pub mod stack;
 
 pub use serde_json;
 pub use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control as OpControl, Data as OpData, OpCode};

@@ -15,8 +15,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use secrecy::SecretString;
 use serde_json::{Map, Value};
-use spiderweb_broker::client::BrokerClient;
 use spiderweb_broker::paths;
+use spiderweb_client::broker::BrokerClient;
 use spiderweb_proto::broker::{BrokerReply, BrokerRequest};
 
 #[derive(Parser)]

@@ -2,8 +2,9 @@
 //!
 //! The variables are snapshotted into zeroizing strings when the broker starts, so a key set
 //! later in the (immutable) environment block cannot change behaviour mid-run and the lookup
-//! per request costs nothing. The broker starts no child process, so the keys are passed to
-//! no one; `PR_SET_DUMPABLE=0` keeps `/proc/<pid>/environ` from other users of the same uid.
+//! per request costs nothing. The only children the broker starts are plugin providers, whose
+//! environment is cleared and given back only their own key (`crate::plugin`);
+//! `PR_SET_DUMPABLE=0` keeps `/proc/<pid>/environ` from other users of the same uid.
 
 use std::collections::HashMap;
 
@@ -24,26 +25,27 @@ pub const KNOWN_VARIABLES: &[&str] = &[
 
 /// The non-empty provider key variables present at start.
 #[derive(Default)]
-pub struct EnvKeys(HashMap<&'static str, SecretString>);
+pub struct EnvKeys(HashMap<String, SecretString>);
 
 impl EnvKeys {
-    /// Snapshot of the process environment.
-    pub fn from_process() -> Self {
+    /// Snapshot of the process environment: the built-in providers' variables and `extra`
+    /// (the `key_env` of configured plugins).
+    pub fn from_process<'a>(extra: impl IntoIterator<Item = &'a str>) -> Self {
         let mut keys = HashMap::new();
-        for name in KNOWN_VARIABLES {
+        for name in KNOWN_VARIABLES.iter().copied().chain(extra) {
             if let Ok(value) = std::env::var(name)
                 && !value.trim().is_empty()
             {
-                keys.insert(*name, SecretString::from(value.trim().to_owned()));
+                keys.insert(name.to_owned(), SecretString::from(value.trim().to_owned()));
             }
         }
         EnvKeys(keys)
     }
 
     /// The first of `chain` that is set, with its name.
-    pub fn first(&self, chain: &[&'static str]) -> Option<(&'static str, SecretString)> {
-        chain
-            .iter()
-            .find_map(|name| self.0.get(name).map(|k| (*name, SecretString::from(k.expose_secret().to_owned()))))
+    pub fn first<'a>(&self, chain: &'a [String]) -> Option<(&'a str, SecretString)> {
+        chain.iter().find_map(|name| {
+            self.0.get(name).map(|k| (name.as_str(), SecretString::from(k.expose_secret().to_owned())))
+        })
     }
 }

@@ -172,7 +172,7 @@ impl Resolver {
                 }
             }
         }
-        if let Some((variable, key)) = self.env.first(provider.env_vars) {
+        if let Some((variable, key)) = self.env.first(&provider.env_vars) {
             return Some((key, CredentialSource::Environment { variable: variable.into() }));
         }
         None
@@ -180,7 +180,7 @@ impl Resolver {
 }
 
 fn missing(provider: &Provider) -> ResolveError {
-    let env_hint = match provider.env_vars {
+    let env_hint = match provider.env_vars.as_slice() {
         [] => String::new(),
         vars => format!(", or set {}", vars.join(" / ")),
     };

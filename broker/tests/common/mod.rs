@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::Frame;
 use hyper::{Request, Response};
 use serde_json::{Value, json};
-use spiderweb_broker::client::BrokerClient;
+use spiderweb_client::broker::BrokerClient;
 use spiderweb_proto::broker::{BrokerReply, BrokerRequest, ProviderRequest};
 use tokio::sync::mpsc;
 

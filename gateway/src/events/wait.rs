@@ -80,6 +80,14 @@ impl Selector {
         Some(Selector::Signal { event_type: SignalType::from_name(kind)?, parameter })
     }
 
+    fn accepts_job(&self, job: &TerminalJob, configured_at_ms: i64) -> bool {
+        match self {
+            Selector::AnyJob => job.finished_at_ms >= configured_at_ms,
+            Selector::Job(id) => *id == job.job_id,
+            _ => false,
+        }
+    }
+
     fn accepts(&self, signal: &Signal) -> bool {
         match self {
             Selector::Signal { event_type, parameter } => {
@@ -88,6 +96,23 @@ impl Selector {
             _ => false,
         }
     }
+}
+
+/// A job that reached `done` or `failed`, as job selectors see it.
+#[derive(Clone, Debug)]
+pub struct TerminalJob {
+    pub job_id: String,
+    pub finished_at_ms: i64,
+    /// The `job` object of the event (spec §9.2).
+    pub job: Value,
+}
+
+/// Where waits learn about jobs: the agent runtime, seen for one agent.
+pub trait JobFeed: Send + Sync {
+    /// The agent's terminal jobs.
+    fn terminal_jobs(&self) -> Vec<TerminalJob>;
+    /// Changes whenever any job changes state.
+    fn changes(&self) -> tokio::sync::watch::Receiver<u64>;
 }
 
 /// A configuration as written to `wait.json`.
@@ -165,6 +190,9 @@ pub struct WaitState {
     signal_cursor: u64,
     /// Per selector: whether its (one-shot) time event has been delivered.
     time_fired: Vec<bool>,
+    /// Jobs whose terminal event this configuration delivered (bounded by the jobs the
+    /// runtime keeps).
+    jobs_delivered: std::collections::HashSet<String>,
 }
 
 pub type SharedWait = Arc<Mutex<WaitState>>;
@@ -179,7 +207,13 @@ impl WaitState {
             delivered: 0,
             signal_cursor: scope.last_seq(),
             time_fired,
+            jobs_delivered: Default::default(),
         }))
+    }
+
+    /// The configured timeout (it also bounds blocking `result.txt` reads, spec §9.1).
+    pub fn timeout_ms(&self) -> u64 {
+        self.config.timeout_ms
     }
 
     fn time_target(&self, selector: &Selector) -> Option<i64> {
@@ -194,7 +228,7 @@ impl WaitState {
 
     /// The earliest undelivered event due at `now`, marked delivered; or the time of the next
     /// pending time event, so that the caller knows when to look again.
-    fn take_due(&mut self, scope: &ScopeEvents, now: i64) -> Result<Value, Option<i64>> {
+    fn take_due(&mut self, scope: &ScopeEvents, jobs: &[TerminalJob], now: i64) -> Result<Value, Option<i64>> {
         let mut best: Option<(i64, Due)> = None;
         let mut next_time: Option<i64> = None;
         for (index, (_, selector)) in self.config.selectors.iter().enumerate() {
@@ -215,6 +249,16 @@ impl WaitState {
             && best.as_ref().is_none_or(|(at, _)| signal.at_ms < *at)
         {
             best = Some((signal.at_ms, Due::Signal(signal)));
+        }
+        for job in jobs {
+            if self.jobs_delivered.contains(&job.job_id)
+                || !selectors.iter().any(|(_, sel)| sel.accepts_job(job, self.configured_at_ms))
+            {
+                continue;
+            }
+            if best.as_ref().is_none_or(|(at, _)| job.finished_at_ms < *at) {
+                best = Some((job.finished_at_ms, Due::Job(job.clone())));
+            }
         }
         let Some((_, due)) = best else { return Err(next_time) };
         self.delivered += 1;
@@ -241,6 +285,17 @@ impl WaitState {
                 event["signal"] = json!(signal);
                 event
             }
+            Due::Job(job) => {
+                self.jobs_delivered.insert(job.job_id.clone());
+                let source_path = selectors
+                    .iter()
+                    .find(|(_, sel)| sel.accepts_job(&job, self.configured_at_ms))
+                    .map_or("", |(p, _)| p.as_str());
+                let event_path = format!("/agents/self/jobs/{}/status.json", job.job_id);
+                let mut event = head(source_path, &event_path, job.finished_at_ms);
+                event["job"] = job.job;
+                event
+            }
         })
     }
 }
@@ -248,6 +303,7 @@ impl WaitState {
 enum Due {
     Time { index: usize, target: i64 },
     Signal(Signal),
+    Job(TerminalJob),
 }
 
 /// What `next.json` shows when no wait is configured.
@@ -261,15 +317,22 @@ pub fn configured_idle() -> Value {
 }
 
 /// Waits for the next event of `wait`, or its timeout; the answer is `next.json`'s content.
-pub async fn next_event(wait: SharedWait, scope: Arc<ScopeEvents>, shutdown: CancellationToken) -> Value {
+pub async fn next_event(
+    wait: SharedWait,
+    scope: Arc<ScopeEvents>,
+    jobs: Box<dyn JobFeed>,
+    shutdown: CancellationToken,
+) -> Value {
     let started = Instant::now();
     let timeout_ms = lock(&wait).config.timeout_ms;
     let mut deadline = started + Duration::from_millis(timeout_ms);
     let mut changes = scope.subscribe();
+    let mut job_changes = jobs.changes();
     let mut draining = false;
     loop {
         let now = now_ms();
-        let next_time = match lock(&wait).take_due(&scope, now) {
+        let terminal = jobs.terminal_jobs();
+        let next_time = match lock(&wait).take_due(&scope, &terminal, now) {
             Ok(event) => return event,
             Err(next_time) => next_time,
         };
@@ -283,6 +346,7 @@ pub async fn next_event(wait: SharedWait, scope: Arc<ScopeEvents>, shutdown: Can
             .map_or(deadline, |t| t.min(deadline));
         tokio::select! {
             _ = changes.changed() => {}
+            _ = job_changes.changed() => {}
             _ = tokio::time::sleep_until(wake) => {}
             _ = shutdown.cancelled(), if !draining => {
                 draining = true;
@@ -299,6 +363,41 @@ fn lock(wait: &SharedWait) -> std::sync::MutexGuard<'_, WaitState> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct Jobs(Vec<TerminalJob>, tokio::sync::watch::Sender<u64>);
+
+    impl JobFeed for Jobs {
+        fn terminal_jobs(&self) -> Vec<TerminalJob> {
+            self.0.clone()
+        }
+        fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+            self.1.subscribe()
+        }
+    }
+
+    fn no_jobs() -> Box<dyn JobFeed> {
+        Box::new(Jobs(vec![], tokio::sync::watch::Sender::new(0)))
+    }
+
+    #[test]
+    fn job_selectors_fire_once_per_job_and_any_job_only_for_jobs_that_end_after_the_configuration() {
+        let scope = ScopeEvents::new();
+        let config =
+            parse_wait(br#"{"paths":["/agents/self/chat/control/input","/agents/self/jobs/job-1/result.txt"]}"#)
+                .unwrap()
+                .unwrap();
+        let wait = WaitState::new(config, &scope);
+        let configured = lock(&wait).configured_at_ms;
+        let job = |id: &str, at: i64| TerminalJob { job_id: id.into(), finished_at_ms: at, job: json!({"job_id": id}) };
+        let jobs = [job("job-1", configured - 10), job("job-2", configured - 5), job("job-3", configured + 5)];
+        let first = lock(&wait).take_due(&scope, &jobs, configured + 10).unwrap();
+        assert_eq!(first["job"]["job_id"], "job-1", "named job, although it ended before the configuration");
+        assert_eq!(first["source_path"], "/agents/self/jobs/job-1/result.txt");
+        let second = lock(&wait).take_due(&scope, &jobs, configured + 10).unwrap();
+        assert_eq!(second["job"]["job_id"], "job-3");
+        assert_eq!(second["event_path"], "/agents/self/jobs/job-3/status.json");
+        assert!(lock(&wait).take_due(&scope, &jobs, configured + 10).is_err(), "job-2 ended before; each once");
+    }
 
     #[test]
     fn selectors_match_by_suffix() {
@@ -368,11 +467,11 @@ mod tests {
         scope.raise(SignalType::User, Some("stop".into()), json!(1), 2);
         scope.raise(SignalType::User, Some("go".into()), json!(2), 3);
         let now = now_ms();
-        let first = lock(&wait).take_due(&scope, now).unwrap();
+        let first = lock(&wait).take_due(&scope, &[], now).unwrap();
         assert_eq!(first["signal"]["payload"], json!(2));
         assert_eq!(first["event_id"], json!(1));
         assert_eq!(first["event_path"], json!("/agents/self/events/sources/user/go.json"));
-        assert!(lock(&wait).take_due(&scope, now).is_err(), "delivered once");
+        assert!(lock(&wait).take_due(&scope, &[], now).is_err(), "delivered once");
     }
 
     #[test]
@@ -382,16 +481,16 @@ mod tests {
             state(&["/agents/self/events/sources/time/at/100.json", "/agents/self/events/sources/hook.json"], &scope);
         scope.raise(SignalType::Hook, None, json!(null), 50);
         let mut w = lock(&wait);
-        assert_eq!(w.take_due(&scope, 200).unwrap()["signal"]["seq"], json!(1));
-        assert_eq!(w.take_due(&scope, 200).unwrap()["time"]["target_ms"], json!(100));
-        assert_eq!(w.take_due(&scope, 200).unwrap_err(), None, "nothing left, no timer pending");
+        assert_eq!(w.take_due(&scope, &[], 200).unwrap()["signal"]["seq"], json!(1));
+        assert_eq!(w.take_due(&scope, &[], 200).unwrap()["time"]["target_ms"], json!(100));
+        assert_eq!(w.take_due(&scope, &[], 200).unwrap_err(), None, "nothing left, no timer pending");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_wait_times_out_and_shutdown_shortens_it() {
         let scope = Arc::new(ScopeEvents::new());
         let wait = state(&["/agents/self/events/sources/hook.json"], &scope);
-        let answer = next_event(wait.clone(), scope.clone(), CancellationToken::new()).await;
+        let answer = next_event(wait.clone(), scope.clone(), no_jobs(), CancellationToken::new()).await;
         assert_eq!(answer["timeout"], json!(true));
         assert_eq!(answer["waiting"], json!(true));
 
@@ -404,7 +503,7 @@ mod tests {
         let shutdown = CancellationToken::new();
         shutdown.cancel();
         let started = Instant::now();
-        let answer = next_event(long, scope, shutdown).await;
+        let answer = next_event(long, scope, no_jobs(), shutdown).await;
         assert_eq!(answer["timeout"], json!(true));
         assert!(started.elapsed() <= DRAIN_GRACE + Duration::from_millis(10));
     }

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use super::args::Args;
 use super::{ControlPlane, OpError, OpResult, role_key};
-use crate::store::{RoleState, SessionHistoryEntry, Target};
+use crate::store::{ConversationKey, RoleState, SessionHistoryEntry, Target};
 use spiderweb_policy::Role;
 use spiderweb_policy::session::{SYSTEM_PROJECT, valid_agent_id};
 
@@ -84,22 +84,37 @@ impl ControlPlane {
         Ok(json!({"sessions": entries.iter().map(entry_json).collect::<Vec<_>>()}))
     }
 
+    /// The newest entries, with `message_count` read from the conversation's transcript.
     fn history_entries(&self, role: Role, agent: Option<&str>, limit: usize) -> Vec<SessionHistoryEntry> {
         let now = super::now_ms();
-        let state = self.lock();
-        state
-            .roles
-            .get(&role_key(role))
-            .map(|r| {
-                r.history
-                    .iter()
-                    .filter(|h| now - h.last_active_ms <= MAX_AGE_MS)
-                    .filter(|h| agent.is_none_or(|a| h.agent_id == a))
-                    .take(limit)
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default()
+        let mut entries: Vec<SessionHistoryEntry> = {
+            let state = self.lock();
+            state
+                .roles
+                .get(&role_key(role))
+                .map(|r| {
+                    r.history
+                        .iter()
+                        .filter(|h| now - h.last_active_ms <= MAX_AGE_MS)
+                        .filter(|h| agent.is_none_or(|a| h.agent_id == a))
+                        .take(limit)
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        for entry in &mut entries {
+            let conversation = ConversationKey {
+                agent_id: entry.agent_id.clone(),
+                project_id: entry.project_id.clone(),
+                session_key: entry.session_key.clone(),
+            };
+            match self.store.message_count(&conversation) {
+                Ok(count) => entry.message_count = count,
+                Err(e) => tracing::warn!(error = %e, "cannot count the messages of a session"),
+            }
+        }
+        entries
     }
 }
 

@@ -5,8 +5,9 @@
 //! [`ProviderRequest`] (method, path relative to the provider's base URL, non-secret
 //! headers, body) that the broker sends with the credential added, and parses the bytes
 //! the broker streams back into one event vocabulary ([`StreamEvent`]). What it must never
-//! do: hold or add a credential, pick an upstream URL, or perform I/O (the plugin runner,
-//! which spawns a local binary, is the one exception).
+//! do: hold or add a credential, pick an upstream URL, or perform I/O. Plugin providers
+//! (local binaries) are run by the broker too: [`plugin`] builds their request and parses
+//! the stdout the broker sends back.
 //!
 //! The turn loop drives it like this:
 //!
@@ -47,7 +48,7 @@
 //! [`event`] what the parsers yield; [`error`] typed failures; [`stream`] the parser
 //! driver; `sse` the SSE framing adapter; `tool_calls` the call assembler; one module per
 //! wire format (`openai_chat`, `openai_responses`, `anthropic`, `gemini`); [`plugin`]
-//! JSON-RPC plugin binaries; [`catalog`] models, limits and prices; [`retry`] the retry
+//! the JSON-RPC plugin protocol (request line, answer parsing); [`catalog`] models, limits and prices; [`retry`] the retry
 //! policy.
 
 mod anthropic;
@@ -95,7 +96,7 @@ pub enum ProviderKind {
     AzureOpenAi,
     /// Any OpenAI-compatible server (Ollama, vLLM, llama.cpp) by base URL.
     OpenAiCompatible,
-    /// A local binary speaking JSON-RPC on stdin/stdout (see [`plugin`]).
+    /// A local binary speaking JSON-RPC on stdin/stdout, run by the broker (see [`plugin`]).
     Plugin,
 }
 
@@ -233,8 +234,8 @@ impl Provider {
     }
 
     /// A fresh parser for one reply to a request built by [`Provider::build`]. Plugin
-    /// replies are not streamed and are parsed by [`plugin::PluginProvider::chat`]; asking
-    /// for a plugin parser gives one that rejects any body.
+    /// requests are built by [`plugin::request`] and their replies (not SSE) collected by
+    /// [`plugin::PluginReply`]; asking for a plugin parser gives one that rejects any body.
     pub fn parser(&self) -> StreamParser {
         let decoder: Box<dyn WireDecoder> = match self.kind {
             ProviderKind::OpenAi | ProviderKind::OpenAiCompatible | ProviderKind::AzureOpenAi => {

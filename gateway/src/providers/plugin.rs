@@ -1,76 +1,50 @@
-//! Plugin providers: a local binary answering one JSON-RPC 2.0 `chat` call on
-//! stdin/stdout, byte-compatible with ZeptoClaw's provider plugins (`seeds/003_*`).
+//! Plugin providers: the JSON-RPC 2.0 `chat` call of ZeptoClaw's provider plugins
+//! (`seeds/003_*`), byte-compatible so existing plugin binaries work unchanged.
 //!
-//! Why it exists: existing plugin binaries must work unchanged. Protocol: one request
-//! line on stdin,
+//! Why it exists: a plugin is a local binary that reads one request line on stdin,
 //! `{"jsonrpc":"2.0","id":1,"method":"chat","params":{"messages":[…],"tools":[…],"model":…,"options":{…}}}`,
-//! then stdin is closed; the plugin prints `{"jsonrpc":"2.0","id":1,"result":{"content",
-//! "tool_calls","usage"}}` or `{"jsonrpc":"2.0","id":1,"error":{"code","message"}}` and
-//! exits. The last non-empty stdout line is the answer; a non-zero exit is an error
-//! carrying stderr (or stdout when stderr is empty). Messages use ZeptoClaw's shape
-//! (`role` system/user/assistant/tool, `content`, `tool_calls` `[{id,name,arguments}]`,
-//! `tool_call_id`); tools are `{name,description,parameters}`.
+//! and prints `{"jsonrpc":"2.0","id":1,"result":{"content","tool_calls","usage"}}` or
+//! `{"jsonrpc":"2.0","id":1,"error":{"code","message"}}`; the last non-empty stdout line is
+//! the answer. Messages use ZeptoClaw's shape (`role` system/user/assistant/tool, `content`,
+//! `tool_calls` `[{id,name,arguments}]`, `tool_call_id`); tools are `{name,description,parameters}`.
 //!
-//! What it must never do: wait forever (a timeout kills the plugin's whole process
-//! group), buffer without bound (stdout is capped, stderr is kept up to
-//! [`MAX_STDERR_BYTES`] and the rest drained), or run through a shell.
-
-use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
-use std::time::Duration;
+//! Plugins read their API key from their environment, so the **broker** runs them (the
+//! only process that holds keys; `broker/src/plugin.rs`: no shell, cleared environment,
+//! timeout killing the process group, capped output, non-zero exit reported with stderr).
+//! This module is the gateway's half and does no I/O at all: [`request`] builds the
+//! `provider_request` (POST `/`, the request line without its newline as body — the broker
+//! adds the newline), and [`PluginReply`] collects the stdout the broker streams back and
+//! turns the answer into the same events a streaming provider yields.
+//!
+//! What it must never do: buffer without bound (the collected stdout is capped), or accept
+//! an answer it cannot attribute (garbage, an answer to another id, neither result nor
+//! error) — each is a typed [`PluginError`] quoting at most a snippet of the output.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::process::Command;
 
 use super::chat::{ChatRequest, Message};
 use super::error::{bounded, snippet};
 use super::event::{StopReason, StreamEvent, Usage};
+use super::request::ProviderRequest;
 
-/// Default time a plugin has to answer (ZeptoClaw's).
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
-/// Default cap on a plugin's stdout.
+/// The id of the one request a plugin run answers.
+pub const REQUEST_ID: u64 = 1;
+/// Default cap on the stdout collected from one run (the broker caps it at the same size).
 pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 16 << 20;
-/// Stderr kept for error messages.
-pub const MAX_STDERR_BYTES: usize = 64 << 10;
 
-/// One configured plugin binary.
-#[derive(Debug, Clone)]
-pub struct PluginProvider {
-    name: String,
-    command: PathBuf,
-    args: Vec<String>,
-    timeout: Duration,
-    max_output_bytes: usize,
-}
-
+/// Why a plugin's answer could not be used. Failures of the process itself (spawn, timeout,
+/// non-zero exit) are reported by the broker as `error` replies instead.
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
-    #[error("provider plugin '{plugin}' could not be started ({command}): {source}")]
-    Spawn {
-        plugin: String,
-        command: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("provider plugin '{plugin}': {stage} failed: {source}")]
-    Io {
-        plugin: String,
-        stage: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("provider plugin '{plugin}' timed out after {}s and was killed", after.as_secs_f64())]
-    Timeout { plugin: String, after: Duration },
-    #[error("provider plugin '{plugin}' {status}: {detail}")]
-    Exit { plugin: String, status: ExitStatus, detail: String },
-    #[error("provider plugin '{plugin}' wrote more than {limit} bytes and was killed")]
+    #[error("provider plugin '{plugin}' wrote more than {limit} bytes")]
     OutputTooLarge { plugin: String, limit: usize },
     #[error("provider plugin '{plugin}' produced no output")]
     NoOutput { plugin: String },
     #[error("provider plugin '{plugin}' returned invalid JSON-RPC ({reason}): {line}")]
     Garbage { plugin: String, reason: String, line: String },
+    #[error("provider plugin '{plugin}' answered request id {got} instead of {REQUEST_ID}")]
+    IdMismatch { plugin: String, got: String },
     #[error("provider plugin '{plugin}' error (code {code}): {message}")]
     Rpc { plugin: String, code: i64, message: String },
     #[error("provider plugin '{plugin}' returned neither result nor error")]
@@ -129,6 +103,8 @@ struct Options {
 
 #[derive(Deserialize)]
 struct RpcResponse {
+    /// ZeptoClaw ignores it; an answer to another request is refused (see [`PluginError::IdMismatch`]).
+    id: Option<Value>,
     result: Option<RpcResult>,
     error: Option<RpcError>,
 }
@@ -163,251 +139,149 @@ struct RpcToolCall {
     arguments: Option<Value>,
 }
 
-impl PluginProvider {
-    pub fn new(name: impl Into<String>, command: impl Into<PathBuf>, args: Vec<String>) -> Self {
-        Self {
-            name: name.into(),
-            command: command.into(),
-            args,
-            timeout: DEFAULT_TIMEOUT,
-            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
-        }
+/// The request the broker runs the plugin with: POST `/`, the request line as body.
+pub fn request(chat: &ChatRequest) -> ProviderRequest {
+    ProviderRequest {
+        method: "POST",
+        path: "/".to_owned(),
+        headers: vec![("content-type", "application/json".to_owned())],
+        body: request_line(chat),
     }
+}
 
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
+/// The exact request line for `chat`, without the newline the broker writes after it.
+pub fn request_line(chat: &ChatRequest) -> Vec<u8> {
+    let mut messages = Vec::with_capacity(chat.messages.len() + 1);
+    if let Some(system) = &chat.system {
+        messages.push(WireMessage { role: "system", content: system, tool_calls: None, tool_call_id: None });
     }
-
-    pub fn with_max_output_bytes(mut self, limit: usize) -> Self {
-        self.max_output_bytes = limit;
-        self
-    }
-
-    /// The exact request line (newline included) sent for `chat`.
-    pub fn request_line(chat: &ChatRequest) -> Vec<u8> {
-        let mut messages = Vec::with_capacity(chat.messages.len() + 1);
-        if let Some(system) = &chat.system {
-            messages.push(WireMessage { role: "system", content: system, tool_calls: None, tool_call_id: None });
-        }
-        for message in &chat.messages {
-            messages.push(match message {
-                Message::User { text } => {
-                    WireMessage { role: "user", content: text, tool_calls: None, tool_call_id: None }
-                }
-                Message::Assistant { text, tool_calls } => WireMessage {
-                    role: "assistant",
-                    content: text,
-                    tool_calls: (!tool_calls.is_empty()).then(|| {
-                        tool_calls
-                            .iter()
-                            .map(|call| WireCall { id: &call.id, name: &call.name, arguments: &call.arguments })
-                            .collect()
-                    }),
-                    tool_call_id: None,
-                },
-                Message::ToolResult { call_id, content, .. } => {
-                    WireMessage { role: "tool", content, tool_calls: None, tool_call_id: Some(call_id) }
-                }
-            });
-        }
-        let request = RpcRequest {
-            jsonrpc: "2.0",
-            id: 1,
-            method: "chat",
-            params: Params {
-                messages,
-                tools: chat
-                    .tools
-                    .iter()
-                    .map(|tool| WireTool {
-                        name: &tool.name,
-                        description: &tool.description,
-                        parameters: &tool.parameters,
-                    })
-                    .collect(),
-                model: (!chat.model.is_empty()).then_some(chat.model.as_str()),
-                options: Options { max_tokens: Some(chat.max_output_tokens), temperature: chat.temperature },
+    for message in &chat.messages {
+        messages.push(match message {
+            Message::User { text } => WireMessage { role: "user", content: text, tool_calls: None, tool_call_id: None },
+            Message::Assistant { text, tool_calls } => WireMessage {
+                role: "assistant",
+                content: text,
+                tool_calls: (!tool_calls.is_empty()).then(|| {
+                    tool_calls
+                        .iter()
+                        .map(|call| WireCall { id: &call.id, name: &call.name, arguments: &call.arguments })
+                        .collect()
+                }),
+                tool_call_id: None,
             },
-        };
-        let mut line = serde_json::to_vec(&request).expect("plugin request always serializes");
-        line.push(b'\n');
-        line
-    }
-
-    /// Runs the plugin once for `chat` and returns the reply as the same events a
-    /// streaming provider yields (text, whole tool calls, usage, done).
-    pub async fn chat(&self, chat: &ChatRequest) -> Result<Vec<StreamEvent>, PluginError> {
-        let line = Self::request_line(chat);
-        let mut child = Command::new(&self.command)
-            .args(&self.args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|source| PluginError::Spawn {
-                plugin: self.name.clone(),
-                command: self.command.display().to_string(),
-                source,
-            })?;
-        // From here until the leader is reaped, dropping this future (a cancelled turn)
-        // or any failure kills the plugin and everything it started.
-        let mut group = ProcessGroup::led_by(&child);
-        let mut stdin = child.stdin.take().expect("stdin is piped");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let run = async {
-            let write = async {
-                let result = stdin.write_all(&line).await;
-                drop(stdin);
-                result
-            };
-            let read_answer = async {
-                let output = read_bounded(stdout, self.max_output_bytes, false).await;
-                if matches!(output, Ok((_, true))) {
-                    // Stop it now: it would block on a full pipe until the timeout.
-                    group.kill();
-                }
-                output
-            };
-            let (written, output, errors) =
-                tokio::join!(write, read_answer, read_bounded(stderr, MAX_STDERR_BYTES, true),);
-            (written, output, errors, child.wait().await)
-        };
-        let Ok((written, output, errors, status)) = tokio::time::timeout(self.timeout, run).await else {
-            group.kill();
-            let _ = child.wait().await;
-            group.reaped();
-            return Err(PluginError::Timeout { plugin: self.name.clone(), after: self.timeout });
-        };
-        let io = |stage, source| PluginError::Io { plugin: self.name.clone(), stage, source };
-        let status = status.map_err(|e| io("waiting for exit", e))?;
-        group.reaped();
-        let (stdout, stdout_overflow) = output.map_err(|e| io("reading stdout", e))?;
-        if stdout_overflow {
-            return Err(PluginError::OutputTooLarge { plugin: self.name.clone(), limit: self.max_output_bytes });
-        }
-        let (stderr, _) = errors.map_err(|e| io("reading stderr", e))?;
-        let stdout = String::from_utf8_lossy(&stdout);
-        if !status.success() {
-            let stderr = String::from_utf8_lossy(&stderr);
-            let detail = if stderr.trim().is_empty() { &stdout } else { &stderr };
-            return Err(PluginError::Exit {
-                plugin: self.name.clone(),
-                status,
-                detail: bounded(detail.trim().to_owned()),
-            });
-        }
-        // A plugin that exits 0 without reading its request is still judged by its
-        // answer; only when it gave none does the failed write explain anything.
-        let Some(answer) = stdout.lines().rev().find(|l| !l.trim().is_empty()) else {
-            return Err(match written {
-                Err(source) => io("writing the request", source),
-                Ok(()) => PluginError::NoOutput { plugin: self.name.clone() },
-            });
-        };
-        self.parse_answer(answer)
-    }
-
-    fn parse_answer(&self, line: &str) -> Result<Vec<StreamEvent>, PluginError> {
-        let response: RpcResponse = serde_json::from_str(line).map_err(|error| PluginError::Garbage {
-            plugin: self.name.clone(),
-            reason: error.to_string(),
-            line: snippet(line).to_owned(),
-        })?;
-        if let Some(error) = response.error {
-            return Err(PluginError::Rpc {
-                plugin: self.name.clone(),
-                code: error.code,
-                message: bounded(error.message),
-            });
-        }
-        let result = response.result.ok_or_else(|| PluginError::Empty { plugin: self.name.clone() })?;
-        let mut events = Vec::new();
-        if !result.content.is_empty() {
-            events.push(StreamEvent::TextDelta(result.content));
-        }
-        let mut any_call = false;
-        for (position, entry) in result.tool_calls.as_array().into_iter().flatten().enumerate() {
-            // ZeptoClaw skips entries it cannot read; so do we, loudly.
-            let Ok(RpcToolCall { id, name: Some(name), arguments }) =
-                serde_json::from_value::<RpcToolCall>(entry.clone())
-            else {
-                tracing::warn!(plugin = %self.name, position, "skipping unreadable tool call");
-                continue;
-            };
-            let id = id.unwrap_or_else(|| format!("call_{position}"));
-            let arguments = match arguments {
-                Some(Value::String(text)) => text,
-                Some(value) => value.to_string(),
-                None => "{}".to_owned(),
-            };
-            events.push(StreamEvent::ToolCallStart { id: id.clone(), name: name.clone() });
-            events.push(StreamEvent::ToolCallArgsDelta { id: id.clone(), delta: arguments.clone() });
-            events.push(StreamEvent::ToolCallEnd(super::ToolCall { id, name, arguments, signature: None }));
-            any_call = true;
-        }
-        if let Some(usage) = result.usage {
-            events.push(StreamEvent::Usage(Usage {
-                input_tokens: u64::from(usage.input_tokens),
-                output_tokens: u64::from(usage.output_tokens),
-                ..Usage::default()
-            }));
-        }
-        events
-            .push(StreamEvent::Done { stop_reason: if any_call { StopReason::ToolUse } else { StopReason::EndTurn } });
-        Ok(events)
-    }
-}
-
-/// Reads up to `limit` bytes and returns them with whether there was more. With
-/// `drain_excess` the rest is read and dropped (so the writer never blocks on it).
-async fn read_bounded(
-    mut reader: impl AsyncRead + Unpin,
-    limit: usize,
-    drain_excess: bool,
-) -> std::io::Result<(Vec<u8>, bool)> {
-    let mut kept = Vec::new();
-    (&mut reader).take(limit as u64).read_to_end(&mut kept).await?;
-    let mut probe = [0u8; 1];
-    let overflow = reader.read(&mut probe).await? > 0;
-    if overflow && drain_excess {
-        tokio::io::copy(&mut reader, &mut tokio::io::sink()).await?;
-    }
-    Ok((kept, overflow))
-}
-
-/// The plugin's process group (it leads its own, see `process_group(0)`), SIGKILLed on
-/// drop unless its leader was reaped first, so children the plugin spawned die with it.
-/// After the reap the group id could in principle be reused, so it is then left alone.
-struct ProcessGroup {
-    leader: Option<i32>,
-}
-
-impl ProcessGroup {
-    fn led_by(child: &tokio::process::Child) -> Self {
-        Self { leader: child.id().and_then(|pid| i32::try_from(pid).ok()) }
-    }
-
-    fn kill(&self) {
-        if let Some(pid) = self.leader {
-            // SAFETY: kill(2) with a negative pid signals a process group and touches no
-            // memory; the group is the plugin's because its leader is not reaped yet.
-            unsafe {
-                libc::kill(-pid, libc::SIGKILL);
+            Message::ToolResult { call_id, content, .. } => {
+                WireMessage { role: "tool", content, tool_calls: None, tool_call_id: Some(call_id) }
             }
-        }
+        });
+    }
+    let request = RpcRequest {
+        jsonrpc: "2.0",
+        id: REQUEST_ID,
+        method: "chat",
+        params: Params {
+            messages,
+            tools: chat
+                .tools
+                .iter()
+                .map(|tool| WireTool { name: &tool.name, description: &tool.description, parameters: &tool.parameters })
+                .collect(),
+            model: (!chat.model.is_empty()).then_some(chat.model.as_str()),
+            options: Options { max_tokens: Some(chat.max_output_tokens), temperature: chat.temperature },
+        },
+    };
+    serde_json::to_vec(&request).expect("plugin request always serializes")
+}
+
+/// The stdout of one plugin run, collected as the broker streams it (bounded), then parsed.
+#[derive(Debug)]
+pub struct PluginReply {
+    plugin: String,
+    limit: usize,
+    stdout: Vec<u8>,
+}
+
+impl PluginReply {
+    /// A collector for the reply of the plugin provider named `plugin` (used in errors).
+    pub fn new(plugin: impl Into<String>) -> Self {
+        Self { plugin: plugin.into(), limit: DEFAULT_MAX_OUTPUT_BYTES, stdout: Vec::new() }
     }
 
-    fn reaped(&mut self) {
-        self.leader = None;
+    /// Overrides the cap on collected stdout.
+    pub fn with_max_output_bytes(mut self, limit: usize) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// Adds one body chunk.
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<(), PluginError> {
+        if self.stdout.len() + chunk.len() > self.limit {
+            return Err(PluginError::OutputTooLarge { plugin: self.plugin.clone(), limit: self.limit });
+        }
+        self.stdout.extend_from_slice(chunk);
+        Ok(())
+    }
+
+    /// The body ended: the answer (the last non-empty line) as events — text, whole tool
+    /// calls, usage, done — or why it is unusable.
+    pub fn finish(self) -> Result<Vec<StreamEvent>, PluginError> {
+        let stdout = String::from_utf8_lossy(&self.stdout);
+        let Some(answer) = stdout.lines().rev().find(|l| !l.trim().is_empty()) else {
+            return Err(PluginError::NoOutput { plugin: self.plugin });
+        };
+        parse_answer(&self.plugin, answer)
     }
 }
 
-impl Drop for ProcessGroup {
-    fn drop(&mut self) {
-        self.kill();
+fn parse_answer(plugin: &str, line: &str) -> Result<Vec<StreamEvent>, PluginError> {
+    let response: RpcResponse = serde_json::from_str(line).map_err(|error| PluginError::Garbage {
+        plugin: plugin.to_owned(),
+        reason: error.to_string(),
+        line: snippet(line).to_owned(),
+    })?;
+    match &response.id {
+        None | Some(Value::Null) => {}
+        Some(id) if id.as_u64() == Some(REQUEST_ID) => {}
+        Some(other) => {
+            return Err(PluginError::IdMismatch {
+                plugin: plugin.to_owned(),
+                got: snippet(&other.to_string()).to_owned(),
+            });
+        }
     }
+    if let Some(error) = response.error {
+        return Err(PluginError::Rpc { plugin: plugin.to_owned(), code: error.code, message: bounded(error.message) });
+    }
+    let result = response.result.ok_or_else(|| PluginError::Empty { plugin: plugin.to_owned() })?;
+    let mut events = Vec::new();
+    if !result.content.is_empty() {
+        events.push(StreamEvent::TextDelta(result.content));
+    }
+    let mut any_call = false;
+    for (position, entry) in result.tool_calls.as_array().into_iter().flatten().enumerate() {
+        // ZeptoClaw skips entries it cannot read; so do we, loudly.
+        let Ok(RpcToolCall { id, name: Some(name), arguments }) = serde_json::from_value::<RpcToolCall>(entry.clone())
+        else {
+            tracing::warn!(plugin, position, "skipping unreadable tool call");
+            continue;
+        };
+        let id = id.unwrap_or_else(|| format!("call_{position}"));
+        let arguments = match arguments {
+            Some(Value::String(text)) => text,
+            Some(value) => value.to_string(),
+            None => "{}".to_owned(),
+        };
+        events.push(StreamEvent::ToolCallStart { id: id.clone(), name: name.clone() });
+        events.push(StreamEvent::ToolCallArgsDelta { id: id.clone(), delta: arguments.clone() });
+        events.push(StreamEvent::ToolCallEnd(super::ToolCall { id, name, arguments, signature: None }));
+        any_call = true;
+    }
+    if let Some(usage) = result.usage {
+        events.push(StreamEvent::Usage(Usage {
+            input_tokens: u64::from(usage.input_tokens),
+            output_tokens: u64::from(usage.output_tokens),
+            ..Usage::default()
+        }));
+    }
+    events.push(StreamEvent::Done { stop_reason: if any_call { StopReason::ToolUse } else { StopReason::EndTurn } });
+    Ok(events)
 }

@@ -145,6 +145,68 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Which conversation a message belongs to: the session key of a binding, within its agent
+/// and project (the same key bound to another agent is another conversation).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ConversationKey {
+    pub agent_id: String,
+    pub project_id: String,
+    pub session_key: String,
+}
+
+/// One transcript entry. `body` is the runtime's JSON (a provider message, a compaction
+/// summary); this layer does not interpret it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredMessage {
+    /// 1, 2, 3… within the conversation.
+    pub seq: u64,
+    /// `user`, `assistant`, `tool` or `summary`.
+    pub role: String,
+    pub body: serde_json::Value,
+    pub job_id: Option<String>,
+    pub created_at_ms: i64,
+}
+
+/// Tokens and cost of one model call.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UsageRecord {
+    pub conversation: ConversationKey,
+    /// Whose daily budget it counts against (`admin` or `user`).
+    pub user: String,
+    pub job_id: String,
+    pub model: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: f64,
+    pub created_at_ms: i64,
+}
+
+/// Sums of usage records.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct UsageTotals {
+    pub tokens: u64,
+    pub cost_usd: f64,
+}
+
+/// A chat job as stored: created `queued`, rewritten at each state change.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// `job-<seq>`.
+    pub id: String,
+    pub seq: u64,
+    pub conversation: ConversationKey,
+    pub correlation_id: Option<String>,
+    /// `queued`, `running`, `waiting_approval`, `done` or `failed`.
+    pub state: String,
+    pub error: Option<String>,
+    pub result: Option<String>,
+    pub log: String,
+    /// The job's event stream (`events.ndjson`), kept once the job ends.
+    pub events: String,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
 /// Durable storage of the control plane. Every method is one transaction.
 pub trait Store: Send + Sync {
     /// Loads everything (creating the schema on first use).
@@ -162,4 +224,44 @@ pub trait Store: Send + Sync {
     fn append_audit(&self, record: &AuditRecord, retain: usize) -> StoreResult<()>;
     /// Newest first, at most `limit`, optionally only one agent's records.
     fn audit_tail(&self, limit: usize, agent_id: Option<&str>) -> StoreResult<Vec<AuditRecord>>;
+
+    /// Appends a message and returns its `seq` (one more than the conversation's last).
+    fn append_message(
+        &self,
+        conversation: &ConversationKey,
+        role: &str,
+        body: &serde_json::Value,
+        job_id: Option<&str>,
+        created_at_ms: i64,
+    ) -> StoreResult<u64>;
+    /// The newest message with this role (the runtime finds its latest compaction summary).
+    fn latest_message_with_role(
+        &self,
+        conversation: &ConversationKey,
+        role: &str,
+    ) -> StoreResult<Option<StoredMessage>>;
+    /// Messages with `seq >= from_seq`, oldest first, at most `limit`.
+    fn conversation_from(
+        &self,
+        conversation: &ConversationKey,
+        from_seq: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<StoredMessage>>;
+    /// The newest `limit` messages, oldest first.
+    fn conversation_tail(&self, conversation: &ConversationKey, limit: usize) -> StoreResult<Vec<StoredMessage>>;
+    fn message_count(&self, conversation: &ConversationKey) -> StoreResult<u64>;
+    fn record_usage(&self, usage: &UsageRecord) -> StoreResult<()>;
+    fn usage_of_conversation(&self, conversation: &ConversationKey) -> StoreResult<UsageTotals>;
+    /// Usage of `user` since `since_ms` (the start of the day, for daily budgets).
+    fn usage_of_user_since(&self, user: &str, since_ms: i64) -> StoreResult<UsageTotals>;
+    /// Inserts or replaces a job, raising the job counter to `seq + 1`.
+    fn put_job(&self, job: &JobRecord) -> StoreResult<()>;
+    /// Starts a turn in one transaction: the job record and its prompt (a `user` message).
+    /// Returns the message's seq.
+    fn start_turn(&self, job: &JobRecord, prompt: &serde_json::Value, created_at_ms: i64) -> StoreResult<u64>;
+    /// Raises the job counter to `next` (job numbers below it are never issued again), so
+    /// that job ids can be handed out before their records are written.
+    fn reserve_job_seqs(&self, next: u64) -> StoreResult<()>;
+    /// Jobs created at or after `since_ms`, oldest first, and the next job number.
+    fn load_jobs(&self, since_ms: i64) -> StoreResult<(Vec<JobRecord>, u64)>;
 }

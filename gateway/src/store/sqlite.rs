@@ -30,7 +30,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    AgentRecord, AuditRecord, ProjectKind, ProjectRecord, RoleKey, RoleState, Snapshot, Store, StoreError, StoreResult,
+    AgentRecord, AuditRecord, ConversationKey, JobRecord, ProjectKind, ProjectRecord, RoleKey, RoleState, Snapshot,
+    Store, StoreError, StoreResult, StoredMessage, UsageRecord, UsageTotals,
 };
 
 /// Forward migrations; entry `n` takes the schema from version `n` to `n + 1`. The schema
@@ -104,6 +105,51 @@ const MIGRATIONS: &[&str] = &[
     -- Index entries carry the rowid, so this also serves the per-agent newest-first tail.
     CREATE INDEX audit_by_agent ON audit (agent_id);
     ",
+    // Version 2: the agent runtime's transcripts, usage and chat jobs.
+    "
+    CREATE TABLE messages (
+        agent_id       TEXT NOT NULL,
+        project_id     TEXT NOT NULL,
+        session_key    TEXT NOT NULL,
+        seq            INTEGER NOT NULL,
+        role           TEXT NOT NULL,
+        body           TEXT NOT NULL,
+        job_id         TEXT,
+        created_at_ms  INTEGER NOT NULL,
+        PRIMARY KEY (agent_id, project_id, session_key, seq)
+    ) STRICT, WITHOUT ROWID;
+    CREATE TABLE usage (
+        id             INTEGER PRIMARY KEY,
+        agent_id       TEXT NOT NULL,
+        project_id     TEXT NOT NULL,
+        session_key    TEXT NOT NULL,
+        user_key       TEXT NOT NULL,
+        job_id         TEXT NOT NULL,
+        model          TEXT NOT NULL,
+        input_tokens   INTEGER NOT NULL,
+        output_tokens  INTEGER NOT NULL,
+        cost_usd       REAL NOT NULL,
+        created_at_ms  INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX usage_by_conversation ON usage (agent_id, project_id, session_key);
+    CREATE INDEX usage_by_user_time ON usage (user_key, created_at_ms);
+    CREATE TABLE jobs (
+        id             TEXT PRIMARY KEY NOT NULL,
+        seq            INTEGER NOT NULL,
+        agent_id       TEXT NOT NULL,
+        project_id     TEXT NOT NULL,
+        session_key    TEXT NOT NULL,
+        correlation_id TEXT,
+        state          TEXT NOT NULL,
+        error          TEXT,
+        result         TEXT,
+        log            TEXT NOT NULL,
+        events         TEXT NOT NULL,
+        created_at_ms  INTEGER NOT NULL,
+        updated_at_ms  INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX jobs_by_time ON jobs (created_at_ms);
+    ",
 ];
 
 /// Every distinct statement this store prepares fits in the cache, so none is re-parsed.
@@ -113,6 +159,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 const META_NEXT_PROJECT_SEQ: &str = "next_project_seq";
 const META_NEXT_AUDIT_ID: &str = "next_audit_id";
+const META_NEXT_JOB_SEQ: &str = "next_job_seq";
 
 /// Raises a meta counter but never lowers it: a stale caller must not make a `proj-N` or an
 /// audit id be issued twice.
@@ -630,6 +677,264 @@ impl Store for SqliteStore {
         }
         Ok(records)
     }
+
+    fn append_message(
+        &self,
+        conversation: &ConversationKey,
+        role: &str,
+        body: &serde_json::Value,
+        job_id: Option<&str>,
+        created_at_ms: i64,
+    ) -> StoreResult<u64> {
+        let mut conn = self.lock()?;
+        let tx = conn.transaction()?;
+        let seq = insert_message(&tx, conversation, role, body, job_id, created_at_ms)?;
+        tx.commit()?;
+        Ok(seq)
+    }
+
+    fn latest_message_with_role(
+        &self,
+        conversation: &ConversationKey,
+        role: &str,
+    ) -> StoreResult<Option<StoredMessage>> {
+        let ConversationKey { agent_id, project_id, session_key } = conversation;
+        let conn = self.lock()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, role, body, job_id, created_at_ms FROM messages
+             WHERE agent_id = ?1 AND project_id = ?2 AND session_key = ?3 AND role = ?4 ORDER BY seq DESC LIMIT 1",
+        )?;
+        let rows = stmt.query(params![agent_id, project_id, session_key, role])?;
+        Ok(messages_from_rows(rows, session_key)?.pop())
+    }
+
+    fn conversation_from(
+        &self,
+        conversation: &ConversationKey,
+        from_seq: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<StoredMessage>> {
+        let ConversationKey { agent_id, project_id, session_key } = conversation;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let conn = self.lock()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, role, body, job_id, created_at_ms FROM messages
+             WHERE agent_id = ?1 AND project_id = ?2 AND session_key = ?3 AND seq >= ?4 ORDER BY seq LIMIT ?5",
+        )?;
+        let rows = stmt.query(params![agent_id, project_id, session_key, to_sql_int("seq", from_seq)?, limit])?;
+        messages_from_rows(rows, session_key)
+    }
+
+    fn conversation_tail(&self, conversation: &ConversationKey, limit: usize) -> StoreResult<Vec<StoredMessage>> {
+        let ConversationKey { agent_id, project_id, session_key } = conversation;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let conn = self.lock()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, role, body, job_id, created_at_ms FROM (
+                 SELECT seq, role, body, job_id, created_at_ms FROM messages
+                 WHERE agent_id = ?1 AND project_id = ?2 AND session_key = ?3 ORDER BY seq DESC LIMIT ?4
+             ) ORDER BY seq",
+        )?;
+        let rows = stmt.query(params![agent_id, project_id, session_key, limit])?;
+        messages_from_rows(rows, session_key)
+    }
+
+    fn message_count(&self, conversation: &ConversationKey) -> StoreResult<u64> {
+        let ConversationKey { agent_id, project_id, session_key } = conversation;
+        let conn = self.lock()?;
+        let n: i64 = conn
+            .prepare_cached(
+                "SELECT count(*) FROM messages
+                 WHERE agent_id = ?1 AND project_id = ?2 AND session_key = ?3 AND role != 'summary'",
+            )?
+            .query_row(params![agent_id, project_id, session_key], |r| r.get(0))?;
+        from_sql_int("messages", &session_key, "count", n)
+    }
+
+    fn record_usage(&self, usage: &UsageRecord) -> StoreResult<()> {
+        let ConversationKey { agent_id, project_id, session_key } = &usage.conversation;
+        let conn = self.lock()?;
+        conn.prepare_cached(
+            "INSERT INTO usage (agent_id, project_id, session_key, user_key, job_id, model, input_tokens,
+                                output_tokens, cost_usd, created_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?
+        .execute(params![
+            agent_id,
+            project_id,
+            session_key,
+            usage.user,
+            usage.job_id,
+            usage.model,
+            to_sql_int("input tokens", usage.input_tokens)?,
+            to_sql_int("output tokens", usage.output_tokens)?,
+            usage.cost_usd,
+            usage.created_at_ms,
+        ])?;
+        Ok(())
+    }
+
+    fn usage_of_conversation(&self, conversation: &ConversationKey) -> StoreResult<UsageTotals> {
+        let ConversationKey { agent_id, project_id, session_key } = conversation;
+        let conn = self.lock()?;
+        let totals = conn
+            .prepare_cached(
+                "SELECT coalesce(sum(input_tokens + output_tokens), 0), coalesce(sum(cost_usd), 0.0) FROM usage
+                 WHERE agent_id = ?1 AND project_id = ?2 AND session_key = ?3",
+            )?
+            .query_row(params![agent_id, project_id, session_key], totals_from_row)?;
+        totals_checked(totals, session_key)
+    }
+
+    fn usage_of_user_since(&self, user: &str, since_ms: i64) -> StoreResult<UsageTotals> {
+        let conn = self.lock()?;
+        let totals = conn
+            .prepare_cached(
+                "SELECT coalesce(sum(input_tokens + output_tokens), 0), coalesce(sum(cost_usd), 0.0) FROM usage
+                 WHERE user_key = ?1 AND created_at_ms >= ?2",
+            )?
+            .query_row(params![user, since_ms], totals_from_row)?;
+        totals_checked(totals, user)
+    }
+
+    fn put_job(&self, job: &JobRecord) -> StoreResult<()> {
+        let mut conn = self.lock()?;
+        let tx = conn.transaction()?;
+        write_job(&tx, job)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn start_turn(&self, job: &JobRecord, prompt: &serde_json::Value, created_at_ms: i64) -> StoreResult<u64> {
+        let mut conn = self.lock()?;
+        let tx = conn.transaction()?;
+        write_job(&tx, job)?;
+        let seq = insert_message(&tx, &job.conversation, "user", prompt, Some(&job.id), created_at_ms)?;
+        tx.commit()?;
+        Ok(seq)
+    }
+
+    fn reserve_job_seqs(&self, next: u64) -> StoreResult<()> {
+        let conn = self.lock()?;
+        conn.prepare_cached(SQL_RAISE_META)?.execute(params![META_NEXT_JOB_SEQ, to_sql_int("next job seq", next)?])?;
+        Ok(())
+    }
+
+    fn load_jobs(&self, since_ms: i64) -> StoreResult<(Vec<JobRecord>, u64)> {
+        let mut conn = self.lock()?;
+        let tx = conn.transaction()?;
+        // Expired jobs go here, at start-up, rather than on every write.
+        tx.prepare_cached("DELETE FROM jobs WHERE created_at_ms < ?1")?.execute([since_ms])?;
+        let mut jobs = Vec::new();
+        {
+            let mut stmt = tx.prepare_cached(
+                "SELECT id, seq, agent_id, project_id, session_key, correlation_id, state, error, result, log,
+                        events, created_at_ms, updated_at_ms
+                 FROM jobs ORDER BY seq",
+            )?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                let id: String = row.get(0)?;
+                let seq: i64 = row.get(1)?;
+                jobs.push(JobRecord {
+                    seq: from_sql_int("jobs", &id, "seq", seq)?,
+                    conversation: ConversationKey {
+                        agent_id: row.get(2)?,
+                        project_id: row.get(3)?,
+                        session_key: row.get(4)?,
+                    },
+                    correlation_id: row.get(5)?,
+                    state: row.get(6)?,
+                    error: row.get(7)?,
+                    result: row.get(8)?,
+                    log: row.get(9)?,
+                    events: row.get(10)?,
+                    created_at_ms: row.get(11)?,
+                    updated_at_ms: row.get(12)?,
+                    id,
+                });
+            }
+        }
+        let next = load_meta(&tx, META_NEXT_JOB_SEQ)?.unwrap_or(1);
+        tx.commit()?;
+        Ok((jobs, next))
+    }
+}
+
+/// Appends a message with the next seq of its conversation.
+fn insert_message(
+    tx: &rusqlite::Transaction<'_>,
+    conversation: &ConversationKey,
+    role: &str,
+    body: &serde_json::Value,
+    job_id: Option<&str>,
+    created_at_ms: i64,
+) -> StoreResult<u64> {
+    let ConversationKey { agent_id, project_id, session_key } = conversation;
+    let body = encode("message", body)?;
+    let last: Option<i64> = tx
+        .prepare_cached("SELECT max(seq) FROM messages WHERE agent_id = ?1 AND project_id = ?2 AND session_key = ?3")?
+        .query_row(params![agent_id, project_id, session_key], |r| r.get(0))?;
+    let seq = last.unwrap_or(0).saturating_add(1);
+    tx.prepare_cached(
+        "INSERT INTO messages (agent_id, project_id, session_key, seq, role, body, job_id, created_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![agent_id, project_id, session_key, seq, role, body, job_id, created_at_ms])?;
+    from_sql_int("messages", &session_key, "seq", seq)
+}
+
+/// Inserts or replaces a job and raises the job counter past it.
+fn write_job(tx: &rusqlite::Transaction<'_>, job: &JobRecord) -> StoreResult<()> {
+    let ConversationKey { agent_id, project_id, session_key } = &job.conversation;
+    let seq = to_sql_int("job seq", job.seq)?;
+    let next = to_sql_int("next job seq", job.seq.saturating_add(1))?;
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO jobs (id, seq, agent_id, project_id, session_key, correlation_id, state, error,
+                                      result, log, events, created_at_ms, updated_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )?
+    .execute(params![
+        job.id,
+        seq,
+        agent_id,
+        project_id,
+        session_key,
+        job.correlation_id,
+        job.state,
+        job.error,
+        job.result,
+        job.log,
+        job.events,
+        job.created_at_ms,
+        job.updated_at_ms,
+    ])?;
+    tx.prepare_cached(SQL_RAISE_META)?.execute(params![META_NEXT_JOB_SEQ, next])?;
+    Ok(())
+}
+
+fn messages_from_rows(mut rows: rusqlite::Rows<'_>, session_key: &str) -> StoreResult<Vec<StoredMessage>> {
+    let mut messages = Vec::new();
+    while let Some(row) = rows.next()? {
+        let seq: i64 = row.get(0)?;
+        let body: String = row.get(2)?;
+        messages.push(StoredMessage {
+            seq: from_sql_int("messages", &session_key, "seq", seq)?,
+            role: row.get(1)?,
+            body: decode("messages", session_key, "body", &body)?,
+            job_id: row.get(3)?,
+            created_at_ms: row.get(4)?,
+        });
+    }
+    Ok(messages)
+}
+
+fn totals_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, f64)> {
+    Ok((row.get(0)?, row.get(1)?))
+}
+
+fn totals_checked((tokens, cost_usd): (i64, f64), key: &str) -> StoreResult<UsageTotals> {
+    Ok(UsageTotals { tokens: from_sql_int("usage", &key, "tokens", tokens)?, cost_usd })
 }
 
 #[cfg(test)]

@@ -19,19 +19,23 @@ pub mod namespace;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::{Value, json};
 use spiderweb_proto::Envelope;
 use spiderweb_proto::codes::acheron as code;
 use spiderweb_proto::reply;
+use tokio_util::sync::CancellationToken;
 
 use crate::connection::Outbox;
 use crate::control::ConnSession;
 use crate::events::ScopeKey;
 use crate::events::wait::{self, SharedWait, WaitState};
+use crate::runtime::{AgentJobs, Origin, SubmitError, tools};
 use crate::server::Shared;
-use namespace::{Binding, Kind, Namespace, ROOT, Writable};
+use crate::store::ConversationKey;
+use namespace::{Binding, Generated, JobFile, Kind, Namespace, ROOT, Writable};
 
 pub const VERSION: &str = "acheron-1";
 const DEFAULT_MSIZE: u32 = 1024 * 1024;
@@ -53,6 +57,15 @@ pub struct FsSession {
     /// Event-wait configurations by session key; they outlive namespace rebuilds.
     waits: HashMap<String, SharedWait>,
     pending_reads: usize,
+    /// Cancelled when the connection ends: the jobs it started stop (their provider
+    /// requests are aborted, their tools killed).
+    connection: CancellationToken,
+}
+
+impl Drop for FsSession {
+    fn drop(&mut self) {
+        self.connection.cancel();
+    }
 }
 
 /// A reply ready now, or a read that completes later without holding back the connection.
@@ -69,6 +82,7 @@ pub struct Completion {
     session_key: String,
     generation: u64,
     node: u32,
+    offset: u64,
     count: u64,
     content: Vec<u8>,
 }
@@ -89,6 +103,7 @@ impl FsSession {
             max_fids,
             waits: HashMap::new(),
             pending_reads: 0,
+            connection: CancellationToken::new(),
         }
     }
 
@@ -152,7 +167,7 @@ pub fn handle(shared: &Shared, conn: &mut ConnSession, fs: &mut FsSession, env: 
 /// the namespace is still the one the read was made in).
 pub fn complete(fs: &mut FsSession, done: Completion, out: &mut Outbox) {
     fs.pending_reads = fs.pending_reads.saturating_sub(1);
-    let reply = slice(&done.content, 0, done.count);
+    let reply = slice(&done.content, done.offset, done.count);
     if let Some((key, namespace)) = fs.namespace.as_mut()
         && *key == done.session_key
         && fs.generation == done.generation
@@ -175,13 +190,18 @@ fn with_namespace<T: Into<Answer>>(
     let Some(b) = conn.binding_for(&key) else {
         return Err(fail(code::SESSION_NOT_FOUND, "unknown session_key"));
     };
-    let wanted = Binding { role: conn.role, agent_id: b.agent_id.clone(), project_id: b.project_id.clone() };
+    let wanted = Binding {
+        role: conn.role,
+        agent_id: b.agent_id.clone(),
+        project_id: b.project_id.clone(),
+        session_key: key.clone(),
+    };
     let current = fs.namespace.as_ref().is_some_and(|(k, ns)| *k == key && ns.binding == wanted);
     if !current {
         fs.fids.clear();
         fs.generation += 1;
         fs.waits.retain(|k, _| conn.binding_for(k).is_some());
-        let mut namespace = Namespace::build(wanted, &shared.plane);
+        let mut namespace = Namespace::build(wanted, &shared.plane, &shared.runtime);
         let next = if fs.waits.contains_key(&key) { wait::configured_idle() } else { wait::not_configured() };
         namespace.set_content(namespace.events_next, next.to_string().into_bytes());
         fs.namespace = Some((key, namespace));
@@ -223,12 +243,13 @@ fn attach(_: &Shared, fs: &mut FsSession, env: &Envelope) -> FsResult {
     Ok(json!({"qid": qid(ns(fs), ROOT)}))
 }
 
-fn walk(_: &Shared, fs: &mut FsSession, env: &Envelope) -> FsResult {
+fn walk(shared: &Shared, fs: &mut FsSession, env: &Envelope) -> FsResult {
     let fid = required_fid(env)?;
     let newfid = env.acheron.newfid.ok_or_else(|| fail(code::INVALID, "newfid is required"))?;
     let start = node_of(fs, fid)?;
     let path = env.acheron.path.clone().unwrap_or_default();
     let namespace = ns(fs);
+    namespace.sync_jobs(&shared.runtime);
     let mut at = start;
     for segment in &path {
         at = match segment.as_str() {
@@ -264,9 +285,23 @@ fn read(shared: &Shared, fs: &mut FsSession, env: &Envelope) -> FsResult<Answer>
     {
         return Ok(Answer::Later(pending));
     }
+    match ns(fs).generated(node) {
+        Some(Generated::Job(JobFile::Events)) => {
+            return read_job_events(shared, fs, env.acheron.tag, node, offset, count);
+        }
+        Some(Generated::Job(JobFile::Result)) if offset == 0 => {
+            if let Some(pending) = wait_for_job(shared, fs, env.acheron.tag, node, count)? {
+                return Ok(Answer::Later(pending));
+            }
+        }
+        _ => {}
+    }
     let namespace = ns(fs);
     if offset == 0 {
-        namespace.refresh(node, &shared.plane);
+        namespace.refresh(node, &shared.plane, &shared.runtime);
+    }
+    if matches!(namespace.node(node).map(|n| &n.kind), Some(Kind::Dir(_))) {
+        namespace.sync_jobs(&shared.runtime);
     }
     let listing;
     let bytes: &[u8] = match namespace.node(node).map(|n| &n.kind) {
@@ -293,6 +328,119 @@ fn slice(bytes: &[u8], offset: u64, count: u64) -> Value {
     })
 }
 
+/// Reserves a slot for a read that will wait, or refuses when the connection has too many.
+fn reserve_pending(fs: &FsSession) -> Result<(), Fail> {
+    if fs.pending_reads >= MAX_PENDING_READS {
+        return Err(fail(
+            code::QUEUE_SATURATED,
+            format!("{MAX_PENDING_READS} reads are already waiting on this connection; wait for one to finish"),
+        ));
+    }
+    Ok(())
+}
+
+/// How long a blocking job read may wait: the session's event-wait timeout (spec §9.1),
+/// else the default.
+fn job_wait_timeout(fs: &FsSession) -> Duration {
+    let key = fs.namespace.as_ref().map(|(k, _)| k.as_str()).unwrap_or_default();
+    let ms = fs
+        .waits
+        .get(key)
+        .map_or(wait::DEFAULT_TIMEOUT_MS, |w| w.lock().unwrap_or_else(|e| e.into_inner()).timeout_ms());
+    Duration::from_millis(ms)
+}
+
+/// `result.txt` at offset 0: waits until the job ends (or the wait timeout), then answers
+/// its current content. `None`: the job already ended (or is unknown), answer now.
+fn wait_for_job(
+    shared: &Shared,
+    fs: &mut FsSession,
+    tag: Option<u32>,
+    node: u32,
+    count: u64,
+) -> FsResult<Option<Pending>> {
+    let Some(job) = ns(fs).job_of(node).and_then(|id| shared.runtime.job(id)) else { return Ok(None) };
+    if job.state().is_terminal() {
+        return Ok(None);
+    }
+    reserve_pending(fs)?;
+    let (session_key, generation) = (fs.namespace.as_ref().map(|(k, _)| k.clone()).unwrap_or_default(), fs.generation);
+    let limit = job_wait_timeout(fs);
+    let shutdown = shared.shutdown.clone();
+    Ok(Some(Box::pin(async move {
+        let mut changes = job.subscribe();
+        let _ = tokio::time::timeout(limit, async {
+            while !job.state().is_terminal() {
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { break },
+                    _ = shutdown.cancelled() => {
+                        tokio::time::sleep(wait::DRAIN_GRACE.min(limit)).await;
+                        break;
+                    }
+                }
+            }
+        })
+        .await;
+        Completion { tag, session_key, generation, node, offset: 0, count, content: job.result_text().into_bytes() }
+    })))
+}
+
+/// `events.ndjson` (our extension): bytes past `offset` now if there are any (whole lines
+/// only), else wait for more, for the job's end (then an empty read: end of file) or for
+/// the wait timeout (also an empty read; `status.json` tells the two apart).
+fn read_job_events(
+    shared: &Shared,
+    fs: &mut FsSession,
+    tag: Option<u32>,
+    node: u32,
+    offset: u64,
+    count: u64,
+) -> FsResult<Answer> {
+    let Some(job) = ns(fs).job_of(node).and_then(|id| shared.runtime.job(id)) else {
+        return Ok(Answer::Now(slice(&[], 0, count)));
+    };
+    let ready = move |job: &crate::runtime::job::Job| job.events_len() as u64 > offset || job.state().is_terminal();
+    if ready(&job) {
+        return Ok(Answer::Now(events_slice(&job.events_text(), offset, count)));
+    }
+    reserve_pending(fs)?;
+    let (session_key, generation) = (fs.namespace.as_ref().map(|(k, _)| k.clone()).unwrap_or_default(), fs.generation);
+    let limit = job_wait_timeout(fs);
+    let shutdown = shared.shutdown.clone();
+    Ok(Answer::Later(Box::pin(async move {
+        let mut changes = job.subscribe();
+        let _ = tokio::time::timeout(limit, async {
+            while !ready(&job) {
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { break },
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+        })
+        .await;
+        let text = job.events_text();
+        let reply = events_slice(&text, offset, count);
+        let n = reply["n"].as_u64().unwrap_or(0);
+        // The completion slices from `offset`; hand it exactly the bytes to return.
+        let start = (offset as usize).min(text.len());
+        let content = text.as_bytes()[start..start + n as usize].to_vec();
+        Completion { tag, session_key, generation, node, offset: 0, count, content }
+    })))
+}
+
+/// A read of `count` bytes at `offset` that ends on a line boundary when it can, so that a
+/// client following the stream never sees half an event.
+fn events_slice(text: &str, offset: u64, count: u64) -> Value {
+    let bytes = text.as_bytes();
+    let start = (offset as usize).min(bytes.len());
+    let end = start.saturating_add(count as usize).min(bytes.len());
+    let whole = match bytes[start..end].iter().rposition(|b| *b == b'\n') {
+        Some(last) if end < bytes.len() => start + last + 1,
+        _ => end,
+    };
+    slice(&bytes[..whole], start as u64, count)
+}
+
 /// The events scope of the namespace's binding (agent and project).
 fn scope_key(fs: &mut FsSession) -> ScopeKey {
     let binding = &ns(fs).binding;
@@ -313,18 +461,14 @@ fn wait_for_event(
         ns(fs).set_content(node, wait::not_configured().to_string().into_bytes());
         return Ok(None);
     };
-    if fs.pending_reads >= MAX_PENDING_READS {
-        return Err(fail(
-            code::QUEUE_SATURATED,
-            format!("{MAX_PENDING_READS} reads are already waiting on this connection; wait for one to finish"),
-        ));
-    }
+    reserve_pending(fs)?;
     let scope = shared.events.scope(scope_key(fs));
     let shutdown = shared.shutdown.clone();
     let generation = fs.generation;
+    let jobs = Box::new(AgentJobs { runtime: shared.runtime.clone(), agent_id: ns(fs).binding.agent_id.clone() });
     Ok(Some(Box::pin(async move {
-        let event = wait::next_event(wait, scope, shutdown).await;
-        Completion { tag, session_key, generation, node, count, content: event.to_string().into_bytes() }
+        let event = wait::next_event(wait, scope, jobs, shutdown).await;
+        Completion { tag, session_key, generation, node, offset: 0, count, content: event.to_string().into_bytes() }
     })))
 }
 
@@ -348,10 +492,8 @@ fn write(shared: &Shared, fs: &mut FsSession, env: &Envelope) -> FsResult {
             Ok(json!({"n": text.len(), "chat_reply": {"delivered": true, "content": text}}))
         }
         (Writable::ChatInput, _) if String::from_utf8_lossy(data).trim().is_empty() => Ok(json!({"n": 0})),
-        (Writable::ChatInput, _) => Err(fail(
-            code::RUNTIME_UNAVAILABLE,
-            "chat jobs need the agent runtime, which this gateway does not run yet",
-        )),
+        (Writable::ChatInput, _) => submit_chat(shared, fs, env, data),
+        (Writable::JobApproval, _) => answer_approval(shared, fs, node, data),
         (Writable::EventWait, _) => {
             let config = wait::parse_wait(data).map_err(|message| fail(code::INVALID, message))?;
             let n = data.len();
@@ -387,10 +529,61 @@ fn write(shared: &Shared, fs: &mut FsSession, env: &Envelope) -> FsResult {
     }
 }
 
+/// A chat write (spec §7.2): creates a job and answers with its paths.
+fn submit_chat(shared: &Shared, fs: &mut FsSession, env: &Envelope, data: &[u8]) -> FsResult {
+    let prompt = String::from_utf8_lossy(data).trim().to_owned();
+    let binding = ns(fs).binding.clone();
+    let correlation_id = env.correlation_id.clone().or_else(|| env.id.clone());
+    let origin = Origin {
+        conversation: ConversationKey {
+            agent_id: binding.agent_id,
+            project_id: binding.project_id,
+            session_key: binding.session_key,
+        },
+        user: binding.role.as_str().to_owned(),
+        correlation_id: correlation_id.clone(),
+        connection: fs.connection.clone(),
+    };
+    let job = shared.runtime.submit(prompt, origin).map_err(|e| match e {
+        SubmitError::QueueSaturated(_) => fail(code::QUEUE_SATURATED, "runtime request queue saturated"),
+        SubmitError::PromptTooLarge => fail(code::INVALID, e.to_string()),
+        SubmitError::Storage(_) => fail(code::EIO, e.to_string()),
+    })?;
+    ns(fs).sync_jobs(&shared.runtime);
+    let mut reply =
+        json!({"n": data.len(), "job": job.id, "result_path": format!("/agents/self/jobs/{}/result.txt", job.id)});
+    if let Some(id) = correlation_id {
+        reply["correlation_id"] = json!(id);
+    }
+    Ok(reply)
+}
+
+/// An approval answer: `{"approval_id":"ap-1","decision":"YES"}` to `jobs/<job>/control/approve.json`.
+fn answer_approval(shared: &Shared, fs: &mut FsSession, node: u32, data: &[u8]) -> FsResult {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Answer {
+        approval_id: String,
+        decision: String,
+    }
+    const SHAPE: &str =
+        r#"approve.json payload must be {"approval_id":"ap-N","decision":"YES|NO|NO_CONTINUE|ALWAYS|EXPLAIN"}"#;
+    let answer: Answer = serde_json::from_slice(data).map_err(|_| fail(code::INVALID, SHAPE))?;
+    let decision = tools::parse_decision(&answer.decision).ok_or_else(|| fail(code::INVALID, SHAPE))?;
+    let job = ns(fs)
+        .job_of(node)
+        .and_then(|id| shared.runtime.job(id))
+        .ok_or_else(|| fail(code::ENOENT, "the job no longer exists"))?;
+    job.answer(&answer.approval_id, decision).map_err(|e| fail(code::INVALID, e.to_string()))?;
+    Ok(
+        json!({"n": data.len(), "approval": {"approval_id": answer.approval_id, "decision": answer.decision, "accepted": true}}),
+    )
+}
+
 fn stat(shared: &Shared, fs: &mut FsSession, env: &Envelope) -> FsResult {
     let node = node_of(fs, required_fid(env)?)?;
     let namespace = ns(fs);
-    namespace.refresh(node, &shared.plane);
+    namespace.refresh(node, &shared.plane, &shared.runtime);
     let n = namespace.node(node).ok_or_else(|| fail(code::EIO, "missing node"))?;
     let (kind, size, mode, writable) = match &n.kind {
         Kind::Dir(_) => ("dir", 0, 0o040755, false),

@@ -9,12 +9,17 @@
 //! Content that belongs to later parts of the system (chat jobs, services, nodes, pairing)
 //! appears with its true empty state; writes to it are refused with a clear error.
 
+use std::collections::HashSet;
+
 use serde_json::{Value, json};
 use spiderweb_policy::Role;
 use spiderweb_policy::session::MOTHER_AGENT;
 
 use crate::events::wait;
 use crate::plane::ControlPlane;
+use crate::runtime::Runtime;
+use crate::runtime::transcript::{self, HISTORY_LIMIT};
+use crate::store::ConversationKey;
 
 pub const ROOT: u32 = 1;
 
@@ -27,6 +32,19 @@ pub enum Generated {
     Health,
     Alerts,
     ProjectMeta(ProjectMeta),
+    /// A file of a chat job directory; the job is named by the directory.
+    Job(JobFile),
+    /// `/agents/self/chat/history.ndjson`: the bound session's transcript (our extension).
+    History,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobFile {
+    Status,
+    Result,
+    Log,
+    /// `events.ndjson` (our extension): never cached, read straight from the job.
+    Events,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +74,8 @@ pub enum Writable {
     ServiceControl(&'static str),
     /// The debug pairing surface (node pairing).
     PairingControl,
+    /// `/agents/self/jobs/<job>/control/approve.json` (our extension): approval answers.
+    JobApproval,
 }
 
 #[derive(Debug)]
@@ -77,6 +97,7 @@ pub struct Binding {
     pub role: Role,
     pub agent_id: String,
     pub project_id: String,
+    pub session_key: String,
 }
 
 pub struct Namespace {
@@ -84,6 +105,9 @@ pub struct Namespace {
     pub binding: Binding,
     /// `/agents/self/events/next.json`, whose reads at offset 0 wait for an event.
     pub events_next: u32,
+    /// `/agents/self/jobs`, whose children follow the runtime's jobs.
+    jobs_dir: u32,
+    jobs_shown: HashSet<String>,
 }
 
 const SERVICES: &[(&str, &[&str])] = &[
@@ -153,14 +177,71 @@ impl Namespace {
     }
 
     /// Re-renders a generated file from current state.
-    pub fn refresh(&mut self, id: u32, plane: &ControlPlane) {
+    pub fn refresh(&mut self, id: u32, plane: &ControlPlane, runtime: &Runtime) {
         let binding = self.binding.clone();
+        let job = self.job_of(id).map(str::to_owned);
         if let Some(Node { kind: Kind::File { content, generated: Some(g), .. }, .. }) = self.node_mut(id) {
-            *content = render(*g, &binding, plane);
+            *content = match *g {
+                Generated::Job(file) => render_job(file, job.as_deref(), runtime),
+                Generated::History => render_history(&binding, runtime),
+                g => render(g, &binding, plane),
+            };
         }
     }
 
-    pub fn build(binding: Binding, plane: &ControlPlane) -> Namespace {
+    /// What a generated file is, if it is one.
+    pub fn generated(&self, id: u32) -> Option<Generated> {
+        match self.node(id)?.kind {
+            Kind::File { generated, .. } => generated,
+            Kind::Dir(_) => None,
+        }
+    }
+
+    /// The job a node of a job directory belongs to (`jobs/<job>/…`).
+    pub fn job_of(&self, id: u32) -> Option<&str> {
+        let mut at = id;
+        loop {
+            let node = self.node(at)?;
+            if node.parent == self.jobs_dir && at != self.jobs_dir {
+                return Some(node.name.as_str());
+            }
+            if at == ROOT || node.parent == at {
+                return None;
+            }
+            at = node.parent;
+        }
+    }
+
+    /// Adds a directory for every job of the bound agent not shown yet (spec §7: job
+    /// directories appear when jobs are created, and again after a restart).
+    pub fn sync_jobs(&mut self, runtime: &Runtime) {
+        for id in runtime.job_ids_of(&self.binding.agent_id) {
+            if self.jobs_shown.contains(&id) {
+                continue;
+            }
+            let mut b =
+                Builder { nodes: std::mem::take(&mut self.nodes), binding: self.binding.clone(), events_next: 0 };
+            let dir = b.dir(self.jobs_dir, &id);
+            for (name, file) in [
+                ("status.json", JobFile::Status),
+                ("result.txt", JobFile::Result),
+                ("log.txt", JobFile::Log),
+                ("events.ndjson", JobFile::Events),
+            ] {
+                b.add(
+                    dir,
+                    name,
+                    Kind::File { content: Vec::new(), generated: Some(Generated::Job(file)), writable: None },
+                );
+            }
+            let control = b.dir(dir, "control");
+            b.writable(control, "approve.json", "", Writable::JobApproval);
+            self.nodes = b.nodes;
+            self.jobs_shown.insert(id);
+        }
+    }
+
+    pub fn build(binding: Binding, plane: &ControlPlane, runtime: &Runtime) -> Namespace {
         let mut b = Builder { nodes: Vec::new(), binding: binding.clone(), events_next: 0 };
         b.nodes.push(Node { name: String::new(), parent: ROOT, kind: Kind::Dir(Vec::new()) });
         let show_debug = binding.role == Role::Admin || binding.agent_id == MOTHER_AGENT;
@@ -168,7 +249,7 @@ impl Namespace {
         let agents = b.dir(ROOT, "agents");
         b.describe(agents, "agents", "Agents visible to this session. `self` is the bound agent.");
         let me = b.dir(agents, "self");
-        build_self(&mut b, me);
+        let jobs_dir = build_self(&mut b, me);
         let peers = {
             let mut bound = plane.agents_bound_to(&binding.project_id);
             bound.retain(|a| *a != binding.agent_id);
@@ -252,11 +333,15 @@ impl Namespace {
                 b.writable(icontrol, name, "", Writable::PairingControl);
             }
         }
-        Namespace { nodes: b.nodes, binding, events_next: b.events_next }
+        let mut namespace =
+            Namespace { nodes: b.nodes, binding, events_next: b.events_next, jobs_dir, jobs_shown: HashSet::new() };
+        namespace.sync_jobs(runtime);
+        namespace
     }
 }
 
-fn build_self(b: &mut Builder, me: u32) {
+/// Builds `/agents/self`; returns the `jobs` directory.
+fn build_self(b: &mut Builder, me: u32) -> u32 {
     let agent = b.binding.agent_id.clone();
     let project = b.binding.project_id.clone();
     let chat = b.dir(me, "chat");
@@ -276,8 +361,17 @@ fn build_self(b: &mut Builder, me: u32) {
     let examples = b.dir(chat, "examples");
     b.file(examples, "send.txt", "Summarise the open issues of this project.\n");
 
+    b.add(
+        chat,
+        "history.ndjson",
+        Kind::File { content: Vec::new(), generated: Some(Generated::History), writable: None },
+    );
     let jobs = b.dir(me, "jobs");
-    b.describe(jobs, "jobs", "One directory per chat job: status.json, result.txt, log.txt. No job has run.");
+    b.describe(
+        jobs,
+        "jobs",
+        "One directory per chat job: status.json, result.txt (blocks until the job ends), log.txt, events.ndjson (live events), control/approve.json (approval answers).",
+    );
 
     let events = b.dir(me, "events");
     b.file(
@@ -354,6 +448,7 @@ fn build_self(b: &mut Builder, me: u32) {
             b.writable(control, &format!("{op}.json"), "", Writable::ServiceControl(service));
         }
     }
+    jobs
 }
 
 struct Builder {
@@ -398,6 +493,39 @@ impl Builder {
     }
 }
 
+fn render_job(file: JobFile, job_id: Option<&str>, runtime: &Runtime) -> Vec<u8> {
+    let Some(job) = job_id.and_then(|id| runtime.job(id)) else {
+        return match file {
+            JobFile::Status => {
+                json!({"state": "failed", "correlation_id": null, "error": "job expired", "updated_at_ms": 0})
+                    .to_string()
+                    .into_bytes()
+            }
+            _ => Vec::new(),
+        };
+    };
+    match file {
+        JobFile::Status => job.status_json().to_string().into_bytes(),
+        JobFile::Result => job.result_text().into_bytes(),
+        JobFile::Log => job.log_text().into_bytes(),
+        JobFile::Events => job.events_text().into_bytes(),
+    }
+}
+
+fn render_history(b: &Binding, runtime: &Runtime) -> Vec<u8> {
+    let conversation = ConversationKey {
+        agent_id: b.agent_id.clone(),
+        project_id: b.project_id.clone(),
+        session_key: b.session_key.clone(),
+    };
+    match runtime.store().conversation_tail(&conversation, HISTORY_LIMIT) {
+        Ok(messages) => {
+            messages.iter().map(|m| format!("{}\n", transcript::history_line(m))).collect::<String>().into_bytes()
+        }
+        Err(e) => format!("{}\n", json!({"error": format!("cannot read the transcript: {e}")})).into_bytes(),
+    }
+}
+
 fn render(g: Generated, b: &Binding, plane: &ControlPlane) -> Vec<u8> {
     let w = plane.workspace_of(Some(&b.project_id), &b.agent_id);
     let alerts = || -> Value {
@@ -421,6 +549,8 @@ fn render(g: Generated, b: &Binding, plane: &ControlPlane) -> Vec<u8> {
                    "reconcile_state": w["reconcile_state"], "queue_depth": w["queue_depth"]})
         }
         Generated::Alerts => alerts(),
+        // Rendered by `Namespace::refresh`, which has the runtime.
+        Generated::Job(_) | Generated::History => Value::Null,
         Generated::ProjectMeta(m) => match m {
             ProjectMeta::Topology => {
                 json!({"project_id": b.project_id, "nodes": [], "mounts": w["desired_mounts"], "agents": bound()})

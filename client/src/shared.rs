@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -25,7 +25,7 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
-use crate::client::ClientError;
+use crate::broker::ClientError;
 
 /// Replies buffered per request before the connection's reader waits for the caller.
 const REPLIES_PER_REQUEST: usize = 32;
@@ -69,6 +69,8 @@ pub struct SharedClient {
     outbox: mpsc::Sender<BrokerRequest>,
     routes: Routes,
     next_id: AtomicU64,
+    /// Cleared by the reader task when the connection ends.
+    connected: Arc<AtomicBool>,
 }
 
 impl SharedClient {
@@ -90,6 +92,8 @@ impl SharedClient {
         });
         let routes: Routes = Arc::default();
         let reader_routes = routes.clone();
+        let connected = Arc::new(AtomicBool::new(true));
+        let reader_connected = connected.clone();
         tokio::spawn(async move {
             while let Some(Ok(Ok(reply))) = reader.next().await {
                 match reply.id() {
@@ -111,10 +115,16 @@ impl SharedClient {
                     }
                 }
             }
+            reader_connected.store(false, Ordering::Release);
             // Dropping the routes ends every waiting request with `Disconnected`.
             reader_routes.lock().expect("routes lock").clear();
         });
-        Ok(SharedClient { outbox, routes, next_id: AtomicU64::new(1) })
+        Ok(SharedClient { outbox, routes, next_id: AtomicU64::new(1), connected })
+    }
+
+    /// False once the connection ended (the broker restarted or closed it): make a new one.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire) && !self.outbox.is_closed()
     }
 
     /// Sends a provider request and waits for its response head (or its error).
