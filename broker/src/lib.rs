@@ -16,6 +16,7 @@
 //! - [`codex`]: `auth.json`, its atomic locked rewrite, and single-flight OAuth refresh.
 //! - [`config`]: the broker's config file; [`paths`]: default locations.
 //! - [`hardening`]: non-dumpable, no core dumps, umask — before any key is read.
+//!
 //! Clients of this socket live in the `spiderweb-client` crate, so that the gateway can talk
 //! to the broker without linking any of the code above.
 

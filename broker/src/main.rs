@@ -129,7 +129,8 @@ async fn run(args: Args, config: config::Config, mut activation: Activation, not
     for name in activation.unclaimed() {
         tracing::warn!(name, "ignoring a socket passed by the service manager: the broker serves one socket");
     }
-    // Signal handlers exist before READY=1: a stop right after start must be a clean one.
+    // Handlers first: a SIGTERM that follows READY=1 at once must not meet the default action
+    // (which would end the broker without STOPPING=1 or removing its socket).
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

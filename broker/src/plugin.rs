@@ -19,9 +19,10 @@
 //!   the run is dropped (a cancelled request or a client that went away) before the plugin
 //!   was reaped.
 //!
-//! Errors quote the plugin's stderr (bounded, as the user needs it to debug the plugin); the
-//! key is never part of an error, since the broker never writes it anywhere but the child's
-//! environment.
+//! Errors quote the plugin's stderr (bounded, as the user needs it to debug the plugin). A
+//! plugin may echo its key (a debug line, an SDK's error message): every occurrence of the key
+//! in its stdout and stderr is replaced by `[redacted]` before anything leaves this module, so
+//! the key reaches neither the gateway, nor a log line, nor an error.
 
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
@@ -173,6 +174,11 @@ pub async fn run(spec: &PluginSpec, request_line: &[u8], key: Option<&SecretStri
         return Err(PluginError::OutputTooLarge { command, limit: MAX_OUTPUT_BYTES });
     }
     let (stderr, _) = errors.map_err(|e| io("reading its stderr", e))?;
+    let key = key.map(|k| k.expose_secret().as_bytes()).filter(|k| !k.is_empty());
+    let (stdout, stderr) = match key {
+        Some(key) => (redact(stdout, key), redact(stderr, key)),
+        None => (stdout, stderr),
+    };
     if !status.success() {
         let stderr = String::from_utf8_lossy(&stderr);
         let stdout = String::from_utf8_lossy(&stdout);
@@ -187,6 +193,23 @@ pub async fn run(spec: &PluginSpec, request_line: &[u8], key: Option<&SecretStri
         return Err(io("writing the request", source));
     }
     Ok(stdout)
+}
+
+/// `output` with every occurrence of `key` replaced by `[redacted]`.
+fn redact(output: Vec<u8>, key: &[u8]) -> Vec<u8> {
+    let finder = memchr::memmem::Finder::new(key);
+    if finder.find(&output).is_none() {
+        return output;
+    }
+    let mut clean = Vec::with_capacity(output.len());
+    let mut rest = output.as_slice();
+    while let Some(at) = finder.find(rest) {
+        clean.extend_from_slice(&rest[..at]);
+        clean.extend_from_slice(b"[redacted]");
+        rest = &rest[at + key.len()..];
+    }
+    clean.extend_from_slice(rest);
+    clean
 }
 
 /// At most [`STDERR_SNIPPET_CHARS`] characters of `text`, marked when cut.
@@ -247,6 +270,13 @@ impl Drop for ProcessGroup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_copy_of_the_key_is_redacted() {
+        let out = redact(b"k=sk-1 again sk-1sk-1.".to_vec(), b"sk-1");
+        assert_eq!(out, b"k=[redacted] again [redacted][redacted].");
+        assert_eq!(redact(b"nothing here".to_vec(), b"sk-1"), b"nothing here");
+    }
 
     #[test]
     fn long_stderr_is_cut_on_a_character_boundary() {

@@ -263,3 +263,60 @@ async fn requests_a_plugin_cannot_take_are_refused_without_running_it() {
         BrokerReply::CredentialStatus { .. }
     ));
 }
+
+#[tokio::test]
+async fn a_plugin_writing_more_than_16_mib_is_killed_and_reported() {
+    let script = Script::new("cat > /dev/null\nhead -c 17000000 /dev/zero | tr '\\0' x\necho\nsleep 300");
+    let broker = broker_with(json!({"chatty": script.provider(json!({}))}), vec![], vec![]);
+    let mut client = broker.client().await;
+    let got = call(&mut client, plugin_request(1, "chatty", REQUEST_LINE)).await;
+    let (code, message) = got.error.expect("an error");
+    assert_eq!(code, ErrorCode::PluginFailed);
+    assert!(message.contains("more than 16777216 bytes"), "{message}");
+}
+
+#[tokio::test]
+async fn a_plugin_that_echoes_its_key_has_it_redacted_from_stdout_and_stderr() {
+    let leaky = Script::new(&format!("cat > /dev/null\necho \"debug: using $MY_PLUGIN_KEY\"\necho '{ANSWER}'"));
+    let failing = Script::new("cat > /dev/null\necho \"401: key $MY_PLUGIN_KEY was refused\" >&2\nexit 1");
+    let broker = broker_with(
+        json!({
+            "leaky": leaky.provider(json!({"key_env": "MY_PLUGIN_KEY"})),
+            "failing": failing.provider(json!({"key_env": "MY_PLUGIN_KEY"})),
+        }),
+        vec![("MY_PLUGIN_KEY".into(), PLUGIN_KEY.into())],
+        vec![],
+    );
+    let mut client = broker.client().await;
+    let got = call(&mut client, plugin_request(1, "leaky", REQUEST_LINE)).await;
+    assert_eq!(got.body_text(), format!("debug: using [redacted]\n{ANSWER}\n"));
+    let failed = call(&mut client, plugin_request(2, "failing", REQUEST_LINE)).await;
+    let (_, message) = failed.error.clone().expect("an error");
+    assert!(message.contains("401: key [redacted] was refused"), "{message}");
+    for text in [&got.wire, &failed.wire, &broker.stderr()] {
+        assert!(!text.contains(PLUGIN_KEY), "the key leaked: {text}");
+    }
+}
+
+#[tokio::test]
+async fn a_key_stored_in_the_secret_service_reaches_the_plugin_but_not_the_bus_address() {
+    require_tool("dbus-run-session", "dbus");
+    require_tool("gnome-keyring-daemon", "gnome-keyring");
+    let script = Script::new(r#"cat > /dev/null; env -0 > "$1/env"; echo ok"#);
+    let broker = Broker::start(BrokerSpec {
+        keyring: true,
+        config: json!({"providers": {"kp": script.provider(json!({"key_env": "MY_PLUGIN_KEY"}))}}),
+        ..Default::default()
+    });
+    let mut client = broker.client().await;
+    let reply = client
+        .call(BrokerRequest::SetKey { id: 1, provider: "kp".into(), key: PLUGIN_KEY.to_owned().into() })
+        .await
+        .unwrap();
+    assert_eq!(reply, BrokerReply::Done { id: 1 }, "set-key for a plugin provider");
+    let got = call(&mut client, plugin_request(2, "kp", REQUEST_LINE)).await;
+    assert_eq!(got.status, Some(200), "{got:?}");
+    let env = saved_env(&script.file("env"));
+    assert!(env.contains(&("MY_PLUGIN_KEY".into(), PLUGIN_KEY.into())), "{env:?}");
+    assert!(!env.iter().any(|(k, _)| k == "DBUS_SESSION_BUS_ADDRESS"), "the plugin got the broker's bus: {env:?}");
+}

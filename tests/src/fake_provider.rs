@@ -12,6 +12,7 @@
 //! | `OpenAiResponses` | `POST /v1/responses`, SSE `event: response.*` | `http://127.0.0.1:<port>/v1` |
 //! | `Anthropic` | `POST /v1/messages`, SSE `message_start` … `message_stop` | `http://127.0.0.1:<port>` |
 //! | `Gemini` | `POST /v1beta/models/{model}:streamGenerateContent?alt=sse` | `http://127.0.0.1:<port>` |
+//! | `AzureOpenAi` | `POST /openai/deployments/{deployment}/chat/completions?api-version=…`, as `OpenAiChat` | `http://127.0.0.1:<port>` |
 //!
 //! The base URL is what the gateway's request paths are relative to, i.e. what a broker
 //! config's `providers.<id>.base_url` must be for requests built by `Provider::build`.
@@ -24,7 +25,7 @@
 //! both in the format's error shape and without using a scripted reply. Every request is
 //! recorded ([`FakeProvider::requests`]) so tests can assert what the gateway and broker sent.
 //!
-//! The server runs on a thread of its own (its own tokio runtime), so it serves whether the
+//! The server runs on threads of its own (its own tokio runtime), so it serves whether the
 //! test is async or blocking; dropping the [`FakeProvider`] stops it and drops its connections.
 //!
 //! What it must never do: pretend to be a provider it is not (each format only answers its own
@@ -47,7 +48,7 @@ use tokio::sync::{mpsc, oneshot};
 /// A provider wire format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
-    /// OpenAI Chat Completions (also Azure-style and OpenAI-compatible servers).
+    /// OpenAI Chat Completions (also OpenAI-compatible servers: Ollama, vLLM, llama.cpp).
     OpenAiChat,
     /// OpenAI Responses API.
     OpenAiResponses,
@@ -55,17 +56,20 @@ pub enum Format {
     Anthropic,
     /// Google Gemini `streamGenerateContent`.
     Gemini,
+    /// Azure OpenAI: Chat Completions on a deployment, `api-key` header, Azure's error bodies.
+    AzureOpenAi,
 }
 
 impl Format {
     /// Every format, for tests that cover them all.
-    pub const ALL: [Format; 4] = [Format::OpenAiChat, Format::OpenAiResponses, Format::Anthropic, Format::Gemini];
+    pub const ALL: [Format; 5] =
+        [Format::OpenAiChat, Format::OpenAiResponses, Format::Anthropic, Format::Gemini, Format::AzureOpenAi];
 
     /// The path prefix below the server root that the gateway's paths are relative to.
     fn base_path(self) -> &'static str {
         match self {
             Format::OpenAiChat | Format::OpenAiResponses => "/v1",
-            Format::Anthropic | Format::Gemini => "",
+            Format::Anthropic | Format::Gemini | Format::AzureOpenAi => "",
         }
     }
 
@@ -83,8 +87,31 @@ impl Format {
                     .filter(|model| !model.is_empty() && !model.contains('/'));
                 return model.map(|m| Some(m.to_owned())).ok_or_else(|| not_found(path_and_query));
             }
+            Format::AzureOpenAi => {
+                let deployment = path_and_query
+                    .strip_prefix("/openai/deployments/")
+                    .and_then(|rest| rest.split_once("/chat/completions?api-version="))
+                    .filter(|(deployment, version)| {
+                        !deployment.is_empty() && !deployment.contains('/') && !version.is_empty()
+                    })
+                    .map(|(deployment, _)| deployment.to_owned());
+                return deployment.map(Some).ok_or_else(|| not_found(path_and_query));
+            }
         };
         if ok { Ok(None) } else { Err(not_found(path_and_query)) }
+    }
+}
+
+impl Format {
+    /// Whether `headers` carry `key` where this format's provider expects it.
+    fn carries_key(self, headers: &[(String, String)], key: &str) -> bool {
+        let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+        match self {
+            Format::OpenAiChat | Format::OpenAiResponses => header("authorization") == Some(&format!("Bearer {key}")),
+            Format::Anthropic => header("x-api-key") == Some(key),
+            Format::Gemini => header("x-goog-api-key") == Some(key),
+            Format::AzureOpenAi => header("api-key") == Some(key),
+        }
     }
 }
 
@@ -189,11 +216,12 @@ struct Settings {
     served: usize,
     chunk_delay: Duration,
     text_chunk_chars: usize,
+    required_key: Option<String>,
     requests: Vec<Recorded>,
 }
 
 /// Requests beyond this are counted but not kept, so a long benchmark does not grow memory.
-const MAX_RECORDED: usize = 10_000;
+pub const MAX_RECORDED: usize = 10_000;
 
 /// A running fake provider. Stops when dropped.
 pub struct FakeProvider {
@@ -214,6 +242,7 @@ impl FakeProvider {
             served: 0,
             chunk_delay: Duration::ZERO,
             text_chunk_chars: 8,
+            required_key: None,
             requests: Vec::new(),
         }));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
@@ -226,7 +255,13 @@ impl FakeProvider {
         let thread = std::thread::Builder::new()
             .name(format!("fake-provider-{}", addr.port()))
             .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+                // Two workers: a benchmark's thousand streams should not be held back by
+                // the fake itself.
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
                 runtime.block_on(serve(format, listener, shared, counter, stopped));
             })
             .expect("spawn the fake provider thread");
@@ -260,7 +295,7 @@ impl FakeProvider {
         self
     }
 
-    /// Waits `delay` before each streamed chunk (the first included).
+    /// Sends streamed chunk `i` at `delay × (i + 1)` after the reply starts (0: at once).
     pub fn set_chunk_delay(&self, delay: Duration) -> &Self {
         self.state.lock().unwrap().chunk_delay = delay;
         self
@@ -269,6 +304,14 @@ impl FakeProvider {
     /// How many characters of answer text go in one streamed chunk (default 8).
     pub fn set_text_chunk_chars(&self, chars: usize) -> &Self {
         self.state.lock().unwrap().text_chunk_chars = chars.max(1);
+        self
+    }
+
+    /// Answers requests that do not carry `key` in the format's credential header
+    /// (`authorization: Bearer`, `x-api-key`, `x-goog-api-key`) with the format's real
+    /// "invalid key" error ([`ErrorCase::Unauthorized`]), without using a scripted reply.
+    pub fn require_key(&self, key: impl Into<String>) -> &Self {
+        self.state.lock().unwrap().required_key = Some(key.into());
         self
     }
 
@@ -338,7 +381,7 @@ async fn answer(
 ) -> Result<Response<Body>, Infallible> {
     let method = req.method().to_string();
     let path = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
-    let headers = req
+    let headers: Vec<(String, String)> = req
         .headers()
         .iter()
         .map(|(n, v)| (n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
@@ -347,6 +390,7 @@ async fn answer(
     let body: Option<Value> = serde_json::from_slice(&raw).ok();
     let reply = {
         let mut s = state.lock().unwrap();
+        let authorized = s.required_key.as_deref().is_none_or(|key| format.carries_key(&headers, key));
         if s.requests.len() < MAX_RECORDED {
             s.requests.push(Recorded {
                 method: method.clone(),
@@ -358,6 +402,12 @@ async fn answer(
         let route = if method == "POST" { format.accepts(&path) } else { Err(not_found(&path)) };
         match (route, &body) {
             (Err(message), _) => Err(render_error(format, 404, &message)),
+            _ if !authorized => {
+                let Reply::Status { code, headers, body } = Reply::error(format, ErrorCase::Unauthorized) else {
+                    unreachable!("Reply::error is a Status")
+                };
+                Err(full(code, &headers, body))
+            }
             (Ok(_), None) => Err(render_error(format, 400, "fake provider: the body is not JSON")),
             (Ok(model), Some(body)) => {
                 let next = s.script.pop_front().or_else(|| s.always.clone());
@@ -427,7 +477,9 @@ impl Stream {
             Reply::Malformed => {
                 let mut chunks = self.turn("ok", &[], usage);
                 let bad = match self.format {
-                    Format::OpenAiChat | Format::Gemini => "data: {\"choices\":[{\"delta\":\n\n".to_owned(),
+                    Format::OpenAiChat | Format::AzureOpenAi | Format::Gemini => {
+                        "data: {\"choices\":[{\"delta\":\n\n".to_owned()
+                    }
                     Format::OpenAiResponses => {
                         "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\n\n"
                             .to_owned()
@@ -449,9 +501,12 @@ impl Stream {
         };
         let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
         tokio::spawn(async move {
-            for chunk in chunks {
+            // An absolute schedule (chunk i at start + (i+1)·delay) keeps the rate steady: a
+            // late chunk does not push back every later one.
+            let start = tokio::time::Instant::now();
+            for (position, chunk) in chunks.into_iter().enumerate() {
                 if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
+                    tokio::time::sleep_until(start + delay * (position as u32 + 1)).await;
                 }
                 if tx.send(Ok(Frame::data(chunk))).await.is_err() {
                     return;
@@ -485,7 +540,7 @@ impl Stream {
     fn turn(&self, text: &str, calls: &[(String, String)], usage: Usage) -> Vec<Bytes> {
         let pieces = split_text(text, self.chunk_chars);
         let events = match self.format {
-            Format::OpenAiChat => self.openai_chat(&pieces, calls, usage),
+            Format::OpenAiChat | Format::AzureOpenAi => self.openai_chat(&pieces, calls, usage),
             Format::OpenAiResponses => self.openai_responses(text, &pieces, calls, usage),
             Format::Anthropic => self.anthropic(&pieces, calls, usage),
             Format::Gemini => self.gemini(&pieces, calls, usage),
@@ -695,7 +750,7 @@ fn error_reply(format: Format, case: ErrorCase) -> (u16, Vec<(String, String)>, 
         ErrorCase::RateLimited { retry_after_secs } => {
             let mut headers = vec![("retry-after".to_owned(), retry_after_secs.to_string())];
             match format {
-                Format::OpenAiChat | Format::OpenAiResponses => {
+                Format::OpenAiChat | Format::OpenAiResponses | Format::AzureOpenAi => {
                     headers.push(("x-ratelimit-remaining-requests".into(), "0".into()));
                     headers.push(("x-ratelimit-reset-requests".into(), format!("{retry_after_secs}s")));
                 }
@@ -732,6 +787,8 @@ fn error_body(format: Format, status: u16, message: &str) -> Value {
             };
             json!({"error": {"message": message, "type": kind, "param": null, "code": code}})
         }
+        // Azure's own shape: the status as a string code, no type.
+        Format::AzureOpenAi => json!({"error": {"code": status.to_string(), "message": message}}),
         Format::Anthropic => {
             let kind = match status {
                 400 => "invalid_request_error",

@@ -40,6 +40,7 @@ impl ProviderSetup {
             Format::OpenAiResponses => ("openai", "openai", "openai-responses", "OPENAI_API_KEY", "gpt-4.1-mini"),
             Format::Anthropic => ("anthropic", "anthropic", "anthropic", "ANTHROPIC_API_KEY", "claude-sonnet-4-5"),
             Format::Gemini => ("gemini", "gemini", "gemini", "GEMINI_API_KEY", "gemini-2.5-flash"),
+            Format::AzureOpenAi => ("azure-openai", "azure-openai", "azure-openai", "AZURE_OPENAI_API_KEY", "gpt-4o"),
         };
         ProviderSetup {
             id: id.into(),

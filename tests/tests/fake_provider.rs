@@ -27,6 +27,7 @@ fn kind(format: Format) -> ProviderKind {
         Format::OpenAiResponses => ProviderKind::OpenAiResponses,
         Format::Anthropic => ProviderKind::Anthropic,
         Format::Gemini => ProviderKind::Gemini,
+        Format::AzureOpenAi => ProviderKind::AzureOpenAi,
     }
 }
 
@@ -213,7 +214,7 @@ fn paired_result(format: Format, sent: &Value, call: &ToolCall) -> Option<String
     let items = |key: &str| sent[key].as_array().cloned().unwrap_or_default();
     let text = |v: &Value| v.as_str().map(str::to_owned);
     match format {
-        Format::OpenAiChat => items("messages")
+        Format::OpenAiChat | Format::AzureOpenAi => items("messages")
             .iter()
             .find(|m| m["role"] == "tool" && m["tool_call_id"] == call.id.as_str())
             .and_then(|m| text(&m["content"])),
@@ -289,6 +290,17 @@ async fn malformed_dropped_and_stalled_streams_fail_clearly() {
         let stalled = fetch(&fake.base_url(), &request, Duration::from_millis(300)).await;
         assert_eq!(stalled.status, 200, "{format:?}");
         assert!(stalled.chunks.is_empty() && !stalled.broken, "{format:?}: headers, then nothing");
+    }
+}
+
+#[tokio::test]
+async fn a_required_key_missing_from_the_request_is_the_providers_real_401() {
+    for format in Format::ALL {
+        let fake = FakeProvider::start(format);
+        fake.require_key(TEST_KEY).script(vec![Reply::text("never served")]);
+        let error = turn(&fake, &hello()).await.unwrap_err();
+        assert_eq!(error.kind, ErrorKind::Auth, "{format:?}: {error}");
+        assert_eq!(fake.served(), 0, "{format:?}: the scripted reply is kept");
     }
 }
 
@@ -378,6 +390,23 @@ impl Broker {
     fn stderr(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default()
     }
+
+    /// A connection; the socket file exists a moment before the broker listens, so a refused
+    /// connection is retried for a bounded time.
+    async fn client(&self) -> BrokerClient {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match BrokerClient::connect(&self.socket).await {
+                Ok(client) => return client,
+                Err(spiderweb_client::broker::ClientError::Connect { source, .. })
+                    if source.kind() == std::io::ErrorKind::ConnectionRefused && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => panic!("connect to the broker: {e:?}\n{}", self.stderr()),
+            }
+        }
+    }
 }
 
 impl Drop for Broker {
@@ -451,6 +480,7 @@ async fn every_format_through_the_real_broker_with_its_key_added() {
         ("openai-responses", FakeProvider::start(Format::OpenAiResponses)),
         ("anthropic", FakeProvider::start(Format::Anthropic)),
         ("gemini", FakeProvider::start(Format::Gemini)),
+        ("azure-openai", FakeProvider::start(Format::AzureOpenAi)),
     ];
     let mut providers = serde_json::Map::new();
     for (id, fake) in &fakes {
@@ -459,18 +489,23 @@ async fn every_format_through_the_real_broker_with_its_key_added() {
             entry["kind"] = json!("openai");
         }
         providers.insert((*id).to_owned(), entry);
-        fake.script(vec![
+        fake.require_key(TEST_KEY).script(vec![
             Reply::TextThenToolCalls("Checking.".into(), vec![("file_read".into(), r#"{"path":"a"}"#.into())]),
             Reply::error(fake.format(), ErrorCase::RateLimited { retry_after_secs: 3 }),
         ]);
     }
     let broker = Broker::start(
         json!({"providers": providers}),
-        &[("OPENAI_API_KEY", TEST_KEY), ("ANTHROPIC_API_KEY", TEST_KEY), ("GEMINI_API_KEY", TEST_KEY)],
+        &[
+            ("OPENAI_API_KEY", TEST_KEY),
+            ("ANTHROPIC_API_KEY", TEST_KEY),
+            ("GEMINI_API_KEY", TEST_KEY),
+            ("AZURE_OPENAI_API_KEY", TEST_KEY),
+        ],
         // A provider that is not built in gets its key from a systemd credential.
         &[("openai-responses-api-key", TEST_KEY)],
     );
-    let mut client = BrokerClient::connect(&broker.socket).await.unwrap();
+    let mut client = broker.client().await;
     let mut wire = String::new();
     for (n, (id, fake)) in fakes.iter().enumerate() {
         let format = fake.format();
@@ -487,6 +522,7 @@ async fn every_format_through_the_real_broker_with_its_key_added() {
             Format::OpenAiChat | Format::OpenAiResponses => ("authorization", format!("Bearer {TEST_KEY}")),
             Format::Anthropic => ("x-api-key", TEST_KEY.to_owned()),
             Format::Gemini => ("x-goog-api-key", TEST_KEY.to_owned()),
+            Format::AzureOpenAi => ("api-key", TEST_KEY.to_owned()),
         };
         assert_eq!(seen.header(header), Some(value.as_str()), "{id}: {:?}", seen.headers);
         assert!(!seen.path.contains(TEST_KEY), "{id}: keys never go in URLs");
@@ -520,7 +556,7 @@ printf '{"jsonrpc":"2.0","id":1,"result":{"content":"calling","tool_calls":[{"id
         &[("MY_PLUGIN_KEY", TEST_KEY)],
         &[],
     );
-    let mut client = BrokerClient::connect(&broker.socket).await.unwrap();
+    let mut client = broker.client().await;
     let chat = hello();
     let request = plugin::request(&chat);
     let got = through_broker(&mut client, 1, "my-llm", &request).await;

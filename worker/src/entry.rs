@@ -62,6 +62,9 @@ pub fn run(plan: &ConfinementPlan) -> ! {
         Err(e) => done(ToolOutcome::failed(FailureCode::ExecutionFailed, format!("workspace unavailable: {e}"))),
     };
     send(&WorkerEvent::Confined);
+    // Started after confinement, before the task is read; a shell that cannot start now is
+    // simply started cold by shell_exec.
+    let prestarted_shell = if plan.prestart_shell { tools::shell_exec::PrestartedShell::start().ok() } else { None };
     let task: WorkerTask = match read_frame(&mut io::stdin().lock(), MAX_FRAME_BYTES) {
         Ok(Some(Ok(task))) => task,
         Ok(Some(Err(malformed))) => done(ToolOutcome::failed(FailureCode::InvalidParams, malformed.to_string())),
@@ -70,7 +73,8 @@ pub fn run(plan: &ConfinementPlan) -> ! {
     let mut emit = |stream, bytes: &[u8]| {
         send(&WorkerEvent::Output { stream, data: String::from_utf8_lossy(bytes).into_owned() });
     };
-    let mut ctx = ToolContext { workspace: &workspace, search_backend: plan.search_backend, emit: &mut emit };
+    let mut ctx =
+        ToolContext { workspace: &workspace, search_backend: plan.search_backend, emit: &mut emit, prestarted_shell };
     let outcome = tools::dispatch(&task.tool, task.args, &mut ctx);
     done(outcome)
 }

@@ -105,8 +105,23 @@ impl ReadyWorker {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// Sends the task and drives the worker to its result within its wall clock.
-    pub async fn run(mut self, task: &WorkerTask, mut on_output: impl FnMut(OutputStream, String)) -> ToolOutcome {
+    /// Sends the task and drives the worker to its result within its wall clock, then waits
+    /// for the worker to exit.
+    pub async fn run(self, task: &WorkerTask, on_output: impl FnMut(OutputStream, String)) -> ToolOutcome {
+        let (outcome, exited) = self.run_then_exit(task, on_output).await;
+        exited.await;
+        outcome
+    }
+
+    /// As [`ReadyWorker::run`], but returns as soon as the result is in, with the worker's exit
+    /// as a future to await after the result has been passed on: the end of a PID namespace
+    /// (every process killed and reaped, the mount tree torn down) takes a while and is no part
+    /// of the call.
+    pub async fn run_then_exit(
+        mut self,
+        task: &WorkerTask,
+        mut on_output: impl FnMut(OutputStream, String),
+    ) -> (ToolOutcome, impl Future<Output = ()> + Send + 'static) {
         let wall_clock = Duration::from_millis(self.wall_clock_ms);
         let outcome = match tokio::time::timeout(wall_clock, self.drive(task, &mut on_output)).await {
             Ok(outcome) => outcome,
@@ -120,11 +135,13 @@ impl ReadyWorker {
         };
         // After its result the worker exits by itself and its relay reaps it; kill only a
         // worker that lingers, so every process is reaped by its own parent.
-        if tokio::time::timeout(EXIT_GRACE, self.child.wait()).await.is_err() {
-            let _ = self.child.start_kill();
-            let _ = self.child.wait().await;
-        }
-        outcome
+        let exited = async move {
+            if tokio::time::timeout(EXIT_GRACE, self.child.wait()).await.is_err() {
+                let _ = self.child.start_kill();
+                let _ = self.child.wait().await;
+            }
+        };
+        (outcome, exited)
     }
 
     async fn drive(&mut self, task: &WorkerTask, on_output: &mut impl FnMut(OutputStream, String)) -> ToolOutcome {

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use spiderweb_policy::sandbox::{ResourceLimits, SandboxRules};
 use spiderweb_proto::worker::SandboxProfile;
 
+use crate::confine::network::find_pasta;
+
 /// Where the workspace appears inside the sandbox (also `HOME` and the cwd of tools).
 pub const SANDBOX_WORKSPACE: &str = "/workspace";
 
@@ -44,8 +46,11 @@ pub struct ConfinementPlan {
     pub profile: SandboxProfile,
     /// Workspace writable.
     pub workspace_writable: bool,
-    /// Host network namespace, TCP allowed.
+    /// Outbound network through pasta (own network namespace either way), TCP allowed.
     pub network: bool,
+    /// pasta's absolute path, found by the launcher for a network plan (`None`: not found, or
+    /// no network; a network plan without it is refused).
+    pub pasta: Option<String>,
     /// Workspace-relative paths kept read-only.
     pub protected_paths: Vec<String>,
     /// Resource limits.
@@ -54,20 +59,26 @@ pub struct ConfinementPlan {
     pub ids: Option<Ids>,
     /// `search_code` implementation.
     pub search_backend: SearchBackend,
+    /// Start `shell_exec`'s login shell before reading the task (a warm worker expecting a
+    /// shell call); not part of what is confined, so warm-pool keys leave it out.
+    #[serde(default)]
+    pub prestart_shell: bool,
 }
 
 impl ConfinementPlan {
-    /// A plan from policy rules.
+    /// A plan from policy rules; a network plan gets the launcher's pasta.
     pub fn new(workspace: String, rules: SandboxRules, ids: Option<Ids>, search_backend: SearchBackend) -> Self {
         ConfinementPlan {
             workspace,
             profile: rules.profile,
             workspace_writable: rules.workspace_writable,
             network: rules.network,
+            pasta: if rules.network { find_pasta().map(|p| p.display().to_string()) } else { None },
             protected_paths: rules.protected_paths,
             limits: rules.limits,
             ids,
             search_backend,
+            prestart_shell: false,
         }
     }
 }

@@ -440,7 +440,7 @@ fn battery() -> Vec<(&'static str, &'static [&'static str], ProbeFn)> {
         ("mount / umount", ALL, |c, ws| c.probes(ws, &["mount".into(), "umount".into()])),
         ("chroot", ALL, |c, ws| c.probes(ws, &["chroot".into()])),
         ("pivot_root", ALL, |c, ws| c.probes(ws, &["pivot_root".into()])),
-        ("connect to a host TCP port on 127.0.0.1", NO_NETWORK, |c, ws| {
+        ("connect to a host TCP port on 127.0.0.1", ALL, |c, ws| {
             let port = c.host.tcp_port();
             let r = c.probes(ws, &[format!("connect_tcp {port}")])?;
             c.shell(ws, &format!("echo hi > /dev/tcp/127.0.0.1/{port}; python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {port}))'"));

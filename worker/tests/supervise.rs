@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{Value, json};
 use spiderweb_proto::frame::{read_frame, write_frame};
-use spiderweb_proto::worker::{MAX_FRAME_BYTES, SupervisorReply, ToolRequest};
+use spiderweb_proto::worker::{MAX_FRAME_BYTES, SandboxProfile, SupervisorReply, ToolRequest};
 
 struct Supervisor {
     child: Child,
@@ -225,6 +225,37 @@ fn requests_outside_the_configuration_are_rejected_before_a_worker_starts() {
 }
 
 #[test]
+fn a_new_projects_workspace_is_created_for_its_tenant_on_first_use() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let uid = test_uid("sup-provision");
+    let sup = Supervisor::start(&[("alice", uid)], json!({}));
+    let fresh = std::env::temp_dir().join(format!("sw-fresh-{}", std::process::id()));
+    let _cleanup = RemoveOnDrop(fresh.clone());
+    let mut conn = sup.connect();
+    send(&mut conn, &request("new", "alice", &fresh, "shell_exec", json!({"command": "echo hi > made.txt; id -u"})));
+    let (_, result) = collect(&mut conn, "new");
+    assert_eq!(result["status"], "ok", "{result}");
+    let meta = std::fs::metadata(&fresh).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (uid, uid), "owned by the tenant");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+    assert_eq!(result["payload"]["stdout"], format!("{uid}\n"));
+    // Only direct children of a root are created: a deeper path is still refused.
+    let deep = fresh.join("a/b");
+    send(&mut conn, &request("deep", "alice", &deep, "file_list", json!({})));
+    let (_, result) = collect(&mut conn, "deep");
+    assert_eq!(result["code"], "rejected", "{result}");
+    assert!(!deep.exists());
+}
+
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
 fn wall_clock_timeout_kills_the_whole_tree() {
     let uid = test_uid("sup-timeout");
     let limits = json!({"cpu_seconds": 10, "address_space_bytes": 1073741824u64, "open_files": 256,
@@ -361,4 +392,109 @@ fn a_vanished_gateway_takes_its_running_calls_with_it() {
         assert!(Instant::now() < deadline, "the call outlived its gateway: {}", describe(&processes_of(uid)));
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[test]
+fn a_warm_workers_login_shell_runs_commands_as_a_cold_bash_lc_would() {
+    let uid = test_uid("sup-prestart");
+    let sup = Supervisor::start(&[("alice", uid)], json!({"warm_workers_per_plan": 1}));
+    let ws = Workspace::new(uid);
+    ws.write(".profile", "export FROM_PROFILE=yes\n");
+    let mut conn = sup.connect();
+    let mut call_warm = |id: &str, command: &str| {
+        // After a shell call the next worker is warmed with its login shell already started.
+        std::thread::sleep(Duration::from_millis(300));
+        send(&mut conn, &request(id, "alice", ws.path(), "shell_exec", json!({ "command": command })));
+        collect(&mut conn, id).1
+    };
+    call_warm("first", "true");
+    let shown = call_warm("which", "tr '\\0' ' ' < /proc/$$/cmdline");
+    assert!(
+        shown["payload"]["stdout"].as_str().unwrap().contains("read -r -d"),
+        "the call ran in the pre-started shell: {shown}"
+    );
+    for (i, command) in [
+        "echo \"$0|$BASH_EXECUTION_STRING|$-|$(pwd)|$HOME|$FROM_PROFILE\"; shopt -q login_shell && echo login",
+        "cat; echo stdin=$?; echo out; echo err >&2; exit 7",
+        "printf 'a\\tb\\n\\n'; echo \"trailing \"",
+        "kill -9 $$",
+        "echo $LINENO\necho $LINENO",
+        "  echo 'leading blanks kept';  ",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let cold = run_tool(&ws, "workspace-write", "shell_exec", json!({ "command": command }), &[]);
+        let warm = call_warm(&format!("c{i}"), command);
+        assert_eq!(warm, cold.json, "warm and cold `bash -lc` differ for {command:?}");
+    }
+    // A syntax error has the same exit status (the message says `eval` instead of `-c`).
+    let cold = run_tool(&ws, "workspace-write", "shell_exec", json!({"command": "if then"}), &[]);
+    let warm = call_warm("syntax", "if then");
+    assert_eq!(warm["payload"]["exit_code"], cold.json["payload"]["exit_code"]);
+    assert_eq!(warm["payload"]["exit_code"], 2);
+    // NUL cannot reach a shell either way.
+    let nul = call_warm("nul", "echo a\u{0}rm -rf .");
+    assert_eq!(nul["code"], "invalid_params", "{nul}");
+}
+
+#[test]
+fn a_warm_network_worker_keeps_its_pasta_only_while_it_waits() {
+    let uid = test_uid("sup-net-warm");
+    let sup = Supervisor::start(&[("alice", uid)], json!({"warm_workers_per_plan": 1, "warm_ttl_ms": 1000}));
+    let ws = Workspace::new(uid);
+    let mut conn = sup.connect();
+    let interfaces = "grep -c ':' /proc/net/dev";
+    let call = ToolRequest {
+        profile: SandboxProfile::WorkspaceWriteNetwork,
+        ..request("n1", "alice", ws.path(), "shell_exec", json!({ "command": interfaces }))
+    };
+    send(&mut conn, &call);
+    let (_, result) = collect(&mut conn, "n1");
+    let count: u32 = result["payload"]["stdout"].as_str().unwrap_or_default().trim().parse().unwrap_or(0);
+    assert!(count >= 2, "loopback and pasta's interface in the worker's own namespace: {result}");
+    // Orphans are re-parented to this process, so a pasta whose worker ended is still counted.
+    nix::sys::prctl::set_child_subreaper(true).unwrap();
+    let me = std::process::id();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pastas_under(me) != 1 {
+        assert!(Instant::now() < deadline, "the warm network worker has no pasta");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Past its time-to-live the warm worker is ended, and its pasta with it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pastas_under(me) != 0 {
+        assert!(Instant::now() < deadline, "pasta outlived its expired warm worker");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// pasta processes descending from `root`.
+fn pastas_under(root: u32) -> usize {
+    let parent_of = |pid: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(") ")?.1.split_whitespace().nth(1)?.parse().ok()
+    };
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            cmdline.split(|b| *b == 0).next().is_some_and(|argv0| argv0.ends_with(b"pasta"))
+        })
+        .filter(|pid| {
+            let mut at = *pid;
+            while let Some(parent) = parent_of(at) {
+                if parent == root {
+                    return true;
+                }
+                if parent <= 1 {
+                    return false;
+                }
+                at = parent;
+            }
+            false
+        })
+        .count()
 }

@@ -168,6 +168,10 @@ fn shell_exec_reports_both_streams_exit_codes_signals_and_timeouts() {
     let r = run_tool(&w, "read-only", "shell_exec", json!({"command": "sleep 30", "timeout_ms": 300}), &[]);
     r.failed("timeout");
     assert_eq!(r.json["message"], "command timed out");
+    // The worker's own deadline is the only timeout: a command exiting 124 (what `timeout`
+    // returns, which legacy v1 could not tell from its own timeout) is just an exit code.
+    let r = run_tool(&w, "read-only", "shell_exec", json!({"command": "timeout 0.1 sleep 5; exit $?"}), &[]);
+    assert_eq!(r.ok()["exit_code"], 124, "a command's own 124 is not the tool's timeout: {}", r.json);
     let r = run_tool(&w, "read-only", "shell_exec", json!({"command": "head -c 3000000 /dev/zero | tr '\\0' a"}), &[]);
     assert_eq!(r.ok()["stdout"].as_str().unwrap().len(), 1024 * 1024, "stdout capped at 1 MiB");
     // A login shell: /etc/profile may extend PATH; nothing of the launcher's environment leaks.

@@ -264,8 +264,21 @@ exec "$@""#;
         self.dir.path().join("codex/auth.json")
     }
 
+    /// A connection to the broker. The socket file appears at bind(), a moment before listen():
+    /// a refused connection in that window is retried, for a bounded time.
     pub async fn client(&self) -> BrokerClient {
-        BrokerClient::connect(&self.socket).await.expect("connect to the broker")
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match BrokerClient::connect(&self.socket).await {
+                Ok(client) => return client,
+                Err(spiderweb_client::broker::ClientError::Connect { source, .. })
+                    if source.kind() == std::io::ErrorKind::ConnectionRefused && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => panic!("connect to the broker: {e:?}\n{}", self.stderr()),
+            }
+        }
     }
 
     /// `secret-tool` on the broker's session bus.

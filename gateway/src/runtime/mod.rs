@@ -124,7 +124,11 @@ impl Settings {
             worker_socket: worker_socket
                 .or_else(|| r.worker_socket.clone())
                 .unwrap_or_else(|| socket_dir.join("worker.sock")),
-            workspace_root: r.workspace_root.clone().unwrap_or_else(|| state_dir.join("workspaces")),
+            // The worker supervisor accepts only canonical workspace paths.
+            workspace_root: {
+                let root = r.workspace_root.clone().unwrap_or_else(|| state_dir.join("workspaces"));
+                std::fs::canonicalize(&root).unwrap_or(root)
+            },
             approval_mode: r.approval_mode,
             sandbox_profile: r.sandbox_profile,
             budget: r.budget.clone(),

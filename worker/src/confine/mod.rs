@@ -6,8 +6,9 @@
 //!
 //! 0. Only for a non-root launcher holding CAP_SETUID/CAP_SETGID:
 //!    [`privileges::assume_tenant`] switches to the tenant's ids first.
-//! 1. [`namespaces`]: mount, PID, IPC, UTS, cgroup and (without network) network namespaces,
-//!    plus a user namespace when not root; fork so the worker is PID 1.
+//! 1. [`namespaces`]: mount, PID, IPC, UTS, cgroup and network namespaces, plus a user
+//!    namespace when not root; fork so the worker is PID 1. The network profile's namespace is
+//!    connected to the outside by pasta ([`network`]), never by sharing the host's.
 //! 2. [`mounts`]: a new root with only system directories (read-only), the workspace, a private
 //!    `/tmp`, `/dev` nodes and `/proc`; protected paths pinned read-only.
 //! 3. [`rlimits`]: CPU, address space, open files, file size, processes, no core dumps.
@@ -23,6 +24,7 @@
 pub mod landlock;
 pub mod mounts;
 pub mod namespaces;
+pub mod network;
 pub mod privileges;
 pub mod rlimits;
 pub mod seccomp;
@@ -70,7 +72,12 @@ pub fn confine(plan: &ConfinementPlan) -> Result<(), ConfineError> {
         Some(ids) if !root => privileges::assume_tenant(ids)?,
         _ => {}
     }
-    namespaces::enter(plan.network)?;
+    let pasta = match (plan.network, &plan.pasta) {
+        (false, _) => None,
+        (true, Some(pasta)) => Some(std::path::Path::new(pasta)),
+        (true, None) => return Err(namespaces::NamespaceError::from(network::NetworkError::PastaMissing).into()),
+    };
+    namespaces::enter(pasta)?;
     mounts::build_root(plan)?;
     rlimits::apply(&plan.limits)?;
     // A non-root worker already is the tenant (mapped to root in its user namespace).

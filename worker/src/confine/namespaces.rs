@@ -1,9 +1,10 @@
 //! Step 1: new namespaces, and the fork that makes the worker PID 1 of its own PID namespace.
 //!
 //! Why: a new PID namespace hides every host process and guarantees that everything the tool
-//! starts dies when the worker (its init) exits; mount, IPC, UTS and (without the network
-//! profile) network namespaces cut the worker off from the host's mounts, SysV IPC, hostname,
-//! interfaces and abstract Unix sockets. When the launcher is not root, a user namespace gives
+//! starts dies when the worker (its init) exits; mount, IPC, UTS and network namespaces cut the
+//! worker off from the host's mounts, SysV IPC, hostname, interfaces, loopback services and
+//! abstract Unix sockets. The network profile gets its outbound connectivity from pasta
+//! ([`super::network`]), never from the host's namespace. When the launcher is not root, a user namespace gives
 //! the worker the capabilities it needs to build its mounts, mapped to the launcher's own uid.
 //!
 //! Order: this runs first, before anything else is touched, in the freshly executed worker.
@@ -12,10 +13,13 @@
 //! data), the child continues as PID 1. The supervisor's timeout sends SIGTERM to the relay,
 //! which SIGKILLs PID 1, reaps it and exits; the kernel kills the rest of the namespace with
 //! its init. As a last resort both ask for SIGKILL when their parent dies. Must run while the
-//! process is single-threaded.
+//! process is single-threaded. With the network profile, pasta's helper is forked before
+//! `unshare` (it must stay in the host's namespaces) and attached after the id maps are
+//! written; the relay kills pasta once PID 1 is gone.
 
 use std::fs;
 use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -23,7 +27,9 @@ use nix::sched::{CloneFlags, unshare};
 use nix::sys::prctl;
 use nix::sys::signal::{SigSet, Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::{ForkResult, Gid, Uid, fork, getegid, geteuid, pipe};
+use nix::unistd::{ForkResult, Gid, Pid, Uid, fork, getegid, geteuid, pipe};
+
+use super::network::{Helper, NetworkError};
 
 /// Why the namespaces could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -57,18 +63,19 @@ pub enum NamespaceError {
     /// The relay died before PID 1 could arm its parent-death signal.
     #[error("the worker's relay process exited during start-up")]
     RelayGone,
+    /// The network profile's user-mode networking could not be set up.
+    #[error(transparent)]
+    Network(#[from] NetworkError),
 }
 
-/// The namespaces of every worker; `network` keeps the host network namespace.
-fn flags(network: bool, user: bool) -> CloneFlags {
+/// The namespaces of every worker, whatever its profile.
+fn flags(user: bool) -> CloneFlags {
     let mut flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWIPC
         | CloneFlags::CLONE_NEWUTS
-        | CloneFlags::CLONE_NEWCGROUP;
-    if !network {
-        flags |= CloneFlags::CLONE_NEWNET;
-    }
+        | CloneFlags::CLONE_NEWCGROUP
+        | CloneFlags::CLONE_NEWNET;
     if user {
         flags |= CloneFlags::CLONE_NEWUSER;
     }
@@ -76,15 +83,18 @@ fn flags(network: bool, user: bool) -> CloneFlags {
 }
 
 /// Enters new namespaces and forks. Returns only in the child, which is PID 1 of the new PID
-/// namespace; the relay parent waits for it and exits with its status.
-pub fn enter(network: bool) -> Result<(), NamespaceError> {
+/// namespace; the relay parent waits for it and exits with its status. `pasta` (the network
+/// profile's helper) connects the new network namespace to the outside.
+pub fn enter(pasta: Option<&Path>) -> Result<(), NamespaceError> {
     let (uid, gid) = (geteuid(), getegid());
     let user = !uid.is_root();
-    let flags = flags(network, user);
+    let helper = pasta.map(|pasta| Helper::fork(pasta, user)).transpose()?;
+    let flags = flags(user);
     unshare(flags).map_err(|errno| NamespaceError::Unshare { flags: format!("{flags:?}"), errno })?;
     if user {
         map_ids(uid, gid)?;
     }
+    let pasta = helper.map(|helper| helper.attach(user)).transpose()?;
     die_with_parent()?;
     // The relay keeps `alive_w` open; PID 1 sees it hang up if the relay died before
     // PID 1 armed its parent-death signal (the one window that signal cannot cover).
@@ -98,7 +108,7 @@ pub fn enter(network: bool) -> Result<(), NamespaceError> {
     match unsafe { fork() }.map_err(|errno| NamespaceError::Process { call: "fork", errno })? {
         ForkResult::Parent { child } => {
             drop(alive_r);
-            relay(child, alive_w, &signals)
+            relay(child, pasta, alive_w, &signals)
         }
         ForkResult::Child => {
             drop(alive_w);
@@ -140,9 +150,10 @@ fn relay_signals() -> SigSet {
     set
 }
 
-/// The relay: waits for PID 1 and exits as it did; SIGTERM/SIGINT kill PID 1 first. Never
+/// The relay: waits for PID 1 and exits as it did; SIGTERM/SIGINT kill PID 1 first; pasta,
+/// which would keep the network namespace alive, is killed and reaped after PID 1. Never
 /// returns.
-fn relay(child: nix::unistd::Pid, alive_w: OwnedFd, signals: &SigSet) -> ! {
+fn relay(child: Pid, pasta: Option<Pid>, alive_w: OwnedFd, signals: &SigSet) -> ! {
     // stdin/stdout belong to PID 1; the relay holds no request data and never reads.
     let code = loop {
         match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
@@ -155,6 +166,10 @@ fn relay(child: nix::unistd::Pid, alive_w: OwnedFd, signals: &SigSet) -> ! {
             let _ = kill(child, Signal::SIGKILL);
         }
     };
+    if let Some(pasta) = pasta {
+        let _ = kill(pasta, Signal::SIGKILL);
+        let _ = waitpid(pasta, None);
+    }
     drop(alive_w);
     std::process::exit(code)
 }

@@ -7,6 +7,8 @@
 //! gateway keeps the connection open until it has its results. In-flight requests per connection and output forwarded per
 //! request are bounded, so no peer can grow the supervisor's memory without limit.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
@@ -22,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::request::plan_for;
 use super::server::Shared;
 use crate::launch::start;
+use crate::plan::ConfinementPlan;
 
 /// Requests one connection may have running or queued.
 pub const MAX_IN_FLIGHT: usize = 64;
@@ -72,8 +75,11 @@ pub async fn serve(stream: UnixStream, shared: Arc<Shared>) {
             let request_id = request.request_id.clone();
             // Dropping `handle` drops its worker, which ends the worker's whole tree.
             tokio::select! {
-                outcome = handle(&shared, request, &tx) => {
+                (outcome, exited) = handle(&shared, request, &tx) => {
                     let _ = tx.send(SupervisorReply::Result { request_id, outcome }).await;
+                    // The worker's exit, bounded by the launcher's grace period, still holds
+                    // its worker slot but no longer delays the reply.
+                    exited.await;
                 }
                 _ = gateway_gone.cancelled() => {}
             }
@@ -85,15 +91,27 @@ pub async fn serve(stream: UnixStream, shared: Arc<Shared>) {
     let _ = writer.await;
 }
 
-async fn handle(shared: &Arc<Shared>, request: ToolRequest, tx: &mpsc::Sender<SupervisorReply>) -> ToolOutcome {
+/// What is left after a result: the worker's exit, holding its worker slot.
+type Exit<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+fn nothing_left<'a>() -> Exit<'a> {
+    Box::pin(std::future::ready(()))
+}
+
+async fn handle<'a>(
+    shared: &'a Arc<Shared>,
+    request: ToolRequest,
+    tx: &mpsc::Sender<SupervisorReply>,
+) -> (ToolOutcome, Exit<'a>) {
     let plan = match plan_for(&shared.config, &request, shared.switch_ids.available()) {
         Ok(plan) => plan,
-        Err(message) => return ToolOutcome::failed(FailureCode::Rejected, message),
+        Err(message) => return (ToolOutcome::failed(FailureCode::Rejected, message), nothing_left()),
     };
-    let Ok(_worker) = shared.workers.acquire().await else {
-        return ToolOutcome::failed(FailureCode::Rejected, "supervisor shutting down");
+    let Ok(slot) = shared.workers.acquire().await else {
+        return (ToolOutcome::failed(FailureCode::Rejected, "supervisor shutting down"), nothing_left());
     };
     tracing::info!(request_id = %request.request_id, tenant = %request.tenant, tool = %request.tool, profile = %plan.profile, "tool call");
+    let shell_call = request.tool == "shell_exec";
     let task = WorkerTask { tool: request.tool, args: request.args };
     // Output is forwarded through an unbounded queue, bounded in total by the cap below
     // (the worker caps each stream at MAX_STREAM_BYTES; a worker that lies is cut off here).
@@ -114,29 +132,35 @@ async fn handle(shared: &Arc<Shared>, request: ToolRequest, tx: &mpsc::Sender<Su
         Some(worker) => worker,
         None => match start(&shared.exe, &plan).await {
             Ok(worker) => worker,
-            Err(outcome) => return outcome,
+            Err(outcome) => return (outcome, nothing_left()),
         },
     };
     let mut forwarded = 0usize;
-    let outcome = worker
-        .run(&task, |stream, data| {
+    let (outcome, exited) = worker
+        .run_then_exit(&task, |stream, data| {
             forwarded += data.len();
             if forwarded <= OUTPUT_FORWARD_CAP {
                 let _ = out_tx.send((stream, data));
             }
         })
         .await;
-    // Warm the next worker once this one is done, so starting it does not compete with the
-    // call for CPU.
-    if shared.warm.has_room(&plan_key) {
-        let (shared, plan_key, plan) = (shared.clone(), plan_key.clone(), plan.clone());
-        tokio::spawn(async move {
-            if let Ok(worker) = start(&shared.exe, &plan).await {
-                shared.warm.put(plan_key, worker);
-            }
-        });
-    }
     drop(out_tx);
     let _ = forward.await;
-    outcome
+    // After the reply (this runs once the result is sent): warm the next worker, so starting
+    // it does not compete with the call for CPU. After a shell call, expect another: its login
+    // shell starts ahead too.
+    let exit = Box::pin(async move {
+        if shared.warm.has_room(&plan_key) {
+            let shared = shared.clone();
+            let plan = ConfinementPlan { prestart_shell: shell_call, ..plan };
+            tokio::spawn(async move {
+                if let Ok(worker) = start(&shared.exe, &plan).await {
+                    shared.warm.put(plan_key, worker);
+                }
+            });
+        }
+        exited.await;
+        drop(slot);
+    });
+    (outcome, exit)
 }

@@ -2,10 +2,12 @@
 //! (tenant uid, workspace, profile) ahead of time, so the next call skips process start-up
 //! and confinement.
 //!
-//! This stays one fresh worker per call: a warm worker has run nothing, is confined exactly as
+//! This stays one fresh worker per call: a warm worker has run nothing of any call, is confined exactly as
 //! a cold one, and is used once. It only started earlier, so it sees the workspace's protected
 //! paths as they were when it started (after the previous call). Idle workers are bounded
-//! per plan and in total, and ended after a time-to-live.
+//! per plan and in total, and ended after a time-to-live. A worker warmed after a
+//! `shell_exec` also has its login shell running (`ConfinementPlan::prestart_shell`, left out
+//! of the pool key); a network-profile worker keeps its pasta while it waits.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -103,7 +103,12 @@ fn bind(path: &std::path::Path, mode: u32) -> anyhow::Result<UnixListener> {
         Ok(_) => anyhow::bail!("{} exists and is not a socket; refusing to replace it", path.display()),
         Err(_) => {}
     }
-    let listener = UnixListener::bind(path).map_err(|e| anyhow::anyhow!("binding {}: {e}", path.display()))?;
+    // Created owner-only (no window in which a default umask leaves it open to others), then
+    // given the configured mode. The supervisor creates no other file meanwhile.
+    let umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(path);
+    nix::sys::stat::umask(umask);
+    let listener = bound.map_err(|e| anyhow::anyhow!("binding {}: {e}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     Ok(listener)
 }

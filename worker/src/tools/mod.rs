@@ -52,6 +52,8 @@ pub struct ToolContext<'a> {
     pub search_backend: SearchBackend,
     /// Receives streamed output chunks.
     pub emit: &'a mut dyn FnMut(OutputStream, &[u8]),
+    /// A login shell started before the call (warm workers), used by `shell_exec`.
+    pub prestarted_shell: Option<shell_exec::PrestartedShell>,
 }
 
 /// Parses an arguments object: `missing required parameter: <name>` for absent required

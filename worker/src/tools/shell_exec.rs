@@ -4,8 +4,18 @@
 //! The worker is PID 1 of its namespace, so when the command ends (or times out) every
 //! process it left behind is killed with `kill(-1, SIGKILL)`, which from a namespace's init
 //! reaches exactly the namespace's other processes. Nothing outlives the tool call.
+//!
+//! A warm worker may start its login shell before the call arrives ([`PrestartedShell`]):
+//! starting bash and sourcing the login files (`/etc/profile` execs `id -u`) is most of a
+//! short command's cost. That shell is confined like everything the worker starts, has read
+//! nothing of the request, and waits for the command on descriptor 3; it then runs it with
+//! `eval` with `BASH_EXECUTION_STRING` set to the command, as `bash -lc` would. What differs
+//! from a cold `bash -lc`: the login files ran when the worker was warmed, not when the call
+//! came, and a syntax error is reported as `bash: eval: line 1: …` instead of
+//! `bash: -c: line 1: …`. A call with a `cwd` starts a fresh shell.
 
 use std::io::Read;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -47,32 +57,93 @@ enum Event {
     Exited(ExitStatus),
 }
 
+/// Descriptor on which a pre-started shell reads its command.
+const COMMAND_FD: RawFd = 3;
+/// What a pre-started login shell runs: read the command (to end of file), then run it as
+/// `bash -c` would, with the command in `BASH_EXECUTION_STRING`.
+const PRESTARTED_SCRIPT: &str =
+    "IFS= read -r -d '' BASH_EXECUTION_STRING <&3; exec 3<&-; eval \"$BASH_EXECUTION_STRING\"";
+
+/// A login shell started ahead of the call, waiting for its command on descriptor 3.
+pub struct PrestartedShell {
+    child: Child,
+    command: std::fs::File,
+}
+
+impl PrestartedShell {
+    /// Starts `bash -l` in the workspace, in its own process group, reading its command from a
+    /// pipe. Only called in a confined worker.
+    pub fn start() -> std::io::Result<PrestartedShell> {
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        let mut command = bash(SANDBOX_WORKSPACE, PRESTARTED_SCRIPT);
+        let read_fd = read.as_raw_fd();
+        // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                let placed = if read_fd == COMMAND_FD {
+                    libc::fcntl(COMMAND_FD, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(read_fd, COMMAND_FD)
+                };
+                if placed < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+            });
+        }
+        let child = command.spawn()?;
+        drop(read);
+        Ok(PrestartedShell { child, command: write.into() })
+    }
+
+    /// Hands the shell its command; the shell's end of the pipe sees end of file after it.
+    fn run(mut self, command: &str) -> Child {
+        use std::io::Write;
+        // A shell that already exited (a login file ran `exit`) is reported by its status, as
+        // a cold `bash -lc` would be.
+        let _ = self.command.write_all(command.as_bytes());
+        self.child
+    }
+}
+
+/// `bash -lc <script>` with the sandbox's environment, in its own process group.
+fn bash(cwd: &str, script: &str) -> Command {
+    let mut command = Command::new("/bin/bash");
+    command
+        .args(["-lc", script])
+        .env_clear()
+        .envs(ENVIRONMENT)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    command
+}
+
 /// Runs the tool.
 pub fn run(args: serde_json::Value, ctx: &mut ToolContext<'_>) -> Result<ShellExecResult, ToolError> {
     let args: ShellExecArgs = parse_args(args, &["command"])?;
     if args.command.len() > MAX_COMMAND_BYTES {
         return Err(ToolError::invalid("command is longer than 262144 bytes"));
     }
+    // An argv string cannot hold NUL, and a pre-started shell would stop reading at one.
+    if args.command.contains('\0') {
+        return Err(ToolError::invalid("command contains a NUL character"));
+    }
     let timeout = Duration::from_millis(args.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS).clamp(1, TIMEOUT_CAP_MS));
     let cwd = match &args.cwd {
         Some(cwd) if !cwd.is_empty() => {
             let relative = paths::relative(cwd)?;
             paths::open_at(ctx.workspace, relative, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty())?;
-            format!("{SANDBOX_WORKSPACE}/{relative}")
+            Some(format!("{SANDBOX_WORKSPACE}/{relative}"))
         }
-        _ => SANDBOX_WORKSPACE.to_owned(),
+        _ => None,
     };
-    let mut child = Command::new("/bin/bash")
-        .args(["-lc", &args.command])
-        .env_clear()
-        .envs(ENVIRONMENT)
-        .current_dir(&cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .map_err(|e| ToolError::new(FailureCode::ToolNotExecutable, format!("bash could not start: {e}")))?;
+    let prestarted = ctx.prestarted_shell.take();
+    let mut child = match (cwd, prestarted) {
+        (None, Some(shell)) => shell.run(&args.command),
+        (cwd, _) => bash(cwd.as_deref().unwrap_or(SANDBOX_WORKSPACE), &args.command)
+            .spawn()
+            .map_err(|e| ToolError::new(FailureCode::ToolNotExecutable, format!("bash could not start: {e}")))?,
+    };
     let (tx, rx) = mpsc::channel();
     let stdout = child.stdout.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");
