@@ -21,9 +21,13 @@ pub enum HardeningError {
 
 /// Applies every step, in order.
 pub fn apply() -> Result<(), HardeningError> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
     nix::sys::prctl::set_dumpable(false).map_err(HardeningError::Dumpable)?;
-    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0)
-        .map_err(HardeningError::CoreLimit)?;
+    // Already 0 (systemd `LimitCORE=0`): not calling setrlimit lets the unit filter out the
+    // @resources system calls. Anything else is lowered, or the broker refuses to run.
+    if getrlimit(Resource::RLIMIT_CORE).map_err(HardeningError::CoreLimit)? != (0, 0) {
+        setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(HardeningError::CoreLimit)?;
+    }
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     Ok(())
 }

@@ -138,18 +138,21 @@ async fn run(args: Args, config: config::Config, mut activation: Activation, not
     let watchdog = notifier.spawn_watchdog();
     let shutdown = CancellationToken::new();
     let signals = shutdown.clone();
+    let stopping = notifier.clone();
     tokio::spawn(async move {
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
         tracing::info!("shutting down");
-        notifier.stopping("finishing requests in flight");
+        stopping.stopping("finishing requests in flight");
         signals.cancel();
     });
     server::run(listener, shared, shutdown).await;
     if let Some(w) = watchdog {
         w.abort();
     }
+    // STOPPING=1 goes out before the process does.
+    notifier.flush(Duration::from_secs(1));
     Ok(())
 }

@@ -16,11 +16,18 @@ pub fn drop_all() -> Result<(), SandboxError> {
     if permitted.contains(&caps::Capability::CAP_SETPCAP) {
         caps::clear(None, CapSet::Bounding).map_err(err)?;
     }
+    // An empty set is left alone: a service manager that started the node without
+    // capabilities may also forbid capset(2) (systemd's @privileged filter), and the check
+    // below is what matters.
     for set in [CapSet::Ambient, CapSet::Inheritable, CapSet::Effective, CapSet::Permitted] {
-        caps::clear(None, set).map_err(err)?;
+        if !caps::read(None, set).map_err(err)?.is_empty() {
+            caps::clear(None, set).map_err(err)?;
+        }
     }
-    if !caps::read(None, CapSet::Effective).map_err(err)?.is_empty() {
-        return Err(SandboxError::Capabilities("effective set still not empty".into()));
+    for set in [CapSet::Ambient, CapSet::Effective, CapSet::Permitted] {
+        if !caps::read(None, set).map_err(err)?.is_empty() {
+            return Err(SandboxError::Capabilities(format!("{set:?} set still not empty")));
+        }
     }
     tracing::info!("all capabilities dropped");
     Ok(())
