@@ -92,6 +92,8 @@ pub async fn serve(
     if created {
         let _ = std::fs::remove_file(&shared.config.socket);
     }
+    // The process exits next; STOPPING=1 must leave first.
+    notifier.flush(std::time::Duration::from_secs(1));
     Ok(())
 }
 
