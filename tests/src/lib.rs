@@ -1200,6 +1200,30 @@ impl Client {
         Self::connect_with(gw, "/", &[("Authorization", &format!("Bearer {token}"))]).await
     }
 
+    /// Connect to a gateway this harness did not start (e.g. one in a booted container) at
+    /// `addr` with a bearer token, and do version + connect.
+    pub async fn connect_to(addr: SocketAddr, token: &str) -> Client {
+        let auth = format!("Bearer {token}");
+        let (stream, head) = raw_upgrade(addr, "/", &[("Authorization", &auth)])
+            .await
+            .unwrap_or_else(|e| panic!("WebSocket upgrade at {addr} failed: {e}"));
+        let ws = WebSocketStream::from_raw_socket(stream, Role::Client, Some(client_ws_config())).await;
+        let mut client = Client {
+            ws,
+            pending: VecDeque::new(),
+            next_id: 0,
+            next_tag: 0,
+            next_fid: 1000,
+            fs_versioned: false,
+            fs_attached: false,
+            stderr_path: PathBuf::from("(the gateway's log is in its journal)"),
+            upgrade_response: head,
+            last_sent: String::new(),
+        };
+        client.handshake().await;
+        client
+    }
+
     /// Upgrade on `path` with extra headers; panics unless the server answers 101.
     pub async fn connect_with(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> Client {
         match Self::try_connect_with(gw, path, headers).await {

@@ -14,13 +14,13 @@
 //!    encrypted credential's key, from inside its private root and system-call filter;
 //! 4. the worker supervisor starts on the first connection and runs a tool in a confined
 //!    worker as the tenant's uid, under its hardened unit;
-//! 5. an fs node instance starts on the first connection, reads its token credential and
+//! 5. a chat through the gateway: the model (a local provider server the broker reaches)
+//!    asks for a file of the project's workspace, a confined worker reads it, the model
+//!    answers;
+//! 6. an fs node instance starts on the first connection, reads its token credential and
 //!    serves its export to the mount client;
-//! 6. a malformed config makes the unit fail with the key named in the journal;
-//! 7. `dpkg --purge` stops everything and removes the binaries and generated configs.
-//!
-//! Agent chat (provider turn through the broker) is not on this branch yet; when it is, it is
-//! one more step here next to the others.
+//! 7. a malformed config makes the unit fail with the key named in the journal;
+//! 8. `dpkg --purge` stops everything and removes the binaries and generated configs.
 //!
 //! Needs root, `debootstrap`, `systemd-nspawn` (Debian's `systemd-container`), `cargo-deb`
 //! (unless `SPIDERWEB_DEB` names a built package) and a reachable Debian mirror the first
@@ -37,7 +37,9 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use spiderweb_proto::broker::{BrokerReply, DEFAULT_MAX_FRAME_BYTES};
 use spiderweb_proto::frame::{read_frame, write_frame};
 use spiderweb_proto::worker::{MAX_FRAME_BYTES, SupervisorReply, ToolOutcome, ToolRequest};
-use spiderweb_tests::bin_dir;
+use spiderweb_tests::fake_provider::{FakeProvider, Format, Reply};
+use spiderweb_tests::stack::{follow_job, of_type, send_prompt};
+use spiderweb_tests::{Client, bin_dir};
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest as _};
 
 /// Where the pristine minimal Debian root is kept between runs.
@@ -179,6 +181,8 @@ struct Ports {
     fs_node: u16,
     /// The local stand-in for the OpenAI API the broker is pointed at.
     upstream: u16,
+    /// The base URL of the local provider server chats go to (provider `boot-llm`).
+    llm_base_url: String,
 }
 
 fn write(path: &Path, text: &str, mode: u32) {
@@ -224,9 +228,18 @@ fn configure(root: &Path, ports: &Ports) {
     let broker_json = root.join("etc/spiderweb/broker.json");
     let mut broker: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&broker_json).unwrap()).unwrap();
     broker["access"]["provider_requests"].as_array_mut().expect("postinst wrote provider_requests").push(0.into());
-    broker["providers"] =
-        serde_json::json!({"openai": {"base_url": format!("http://127.0.0.1:{}/v1", ports.upstream)}});
+    broker["providers"] = serde_json::json!({
+        "openai": {"base_url": format!("http://127.0.0.1:{}/v1", ports.upstream)},
+        "boot-llm": {"kind": "openai-compatible", "base_url": ports.llm_base_url},
+    });
     write(&broker_json, &serde_json::to_string_pretty(&broker).unwrap(), 0o644);
+
+    // The gateway chats through the broker's `boot-llm`.
+    let config_json = root.join("etc/spiderweb/config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config_json).unwrap()).unwrap();
+    config["provider"] =
+        serde_json::json!({"name": "openai-compatible", "model": "boot-model", "broker_provider": "boot-llm"});
+    write(&config_json, &serde_json::to_string_pretty(&config).unwrap(), 0o644);
 
     // The worker config the package wrote names the gateway's uid; root (this test, through
     // /proc/<pid>/root) is added, and one tenant.
@@ -234,12 +247,21 @@ fn configure(root: &Path, ports: &Ports) {
     let mut worker: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&worker_json).unwrap()).unwrap();
     let gateway_uid = worker["allowed_uids"][0].as_u64().expect("postinst wrote the gateway's uid into worker.json");
     worker["allowed_uids"] = serde_json::json!([gateway_uid, 0]);
-    worker["tenants"] = serde_json::json!({"boot": {"uid": TENANT_UID, "gid": TENANT_UID}});
+    // Tenant `system`: the project an admin's chats run in.
+    worker["tenants"] = serde_json::json!({
+        "boot": {"uid": TENANT_UID, "gid": TENANT_UID},
+        "system": {"uid": TENANT_UID + 1, "gid": TENANT_UID + 1},
+    });
     write(&worker_json, &serde_json::to_string_pretty(&worker).unwrap(), 0o644);
-    let workspace = root.join("srv/spiderweb/workspaces/boot");
-    write(&workspace.join("hello.txt"), "hello from the workspace\n", 0o644);
-    for path in [&workspace, &workspace.join("hello.txt")] {
-        std::os::unix::fs::chown(path, Some(TENANT_UID), Some(TENANT_UID)).unwrap();
+    for (project, uid, text) in [
+        ("boot", TENANT_UID, "hello from the workspace\n"),
+        ("system", TENANT_UID + 1, "notes of the system project\n"),
+    ] {
+        let workspace = root.join("srv/spiderweb/workspaces").join(project);
+        write(&workspace.join("hello.txt"), text, 0o644);
+        for path in [&workspace, &workspace.join("hello.txt")] {
+            std::os::unix::fs::chown(path, Some(uid), Some(uid)).unwrap();
+        }
     }
 
     write(&root.join("srv/spiderweb/exports/boot/export.txt"), "hello from the export\n", 0o644);
@@ -615,6 +637,27 @@ fn worker_activates_and_runs_a_tool(c: &Booted) {
     c.assert_state("spiderweb-worker.service", "active", "the tool call must have started it");
 }
 
+/// 4b. A chat through the gateway: the model (a local provider server, reached by the broker)
+///     reads a file of the project's workspace through a confined worker, then answers.
+fn a_chat_runs_a_tool_and_answers(c: &Booted, llm: &FakeProvider, token: &str) {
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", c.ports.http).parse().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let events = runtime.block_on(async {
+        let mut client = Client::connect_to(addr, token).await;
+        let job = send_prompt(&mut client, "What do my notes say?").await;
+        follow_job(&mut client, &job, &mut |e| panic!("no approval expected: {e}"), Duration::from_secs(60)).await
+    });
+    let last = events.last().unwrap_or_else(|| panic!("no events\n{}", c.context("spiderweb-gateway.service")));
+    assert_eq!(last["type"], "done", "{events:#?}\n{}", c.context("spiderweb-gateway.service"));
+    assert_eq!(last["result"], "Your notes are about the system project.");
+    let results = of_type(&events, "tool_result");
+    assert!(
+        results[0]["content"].as_str().unwrap_or_default().contains("notes of the system project"),
+        "the confined worker read the workspace: {results:?}"
+    );
+    assert_eq!(llm.requests().len(), 2, "two model calls went out through the broker");
+}
+
 /// 5. The fs node instance starts on the first connection and serves with its token.
 fn fs_node_activates_and_serves(c: &Booted) {
     c.assert_state("spiderweb-fs-node@boot.service", "inactive", "no mount client yet");
@@ -685,6 +728,12 @@ fn purge_stops_everything(c: &Booted) {
     }
 }
 
+fn admin_token(c: &Booted) -> String {
+    let tokens_path = c.path("/var/lib/spiderweb/auth_tokens.json");
+    let tokens: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&tokens_path).unwrap()).unwrap();
+    tokens["admin_token"].as_str().expect("admin_token").to_owned()
+}
+
 fn http_get(port: u16, path: &str) -> String {
     use std::io::Write as _;
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connect {port}: {e}"));
@@ -718,11 +767,17 @@ fn boot_the_package_and_use_every_daemon() {
         "dpkg -i inside the root",
     );
     let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let llm = FakeProvider::start(Format::OpenAiChat);
+    llm.script(vec![
+        Reply::tool_calls([("file_read", r#"{"path":"hello.txt"}"#)]),
+        Reply::text("Your notes are about the system project."),
+    ]);
     let ports = Ports {
         http: free_port(),
         metrics: free_port(),
         fs_node: free_port(),
         upstream: upstream.local_addr().unwrap().port(),
+        llm_base_url: llm.base_url(),
     };
     configure(&root, &ports);
 
@@ -732,9 +787,8 @@ fn boot_the_package_and_use_every_daemon() {
     broker_makes_a_provider_request(&booted, upstream);
     gateway_activates_and_serves_a_handshake(&booted);
     worker_activates_and_runs_a_tool(&booted);
+    a_chat_runs_a_tool_and_answers(&booted, &llm, &admin_token(&booted));
     fs_node_activates_and_serves(&booted);
-    // (Agent chat, once on this branch: a turn through the gateway to a local provider
-    // server configured in broker.json, here.)
     malformed_config_fails_naming_the_key(&booted);
     let journal = booted.journal(None);
     assert!(!journal.contains(ANTHROPIC_KEY) && !journal.contains(OPENAI_KEY), "a key appeared in the journal");
