@@ -269,7 +269,7 @@ async fn turn(
             let Ok(event) = serde_json::from_str::<Value>(line) else { continue };
             match event.get("type").and_then(Value::as_str).unwrap_or_default() {
                 "approval_request" => {
-                    let answer = answers.answer_for(&event, style, lines).await;
+                    let answer = answers.answer_for(&event, style, lines, client).await;
                     let approval = json!({"approval_id": event["approval_id"], "decision": answer.decision()});
                     match client
                         .write_file(&format!("{job_dir}/control/approve.json"), approval.to_string().as_bytes())
@@ -317,7 +317,15 @@ struct Answers {
 }
 
 impl Answers {
-    async fn answer_for(&mut self, request: &Value, style: &Style, lines: &mut StdinLines) -> Answer {
+    /// Asks for (or scripts) an answer. While the user thinks, the connection is kept alive
+    /// with pings, so a slow answer does not run into the gateway's idle timeout.
+    async fn answer_for(
+        &mut self,
+        request: &Value,
+        style: &Style,
+        lines: &mut StdinLines,
+        client: &mut Client,
+    ) -> Answer {
         let call = str_of(request, "call_id").to_owned();
         if let Some(answer) = self.scripted {
             if answer == Answer::Explain && !self.explained.insert(call) {
@@ -338,7 +346,17 @@ impl Answers {
         loop {
             eprint!("[y]es / [n]o / [a]lways / [e]xplain / [c]ontinue without? ");
             let _ = std::io::stderr().flush();
-            let Some(line) = lines.next().await else {
+            let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
+            let line = loop {
+                tokio::select! {
+                    line = lines.next() => break line,
+                    _ = keepalive.tick() => {
+                        // A failed ping surfaces when the answer is written; nothing to do here.
+                        let _ = client.control("ping", json!({})).await;
+                    }
+                }
+            };
+            let Some(line) = line else {
                 eprintln!("\nspiderweb chat: no answer (stdin closed); answering NO");
                 return Answer::No;
             };
@@ -413,6 +431,10 @@ impl Style {
         self.dim_text(&format!("{line}\n"));
     }
 }
+
+/// How often a connection waiting for the user's answer pings the gateway (its idle timeout
+/// is 5 minutes by default).
+const KEEPALIVE: Duration = Duration::from_secs(60);
 
 /// Lines of stdin, read by a thread of their own so waiting for the user blocks nothing else.
 struct StdinLines {
