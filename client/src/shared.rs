@@ -122,6 +122,11 @@ impl SharedClient {
         Ok(SharedClient { outbox, routes, next_id: AtomicU64::new(1), connected })
     }
 
+    /// Requests waiting for their head or still streaming.
+    pub fn in_flight(&self) -> usize {
+        self.routes.lock().expect("routes lock").len()
+    }
+
     /// False once the connection ended (the broker restarted or closed it): make a new one.
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Acquire) && !self.outbox.is_closed()

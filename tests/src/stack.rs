@@ -76,6 +76,12 @@ impl Stack {
     /// Starts broker, worker supervisor and gateway. `gateway_overlay` is merged into the
     /// gateway's config (e.g. `{"runtime": {"approval_mode": "untrusted"}}`).
     pub fn start(provider: &ProviderSetup, gateway_overlay: Value) -> Stack {
+        Self::start_with_broker(provider, gateway_overlay, json!({}))
+    }
+
+    /// As [`Stack::start`], with `broker_overlay` merged into the broker's config (e.g. its
+    /// `limits` for a load test).
+    pub fn start_with_broker(provider: &ProviderSetup, gateway_overlay: Value, broker_overlay: Value) -> Stack {
         assert!(
             unsafe { libc::geteuid() } == 0,
             "the end-to-end runtime tests run the worker supervisor as root (tenant uids); run them as root"
@@ -95,7 +101,9 @@ impl Stack {
 
         let broker_config = dir.path().join("broker.json");
         let providers = json!({ &provider.id: provider.broker_entry });
-        std::fs::write(&broker_config, json!({"providers": providers}).to_string()).unwrap();
+        let mut broker_json = json!({"providers": providers});
+        crate::merge_json(&mut broker_json, &broker_overlay);
+        std::fs::write(&broker_config, broker_json.to_string()).unwrap();
         let mut broker = Command::new(bin_dir().join("spiderweb-broker"));
         broker
             .arg("--config")

@@ -22,6 +22,14 @@ pub fn start_of_day_ms() -> i64 {
     now - now.rem_euclid(DAY_MS)
 }
 
+/// Whether any limit is set (without one, there is nothing to read before a model call).
+pub fn is_limited(b: &BudgetConfig) -> bool {
+    b.session_max_tokens.is_some()
+        || b.session_max_usd.is_some()
+        || b.user_daily_max_tokens.is_some()
+        || b.user_daily_max_usd.is_some()
+}
+
 /// `Err(reason)` when a limit is reached.
 pub fn check(
     b: &BudgetConfig,

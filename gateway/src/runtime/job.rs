@@ -295,6 +295,21 @@ impl Job {
         self.lock().events.clone()
     }
 
+    /// At most `count` bytes of `events.ndjson` from `offset`, cut after the last whole line
+    /// when the window ends before the stream does (a client following the stream never
+    /// sees half an event); and whether it reaches the current end.
+    pub fn events_window(&self, offset: u64, count: u64) -> (Vec<u8>, bool) {
+        let inner = self.lock();
+        let bytes = inner.events.as_bytes();
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(bytes.len());
+        let end = start.saturating_add(usize::try_from(count).unwrap_or(usize::MAX)).min(bytes.len());
+        let end = match bytes[start..end].iter().rposition(|b| *b == b'\n') {
+            Some(last) if end < bytes.len() => start + last + 1,
+            _ => end,
+        };
+        (bytes[start..end].to_vec(), end == bytes.len())
+    }
+
     pub fn events_len(&self) -> usize {
         self.lock().events.len()
     }

@@ -55,6 +55,11 @@ const MAX_JOBS_IN_MEMORY: usize = 4096;
 pub const JOB_TTL_MS: i64 = 24 * 60 * 60 * 1000;
 /// Longest prompt accepted by a chat write.
 pub const MAX_PROMPT_BYTES: usize = 256 << 10;
+/// Requests one broker connection carries before another is opened (the broker's default
+/// `limits.max_requests_per_connection` is 256).
+const REQUESTS_PER_BROKER_CONNECTION: usize = 128;
+/// Broker connections at most (the broker's default `limits.max_connections` is 256).
+const MAX_BROKER_CONNECTIONS: usize = 32;
 /// Conversations whose `ALWAYS` approvals are remembered at once.
 const MAX_APPROVAL_SESSIONS: usize = 4096;
 
@@ -186,7 +191,9 @@ pub struct Runtime {
     /// Turns running at once.
     slots: Arc<Semaphore>,
     queued: AtomicUsize,
-    broker: tokio::sync::Mutex<Option<Arc<SharedClient>>>,
+    /// Connections to the broker; a new one opens when all carry
+    /// [`REQUESTS_PER_BROKER_CONNECTION`] requests (the broker bounds requests per connection).
+    broker: tokio::sync::Mutex<Vec<Arc<SharedClient>>>,
     approvals: Mutex<HashMap<ConversationKey, SessionApprovals>>,
     /// Bumped whenever any job changes state; event waits on jobs watch it.
     job_changes: watch::Sender<u64>,
@@ -240,7 +247,7 @@ impl Runtime {
             store,
             jobs: Mutex::new(jobs),
             queued: AtomicUsize::new(0),
-            broker: tokio::sync::Mutex::new(None),
+            broker: tokio::sync::Mutex::new(Vec::new()),
             approvals: Mutex::new(HashMap::new()),
             job_changes: watch::Sender::new(0),
             shutdown,
@@ -363,11 +370,14 @@ impl Runtime {
         self.job_changes.subscribe()
     }
 
-    /// The shared broker connection, (re)connected on demand.
+    /// A broker connection with room for another request: the least busy one, or a new one
+    /// when all are busy (reconnecting after the broker restarted).
     pub async fn broker(&self) -> Result<Arc<SharedClient>, String> {
-        let mut slot = self.broker.lock().await;
-        if let Some(client) = slot.as_ref()
-            && client.is_connected()
+        let mut pool = self.broker.lock().await;
+        pool.retain(|client| client.is_connected());
+        let least_busy = pool.iter().min_by_key(|client| client.in_flight()).cloned();
+        if let Some(client) = &least_busy
+            && (client.in_flight() < REQUESTS_PER_BROKER_CONNECTION || pool.len() >= MAX_BROKER_CONNECTIONS)
         {
             return Ok(client.clone());
         }
@@ -375,7 +385,7 @@ impl Runtime {
             format!("{e} (is spiderweb-broker running? `spiderweb up` starts it; runtime.broker_socket sets the path)")
         })?;
         let client = Arc::new(client);
-        *slot = Some(client.clone());
+        pool.push(client.clone());
         Ok(client)
     }
 

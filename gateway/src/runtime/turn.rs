@@ -139,11 +139,12 @@ async fn turn(runtime: &Arc<Runtime>, job: &Arc<Job>, prompt: String, origin: &O
             ));
         }
         step += 1;
-        let (budget, key, user) = (settings.budget.clone(), conversation.clone(), origin.user.clone());
-        if let Err(reason) =
-            runtime.blocking(move |store| budget::check(&budget, store, &key, &user)).await.map_err(stored)?
-        {
-            return Err(failure("budget_exceeded", reason));
+        if budget::is_limited(&settings.budget) {
+            let (budget, key, user) = (settings.budget.clone(), conversation.clone(), origin.user.clone());
+            let verdict = runtime.blocking(move |store| budget::check(&budget, store, &key, &user)).await;
+            if let Err(reason) = verdict.map_err(stored)? {
+                return Err(failure("budget_exceeded", reason));
+            }
         }
         let mut chat = ChatRequest {
             model: settings.model.clone(),

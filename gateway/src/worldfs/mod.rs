@@ -201,7 +201,7 @@ fn with_namespace<T: Into<Answer>>(
         fs.fids.clear();
         fs.generation += 1;
         fs.waits.retain(|k, _| conn.binding_for(k).is_some());
-        let mut namespace = Namespace::build(wanted, &shared.plane, &shared.runtime);
+        let mut namespace = Namespace::build(wanted, &shared.plane);
         let next = if fs.waits.contains_key(&key) { wait::configured_idle() } else { wait::not_configured() };
         namespace.set_content(namespace.events_next, next.to_string().into_bytes());
         fs.namespace = Some((key, namespace));
@@ -249,13 +249,19 @@ fn walk(shared: &Shared, fs: &mut FsSession, env: &Envelope) -> FsResult {
     let start = node_of(fs, fid)?;
     let path = env.acheron.path.clone().unwrap_or_default();
     let namespace = ns(fs);
-    namespace.sync_jobs(&shared.runtime);
     let mut at = start;
     for segment in &path {
         at = match segment.as_str() {
             "." | "" => at,
             ".." => namespace.node(at).map_or(ROOT, |n| if at == ROOT { ROOT } else { n.parent }),
-            name => namespace.child(at, name).ok_or_else(|| fail(code::ENOENT, "walk segment not found"))?,
+            name => match namespace.child(at, name) {
+                Some(child) => child,
+                // Job directories appear when a walk names them (or the directory is listed).
+                None if at == namespace.jobs_dir() => namespace
+                    .show_job(&shared.runtime, name)
+                    .ok_or_else(|| fail(code::ENOENT, "walk segment not found"))?,
+                None => return Err(fail(code::ENOENT, "walk segment not found")),
+            },
         };
     }
     let q = qid(namespace, at);
@@ -300,7 +306,7 @@ fn read(shared: &Shared, fs: &mut FsSession, env: &Envelope) -> FsResult<Answer>
     if offset == 0 {
         namespace.refresh(node, &shared.plane, &shared.runtime);
     }
-    if matches!(namespace.node(node).map(|n| &n.kind), Some(Kind::Dir(_))) {
+    if offset == 0 && node == namespace.jobs_dir() {
         namespace.sync_jobs(&shared.runtime);
     }
     let listing;
@@ -401,7 +407,7 @@ fn read_job_events(
     };
     let ready = move |job: &crate::runtime::job::Job| job.events_len() as u64 > offset || job.state().is_terminal();
     if ready(&job) {
-        return Ok(Answer::Now(events_slice(&job.events_text(), offset, count)));
+        return Ok(Answer::Now(events_reply(&job, offset, count)));
     }
     reserve_pending(fs)?;
     let (session_key, generation) = (fs.namespace.as_ref().map(|(k, _)| k.clone()).unwrap_or_default(), fs.generation);
@@ -418,27 +424,17 @@ fn read_job_events(
             }
         })
         .await;
-        let text = job.events_text();
-        let reply = events_slice(&text, offset, count);
-        let n = reply["n"].as_u64().unwrap_or(0);
-        // The completion slices from `offset`; hand it exactly the bytes to return.
-        let start = (offset as usize).min(text.len());
-        let content = text.as_bytes()[start..start + n as usize].to_vec();
+        // The completion answers its content from offset 0: hand it exactly the window.
+        let (content, _) = job.events_window(offset, count);
         Completion { tag, session_key, generation, node, offset: 0, count, content }
     })))
 }
 
-/// A read of `count` bytes at `offset` that ends on a line boundary when it can, so that a
-/// client following the stream never sees half an event.
-fn events_slice(text: &str, offset: u64, count: u64) -> Value {
-    let bytes = text.as_bytes();
-    let start = (offset as usize).min(bytes.len());
-    let end = start.saturating_add(count as usize).min(bytes.len());
-    let whole = match bytes[start..end].iter().rposition(|b| *b == b'\n') {
-        Some(last) if end < bytes.len() => start + last + 1,
-        _ => end,
-    };
-    slice(&bytes[..whole], start as u64, count)
+/// A read reply of the job's events at `offset` (whole lines; `eof` when it reaches the
+/// current end).
+fn events_reply(job: &crate::runtime::job::Job, offset: u64, count: u64) -> Value {
+    let (window, at_end) = job.events_window(offset, count);
+    json!({"data_b64": base64::engine::general_purpose::STANDARD.encode(&window), "n": window.len(), "eof": at_end})
 }
 
 /// The events scope of the namespace's binding (agent and project).

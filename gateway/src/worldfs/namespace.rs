@@ -213,35 +213,53 @@ impl Namespace {
     }
 
     /// Adds a directory for every job of the bound agent not shown yet (spec §7: job
-    /// directories appear when jobs are created, and again after a restart).
+    /// directories appear when jobs are created, and again after a restart). Done when the
+    /// `jobs` directory is listed; a walk adds just the job it names ([`Namespace::show_job`]),
+    /// so a namespace holds only the jobs its client looked at or listed.
     pub fn sync_jobs(&mut self, runtime: &Runtime) {
         for id in runtime.job_ids_of(&self.binding.agent_id) {
-            if self.jobs_shown.contains(&id) {
-                continue;
-            }
-            let mut b =
-                Builder { nodes: std::mem::take(&mut self.nodes), binding: self.binding.clone(), events_next: 0 };
-            let dir = b.dir(self.jobs_dir, &id);
-            for (name, file) in [
-                ("status.json", JobFile::Status),
-                ("result.txt", JobFile::Result),
-                ("log.txt", JobFile::Log),
-                ("events.ndjson", JobFile::Events),
-            ] {
-                b.add(
-                    dir,
-                    name,
-                    Kind::File { content: Vec::new(), generated: Some(Generated::Job(file)), writable: None },
-                );
-            }
-            let control = b.dir(dir, "control");
-            b.writable(control, "approve.json", "", Writable::JobApproval);
-            self.nodes = b.nodes;
-            self.jobs_shown.insert(id);
+            self.add_job_dir(&id);
         }
     }
 
-    pub fn build(binding: Binding, plane: &ControlPlane, runtime: &Runtime) -> Namespace {
+    /// The directory of job `id` if it is one of the bound agent's, adding it when needed.
+    pub fn show_job(&mut self, runtime: &Runtime, id: &str) -> Option<u32> {
+        if let Some(dir) = self.child(self.jobs_dir, id) {
+            return Some(dir);
+        }
+        let job = runtime.job(id)?;
+        if job.conversation.agent_id != self.binding.agent_id {
+            return None;
+        }
+        self.add_job_dir(id)
+    }
+
+    pub fn jobs_dir(&self) -> u32 {
+        self.jobs_dir
+    }
+
+    fn add_job_dir(&mut self, id: &str) -> Option<u32> {
+        if self.jobs_shown.contains(id) {
+            return None;
+        }
+        let mut b = Builder { nodes: std::mem::take(&mut self.nodes), binding: self.binding.clone(), events_next: 0 };
+        let dir = b.dir(self.jobs_dir, id);
+        for (name, file) in [
+            ("status.json", JobFile::Status),
+            ("result.txt", JobFile::Result),
+            ("log.txt", JobFile::Log),
+            ("events.ndjson", JobFile::Events),
+        ] {
+            b.add(dir, name, Kind::File { content: Vec::new(), generated: Some(Generated::Job(file)), writable: None });
+        }
+        let control = b.dir(dir, "control");
+        b.writable(control, "approve.json", "", Writable::JobApproval);
+        self.nodes = b.nodes;
+        self.jobs_shown.insert(id.to_owned());
+        Some(dir)
+    }
+
+    pub fn build(binding: Binding, plane: &ControlPlane) -> Namespace {
         let mut b = Builder { nodes: Vec::new(), binding: binding.clone(), events_next: 0 };
         b.nodes.push(Node { name: String::new(), parent: ROOT, kind: Kind::Dir(Vec::new()) });
         let show_debug = binding.role == Role::Admin || binding.agent_id == MOTHER_AGENT;
@@ -333,10 +351,7 @@ impl Namespace {
                 b.writable(icontrol, name, "", Writable::PairingControl);
             }
         }
-        let mut namespace =
-            Namespace { nodes: b.nodes, binding, events_next: b.events_next, jobs_dir, jobs_shown: HashSet::new() };
-        namespace.sync_jobs(runtime);
-        namespace
+        Namespace { nodes: b.nodes, binding, events_next: b.events_next, jobs_dir, jobs_shown: HashSet::new() }
     }
 }
 

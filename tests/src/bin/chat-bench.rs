@@ -172,7 +172,10 @@ async fn run(args: Args) -> Result<()> {
         "runtime": {"runtime_worker_threads": args.chats.max(16), "runtime_request_queue_max": args.chats.max(128)},
         "server": {"max_connections_per_token": args.chats + 64, "max_connections": args.chats + 64},
     });
-    let stack = Stack::start(&ProviderSetup::fake(&fake), overlay);
+    // The broker's defaults suit one laptop (64 upstream requests at once); a load test of a
+    // shared gateway raises them as its operator would.
+    let broker = json!({"limits": {"max_concurrent_upstream": args.chats + 64}});
+    let stack = Stack::start_with_broker(&ProviderSetup::fake(&fake), overlay, broker);
     let pid = stack.gateway.pid();
     println!("chat-bench: gateway pid {pid}, broker pid {}", stack.broker_pid());
 
