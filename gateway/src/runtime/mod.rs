@@ -60,6 +60,8 @@ pub const MAX_PROMPT_BYTES: usize = 256 << 10;
 const REQUESTS_PER_BROKER_CONNECTION: usize = 128;
 /// Broker connections at most (the broker's default `limits.max_connections` is 256).
 const MAX_BROKER_CONNECTIONS: usize = 32;
+/// Store calls running on the blocking pool at once.
+const STORE_CALLS_AT_ONCE: usize = 4;
 /// Conversations whose `ALWAYS` approvals are remembered at once.
 const MAX_APPROVAL_SESSIONS: usize = 4096;
 
@@ -198,6 +200,8 @@ pub struct Runtime {
     /// Bumped whenever any job changes state; event waits on jobs watch it.
     job_changes: watch::Sender<u64>,
     shutdown: CancellationToken,
+    /// Store calls on the blocking pool at once.
+    store_calls: Semaphore,
 }
 
 #[derive(Default)]
@@ -251,6 +255,7 @@ impl Runtime {
             approvals: Mutex::new(HashMap::new()),
             job_changes: watch::Sender::new(0),
             shutdown,
+            store_calls: Semaphore::new(STORE_CALLS_AT_ONCE),
         })
     }
 
@@ -334,6 +339,9 @@ impl Runtime {
     /// Runs a store call on the blocking pool: commits wait for the disk (fsync), which must
     /// not stall the tasks that stream other chats.
     pub async fn blocking<T: Send + 'static>(&self, call: impl FnOnce(&dyn Store) -> T + Send + 'static) -> T {
+        // The store serializes its calls anyway; without this bound, a burst of turns would
+        // park hundreds of blocking-pool threads on its lock.
+        let _turn = self.store_calls.acquire().await.expect("never closed");
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || call(store.as_ref())).await {
             Ok(value) => value,
