@@ -1207,19 +1207,7 @@ impl Client {
         let (stream, head) = raw_upgrade(addr, "/", &[("Authorization", &auth)])
             .await
             .unwrap_or_else(|e| panic!("WebSocket upgrade at {addr} failed: {e}"));
-        let ws = WebSocketStream::from_raw_socket(stream, Role::Client, Some(client_ws_config())).await;
-        let mut client = Client {
-            ws,
-            pending: VecDeque::new(),
-            next_id: 0,
-            next_tag: 0,
-            next_fid: 1000,
-            fs_versioned: false,
-            fs_attached: false,
-            stderr_path: PathBuf::from("(the gateway's log is in its journal)"),
-            upgrade_response: head,
-            last_sent: String::new(),
-        };
+        let mut client = Client::over(stream, head, PathBuf::from("(the gateway's log is in its journal)")).await;
         client.handshake().await;
         client
     }
@@ -1238,8 +1226,13 @@ impl Client {
     /// Upgrade on `path` with extra headers.
     pub async fn try_connect_with(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> Result<Client, ConnectError> {
         let (stream, head) = raw_upgrade(gw.addr(), path, headers).await?;
+        Ok(Client::over(stream, head, gw.stderr_path.clone()).await)
+    }
+
+    /// A client on an upgraded stream; `stderr_path` is where failures point for context.
+    async fn over(stream: TcpStream, upgrade_response: HttpResponse, stderr_path: PathBuf) -> Client {
         let ws = WebSocketStream::from_raw_socket(stream, Role::Client, Some(client_ws_config())).await;
-        Ok(Client {
+        Client {
             ws,
             pending: VecDeque::new(),
             next_id: 0,
@@ -1247,10 +1240,10 @@ impl Client {
             next_fid: 1000,
             fs_versioned: false,
             fs_attached: false,
-            stderr_path: gw.stderr_path.clone(),
-            upgrade_response: head,
+            stderr_path,
+            upgrade_response,
             last_sent: String::new(),
-        })
+        }
     }
 
     fn ctx(&self) -> String {
