@@ -87,8 +87,20 @@ async fn direct_ttft(fake: &FakeProvider) -> Result<f64> {
     }
 }
 
-/// Time from the prompt write to the first `text` event of its job.
-async fn stack_ttft(client: &mut Client) -> Result<f64> {
+/// Makes `session` the connection's active session (a conversation of its own: a chat's
+/// cost depends on its transcript, and the bench's chats must not share one).
+async fn own_session(client: &mut Client, session: &str) {
+    client
+        .control_ok("session_attach", json!({"session_key": session, "agent_id": "mother", "project_id": "system"}))
+        .await;
+    // Another binding is another namespace: fids start over (spec acheron-worldfs §1).
+    client.fs_attach().await;
+}
+
+/// Time from the prompt write to the first `text` event of its job, in a fresh conversation.
+async fn stack_ttft(client: &mut Client, sample: usize) -> Result<f64> {
+    // A connection holds a bounded number of sessions: 32 keys, each a short conversation.
+    own_session(client, &format!("ttft-{}", sample % 32)).await;
     let started = Instant::now();
     let job = send_prompt(client, "hi").await;
     let fid = client.walk_ok(&format!("/agents/self/jobs/{job}/events.ndjson")).await;
@@ -115,8 +127,9 @@ async fn stack_ttft(client: &mut Client) -> Result<f64> {
 }
 
 /// One streaming chat on its own connection: the arrival times of its text events.
-async fn streaming_chat(stack: &Stack, interval: Duration) -> Result<Vec<f64>> {
+async fn streaming_chat(stack: &Stack, interval: Duration, chat: usize) -> Result<Vec<f64>> {
     let mut client = stack.gateway.admin().await;
+    own_session(&mut client, &format!("stream-{chat}")).await;
     let job = send_prompt(&mut client, "stream").await;
     let fid = client.walk_ok(&format!("/agents/self/jobs/{job}/events.ndjson")).await;
     let mut offset = 0usize;
@@ -181,15 +194,15 @@ async fn run(args: Args) -> Result<()> {
 
     // 1. Time to first token, direct vs through the stack.
     let mut client = stack.gateway.admin().await;
-    for _ in 0..10 {
+    for warmup in 0..10 {
         direct_ttft(&fake).await?;
-        stack_ttft(&mut client).await?;
+        stack_ttft(&mut client, args.ttft_samples + warmup).await?;
     }
     let mut direct = Vec::new();
     let mut through = Vec::new();
-    for _ in 0..args.ttft_samples {
+    for sample in 0..args.ttft_samples {
         direct.push(direct_ttft(&fake).await?);
-        through.push(stack_ttft(&mut client).await?);
+        through.push(stack_ttft(&mut client, sample).await?);
     }
     let (d50, _) = summary("ttft direct to the provider", direct);
     let (s50, _) = summary("ttft through spiderweb", through);
@@ -199,7 +212,8 @@ async fn run(args: Args) -> Result<()> {
     stack.seed_file("bench.txt", "benchmark file\n");
     let mut plain = Vec::new();
     let mut with_tool = Vec::new();
-    for _ in 0..args.tool_turns {
+    for turn in 0..args.tool_turns {
+        own_session(&mut client, &format!("ttft-{}", turn % 32)).await;
         fake.script(vec![Reply::text("done")]);
         let started = Instant::now();
         let job = send_prompt(&mut client, "plain").await;
@@ -233,7 +247,7 @@ async fn run(args: Args) -> Result<()> {
             }
         })
     };
-    let chats = (0..args.chats).map(|_| streaming_chat(&stack, interval));
+    let chats = (0..args.chats).map(|chat| streaming_chat(&stack, interval, chat));
     let results = futures_util::future::join_all(chats).await;
     sampler.abort();
     let mut delays = Vec::new();
