@@ -62,7 +62,8 @@ pub async fn serve(socket: Socket, shared: Arc<Shared>, node_id: String) {
     let idle = shared.config.server.idle_timeout();
     let started = Instant::now();
     let mut last_rx = started;
-    let mut relay = Relay { shared: shared.clone(), node_id, out, negotiated: false, events: None, in_flight: JoinSet::new() };
+    let mut relay =
+        Relay { shared: shared.clone(), node_id, out, negotiated: false, events: None, in_flight: JoinSet::new() };
     let close = loop {
         let deadline = if !relay.negotiated {
             started + handshake
