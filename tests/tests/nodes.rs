@@ -695,3 +695,61 @@ async fn the_gateway_registers_its_own_exports_as_node_spiderweb_local() {
     );
     assert_eq!(c.control_ok("metrics", json!({})).await["nodes"]["ensured_total"], 1);
 }
+
+#[tokio::test]
+async fn users_do_not_see_mounts_of_services_they_may_not_invoke() {
+    let gw = Gateway::with_helper_agent(json!({}));
+    let project = spiderweb_tests::provision_user_world(&gw).await;
+    let mut c = admin(&gw).await;
+    let n = join(&mut c, json!({})).await;
+    for path in ["/open", "/admin-only", "/files"] {
+        c.control_ok(
+            "project_mount_set",
+            json!({"project_id": project, "node_id": n["node_id"], "export_name": "e", "mount_path": path}),
+        )
+        .await;
+    }
+    let invoke = |id: &str, path: &str, permissions: Value| {
+        json!({"service_id": id, "kind": "tool", "state": "online",
+        "endpoints": [path], "capabilities": {"invoke": true}, "permissions": permissions})
+    };
+    c.control_ok(
+        "node_service_upsert",
+        json!({"node_id": n["node_id"], "node_secret": n["node_secret"], "services": [
+        invoke("o", "/open", json!({"allow_roles": ["admin", "user"]})),
+        invoke("a", "/admin-only", json!({"allow_roles": ["admin"]})),
+        {"service_id": "fs", "kind": "fs", "state": "online", "endpoints": ["/files"]}]}),
+    )
+    .await;
+
+    let paths = |w: &Value| -> Vec<String> {
+        w["desired_mounts"].as_array().unwrap().iter().map(|m| m["mount_path"].as_str().unwrap().to_owned()).collect()
+    };
+    let mut user = gw.user().await;
+    let w = user.control_ok("workspace_status", json!({})).await;
+    assert_eq!(paths(&w), ["/open", "/files"], "{w}");
+    assert!(w["mounts"].as_array().unwrap().iter().all(|m| m["fs_auth_token"].is_null()), "only mother gets secrets");
+    let w = c.control_ok("workspace_status", json!({"project_id": project})).await;
+    assert_eq!(paths(&w), ["/open", "/admin-only", "/files"]);
+}
+
+#[tokio::test]
+async fn node_mutations_are_topology_events() {
+    let gw = Gateway::start();
+    let mut watcher = admin(&gw).await;
+    watcher.control_ok("debug_subscribe", json!({})).await;
+    let mut c = admin(&gw).await;
+    let n = join(&mut c, json!({})).await;
+    let event = watcher
+        .wait_for("topology event", Duration::from_secs(5), |v| {
+            v["category"] == "control.workspace_topology" && v["payload"]["reason"] == "node_join"
+        })
+        .await;
+    assert_eq!(event["request"], "workspace-topology");
+    let availability = watcher
+        .wait_for("availability event", Duration::from_secs(5), |v| v["category"] == "control.workspace_availability")
+        .await;
+    assert_eq!(availability["payload"]["after"]["nodes"], json!({"online": 1, "total": 1}));
+    c.control_ok("node_delete", json!({"node_id": n["node_id"], "node_secret": n["node_secret"]})).await;
+    watcher.wait_for("delete event", Duration::from_secs(5), |v| v["payload"]["reason"] == "node_delete").await;
+}

@@ -602,7 +602,7 @@ impl ControlPlane {
         let mut out = node.catalog();
         out["service_delta"] = delta;
         drop(state);
-        self.watch.publish(&args.required_id("node_id", 128)?.to_owned(), now, &out);
+        self.watch.publish(args.required_id("node_id", 128)?, now, &out);
         Ok(out)
     }
 
