@@ -66,7 +66,7 @@ mod tests {
         p.remove(1);
         p.next = 1;
         assert_eq!(p.insert(waiter()), Some(1));
-        assert_eq!(p.waiting.len(), 5);
+        assert_eq!(p.waiting.len(), 4);
     }
 
     #[test]
