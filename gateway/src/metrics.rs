@@ -33,6 +33,18 @@ pub struct Metrics {
     pub agents: Gauge,
     pub turns_running: Gauge,
     pub turns_queued: Gauge,
+    pub nodes: NodeGauges,
+}
+
+/// Node gauges, set from the control plane when `/metrics` is rendered (spec §9.3).
+#[derive(Default)]
+pub struct NodeGauges {
+    pub invites_active: Gauge,
+    pub nodes_online: Gauge,
+    pub nodes_total: Gauge,
+    pub tunnels_connected: Gauge,
+    pub watch_subscribers: Gauge,
+    pub watch_retained_events: Gauge,
 }
 
 impl Metrics {
@@ -106,7 +118,37 @@ impl Metrics {
             agents,
             turns_running,
             turns_queued,
+            nodes: NodeGauges::default(),
         }
+    }
+
+    /// Registers the control plane's node counters (they live in the plane, which counts) and
+    /// the node gauges.
+    pub fn register_nodes(&mut self, plane: &crate::plane::ControlPlane) {
+        let c = &plane.node_counters;
+        let r = &mut self.registry;
+        r.register("spiderweb_invites_created", "Node invites created", c.invites_created.clone());
+        r.register("spiderweb_invites_redeemed", "Node invites redeemed", c.invites_redeemed.clone());
+        r.register("spiderweb_node_joins", "Nodes paired (invite or approved request)", c.joins.clone());
+        r.register("spiderweb_node_lease_refresh", "Node lease refreshes", c.lease_refreshes.clone());
+        r.register("spiderweb_nodes_ensured", "Renewals of the embedded local node", c.ensured.clone());
+        r.register("spiderweb_node_deletes", "Nodes deleted", c.deletes.clone());
+        r.register("spiderweb_lease_reap_nodes", "Nodes removed because their lease expired", c.reaped.clone());
+        let g = &self.nodes;
+        r.register("spiderweb_invites_active", "Invites neither redeemed nor expired", g.invites_active.clone());
+        r.register("spiderweb_nodes_online", "Paired nodes with a live lease", g.nodes_online.clone());
+        r.register("spiderweb_nodes_total", "Paired nodes", g.nodes_total.clone());
+        r.register("spiderweb_node_tunnels_connected", "Nodes with a connected tunnel", g.tunnels_connected.clone());
+        r.register(
+            "spiderweb_node_service_watch_subscribers",
+            "Connections watching node service events",
+            g.watch_subscribers.clone(),
+        );
+        r.register(
+            "spiderweb_node_service_watch_retained_events",
+            "Node service events retained for replay",
+            g.watch_retained_events.clone(),
+        );
     }
 
     /// Counts a received frame; `kind` is its full type, or `None` when it did not parse.
