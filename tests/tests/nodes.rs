@@ -359,6 +359,15 @@ async fn service_watch_replays_then_pushes_with_visibility() {
     assert_eq!(m["node_service_watch"]["subscribers"]["peak"], 2);
     assert_eq!(m["node_service_watch"]["fanout"]["events_total"], 5);
     assert_eq!(m["node_service_watch"]["retained"]["events"], 5);
+    let prom = gw.http_get("/metrics").await.text();
+    for line in [
+        "spiderweb_node_service_watch_fanout_events_total 5",
+        "spiderweb_node_service_watch_subscribers_peak 2",
+        "spiderweb_node_service_watch_replay_requests_total 2",
+        "spiderweb_node_service_watch_retained_capacity 1024",
+    ] {
+        assert!(prom.contains(line), "/metrics lacks {line:?}:\n{prom}");
+    }
 }
 
 #[tokio::test]
@@ -752,4 +761,28 @@ async fn node_mutations_are_topology_events() {
     assert_eq!(availability["payload"]["after"]["nodes"], json!({"online": 1, "total": 1}));
     c.control_ok("node_delete", json!({"node_id": n["node_id"], "node_secret": n["node_secret"]})).await;
     watcher.wait_for("delete event", Duration::from_secs(5), |v| v["payload"]["reason"] == "node_delete").await;
+}
+
+#[tokio::test]
+async fn relay_frames_are_capped_at_256_kib() {
+    let gw = Gateway::start();
+    let mut c = admin(&gw).await;
+    let n = join(&mut c, json!({})).await;
+    let mut client = ws(gw.addr(), &format!("/v2/fs/node/{}", n["node_id"].as_str().unwrap())).await;
+    let big = json!({"channel": "acheron", "type": "acheron.t_fs_hello", "tag": 1,
+                     "payload": {"protocol": "unified-v2-fs", "proto": 2, "pad": "x".repeat(300 * 1024)}});
+    let _ = client.send(Message::text(big.to_string())).await;
+    let code = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match client.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                None | Some(Err(_)) => return None,
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await
+    .expect("the relay closes a connection that sends an oversized frame");
+    assert_eq!(code, Some(1009), "close 1009 (message too big)");
+    gw.admin().await.ping().await;
 }
