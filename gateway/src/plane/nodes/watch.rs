@@ -220,3 +220,43 @@ impl WatchHub {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub(capacity: usize) -> WatchHub {
+        WatchHub::new(WatchSettings { allow_admin: true, allow_user: false, replay_max: 250, capacity })
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_and_replay_is_oldest_first() {
+        let hub = hub(64);
+        for i in 0..100 {
+            hub.publish(if i % 2 == 0 { "node-1" } else { "node-2" }, i, &json!({"n": i}));
+        }
+        assert_eq!(hub.retained_len(), 64);
+        let picked = hub.replay(3, |e| e.node_id == "node-1");
+        let times: Vec<i64> = picked.iter().map(|e| e.timestamp_ms).collect();
+        assert_eq!(times, [94, 96, 98]);
+        assert!(picked[0].frame.contains(r#""type":"control.node_service_event""#));
+        assert_eq!(hub.retained_window_ms(), 99 - 36);
+        let m = hub.metrics_json();
+        assert_eq!(m["replay"]["sent_total"], 3);
+        assert_eq!(m["fanout"]["events_total"], 100);
+        assert_eq!(m["retained"]["oldest_ms"], 36);
+    }
+
+    #[test]
+    fn subscribers_are_capped_and_released_on_drop() {
+        let hub = hub(64);
+        let subs: Vec<Subscription> = (0..MAX_SUBSCRIBERS).map(|_| hub.subscribe(None).unwrap()).collect();
+        assert!(hub.subscribe(None).is_none(), "one more than the cap is refused");
+        drop(subs);
+        assert_eq!(hub.subscribers(), 0);
+        assert_eq!(hub.subscribers_peak(), MAX_SUBSCRIBERS);
+        let filtered = hub.subscribe(Some("node-2".into())).unwrap();
+        let event = ServiceEvent { node_id: "node-1".into(), timestamp_ms: 0, frame: String::new() };
+        assert!(!filtered.matches(&event));
+    }
+}
