@@ -839,3 +839,32 @@ async fn join_requests_are_bounded() {
     c.control_ok("node_join_deny", json!({"request_id": "pending-join-1"})).await;
     c.control_ok("node_join_request", json!({})).await;
 }
+
+#[tokio::test]
+async fn node_scope_tokens_and_correlation_guard_node_mutations() {
+    let mut gw = Gateway::new(json!({}));
+    gw.env("SPIDERWEB_CONTROL_NODE_SCOPE_TOKEN", "node-scope-1");
+    gw.launch();
+    let mut c = admin(&gw).await;
+    c.control_err_code("node_invite_create", json!({}), "missing_field").await;
+    c.control_err_code("node_invite_create", json!({"node_scope_token": "wrong"}), "operator_auth_failed").await;
+    let invite = c.control_ok("node_invite_create", json!({"node_scope_token": "node-scope-1"})).await;
+    let n = c.control_ok("node_join", json!({"invite_token": invite["invite_token"]})).await;
+    c.control_err_code(
+        "node_delete",
+        json!({"node_id": n["node_id"], "node_secret": n["node_secret"]}),
+        "missing_field",
+    )
+    .await;
+    // A mutation without id or correlation_id cannot be audited, so it is refused.
+    c.send_json(&json!({"channel": "control", "type": "control.node_invite_create",
+                        "payload": {"node_scope_token": "node-scope-1"}}))
+        .await;
+    let reply = c.recv_json().await;
+    assert_eq!(reply["error"]["code"], "correlation_required", "{reply}");
+    c.control_ok(
+        "node_delete",
+        json!({"node_id": n["node_id"], "node_secret": n["node_secret"], "node_scope_token": "node-scope-1"}),
+    )
+    .await;
+}
