@@ -284,9 +284,18 @@ async fn a_restart_keeps_paired_nodes_invites_and_mounts() {
     )
     .await;
     c.control_ok("node_join_request", json!({"node_name": "waiting"})).await;
+    c.control_ok(
+        "node_service_upsert",
+        json!({"node_id": n["node_id"], "node_secret": n["node_secret"],
+        "services": [{"service_id": "fs", "kind": "fs", "state": "online", "endpoints": ["/k"]}]}),
+    )
+    .await;
     drop(c);
     gw.restart();
     let mut c = admin(&gw).await;
+    let ack = c.control_ok("node_service_watch", json!({})).await;
+    assert_eq!(ack["replayed"], 1, "retained events survive a restart: {ack}");
+    assert_eq!(c.take_pending()[0]["payload"]["services"][0]["service_id"], "fs");
     let got = c.control_ok("node_get", json!({"node_id": n["node_id"]})).await;
     assert_eq!(got["node"]["node_name"], "keeper");
     c.control_err_code("node_join", json!({"invite_token": invite["invite_token"]}), "invite_redeemed").await;

@@ -167,7 +167,11 @@ impl ControlPlane {
             tokens: Mutex::new(tokens),
             counters: Counters::default(),
             node_counters: nodes::NodeCounters::default(),
-            watch: nodes::watch::WatchHub::new(nodes::watch::WatchSettings::from_env()),
+            watch: nodes::watch::WatchHub::with_log(
+                nodes::watch::WatchSettings::from_env(),
+                &state_dir,
+                nodes::event_log::LogLimits::from_env(),
+            ),
             scope_tokens,
             state_dir,
         })

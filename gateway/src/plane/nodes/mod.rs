@@ -16,6 +16,7 @@
 //! and a failed write changes nothing (as in `projects.rs`).
 
 pub mod catalog;
+pub mod event_log;
 pub mod local;
 pub mod watch;
 

@@ -9,7 +9,8 @@
 //! Bounded: retained events (`SPIDERWEB_NODE_SERVICE_EVENT_HISTORY_MAX`, clamped 64–20000),
 //! subscribers ([`MAX_SUBSCRIBERS`]), and each subscriber's backlog (the broadcast channel's
 //! capacity). A subscriber that falls behind is dropped (the original drops one whose write
-//! fails) and counted in `fanout.dropped_total`. Retained events live in memory only.
+//! fails) and counted in `fanout.dropped_total`. Retained events are also appended to the
+//! state directory's event log ([`super::event_log`]) and reloaded at start.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +19,8 @@ use std::sync::{Arc, Mutex};
 use prometheus_client::metrics::counter::Counter;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
+
+use super::event_log::{EventLog, LogLimits, LoggedEvent};
 
 /// Connections that may watch at once.
 pub const MAX_SUBSCRIBERS: u64 = 1024;
@@ -79,6 +82,8 @@ pub struct WatchCounters {
 pub struct WatchHub {
     pub settings: WatchSettings,
     retained: Mutex<VecDeque<Arc<ServiceEvent>>>,
+    /// The on-disk copy of the retained events, if it could be opened.
+    log: Mutex<Option<EventLog>>,
     sender: broadcast::Sender<Arc<ServiceEvent>>,
     pub counters: Arc<WatchCounters>,
 }
@@ -120,9 +125,36 @@ impl WatchHub {
         WatchHub {
             settings,
             retained: Mutex::new(VecDeque::new()),
+            log: Mutex::new(None),
             sender: broadcast::Sender::new(BACKLOG),
             counters: Arc::default(),
         }
+    }
+
+    /// A hub whose retained events are also kept in `dir` and were reloaded from it. A log
+    /// that cannot be opened is reported and the hub keeps its events in memory only.
+    pub fn with_log(settings: WatchSettings, dir: &std::path::Path, limits: LogLimits) -> WatchHub {
+        let hub = WatchHub::new(settings);
+        match EventLog::open(dir, limits, settings.capacity) {
+            Ok((log, events)) => {
+                let mut retained = hub.retained();
+                for e in events {
+                    let Ok(payload) = serde_json::from_str::<Value>(&e.payload_json) else { continue };
+                    let frame = spiderweb_proto::reply::control_push("control.node_service_event", &payload);
+                    retained.push_back(Arc::new(ServiceEvent {
+                        node_id: e.node_id,
+                        timestamp_ms: e.timestamp_ms,
+                        frame,
+                    }));
+                }
+                drop(retained);
+                *hub.log.lock().unwrap_or_else(|p| p.into_inner()) = Some(log);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, dir = %dir.display(), "node service event log unavailable; events kept in memory only")
+            }
+        }
+        hub
     }
 
     fn retained(&self) -> std::sync::MutexGuard<'_, VecDeque<Arc<ServiceEvent>>> {
@@ -141,6 +173,12 @@ impl WatchHub {
             retained.push_back(event.clone());
         }
         self.counters.fanout_events.inc();
+        if let Some(log) = self.log.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            let line = LoggedEvent { timestamp_ms, node_id: node_id.to_owned(), payload_json: payload.to_string() };
+            if let Err(e) = log.append(&line) {
+                tracing::warn!(error = %e, "could not append to the node service event log");
+            }
+        }
         // No subscriber is not an error.
         let _ = self.sender.send(event);
     }
