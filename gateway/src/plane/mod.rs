@@ -190,6 +190,8 @@ impl ControlPlane {
     /// `control.metrics` payload (spec §6.1).
     pub fn metrics_json(&self) -> Value {
         let (invites, nodes) = self.node_metrics_json();
+        // Before the state lock: the watch hub's lock is never taken while holding it.
+        let watch = self.watch.metrics_json();
         let state = self.lock();
         let c = &self.counters;
         let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -210,7 +212,7 @@ impl ControlPlane {
                 "mount_sets_total": n(&c.mount_sets),
                 "mount_removes_total": n(&c.mount_removes),
             },
-            "node_service_watch": self.watch.metrics_json(),
+            "node_service_watch": watch,
         })
     }
 }

@@ -11,6 +11,9 @@
 //! capacity). A subscriber that falls behind is dropped (the original drops one whose write
 //! fails) and counted in `fanout.dropped_total`. Retained events are also appended to the
 //! state directory's event log ([`super::event_log`]) and reloaded at start.
+//!
+//! Locking: the hub's locks and the control plane's state lock are never held together (the
+//! visibility check of a replay takes the plane's lock, so it runs on a snapshot).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -196,10 +199,11 @@ impl WatchHub {
         Some(Subscription { node_filter, receiver: self.sender.subscribe(), counters: self.counters.clone() })
     }
 
-    /// The newest `limit` retained events passing `visible`, oldest first.
+    /// The newest `limit` retained events passing `visible`, oldest first. `visible` runs
+    /// without the hub's lock held (it takes the control plane's).
     pub fn replay(&self, limit: u64, visible: impl Fn(&ServiceEvent) -> bool) -> Vec<Arc<ServiceEvent>> {
         self.counters.replay_requests.inc();
-        let retained = self.retained();
+        let retained: Vec<Arc<ServiceEvent>> = self.retained().iter().cloned().collect();
         let mut picked: Vec<Arc<ServiceEvent>> = Vec::new();
         for event in retained.iter().rev() {
             if picked.len() as u64 >= limit {
