@@ -211,11 +211,15 @@ impl Client {
     /// Walks to `path`, writes `data` at offset 0, clunks; returns the write's payload.
     pub async fn write_file(&mut self, path: &str, data: &[u8]) -> Result<Value, ClientError> {
         let fid = self.walk(path).await?;
-        let encoded = base64::engine::general_purpose::STANDARD.encode(data);
-        let result =
-            self.acheron("t_write", json!({"fid": fid, "offset": 0, "data_b64": encoded}), REPLY_TIMEOUT).await;
+        let result = self.write_at(fid, data).await;
         self.clunk(fid).await?;
         result
+    }
+
+    /// One write at offset 0 to an open fid; returns the reply's payload.
+    pub async fn write_at(&mut self, fid: u32, data: &[u8]) -> Result<Value, ClientError> {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(data);
+        self.acheron("t_write", json!({"fid": fid, "offset": 0, "data_b64": encoded}), REPLY_TIMEOUT).await
     }
 
     /// Releases a fid.
