@@ -20,7 +20,7 @@ use clap::Parser;
 use serde_json::json;
 use spiderweb_tests::fake_provider::{FakeProvider, Format, Reply};
 use spiderweb_tests::stack::{CHAT_INPUT, ProviderSetup, Stack, follow_job, send_prompt, send_prompt_via};
-use spiderweb_tests::{Client, rss_kib_of};
+use spiderweb_tests::{Client, cpu_time_of, rss_kib_of};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Parser, Debug)]
@@ -261,11 +261,14 @@ async fn run(args: Args) -> Result<()> {
             }
         })
     };
+    let broker_pid = stack.broker_pid();
+    let cpu_before = (cpu_time_of(pid), cpu_time_of(broker_pid));
     let ramp = Duration::from_millis(args.ramp_ms);
     let chats = (0..args.chats)
         .map(|chat| streaming_chat(&stack, interval, chat, ramp.mul_f64(chat as f64 / args.chats.max(1) as f64)));
     let results = futures_util::future::join_all(chats).await;
     sampler.abort();
+    let cpu_after = (cpu_time_of(pid), cpu_time_of(broker_pid));
     let mut streams = Vec::new();
     let mut failed = 0;
     for result in results {
@@ -305,6 +308,17 @@ async fn run(args: Args) -> Result<()> {
             steady,
         );
     }
+    // What a chunk costs in CPU does not depend on what else runs on the machine, unlike
+    // its delay: it is the capacity figure (cores needed = chunks/s × cost).
+    let chunks = delays.len().max(1) as f64;
+    let per_chunk = |before: Option<Duration>, after: Option<Duration>| {
+        before.zip(after).map_or(f64::NAN, |(b, a)| a.saturating_sub(b).as_secs_f64() * 1e6 / chunks)
+    };
+    println!(
+        "CPU per streamed chunk: gateway {:.1} µs, broker {:.1} µs",
+        per_chunk(cpu_before.0, cpu_after.0),
+        per_chunk(cpu_before.1, cpu_after.1)
+    );
     println!(
         "gateway RSS peak during the streaming phase: {:.1} MiB",
         rss_peak.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0
