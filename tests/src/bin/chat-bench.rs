@@ -285,6 +285,7 @@ async fn run(args: Args) -> Result<()> {
     let all_streaming_from = streams.iter().map(|s| s[0].0).max();
     let all_streaming_until = streams.iter().map(|s| s[s.len() - 1].0).min();
     let delays: Vec<f64> = streams.iter().flatten().map(|(_, delay)| *delay).collect();
+    let chunks = delays.len().max(1) as f64;
     let steady: Vec<f64> = match (all_streaming_from, all_streaming_until) {
         (Some(from), Some(until)) if from < until => {
             streams.iter().flatten().filter(|(at, _)| (from..=until).contains(at)).map(|(_, delay)| *delay).collect()
@@ -310,7 +311,6 @@ async fn run(args: Args) -> Result<()> {
     }
     // What a chunk costs in CPU does not depend on what else runs on the machine, unlike
     // its delay: it is the capacity figure (cores needed = chunks/s × cost).
-    let chunks = delays.len().max(1) as f64;
     let per_chunk = |before: Option<Duration>, after: Option<Duration>| {
         before.zip(after).map_or(f64::NAN, |(b, a)| a.saturating_sub(b).as_secs_f64() * 1e6 / chunks)
     };
