@@ -534,7 +534,12 @@ impl Router {
             }
             let found = match a.client.call("lookup", Some(parent), None, json!({"name": name})).await {
                 Err(CallError::Fs(e)) if e.errno == Errno::NoEnt => {
-                    self.negative.insert(a.ep, parent, name);
+                    // Only a parent the node handed out during this walk (or the root) proves
+                    // the name missing: a cached id may be one a restarted node no longer
+                    // knows, and ids repeat across restarts (export index + inode).
+                    if depth > start || start == 0 {
+                        self.negative.insert(a.ep, parent, name);
+                    }
                     return Err(Miss::Call(CallError::Fs(e)));
                 }
                 other => attr_of(other?)?,
