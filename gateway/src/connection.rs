@@ -37,8 +37,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::control::watch::WatchChange;
 use crate::control::{self, ConnSession};
-use crate::plane::nodes::watch::{ServiceEvent, Subscription};
 use crate::events::topology::{self, TopologyChange};
+use crate::plane::nodes::watch::{ServiceEvent, Subscription};
 use crate::server::{ConnectionSlot, Shared};
 use crate::worldfs;
 

@@ -44,7 +44,10 @@ pub struct NodeGauges {
     pub nodes_total: Gauge,
     pub tunnels_connected: Gauge,
     pub watch_subscribers: Gauge,
+    pub watch_subscribers_peak: Gauge,
     pub watch_retained_events: Gauge,
+    pub watch_retained_capacity: Gauge,
+    pub watch_retained_window_ms: Gauge,
 }
 
 impl Metrics {
@@ -145,10 +148,38 @@ impl Metrics {
             g.watch_subscribers.clone(),
         );
         r.register(
+            "spiderweb_node_service_watch_subscribers_peak",
+            "Most connections watching at once",
+            g.watch_subscribers_peak.clone(),
+        );
+        r.register(
             "spiderweb_node_service_watch_retained_events",
             "Node service events retained for replay",
             g.watch_retained_events.clone(),
         );
+        r.register(
+            "spiderweb_node_service_watch_retained_capacity",
+            "Node service events that can be retained",
+            g.watch_retained_capacity.clone(),
+        );
+        r.register(
+            "spiderweb_node_service_watch_retained_window_ms",
+            "Time between the oldest and newest retained event",
+            g.watch_retained_window_ms.clone(),
+        );
+        let w = &plane.watch.counters;
+        for (name, help, counter) in [
+            ("replay_requests", "Watch requests that asked for a replay", &w.replay_requests),
+            ("replay_attempted", "Retained events examined for replays", &w.replay_attempted),
+            ("replay_sent", "Events sent as replays", &w.replay_sent),
+            ("replay_bytes", "Bytes sent as replays", &w.replay_bytes),
+            ("fanout_events", "Node service events published", &w.fanout_events),
+            ("fanout_attempted", "Events offered to a matching watcher", &w.fanout_attempted),
+            ("fanout_sent", "Events pushed to a watcher that may see them", &w.fanout_sent),
+            ("fanout_dropped", "Events lost by watchers that fell behind (and were dropped)", &w.fanout_dropped),
+        ] {
+            r.register(format!("spiderweb_node_service_watch_{name}"), help, counter.clone());
+        }
     }
 
     /// Counts a received frame; `kind` is its full type, or `None` when it did not parse.

@@ -29,9 +29,8 @@ pub fn is_invoke_capable(service: &Value) -> bool {
 
 /// Whether `service` names `mount_path` among its `mounts[].mount_path` or `endpoints`.
 pub fn covers_path(service: &Value, mount_path: &str) -> bool {
-    let in_mounts = service["mounts"]
-        .as_array()
-        .is_some_and(|ms| ms.iter().any(|m| m["mount_path"].as_str() == Some(mount_path)));
+    let in_mounts =
+        service["mounts"].as_array().is_some_and(|ms| ms.iter().any(|m| m["mount_path"].as_str() == Some(mount_path)));
     let in_endpoints =
         service["endpoints"].as_array().is_some_and(|es| es.iter().any(|e| e.as_str() == Some(mount_path)));
     in_mounts || in_endpoints

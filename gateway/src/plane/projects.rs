@@ -521,9 +521,9 @@ impl ControlPlane {
         let policy = policy_arg(&args)?;
         let desired = match args.raw("desired_mounts") {
             None | Some(Value::Null) => None,
-            Some(Value::Array(items)) if items.len() <= MAX_MOUNTS_PER_PROJECT => Some(
-                items.iter().map(|item| mount_arg(&Args::of(Some(item))?)).collect::<Result<Vec<_>, OpError>>()?,
-            ),
+            Some(Value::Array(items)) if items.len() <= MAX_MOUNTS_PER_PROJECT => {
+                Some(items.iter().map(|item| mount_arg(&Args::of(Some(item))?)).collect::<Result<Vec<_>, OpError>>()?)
+            }
             Some(_) => return Err(OpError::invalid_payload()),
         };
         let mut state = self.lock();

@@ -1180,6 +1180,76 @@ mod tests {
     }
 
     #[test]
+    fn node_batches_round_trip_and_refuse_plaintext_secrets() {
+        use crate::store::nodes::{InviteRecord, NodeBatch, NodeRecord, NodeSeqs, PendingJoinRecord, Platform};
+        let dir = tempfile::tempdir().unwrap();
+        let path = db_path(&dir);
+        let node = NodeRecord {
+            id: "node-1".into(),
+            name: "laptop".into(),
+            fs_url: "ws://h/v2/fs".into(),
+            secret_sha256: HASH_A.into(),
+            platform: Platform::default(),
+            labels: [("site".to_owned(), "lab".to_owned())].into(),
+            services: vec![serde_json::json!({"service_id": "fs"})],
+            joined_at_ms: 1,
+            last_seen_ms: 2,
+            lease_expires_at_ms: 3,
+        };
+        let invite = InviteRecord {
+            id: "invite-1".into(),
+            token_sha256: HASH_B.into(),
+            created_at_ms: 1,
+            expires_at_ms: 9,
+            redeemed: true,
+        };
+        let pending = PendingJoinRecord {
+            id: "pending-join-1".into(),
+            node_name: "edge".into(),
+            fs_url: String::new(),
+            platform: Platform::default(),
+            requested_at_ms: 4,
+        };
+        let mut with_mount = project("proj-1", 20);
+        {
+            let store = SqliteStore::open(&path).unwrap();
+            store.upsert_project(&with_mount, 2).unwrap();
+            with_mount.mounts.clear();
+            let batch = NodeBatch {
+                put_nodes: vec![node.clone()],
+                put_invites: vec![invite.clone()],
+                put_pending_joins: vec![pending.clone()],
+                put_projects: vec![with_mount.clone()],
+                seqs: NodeSeqs { node: 2, invite: 2, pending_join: 2 },
+                ..NodeBatch::default()
+            };
+            store.write_nodes(&batch).unwrap();
+            let mut plaintext = node.clone();
+            plaintext.id = "node-2".into();
+            plaintext.secret_sha256 = "secret-0123456789abcdef0123456789abcdef".into();
+            let refused = NodeBatch { put_nodes: vec![plaintext], ..NodeBatch::default() };
+            assert!(store.write_nodes(&refused).is_err(), "a plaintext secret must be refused");
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let snap = store.load_nodes().unwrap();
+        assert_eq!(snap.nodes, vec![node]);
+        assert_eq!(snap.invites, vec![invite]);
+        assert_eq!(snap.pending_joins, vec![pending]);
+        assert_eq!(snap.seqs, NodeSeqs { node: 2, invite: 2, pending_join: 2 });
+        assert_eq!(store.load().unwrap().projects, vec![with_mount], "the mount change is in the same batch");
+        let removal = NodeBatch {
+            removed_nodes: vec!["node-1".into()],
+            removed_pending_joins: vec!["pending-join-1".into()],
+            seqs: NodeSeqs { node: 1, invite: 1, pending_join: 1 },
+            ..NodeBatch::default()
+        };
+        store.write_nodes(&removal).unwrap();
+        let snap = store.load_nodes().unwrap();
+        assert!(snap.nodes.is_empty() && snap.pending_joins.is_empty());
+        assert_eq!(snap.seqs.node, 2, "id counters never go back");
+    }
+
+    #[test]
     fn an_empty_database_loads_defaults() {
         let store = SqliteStore::open_in_memory().unwrap();
         let snap = store.load().unwrap();

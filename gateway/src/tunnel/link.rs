@@ -53,7 +53,8 @@ fn check_hello(shared: &Shared, text: &str) -> Result<Hello, (Option<u32>, FsErr
     let payload = env.payload.as_ref();
     let field = |key: &str| payload.and_then(|p| p.get(key)).and_then(Value::as_str);
     let node_id = field("node_id").filter(|id| valid_identifier(id, 128)).ok_or((tag, inval("InvalidPayload")))?;
-    let secret = field("node_secret").filter(|s| !s.is_empty() && s.len() <= 256).ok_or((tag, inval("InvalidPayload")))?;
+    let secret =
+        field("node_secret").filter(|s| !s.is_empty() && s.len() <= 256).ok_or((tag, inval("InvalidPayload")))?;
     shared.plane.check_node_secret(node_id, secret).map_err(|e| match e {
         NodeAuthError::NotFound => (tag, FsError::new(Errno::NoEnt, "NodeNotFound")),
         NodeAuthError::Failed => (tag, FsError::new(Errno::Acces, "NodeAuthFailed")),
@@ -86,7 +87,9 @@ pub async fn serve(mut socket: Socket, shared: Arc<Shared>) {
     let first = match tokio::time::timeout(shared.config.server.handshake_timeout(), first_text(&mut socket)).await {
         Ok(Some(text)) => text,
         Ok(None) => return,
-        Err(_) => return fail_and_close(&mut socket, None, &inval("acheron.t_fs_hello must be negotiated first")).await,
+        Err(_) => {
+            return fail_and_close(&mut socket, None, &inval("acheron.t_fs_hello must be negotiated first")).await;
+        }
     };
     let hello = match check_hello(&shared, &first) {
         Ok(hello) => hello,

@@ -75,7 +75,11 @@ pub struct Tunnel {
 
 impl Tunnel {
     /// Forwards `frame` (a client request; its `tag` is replaced) and waits for the node's reply.
-    pub async fn request(&self, mut frame: Map<String, Value>, timeout: Duration) -> Result<Map<String, Value>, TunnelError> {
+    pub async fn request(
+        &self,
+        mut frame: Map<String, Value>,
+        timeout: Duration,
+    ) -> Result<Map<String, Value>, TunnelError> {
         let (tx, rx) = oneshot::channel();
         let tag = self.pending().insert(tx).ok_or(TunnelError::Busy)?;
         frame.insert("tag".into(), tag.into());

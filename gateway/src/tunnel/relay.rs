@@ -62,11 +62,14 @@ pub async fn serve(socket: Socket, shared: Arc<Shared>, node_id: String) {
     let idle = shared.config.server.idle_timeout();
     let started = Instant::now();
     let mut last_rx = started;
-    let mut relay = Relay { shared: shared.clone(), node_id, out, negotiated: false, events: None, in_flight: JoinSet::new() };
+    let mut relay =
+        Relay { shared: shared.clone(), node_id, out, negotiated: false, events: None, in_flight: JoinSet::new() };
     let close = loop {
+        // A subscribed client may only ever read (the router's event connection), so only
+        // clients that neither subscribe nor wait for a reply can be idle.
         let deadline = if !relay.negotiated {
             started + handshake
-        } else if relay.in_flight.is_empty() {
+        } else if relay.in_flight.is_empty() && relay.events.is_none() {
             last_rx + idle
         } else {
             Instant::now() + idle

@@ -80,10 +80,10 @@ fn service(raw: &Value) -> Result<Value, OpError> {
             None | Some(Value::Null) => return Err(OpError::missing_field()),
             Some(_) => return Err(invalid("mount_path must be absolute (at most 512 characters)")),
         }
-        if let Some(s) = m.get("state").filter(|s| !s.is_null()) {
-            if !s.as_str().is_some_and(|s| valid_identifier(s, 64)) {
-                return Err(invalid("mount state must be an identifier"));
-            }
+        if let Some(s) = m.get("state").filter(|s| !s.is_null())
+            && !s.as_str().is_some_and(|s| valid_identifier(s, 64))
+        {
+            return Err(invalid("mount state must be an identifier"));
         }
     }
     let mut out = Map::new();

@@ -28,9 +28,7 @@ use spiderweb_proto::codes::control as code;
 
 use super::args::Args;
 use super::{ControlPlane, OpError, OpResult, PlaneState, Project, hex, now_ms};
-use crate::store::nodes::{
-    InviteRecord, NodeBatch, NodeRecord, NodeSeqs, NodeSnapshot, PendingJoinRecord, Platform,
-};
+use crate::store::nodes::{InviteRecord, NodeBatch, NodeRecord, NodeSeqs, NodeSnapshot, PendingJoinRecord, Platform};
 use crate::store::{MountRecord, StoreError};
 use crate::tokens::{Digest, digest, digests_equal};
 
@@ -604,7 +602,7 @@ impl ControlPlane {
         let mut out = node.catalog();
         out["service_delta"] = delta;
         drop(state);
-        self.watch.publish(&args.required_id("node_id", 128)?.to_owned(), now, &out);
+        self.watch.publish(args.required_id("node_id", 128)?, now, &out);
         Ok(out)
     }
 
@@ -625,11 +623,8 @@ impl ControlPlane {
 
     /// [`Self::may_observe`] and the project mounts `node_id` (watch visibility, spec §6.5).
     pub fn may_observe_node(&self, project_id: &str, agent_id: &str, token: Option<&str>, node_id: &str) -> bool {
-        let mounted = self
-            .lock()
-            .projects
-            .get(project_id)
-            .is_some_and(|p| p.record.mounts.iter().any(|m| m.node_id == node_id));
+        let mounted =
+            self.lock().projects.get(project_id).is_some_and(|p| p.record.mounts.iter().any(|m| m.node_id == node_id));
         mounted && self.may_observe(project_id, agent_id, token)
     }
 
@@ -649,7 +644,11 @@ impl ControlPlane {
             name: local.name.clone(),
             fs_url: local.fs_url.clone(),
             secret_sha256: hex(&digest(&local.secret)),
-            platform: Platform { os: "linux".into(), arch: std::env::consts::ARCH.into(), runtime_kind: "embedded".into() },
+            platform: Platform {
+                os: "linux".into(),
+                arch: std::env::consts::ARCH.into(),
+                runtime_kind: "embedded".into(),
+            },
             labels: existing.as_ref().map(|n| n.labels.clone()).unwrap_or_default(),
             services: existing.as_ref().map(|n| n.services.clone()).unwrap_or_default(),
             joined_at_ms: existing.as_ref().map_or(now, |n| n.joined_at_ms),
@@ -673,7 +672,8 @@ impl ControlPlane {
         let mut batch = state.nodes.batch();
         batch.put_nodes.push(record.clone());
         self.commit_nodes(&mut state, batch, projects)?;
-        let node = Node::new(record, Some(local.secret.clone())).map_err(|e| OpError::new(code::CONTROL_PLANE_ERROR, e))?;
+        let node =
+            Node::new(record, Some(local.secret.clone())).map_err(|e| OpError::new(code::CONTROL_PLANE_ERROR, e))?;
         state.nodes.nodes.insert(local.id.clone(), node);
         self.node_counters.ensured.inc();
         Ok(())

@@ -15,6 +15,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use prometheus_client::metrics::counter::Counter;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
@@ -60,25 +61,26 @@ impl WatchSettings {
     }
 }
 
+/// Subscriber gauges and the replay/fan-out counters (also exported on `/metrics`).
 #[derive(Default)]
-struct WatchCounters {
+pub struct WatchCounters {
     subscribers: AtomicU64,
     peak: AtomicU64,
-    replay_requests: AtomicU64,
-    replay_attempted: AtomicU64,
-    replay_sent: AtomicU64,
-    replay_bytes: AtomicU64,
-    fanout_events: AtomicU64,
-    fanout_attempted: AtomicU64,
-    fanout_sent: AtomicU64,
-    fanout_dropped: AtomicU64,
+    pub replay_requests: Counter,
+    pub replay_attempted: Counter,
+    pub replay_sent: Counter,
+    pub replay_bytes: Counter,
+    pub fanout_events: Counter,
+    pub fanout_attempted: Counter,
+    pub fanout_sent: Counter,
+    pub fanout_dropped: Counter,
 }
 
 pub struct WatchHub {
     pub settings: WatchSettings,
     retained: Mutex<VecDeque<Arc<ServiceEvent>>>,
     sender: broadcast::Sender<Arc<ServiceEvent>>,
-    counters: Arc<WatchCounters>,
+    pub counters: Arc<WatchCounters>,
 }
 
 /// A live subscription; dropping it frees the subscriber slot.
@@ -97,15 +99,15 @@ impl Drop for Subscription {
 impl Subscription {
     /// Counts one event this subscriber considered (`visible`: it passed the filters and is sent).
     pub fn record_fanout(&self, visible: bool) {
-        self.counters.fanout_attempted.fetch_add(1, Ordering::Relaxed);
+        self.counters.fanout_attempted.inc();
         if visible {
-            self.counters.fanout_sent.fetch_add(1, Ordering::Relaxed);
+            self.counters.fanout_sent.inc();
         }
     }
 
     /// The subscriber fell `missed` events behind and is being dropped.
     pub fn record_dropped(&self, missed: u64) {
-        self.counters.fanout_dropped.fetch_add(missed.max(1), Ordering::Relaxed);
+        self.counters.fanout_dropped.inc_by(missed.max(1));
     }
 
     pub fn matches(&self, event: &ServiceEvent) -> bool {
@@ -138,7 +140,7 @@ impl WatchHub {
             }
             retained.push_back(event.clone());
         }
-        self.counters.fanout_events.fetch_add(1, Ordering::Relaxed);
+        self.counters.fanout_events.inc();
         // No subscriber is not an error.
         let _ = self.sender.send(event);
     }
@@ -158,22 +160,22 @@ impl WatchHub {
 
     /// The newest `limit` retained events passing `visible`, oldest first.
     pub fn replay(&self, limit: u64, visible: impl Fn(&ServiceEvent) -> bool) -> Vec<Arc<ServiceEvent>> {
-        self.counters.replay_requests.fetch_add(1, Ordering::Relaxed);
+        self.counters.replay_requests.inc();
         let retained = self.retained();
         let mut picked: Vec<Arc<ServiceEvent>> = Vec::new();
         for event in retained.iter().rev() {
             if picked.len() as u64 >= limit {
                 break;
             }
-            self.counters.replay_attempted.fetch_add(1, Ordering::Relaxed);
+            self.counters.replay_attempted.inc();
             if visible(event) {
                 picked.push(event.clone());
             }
         }
         picked.reverse();
-        self.counters.replay_sent.fetch_add(picked.len() as u64, Ordering::Relaxed);
+        self.counters.replay_sent.inc_by(picked.len() as u64);
         let bytes: usize = picked.iter().map(|e| e.frame.len()).sum();
-        self.counters.replay_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.counters.replay_bytes.inc_by(bytes as u64);
         picked
     }
 
@@ -185,19 +187,33 @@ impl WatchHub {
         self.counters.subscribers.load(Ordering::Acquire)
     }
 
+    pub fn subscribers_peak(&self) -> u64 {
+        self.counters.peak.load(Ordering::Acquire)
+    }
+
+    /// Newest minus oldest retained event time.
+    pub fn retained_window_ms(&self) -> i64 {
+        let retained = self.retained();
+        match (retained.front(), retained.back()) {
+            (Some(o), Some(n)) => n.timestamp_ms - o.timestamp_ms,
+            _ => 0,
+        }
+    }
+
     /// The `node_service_watch` object of `control.metrics`.
     pub fn metrics_json(&self) -> Value {
         let c = &self.counters;
         let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let k = |counter: &Counter| counter.get();
         let retained = self.retained();
         let oldest = retained.front().map(|e| e.timestamp_ms);
         let newest = retained.back().map(|e| e.timestamp_ms);
         json!({
             "subscribers": {"current": n(&c.subscribers), "peak": n(&c.peak)},
-            "replay": {"requests_total": n(&c.replay_requests), "attempted_total": n(&c.replay_attempted),
-                       "sent_total": n(&c.replay_sent), "bytes_total": n(&c.replay_bytes)},
-            "fanout": {"events_total": n(&c.fanout_events), "attempted_total": n(&c.fanout_attempted),
-                       "sent_total": n(&c.fanout_sent), "dropped_total": n(&c.fanout_dropped)},
+            "replay": {"requests_total": k(&c.replay_requests), "attempted_total": k(&c.replay_attempted),
+                       "sent_total": k(&c.replay_sent), "bytes_total": k(&c.replay_bytes)},
+            "fanout": {"events_total": k(&c.fanout_events), "attempted_total": k(&c.fanout_attempted),
+                       "sent_total": k(&c.fanout_sent), "dropped_total": k(&c.fanout_dropped)},
             "retained": {"events": retained.len(), "capacity": self.settings.capacity,
                          "oldest_ms": oldest, "newest_ms": newest,
                          "window_ms": match (oldest, newest) { (Some(o), Some(n)) => n - o, _ => 0 }},
