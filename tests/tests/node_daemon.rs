@@ -150,12 +150,27 @@ async fn invite_pairing_serves_a_fuse_mount_through_the_tunnel_and_survives_node
     let export = dir.path().join("export");
     std::fs::create_dir_all(export.join("docs")).unwrap();
     std::fs::write(export.join("docs/readme.txt"), "hello through the tunnel\n").unwrap();
+    let extra = dir.path().join("extra");
+    std::fs::create_dir_all(&extra).unwrap();
+    std::fs::write(extra.join("note.txt"), "extra\n").unwrap();
+    let extra_export = format!("extra={}", extra.display());
     let state = dir.path().join("node-state/node.json");
 
     let mut admin = gw.admin().await;
     let invite = admin.control_ok("node_invite_create", json!({})).await;
     let invite = invite["invite_token"].as_str().unwrap().to_owned();
-    let flags = ["--invite-token", &invite, "--node-name", "laptop", "--terminal-id", "main", "--label", "site=lab"];
+    let flags = [
+        "--invite-token",
+        &invite,
+        "--node-name",
+        "laptop",
+        "--terminal-id",
+        "main",
+        "--label",
+        "site=lab",
+        "--export",
+        &extra_export,
+    ];
     let mut node = DaemonNode::start(&gw, &export, &state, &flags);
     let node_id = node.expect_line("paired as ").trim_start_matches("paired as ").to_owned();
     node.expect_line("tunnel up");
@@ -176,7 +191,7 @@ async fn invite_pairing_serves_a_fuse_mount_through_the_tunnel_and_survives_node
     let ids: Vec<&str> =
         catalog["services"].as_array().unwrap().iter().map(|s| s["service_id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["fs", "terminal-main"], "{catalog}");
-    assert_eq!(catalog["services"][0]["capabilities"], json!({"rw": true, "export_count": 1}));
+    assert_eq!(catalog["services"][0]["capabilities"], json!({"rw": true, "export_count": 2}));
     assert_eq!(catalog["labels"], json!({"site": "lab"}));
     let lease = |v: &Value| v["lease_expires_at_ms"].as_u64().unwrap();
     let first_lease = lease(&got);
@@ -215,6 +230,28 @@ async fn invite_pairing_serves_a_fuse_mount_through_the_tunnel_and_survives_node
     assert!(ok, "cp/find through the tunnel: {err}");
     assert_eq!(out, "src\nsrc/docs\nsrc/docs/big.bin\nsrc/docs/copy.bin\nsrc/docs/readme.txt\n");
     assert_eq!(std::fs::read(export.join("docs/copy.bin")).unwrap(), big, "bytes intact in 128 KiB tunnel chunks");
+
+    // The workspace sync follows the project: a mount added appears, a mount removed goes.
+    admin
+        .control_ok(
+            "project_mount_set",
+            json!({"project_id": project, "node_id": node_id, "export_name": "extra", "mount_path": "/extra"}),
+        )
+        .await;
+    let added = mnt.join("extra/note.txt");
+    wait_until("a mount added to the project", Duration::from_secs(15), || {
+        std::fs::read_to_string(&added).is_ok_and(|s| s == "extra\n")
+    });
+    admin.control_ok("project_mount_remove", json!({"project_id": project, "mount_path": "/extra"})).await;
+    let top = || -> Vec<String> {
+        let mut v: Vec<String> =
+            std::fs::read_dir(&mnt).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        v.sort();
+        v
+    };
+    wait_until("a mount removed from the project", Duration::from_secs(15), || {
+        top() == ["src"] && std::fs::read_to_string(&added).is_err()
+    });
 
     // The node dies: the application gets an error, not a hang.
     node.kill();
