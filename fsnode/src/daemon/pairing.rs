@@ -42,7 +42,7 @@ pub async fn pair(d: &Daemon, file: &StateFile, record: &mut NodeRecord) -> Resu
                     id
                 }
             };
-            println!("join request {request_id} filed; waiting for approval");
+            super::announce(&format!("join request {request_id} filed; waiting for approval"));
             backoff.reset();
             let mut payload = json!({"request_id": request_id, "lease_ttl_ms": d.lease_ttl_ms});
             if let Some(token) = &d.operator_token {
