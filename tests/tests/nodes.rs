@@ -12,6 +12,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use base64::Engine as _;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use spiderweb_tests::{Client, Gateway, bin_dir, raw_upgrade, str_at};
@@ -575,7 +576,45 @@ async fn the_relay_reaches_a_real_node_through_its_tunnel() {
             (1..=20u64).map(|t| (t, format!("file {}", t - 1).len() as u64)).collect();
         assert_eq!(seen, expected, "each reply carries the client's own tag and the right file");
     }
-    let (client, _) = &mut clients[0];
+    // Requests of one connection reach the node in the order sent: a pipelined write and
+    // read of one handle see each other.
+    let (client, root) = &mut clients[0];
+    let root = *root;
+    send(
+        client,
+        json!({"channel": "acheron", "type": "acheron.t_fs_create", "tag": 300, "node": root,
+                        "payload": {"name": "ordered.txt", "flags": 2}}),
+    )
+    .await;
+    let h = recv(client).await["payload"]["h"].clone();
+    for i in 0..10u32 {
+        let data = format!("round {i:02}");
+        send(
+            client,
+            json!({"channel": "acheron", "type": "acheron.t_fs_write", "tag": 400 + 2 * i, "h": h,
+                            "payload": {"off": 0, "data_b64": spiderweb_tests::B64.encode(&data)}}),
+        )
+        .await;
+        send(
+            client,
+            json!({"channel": "acheron", "type": "acheron.t_fs_read", "tag": 401 + 2 * i, "h": h,
+                            "payload": {"off": 0, "len": 8}}),
+        )
+        .await;
+    }
+    let mut reads = std::collections::BTreeMap::new();
+    let mut writes = 0;
+    while reads.len() + writes < 20 {
+        let r = recv(client).await;
+        writes += usize::from(r["type"] == "acheron.r_fs_write");
+        if r["type"] == "acheron.r_fs_read" {
+            let bytes = spiderweb_tests::B64.decode(r["payload"]["data_b64"].as_str().unwrap()).unwrap();
+            reads.insert(r["tag"].as_u64().unwrap(), String::from_utf8(bytes).unwrap());
+        }
+    }
+    for (i, (tag, text)) in reads.iter().enumerate() {
+        assert_eq!((*tag, text.as_str()), (401 + 2 * i as u64, format!("round {i:02}").as_str()));
+    }
     send(client, json!({"channel": "acheron", "type": "acheron.t_fs_getattr", "node": 1})).await;
     assert_eq!(recv(client).await["error"]["message"], "missing request tag");
     send(client, json!({"channel": "acheron", "type": "acheron.t_version", "tag": 5, "version": "acheron-1"})).await;
@@ -785,4 +824,18 @@ async fn relay_frames_are_capped_at_256_kib() {
     .expect("the relay closes a connection that sends an oversized frame");
     assert_eq!(code, Some(1009), "close 1009 (message too big)");
     gw.admin().await.ping().await;
+}
+
+#[tokio::test]
+async fn join_requests_are_bounded() {
+    let gw = Gateway::start();
+    let mut c = admin(&gw).await;
+    for _ in 0..256 {
+        c.control_ok("node_join_request", json!({})).await;
+    }
+    let err = c.control_err_code("node_join_request", json!({}), "queue_saturated").await;
+    assert_eq!(err["message"], "pending join limit (256) reached");
+    // Handling one frees a slot.
+    c.control_ok("node_join_deny", json!({"request_id": "pending-join-1"})).await;
+    c.control_ok("node_join_request", json!({})).await;
 }

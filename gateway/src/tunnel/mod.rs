@@ -73,13 +73,36 @@ pub struct Tunnel {
     pub closed: CancellationToken,
 }
 
+/// A request on its way to the node; [`PendingReply::wait`] gives its reply.
+pub struct PendingReply {
+    tunnel: Arc<Tunnel>,
+    tag: u32,
+    reply: oneshot::Receiver<Map<String, Value>>,
+}
+
+impl PendingReply {
+    /// The node's reply, or `Unavailable` after `timeout` or when the tunnel is lost.
+    pub async fn wait(self, timeout: Duration) -> Result<Map<String, Value>, TunnelError> {
+        match tokio::time::timeout(timeout, self.reply).await {
+            Ok(Ok(reply)) => Ok(reply),
+            // The sender went away: the tunnel was lost and failed every pending request.
+            Ok(Err(_)) => Err(TunnelError::Unavailable),
+            Err(_) => {
+                self.tunnel.pending().remove(self.tag);
+                Err(TunnelError::Unavailable)
+            }
+        }
+    }
+}
+
 impl Tunnel {
-    /// Forwards `frame` (a client request; its `tag` is replaced) and waits for the node's reply.
-    pub async fn request(
-        &self,
+    /// Queues `frame` (a client request; its `tag` is replaced by a tunnel tag) for the node.
+    /// Callers send one connection's requests in order, so the node sees them in order.
+    pub async fn send(
+        self: &Arc<Self>,
         mut frame: Map<String, Value>,
         timeout: Duration,
-    ) -> Result<Map<String, Value>, TunnelError> {
+    ) -> Result<PendingReply, TunnelError> {
         let (tx, rx) = oneshot::channel();
         let tag = self.pending().insert(tx).ok_or(TunnelError::Busy)?;
         frame.insert("tag".into(), tag.into());
@@ -89,15 +112,7 @@ impl Tunnel {
             self.pending().remove(tag);
             return Err(TunnelError::Unavailable);
         }
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(reply)) => Ok(reply),
-            // The sender went away: the tunnel was lost and failed every pending request.
-            Ok(Err(_)) => Err(TunnelError::Unavailable),
-            Err(_) => {
-                self.pending().remove(tag);
-                Err(TunnelError::Unavailable)
-            }
-        }
+        Ok(PendingReply { tunnel: self.clone(), tag, reply: rx })
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, tags::Pending> {

@@ -27,6 +27,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
+use super::{PendingReply, TunnelError};
 use crate::connection::Socket;
 use crate::plane::nodes::NodeAuthError;
 use crate::server::Shared;
@@ -178,9 +179,11 @@ impl Relay {
         let Ok(Value::Object(frame)) = serde_json::from_str::<Value>(text) else {
             return Next::Continue;
         };
-        let shared = self.shared.clone();
-        let node_id = self.node_id.clone();
-        self.in_flight.spawn(async move { forward(&shared, &node_id, frame, client_tag).await.0 });
+        // Sent here, in the order received (the node handles a connection's requests in
+        // order); only the wait for the reply runs beside the connection.
+        let sent = send(&self.shared, &self.node_id, frame).await;
+        let timeout = self.shared.tunnels.reply_timeout;
+        self.in_flight.spawn(async move { reply_frame(sent, timeout, client_tag).await.0 });
         Next::Continue
     }
 
@@ -215,7 +218,8 @@ impl Relay {
         if let Some(Value::Object(payload)) = frame.get_mut("payload") {
             payload.remove("binary_data");
         }
-        let (reply, ok) = forward(&self.shared, &self.node_id, frame, tag.unwrap_or(0)).await;
+        let sent = send(&self.shared, &self.node_id, frame).await;
+        let (reply, ok) = reply_frame(sent, self.shared.tunnels.reply_timeout, tag.unwrap_or(0)).await;
         if !self.send(reply).await || !ok {
             return Next::Close;
         }
@@ -230,12 +234,19 @@ impl Relay {
     }
 }
 
-/// Forwards one request through the node's current tunnel; the reply with the client's tag,
-/// and whether it is a success.
-async fn forward(shared: &Shared, node_id: &str, frame: Map<String, Value>, client_tag: u32) -> (String, bool) {
-    let result = match shared.tunnels.current(node_id) {
-        Some(tunnel) => tunnel.request(frame, shared.tunnels.reply_timeout).await,
-        None => Err(super::TunnelError::Unavailable),
+/// Sends one request through the node's current tunnel.
+async fn send(shared: &Shared, node_id: &str, frame: Map<String, Value>) -> Result<PendingReply, TunnelError> {
+    match shared.tunnels.current(node_id) {
+        Some(tunnel) => tunnel.send(frame, shared.tunnels.reply_timeout).await,
+        None => Err(TunnelError::Unavailable),
+    }
+}
+
+/// The reply to send the client (with its own tag), and whether it is a success.
+async fn reply_frame(sent: Result<PendingReply, TunnelError>, timeout: Duration, client_tag: u32) -> (String, bool) {
+    let result = match sent {
+        Ok(pending) => pending.wait(timeout).await,
+        Err(e) => Err(e),
     };
     match result {
         Ok(mut reply) => {

@@ -60,7 +60,8 @@ impl Endpoint {
 
     async fn call(&mut self, kind: &str, top: Value, payload: Value) -> Result<Value> {
         self.tag += 1;
-        let mut frame = json!({"channel": "acheron", "type": format!("acheron.t_fs_{kind}"), "tag": self.tag, "payload": payload});
+        let mut frame =
+            json!({"channel": "acheron", "type": format!("acheron.t_fs_{kind}"), "tag": self.tag, "payload": payload});
         for (k, v) in top.as_object().into_iter().flatten() {
             frame[k] = v.clone();
         }
