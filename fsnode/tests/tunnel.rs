@@ -127,3 +127,37 @@ async fn a_client_side_websocket_serves_relayed_requests() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_waiting_lock_does_not_hold_back_other_relayed_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f"), "x").unwrap();
+    let mut gw = tunnel(dir.path()).await;
+    let exports = gw.request("exports", 1, None, None, json!({})).await;
+    let root = exports["payload"]["exports"][0]["root"].as_u64().unwrap();
+    let attr = gw.request("lookup", 2, Some(root), None, json!({"name": "f"})).await;
+    let id = attr["payload"]["attr"]["id"].as_u64().unwrap();
+    let open = |tag| wire::render_request("open", tag, Some(id), None, &json!({"flags": 2}));
+    gw.send(&open(3)).await;
+    let h1 = gw.next().await["payload"]["h"].as_u64().unwrap();
+    gw.send(&open(4)).await;
+    let h2 = gw.next().await["payload"]["h"].as_u64().unwrap();
+    let held = gw.request("lock", 5, None, Some(h1), json!({"kind": "exclusive"})).await;
+    assert_eq!(held["ok"], true, "{held}");
+
+    // Client B waits for the lock; client A's getattr is answered meanwhile.
+    gw.send(&wire::render_request("lock", 6, None, Some(h2), &json!({"kind": "exclusive", "wait": true}))).await;
+    let other = gw.request("getattr", 7, Some(root), None, json!({})).await;
+    assert_eq!(other["ok"], true, "answered while the lock waits: {other}");
+    gw.send(&wire::render_request("lock", 8, None, Some(h1), &json!({"kind": "unlock"}))).await;
+    let mut tags = Vec::new();
+    while tags.len() < 2 {
+        let frame = gw.next().await;
+        if let Some(tag) = frame.get("tag").and_then(Value::as_u64) {
+            assert_eq!(frame["ok"], true, "{frame}");
+            tags.push(tag);
+        }
+    }
+    tags.sort();
+    assert_eq!(tags, [6, 8], "the waiting lock is granted once released");
+}
