@@ -10,7 +10,12 @@
 //! Node ids are cached per endpoint by path; an ENOENT on a cached id (the node restarted,
 //! the file was replaced on the host) drops the cache for that path and the lookup is redone
 //! from the export root once. Open handles are cached per endpoint and path; after a failover
-//! the file is simply reopened on the new endpoint at the same offset.
+//! the file is simply reopened on the new endpoint at the same offset. Names known to be
+//! missing are answered from the negative cache (`negative`).
+//!
+//! The endpoint list may change while the router runs ([`Router::set_endpoints`], driven by
+//! the workspace sync in `workspace`): each endpoint has an id that is never reused, and every
+//! cache is keyed by it, so nothing learned about a removed endpoint can leak into a new one.
 
 pub mod endpoint;
 pub mod negative;
