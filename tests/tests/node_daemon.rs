@@ -336,3 +336,52 @@ async fn request_pairing_waits_for_the_operator_token_and_a_denial_stops_the_nod
     assert!(!status.success(), "denied: {status}");
     assert_eq!(read_state(&other_state)["request_id"], Value::Null, "the dead request is forgotten");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_nodes_on_one_mount_path_fail_over_through_the_relay() {
+    assert!(unsafe { libc::geteuid() } == 0, "FUSE mounts in this test need root");
+    let gw = Gateway::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut admin = gw.admin().await;
+    let project = admin.control_ok("project_create", json!({"name": "Replicated", "vision": "two copies"})).await;
+    let project = project["project_id"].as_str().unwrap().to_owned();
+    let mut nodes = Vec::new();
+    for name in ["replica-a", "replica-b"] {
+        let export = dir.path().join(name);
+        std::fs::create_dir_all(&export).unwrap();
+        std::fs::write(export.join("shared.txt"), "same on both\n").unwrap();
+        let state = dir.path().join(format!("{name}-state/node.json"));
+        let invite =
+            admin.control_ok("node_invite_create", json!({})).await["invite_token"].as_str().unwrap().to_owned();
+        let flags = vec!["--invite-token".to_owned(), invite, "--node-name".to_owned(), name.to_owned()];
+        let args: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let mut node = DaemonNode::start(&gw, &export, &state, &args);
+        let node_id = node.expect_line("paired as ").trim_start_matches("paired as ").to_owned();
+        node.expect_line("tunnel up");
+        admin
+            .control_ok(
+                "project_mount_set",
+                json!({"project_id": project, "node_id": node_id, "export_name": "work", "mount_path": "/src"}),
+            )
+            .await;
+        nodes.push((node, export, state, args.iter().map(|s| s.to_string()).collect::<Vec<_>>()));
+    }
+    let mnt = dir.path().join("mnt");
+    let _mount = FuseMount::start(&gw, &project, &mnt);
+    let read = || sh(&mnt, "cat src/shared.txt");
+    assert_eq!(read().1, "same on both\n");
+
+    // Either node may be the one serving: take each down in turn; reads carry on.
+    for down in 0..2 {
+        nodes[down].0.kill();
+        let (ok, out, err) = read();
+        assert!(ok && out == "same on both\n", "with {} down: {out} {err}", ["replica-a", "replica-b"][down]);
+        let (_, export, state, args) = &nodes[down];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut back = DaemonNode::start(&gw, export, state, &args);
+        back.expect_line("tunnel up");
+        nodes[down].0 = back;
+        // The router sees it healthy again within its retry interval (1.5 s).
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+    }
+}
