@@ -353,7 +353,7 @@ async fn two_nodes_on_one_mount_path_fail_over_through_the_relay() {
         let state = dir.path().join(format!("{name}-state/node.json"));
         let invite =
             admin.control_ok("node_invite_create", json!({})).await["invite_token"].as_str().unwrap().to_owned();
-        let flags = vec!["--invite-token".to_owned(), invite, "--node-name".to_owned(), name.to_owned()];
+        let flags = ["--invite-token".to_owned(), invite, "--node-name".to_owned(), name.to_owned()];
         let args: Vec<&str> = flags.iter().map(String::as_str).collect();
         let mut node = DaemonNode::start(&gw, &export, &state, &args);
         let node_id = node.expect_line("paired as ").trim_start_matches("paired as ").to_owned();
@@ -364,7 +364,7 @@ async fn two_nodes_on_one_mount_path_fail_over_through_the_relay() {
                 json!({"project_id": project, "node_id": node_id, "export_name": "work", "mount_path": "/src"}),
             )
             .await;
-        nodes.push((node, export, state, args.iter().map(|s| s.to_string()).collect::<Vec<_>>()));
+        nodes.push((node, export, state, flags));
     }
     let mnt = dir.path().join("mnt");
     let _mount = FuseMount::start(&gw, &project, &mnt);
