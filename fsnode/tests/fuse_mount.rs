@@ -281,3 +281,34 @@ fn mounted_reads_fail_over_to_the_other_endpoint() {
     assert!(head == content, "content differs after failover under the mount");
     assert_eq!(std::fs::read(&file).unwrap(), content);
 }
+
+#[test]
+fn missing_files_are_remembered_until_the_directory_changes() {
+    let export = tempfile::tempdir().unwrap();
+    std::fs::create_dir(export.path().join("inc")).unwrap();
+    let node = Node::start(&[format!("w={}", export.path().display())], &[]);
+    let mount = Mount::start(&[format!("a={}#w@/src", node.url())]);
+    let inc = mount.path("src/inc");
+
+    // A build tool probing for headers: each miss is ENOENT, and stays right when repeated.
+    for _ in 0..3 {
+        for name in ["config.h", "missing.h"] {
+            let err = std::fs::metadata(inc.join(name)).unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{name}");
+        }
+    }
+    // Created on the node's host: the node's event ends the negative entry (TTL is 15 s).
+    std::fs::write(export.path().join("inc/config.h"), "#define X 1\n").unwrap();
+    wait_until("a host-created file that was missing", || inc.join("config.h").exists());
+    assert_eq!(std::fs::read_to_string(inc.join("config.h")).unwrap(), "#define X 1\n");
+
+    // Made through the mount: visible at once, no event needed.
+    std::fs::write(inc.join("missing.h"), "made here").unwrap();
+    assert_eq!(std::fs::read_to_string(inc.join("missing.h")).unwrap(), "made here");
+    assert!(std::fs::metadata(inc.join("later")).is_err());
+    std::fs::create_dir(inc.join("later")).unwrap();
+    assert!(inc.join("later").is_dir(), "mkdir into a remembered miss");
+    assert!(std::fs::metadata(inc.join("moved.h")).is_err());
+    std::fs::rename(inc.join("missing.h"), inc.join("moved.h")).unwrap();
+    assert_eq!(std::fs::read_to_string(inc.join("moved.h")).unwrap(), "made here", "rename onto a remembered miss");
+}

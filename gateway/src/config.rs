@@ -26,6 +26,32 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// The gateway's own exports on `/v2/fs`.
     pub fs: FsConfig,
+    /// Paired nodes: tunnels and the embedded local node.
+    pub nodes: NodesConfig,
+}
+
+/// The `nodes` section (spec `fs-node.md` §7, `unified-v2.md` §8).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodesConfig {
+    /// How long a request relayed through a node's tunnel waits for the reply (then
+    /// `err_fs` 5 `NodeTunnelUnavailable`).
+    pub tunnel_reply_timeout_ms: u64,
+    /// Lease of the embedded node `spiderweb-local` (registered when `fs.exports` is set);
+    /// renewed every half lease.
+    pub local_lease_ttl_ms: u64,
+}
+
+impl Default for NodesConfig {
+    fn default() -> Self {
+        NodesConfig { tunnel_reply_timeout_ms: 45_000, local_lease_ttl_ms: 900_000 }
+    }
+}
+
+impl NodesConfig {
+    pub fn tunnel_reply_timeout(&self) -> Duration {
+        Duration::from_millis(self.tunnel_reply_timeout_ms)
+    }
 }
 
 /// The `fs` section: directories the gateway exports itself on `/v2/fs`, served by the same
@@ -380,6 +406,12 @@ fn validate(c: &Config) -> Result<(), String> {
         return Err("fs.auth_token: required when fs.exports is set (or set SPIDERWEB_FS_AUTH_TOKEN): \
                     anyone who reaches the gateway's port could otherwise use the exports"
             .into());
+    }
+    if !(1..=3_600_000).contains(&c.nodes.tunnel_reply_timeout_ms) {
+        return Err("nodes.tunnel_reply_timeout_ms: must be 1 to 3600000".into());
+    }
+    if !(2_000..=30 * 24 * 3_600_000).contains(&c.nodes.local_lease_ttl_ms) {
+        return Err("nodes.local_lease_ttl_ms: must be 2000 to 2592000000 (30 days)".into());
     }
     if c.fs.max_connections == 0 {
         return Err("fs.max_connections: must be greater than 0".into());

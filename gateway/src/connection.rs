@@ -35,8 +35,10 @@ use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, Pro
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
+use crate::control::watch::WatchChange;
 use crate::control::{self, ConnSession};
 use crate::events::topology::{self, TopologyChange};
+use crate::plane::nodes::watch::{ServiceEvent, Subscription};
 use crate::server::{ConnectionSlot, Shared};
 use crate::worldfs;
 
@@ -117,6 +119,7 @@ pub async fn serve(socket: Socket, shared: Arc<Shared>, role: Role, slot: Connec
 
     let mut pending: JoinSet<worldfs::Completion> = JoinSet::new();
     let mut topology: Option<broadcast::Receiver<TopologyChange>> = None;
+    let mut node_watch: Option<Subscription> = None;
 
     let close: Option<CloseFrame> = loop {
         let negotiated = conn.control_versioned || conn.acheron_versioned;
@@ -142,7 +145,7 @@ pub async fn serve(socket: Socket, shared: Arc<Shared>, role: Role, slot: Connec
                 let binding = conn.binding();
                 let frames = match change {
                     Ok(change) => {
-                        let status = shared.plane.workspace_of(Some(&binding.project_id), &binding.agent_id);
+                        let status = shared.plane.workspace_of(Some(&binding.project_id), conn.viewer());
                         topology::frames(&change, &binding.agent_id, status)
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => vec![topology::resync_frame(crate::plane::now_ms())],
@@ -150,6 +153,27 @@ pub async fn serve(socket: Socket, shared: Arc<Shared>, role: Role, slot: Connec
                 };
                 for frame in frames {
                     out.push("debug.event", frame);
+                }
+                None
+            }
+            Some(received) = next_service_event(&mut node_watch) => {
+                match received {
+                    Ok(event) => {
+                        if let Some(sub) = node_watch.as_ref().filter(|s| s.matches(&event)) {
+                            let visible = control::watch::event_visible(&shared.plane, &conn, &event.node_id);
+                            sub.record_fanout(visible);
+                            if visible {
+                                out.push("control.node_service_event", event.frame.clone());
+                            }
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        if let Some(sub) = node_watch.take() {
+                            sub.record_dropped(missed);
+                            tracing::info!(conn = slot.id(), missed, "node service watcher fell behind; subscription dropped");
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => node_watch = None,
                 }
                 None
             }
@@ -192,6 +216,11 @@ pub async fn serve(socket: Socket, shared: Arc<Shared>, role: Role, slot: Connec
         }
         for request in out.deferred.drain(..) {
             pending.spawn(request);
+        }
+        match conn.node_watch.take() {
+            Some(WatchChange::Subscribe(sub)) => node_watch = Some(sub),
+            Some(WatchChange::Unsubscribe) => node_watch = None,
+            None => {}
         }
         // Subscribe in the same step as the request that asked, so no change slips between.
         if conn.debug_subscribed != topology.is_some() {
@@ -239,6 +268,16 @@ async fn next_change(
 ) -> Option<Result<TopologyChange, broadcast::error::RecvError>> {
     match feed {
         Some(rx) => Some(rx.recv().await),
+        None => std::future::pending().await,
+    }
+}
+
+/// The next catalog event for a watching connection; never resolves for the others.
+async fn next_service_event(
+    sub: &mut Option<Subscription>,
+) -> Option<Result<Arc<ServiceEvent>, broadcast::error::RecvError>> {
+    match sub {
+        Some(sub) => Some(sub.receiver.recv().await),
         None => std::future::pending().await,
     }
 }

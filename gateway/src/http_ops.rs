@@ -65,7 +65,18 @@ fn endpoint<B>(req: &Request<B>, shared: &Shared) -> Option<Response<Full<Bytes>
             let state = shared.plane.lock();
             shared.metrics.projects.set(state.projects.len() as i64);
             shared.metrics.agents.set(state.agents.len() as i64);
+            let now = crate::plane::now_ms();
+            let g = &shared.metrics.nodes;
+            g.invites_active.set(state.nodes.active_invites(now) as i64);
+            g.nodes_online.set(state.nodes.online_count(now) as i64);
+            g.nodes_total.set(state.nodes.nodes.len() as i64);
             drop(state);
+            g.tunnels_connected.set(shared.tunnels.connected() as i64);
+            g.watch_subscribers.set(shared.plane.watch.subscribers() as i64);
+            g.watch_subscribers_peak.set(shared.plane.watch.subscribers_peak() as i64);
+            g.watch_retained_events.set(shared.plane.watch.retained_len() as i64);
+            g.watch_retained_capacity.set(shared.plane.watch.settings.capacity as i64);
+            g.watch_retained_window_ms.set(shared.plane.watch.retained_window_ms());
             let (running, queued) = shared.runtime.load();
             shared.metrics.turns_running.set(running as i64);
             shared.metrics.turns_queued.set(queued as i64);

@@ -6,8 +6,9 @@
 //! - [`control`]: the `control.*` channel, per connection (handshake, session bindings).
 //! - [`worldfs`]: the `acheron.t_*` world filesystem, per connection.
 //! - [`events`]: signals and event waits shared by the sessions of one agent and project.
-//! - [`plane`]: shared control-plane state (agents, projects, history, audit).
+//! - [`plane`]: shared control-plane state (agents, projects, nodes, history, audit).
 //! - [`store`]: durable state behind one trait (SQLite now).
+//! - [`tunnel`]: paired nodes' reverse tunnels (`/v2/node`) and the relay to them (`/v2/fs/node/<id>`).
 //! - [`providers`]: model requests and streamed replies per provider (no network, no keys),
 //!   plugin providers, the model catalog and the retry policy.
 //! - [`tokens`], [`config`], [`metrics`], [`http_ops`]: the rest of running a server.
@@ -26,4 +27,5 @@ pub mod runtime;
 pub mod server;
 pub mod store;
 pub mod tokens;
+pub mod tunnel;
 pub mod worldfs;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use clap::{Parser, ValueEnum};
 use spiderweb_fsnode::node::{NodeConfig, NodeState};
-use spiderweb_gateway::plane::{ControlPlane, ScopeTokenDigests, now_ms};
+use spiderweb_gateway::plane::{ControlPlane, ScopeTokenDigests, nodes, now_ms};
 use spiderweb_gateway::runtime::{Runtime, Settings};
 use spiderweb_gateway::store::Store;
 use spiderweb_gateway::store::sqlite::SqliteStore;
@@ -188,7 +188,20 @@ async fn run(
     );
     let runtime = Arc::new(Runtime::new(settings, store, shutdown.clone()).context("cannot start the agent runtime")?);
     let fs_node = local_exports(&cfg.fs)?;
-    let shared = server::Shared::new(cfg, plane, Metrics::new(), runtime, fs_node, shutdown);
+    let local_node = local_node(&cfg, addr);
+    let mut metrics = Metrics::new();
+    metrics.register_nodes(&plane);
+    let shared = server::Shared::new(cfg, plane, metrics, runtime, fs_node, shutdown);
+    match local_node {
+        Some((local, mounts)) => {
+            tokio::spawn(nodes::local::renew_forever(shared.clone(), local, mounts, shared.shutdown.clone()));
+        }
+        None => {
+            if shared.plane.forget_node(nodes::local::LOCAL_NODE_ID).unwrap_or(false) {
+                tracing::info!("fs.exports is gone: removed the local node and its mounts");
+            }
+        }
+    }
     if let Some(listener) = metrics_listener {
         println!("  metrics port: http://{}/metrics", listener.local_addr()?);
         tokio::spawn(server::serve_metrics(listener, shared.clone()));
@@ -225,6 +238,20 @@ fn local_exports(fs: &config::FsConfig) -> anyhow::Result<Option<Arc<NodeState>>
     .context("cannot open the fs.exports")?;
     println!("  fs:       ws://<this address>{} exports {}", server::FS_PATH, names.join(", "));
     Ok(Some(node))
+}
+
+/// The embedded node `spiderweb-local` and its `system` mounts, when `fs.exports` is set.
+fn local_node(cfg: &config::Config, addr: std::net::SocketAddr) -> Option<(nodes::LocalNode, Vec<(String, String)>)> {
+    let exports = ExportSpec::parse_all(&cfg.fs.exports).ok().filter(|e| !e.is_empty())?;
+    let names: Vec<String> = exports.iter().map(|e| e.name.clone()).collect();
+    let local = nodes::LocalNode {
+        id: nodes::local::LOCAL_NODE_ID.into(),
+        name: nodes::local::LOCAL_NODE_ID.into(),
+        fs_url: format!("ws://{addr}{}", server::FS_PATH),
+        secret: cfg.fs.token()?,
+        lease_ttl_ms: cfg.nodes.local_lease_ttl_ms,
+    };
+    Some((local, nodes::local::system_mounts(&names)))
 }
 
 /// `SPIDERWEB_METRICS_PORT` (spec unified-v2 §1): a separate plain-HTTP listener for the

@@ -33,6 +33,21 @@ pub struct Metrics {
     pub agents: Gauge,
     pub turns_running: Gauge,
     pub turns_queued: Gauge,
+    pub nodes: NodeGauges,
+}
+
+/// Node gauges, set from the control plane when `/metrics` is rendered (spec §9.3).
+#[derive(Default)]
+pub struct NodeGauges {
+    pub invites_active: Gauge,
+    pub nodes_online: Gauge,
+    pub nodes_total: Gauge,
+    pub tunnels_connected: Gauge,
+    pub watch_subscribers: Gauge,
+    pub watch_subscribers_peak: Gauge,
+    pub watch_retained_events: Gauge,
+    pub watch_retained_capacity: Gauge,
+    pub watch_retained_window_ms: Gauge,
 }
 
 impl Metrics {
@@ -106,6 +121,64 @@ impl Metrics {
             agents,
             turns_running,
             turns_queued,
+            nodes: NodeGauges::default(),
+        }
+    }
+
+    /// Registers the control plane's node counters (they live in the plane, which counts) and
+    /// the node gauges.
+    pub fn register_nodes(&mut self, plane: &crate::plane::ControlPlane) {
+        let c = &plane.node_counters;
+        let r = &mut self.registry;
+        r.register("spiderweb_invites_created", "Node invites created", c.invites_created.clone());
+        r.register("spiderweb_invites_redeemed", "Node invites redeemed", c.invites_redeemed.clone());
+        r.register("spiderweb_node_joins", "Nodes paired (invite or approved request)", c.joins.clone());
+        r.register("spiderweb_node_lease_refresh", "Node lease refreshes", c.lease_refreshes.clone());
+        r.register("spiderweb_nodes_ensured", "Renewals of the embedded local node", c.ensured.clone());
+        r.register("spiderweb_node_deletes", "Nodes deleted", c.deletes.clone());
+        r.register("spiderweb_lease_reap_nodes", "Nodes removed because their lease expired", c.reaped.clone());
+        let g = &self.nodes;
+        r.register("spiderweb_invites_active", "Invites neither redeemed nor expired", g.invites_active.clone());
+        r.register("spiderweb_nodes_online", "Paired nodes with a live lease", g.nodes_online.clone());
+        r.register("spiderweb_nodes_total", "Paired nodes", g.nodes_total.clone());
+        r.register("spiderweb_node_tunnels_connected", "Nodes with a connected tunnel", g.tunnels_connected.clone());
+        r.register(
+            "spiderweb_node_service_watch_subscribers",
+            "Connections watching node service events",
+            g.watch_subscribers.clone(),
+        );
+        r.register(
+            "spiderweb_node_service_watch_subscribers_peak",
+            "Most connections watching at once",
+            g.watch_subscribers_peak.clone(),
+        );
+        r.register(
+            "spiderweb_node_service_watch_retained_events",
+            "Node service events retained for replay",
+            g.watch_retained_events.clone(),
+        );
+        r.register(
+            "spiderweb_node_service_watch_retained_capacity",
+            "Node service events that can be retained",
+            g.watch_retained_capacity.clone(),
+        );
+        r.register(
+            "spiderweb_node_service_watch_retained_window_ms",
+            "Time between the oldest and newest retained event",
+            g.watch_retained_window_ms.clone(),
+        );
+        let w = &plane.watch.counters;
+        for (name, help, counter) in [
+            ("replay_requests", "Watch requests that asked for a replay", &w.replay_requests),
+            ("replay_attempted", "Retained events examined for replays", &w.replay_attempted),
+            ("replay_sent", "Events sent as replays", &w.replay_sent),
+            ("replay_bytes", "Bytes sent as replays", &w.replay_bytes),
+            ("fanout_events", "Node service events published", &w.fanout_events),
+            ("fanout_attempted", "Events offered to a matching watcher", &w.fanout_attempted),
+            ("fanout_sent", "Events pushed to a watcher that may see them", &w.fanout_sent),
+            ("fanout_dropped", "Events lost by watchers that fell behind (and were dropped)", &w.fanout_dropped),
+        ] {
+            r.register(format!("spiderweb_node_service_watch_{name}"), help, counter.clone());
         }
     }
 

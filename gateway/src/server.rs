@@ -53,6 +53,8 @@ pub struct Shared {
     pub runtime: Arc<Runtime>,
     /// The gateway's own exports (`fs.exports`), served on `/v2/fs`.
     pub fs_node: Option<Arc<NodeState>>,
+    /// Paired nodes' tunnels (`/v2/node`), used by the relay (`/v2/fs/node/<id>`).
+    pub tunnels: crate::tunnel::Registry,
     pub shutdown: CancellationToken,
     tasks: TaskTracker,
     open: AtomicUsize,
@@ -72,6 +74,7 @@ impl Shared {
         shutdown: CancellationToken,
     ) -> Arc<Shared> {
         Arc::new(Shared {
+            tunnels: crate::tunnel::Registry::new(config.nodes.tunnel_reply_timeout()),
             config,
             plane,
             events: EventHub::default(),
@@ -107,6 +110,12 @@ impl Shared {
         self.metrics.connections_active.inc();
         self.metrics.connections_total.inc();
         Ok(ConnectionSlot { shared: self.clone(), token, id: self.next_id.fetch_add(1, Ordering::Relaxed) })
+    }
+}
+
+impl AsRef<ControlPlane> for Shared {
+    fn as_ref(&self) -> &ControlPlane {
+        &self.plane
     }
 }
 
@@ -287,9 +296,15 @@ fn route(mut req: Request<Incoming>, shared: &Arc<Shared>) -> Response<Full<Byte
         }
     };
     let upgrade = hyper::upgrade::on(&mut req);
+    let route = WsRoute::of(&path);
+    let max_frame = match route {
+        WsRoute::NodeTunnel => crate::tunnel::TUNNEL_MAX_FRAME_BYTES,
+        WsRoute::NodeRelay(_) => crate::tunnel::RELAY_MAX_FRAME_BYTES,
+        _ => shared.config.server.max_frame_bytes,
+    };
     let ws_config = WebSocketConfig::default()
-        .max_message_size(Some(shared.config.server.max_frame_bytes))
-        .max_frame_size(Some(shared.config.server.max_frame_bytes))
+        .max_message_size(Some(max_frame))
+        .max_frame_size(Some(max_frame))
         // Small buffers keep an idle connection cheap; large frames grow them on demand.
         .read_buffer_size(4096)
         .write_buffer_size(0);
@@ -303,14 +318,24 @@ fn route(mut req: Request<Incoming>, shared: &Arc<Shared>) -> Response<Full<Byte
             }
         };
         let socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), WsRole::Server, Some(ws_config)).await;
-        match (path.as_str(), role) {
-            ("/", Some((role, _))) => crate::connection::serve(socket, task_shared, role, slot).await,
-            ("/", None) => {
+        match (route, role) {
+            (WsRoute::Main, Some((role, _))) => crate::connection::serve(socket, task_shared, role, slot).await,
+            (WsRoute::Main, None) => {
                 tracing::info!("refused a connection without a valid bearer token");
                 crate::connection::refuse(socket, &task_shared, code::PROVIDER_AUTH_FAILED, "forbidden").await;
             }
             // The node protocol authenticates in its hello (fs.auth_token), as a node does.
-            (FS_PATH, _) => match task_shared.fs_node.clone() {
+            // A node authenticates in its tunnel hello (node_id + node_secret).
+            (WsRoute::NodeTunnel, _) => {
+                let _slot = slot;
+                crate::tunnel::link::serve(socket, task_shared).await
+            }
+            // A relay client authenticates in its fs hello (auth_token = the node's secret).
+            (WsRoute::NodeRelay(node_id), _) => {
+                let _slot = slot;
+                crate::tunnel::relay::serve(socket, task_shared, node_id).await
+            }
+            (WsRoute::LocalFs, _) => match task_shared.fs_node.clone() {
                 Some(node) => {
                     let _slot = slot;
                     spiderweb_fsnode::node::serve_connection(socket, node).await
@@ -339,6 +364,30 @@ fn route(mut req: Request<Incoming>, shared: &Arc<Shared>) -> Response<Full<Byte
         h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
     r
+}
+
+/// Where an upgraded connection goes (spec unified-v2 §1.3).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum WsRoute {
+    Main,
+    LocalFs,
+    NodeTunnel,
+    NodeRelay(String),
+    Unknown,
+}
+
+impl WsRoute {
+    fn of(path: &str) -> WsRoute {
+        match path {
+            "/" => WsRoute::Main,
+            FS_PATH => WsRoute::LocalFs,
+            "/v2/node" | "/v2/node/" => WsRoute::NodeTunnel,
+            _ => match path.strip_prefix("/v2/fs/node/") {
+                Some(id) if spiderweb_policy::session::valid_identifier(id, 128) => WsRoute::NodeRelay(id.to_owned()),
+                _ => WsRoute::Unknown,
+            },
+        }
+    }
 }
 
 fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {

@@ -14,6 +14,7 @@
 //! - [`sandbox`]: sandbox profiles of tool workers, protected paths, resource limits, and the
 //!   profile of each tenant/project.
 //! - [`approval`]: when a command needs a human's approval, and what each answer means.
+//! - [`service_access`]: whether a user may see a node service (and the mounts it covers).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -26,6 +27,7 @@ pub mod project_access;
 pub mod role;
 pub mod sandbox;
 pub mod scope;
+pub mod service_access;
 pub mod session;
 
 pub use peer::UidAllowlist;

@@ -1,4 +1,7 @@
 //! `spiderweb-fs-mount`: the client and router of spec §9 — one-shot commands and a FUSE mount.
+//!
+//! Endpoints come from `--endpoint` flags and/or a gateway's workspace (`--workspace-url`,
+//! §9.2); in `mount` mode the workspace is fetched again every `--workspace-sync-interval-ms`.
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -6,7 +9,9 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use spiderweb_fsnode::client::CallError;
-use spiderweb_fsnode::router::{EndpointSpec, Router};
+use spiderweb_fsnode::control::ControlUrl;
+use spiderweb_fsnode::router::workspace::Workspace;
+use spiderweb_fsnode::router::{EndpointConfig, EndpointSpec, Router};
 
 #[derive(Parser, Debug)]
 #[command(name = "spiderweb-fs-mount", version, about = "Mount client and router for spiderweb fs nodes")]
@@ -15,9 +20,20 @@ struct Cli {
     /// over to each other. Default `a=ws://127.0.0.1:18891/v2/fs` at `/a`.
     #[arg(long = "endpoint", value_parser = EndpointSpec::parse)]
     endpoints: Vec<EndpointSpec>,
-    /// Token for every endpoint's hello.
+    /// Token for every `--endpoint`'s hello, and the bearer token of `--workspace-url`.
     #[arg(long, env = "SPIDERWEB_AUTH_TOKEN", hide_env_values = true)]
     auth_token: Option<String>,
+    /// Gateway whose workspace (`control.workspace_status`) lists the mounts: `ws://host:port/`.
+    #[arg(long)]
+    workspace_url: Option<String>,
+    /// Project whose workspace is mounted (default: the session's active project).
+    #[arg(long, requires = "workspace_url")]
+    project_id: Option<String>,
+    #[arg(long, requires = "project_id")]
+    project_token: Option<String>,
+    /// How often `mount` re-reads the workspace and adds/removes endpoints.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=86_400_000))]
+    workspace_sync_interval_ms: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -79,7 +95,7 @@ const CAT_CHUNK: u32 = 256 * 1024;
 fn main() -> ExitCode {
     spiderweb_service::logging::init(spiderweb_service::logging::LogFormat::detect(), "warn", "SPIDERWEB_LOG");
     let mut cli = Cli::parse();
-    if cli.endpoints.is_empty() {
+    if cli.endpoints.is_empty() && cli.workspace_url.is_none() {
         cli.endpoints.push(EndpointSpec::parse("a=ws://127.0.0.1:18891/v2/fs").expect("default endpoint parses"));
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -89,8 +105,43 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let router = Router::new(cli.endpoints, cli.auth_token.filter(|t| !t.is_empty()));
+    let auth_token = cli.auth_token.filter(|t| !t.is_empty());
+    let flag_endpoints: Vec<EndpointConfig> =
+        cli.endpoints.into_iter().map(|spec| EndpointConfig { spec, auth_token: auth_token.clone() }).collect();
+    let mut endpoints = flag_endpoints.clone();
+    let workspace = match &cli.workspace_url {
+        None => None,
+        Some(url) => {
+            let hydrated = ControlUrl::parse(url).map_err(anyhow::Error::from).and_then(|control| {
+                let workspace = Workspace {
+                    control,
+                    token: auth_token.clone(),
+                    project_id: cli.project_id.clone(),
+                    project_token: cli.project_token.clone(),
+                };
+                let found = runtime.block_on(workspace.fetch())?;
+                Ok((workspace, found))
+            });
+            match hydrated {
+                Ok((workspace, found)) => {
+                    endpoints.extend(found);
+                    Some(workspace)
+                }
+                Err(e) => {
+                    eprintln!("spiderweb-fs-mount: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
+    let router = Router::empty();
+    router.set_endpoints(endpoints);
     if let Command::Mount { mountpoint } = cli.command {
+        if let Some(workspace) = workspace {
+            let _enter = runtime.enter();
+            let every = std::time::Duration::from_millis(cli.workspace_sync_interval_ms);
+            workspace.spawn_sync(Arc::downgrade(&router), every, flag_endpoints);
+        }
         return match spiderweb_fsnode::fuse::mount(router, runtime, &mountpoint) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -50,10 +50,19 @@ impl CallError {
 }
 
 impl From<FsError> for CallError {
+    /// A node's answer, except a gateway relay saying the node's tunnel is down: that is the
+    /// endpoint being unreachable (retry elsewhere), not the operation failing.
     fn from(e: FsError) -> Self {
+        if e.errno == Errno::Io && RELAY_UNAVAILABLE.contains(&e.message.as_str()) {
+            return CallError::Transport(format!("gateway relay: {}", e.message));
+        }
         CallError::Fs(e)
     }
 }
+
+/// What a gateway's `/v2/fs/node/<id>` answers (errno 5) while the node's tunnel is down:
+/// to requests, and to a hello.
+const RELAY_UNAVAILABLE: [&str; 2] = ["NodeTunnelUnavailable", "node tunnel is unavailable"];
 
 /// What came back for a tag: a JSON frame, or (binary data frames) the bytes of a read.
 #[derive(Debug)]
@@ -198,8 +207,28 @@ impl FsClient {
         self.transport.call_json(op, node, h, payload).await
     }
 
-    /// `t_fs_read`: the bytes and whether the end of the file was reached.
+    /// Up to `len` bytes at `off` and whether the end of the file was reached, in as many
+    /// `t_fs_read`s as the node's `max_read` needs (128 KiB through a gateway's tunnel).
     pub async fn read(&self, h: u64, off: u64, len: u32) -> Result<(Vec<u8>, bool), CallError> {
+        let chunk = self.hello.caps.max_read.clamp(1, wire::MAX_READ);
+        if len <= chunk {
+            return self.read_once(h, off, len).await;
+        }
+        let mut data = Vec::with_capacity(len as usize);
+        while data.len() < len as usize {
+            let want = chunk.min(len - data.len() as u32);
+            let (part, eof) = self.read_once(h, off + data.len() as u64, want).await?;
+            let short = part.len() < want as usize;
+            data.extend_from_slice(&part);
+            if eof || short {
+                return Ok((data, true));
+            }
+        }
+        Ok((data, false))
+    }
+
+    /// One `t_fs_read`.
+    async fn read_once(&self, h: u64, off: u64, len: u32) -> Result<(Vec<u8>, bool), CallError> {
         let payload = json!({"off": off, "len": len});
         let request = |tag| Outbound::Text(wire::render_request("read", tag, None, Some(h), &payload));
         match self.transport.exchange_with(request).await? {
@@ -216,8 +245,23 @@ impl FsClient {
         }
     }
 
-    /// `t_fs_write`: bytes written. A binary frame when negotiated, base64 JSON otherwise.
+    /// Writes `data` at `off` in as many `t_fs_write`s as the node's `max_write` needs; the
+    /// bytes written.
     pub async fn write(&self, h: u64, off: u64, data: &[u8]) -> Result<u64, CallError> {
+        let chunk = self.hello.caps.max_write.clamp(1, wire::MAX_WRITE) as usize;
+        let mut written = 0u64;
+        for part in data.chunks(chunk.max(1)) {
+            let n = self.write_once(h, off + written, part).await?;
+            written += n;
+            if n < part.len() as u64 {
+                break;
+            }
+        }
+        Ok(written)
+    }
+
+    /// One `t_fs_write`. A binary frame when negotiated, base64 JSON otherwise.
+    async fn write_once(&self, h: u64, off: u64, data: &[u8]) -> Result<u64, CallError> {
         let reply = if self.hello.caps.binary_data {
             let frame =
                 self.transport.exchange_with(|tag| Outbound::Binary(wire::binary::write_request(tag, h, off, data)));
@@ -247,7 +291,7 @@ impl FsClient {
 
 fn json_reply(reply: Reply) -> Result<Value, CallError> {
     match reply {
-        Reply::Json(frame) => wire::parse_reply(&frame).map_err(CallError::Fs),
+        Reply::Json(frame) => wire::parse_reply(&frame).map_err(CallError::from),
         Reply::Data { .. } => Err(CallError::Transport("unexpected binary reply".into())),
     }
 }

@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 use spiderweb_policy::export::ExportSpec;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-pub use connection::serve_connection;
+pub use connection::{TUNNEL_PING, TUNNEL_SILENCE, serve_connection, serve_tunnel};
 pub use exports::{Export, ExportError};
 
 /// Default time a connection has to send its hello.
@@ -70,8 +70,9 @@ pub struct NodeState {
     handles: handles::HandleTable,
     hub: events::EventHub,
     watcher: OnceLock<watch::Watcher>,
-    /// SHA-256 of the configured token: compared in constant time, never logged.
-    auth_digest: Option<[u8; 32]>,
+    /// SHA-256 of the token hellos must carry: compared in constant time, never logged. Set
+    /// at start, or (daemon mode) once paired, before the tunnel serves anything.
+    auth_digest: OnceLock<[u8; 32]>,
     connections: Arc<Semaphore>,
     hello_timeout: std::time::Duration,
     hide_sandbox_dir: bool,
@@ -99,7 +100,7 @@ impl NodeState {
             handles: handles::HandleTable::default(),
             hub: events::EventHub::default(),
             watcher: OnceLock::new(),
-            auth_digest: config.auth_token.map(|t| Sha256::digest(t.as_bytes()).into()),
+            auth_digest: config.auth_token.map(|t| OnceLock::from(digest(&t))).unwrap_or_default(),
             connections: Arc::new(Semaphore::new(config.max_connections)),
             hello_timeout: config.hello_timeout,
             hide_sandbox_dir: config.hide_sandbox_dir,
@@ -120,6 +121,13 @@ impl NodeState {
         Ok(())
     }
 
+    /// Requires hellos to carry `token` from now on. `false` (and no change) when a different
+    /// token was already required: the node never swaps its token under live connections.
+    pub fn require_auth_token(&self, token: &str) -> bool {
+        let wanted = digest(token);
+        *self.auth_digest.get_or_init(|| wanted) == wanted
+    }
+
     /// A connection slot, or `None` when the node is at its connection limit.
     pub fn try_admit(&self) -> Option<OwnedSemaphorePermit> {
         Arc::clone(&self.connections).try_acquire_owned().ok()
@@ -135,4 +143,8 @@ impl NodeState {
             watcher.watch(export, rel, id);
         }
     }
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
 }

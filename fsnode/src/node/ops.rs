@@ -48,6 +48,9 @@ pub struct Ctx<'a> {
     pub state: &'a NodeState,
     pub quota: &'a Arc<HandleQuota>,
     pub events: Vec<Event>,
+    /// Largest read returned / write accepted on this connection (the hello's `max_read` and
+    /// `max_write`): `MAX_READ`, less on the tunnel, whose frames the gateway caps.
+    pub max_io: u32,
 }
 
 /// Runs one op (not `hello`, which the connection handles) and renders its reply frame.
@@ -307,10 +310,10 @@ pub fn read_binary(ctx: &Ctx<'_>, req: &Request<'_>) -> Result<Vec<u8>, FsError>
     Ok(frame)
 }
 
-/// Appends up to `len` (capped at `MAX_READ`) bytes at `off` to `buf`; `true` on a short read.
+/// Appends up to `len` (capped at `ctx.max_io`) bytes at `off` to `buf`; `true` on a short read.
 fn read_into(ctx: &Ctx<'_>, h: u64, args: &Args<'_>, buf: &mut Vec<u8>) -> Result<bool, FsError> {
     let off = args.opt_u64("off")?.unwrap_or(0);
-    let len = args.opt_u32("len")?.unwrap_or(wire::READ_DEFAULT_LEN).min(wire::MAX_READ) as usize;
+    let len = args.opt_u32("len")?.unwrap_or(wire::READ_DEFAULT_LEN).min(ctx.max_io) as usize;
     let handle = ctx.state.handles.get(h)?;
     if !handle.readable {
         return Err(FsError::new(Errno::BadF, "handle not readable"));
@@ -338,7 +341,7 @@ fn write(ctx: &mut Ctx<'_>, h: u64, args: &Args<'_>) -> Result<Value, FsError> {
 
 /// `t_fs_write` with its data already decoded (JSON base64 or a binary frame).
 pub fn write_bytes(ctx: &mut Ctx<'_>, h: u64, off: u64, data: &[u8]) -> Result<Value, FsError> {
-    if data.len() > wire::MAX_WRITE as usize {
+    if data.len() > ctx.max_io as usize {
         return Err(FsError::new(Errno::Inval, "WRITE exceeds max_write"));
     }
     let handle = ctx.state.handles.get(h)?;

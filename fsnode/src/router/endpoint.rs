@@ -56,6 +56,27 @@ impl EndpointSpec {
     }
 }
 
+impl EndpointSpec {
+    /// An endpoint from its parts (a workspace's mount list), checked like `--endpoint`.
+    pub fn from_parts(name: &str, url: &str, export: Option<&str>, mount: &str) -> Result<EndpointSpec, EndpointError> {
+        if name.is_empty() {
+            return Err(EndpointError::EmptyName);
+        }
+        if export == Some("") {
+            return Err(EndpointError::EmptyExport);
+        }
+        if !url.starts_with("ws://") {
+            return Err(EndpointError::NotWebSocket(url.to_owned()));
+        }
+        Ok(EndpointSpec {
+            name: name.to_owned(),
+            url: url.to_owned(),
+            export: export.map(str::to_owned),
+            mount: normalise_mount(mount)?,
+        })
+    }
+}
+
 fn normalise_mount(mount: &str) -> Result<String, EndpointError> {
     let parts: Vec<&str> = mount.split('/').filter(|p| !p.is_empty()).collect();
     if parts.iter().any(|p| *p == "." || *p == "..") {

@@ -10,14 +10,21 @@
 //! Node ids are cached per endpoint by path; an ENOENT on a cached id (the node restarted,
 //! the file was replaced on the host) drops the cache for that path and the lookup is redone
 //! from the export root once. Open handles are cached per endpoint and path; after a failover
-//! the file is simply reopened on the new endpoint at the same offset.
+//! the file is simply reopened on the new endpoint at the same offset. Names known to be
+//! missing are answered from the negative cache (`negative`).
+//!
+//! The endpoint list may change while the router runs ([`Router::set_endpoints`], driven by
+//! the workspace sync in `workspace`): each endpoint has an id that is never reused, and every
+//! cache is keyed by it, so nothing learned about a removed endpoint can leak into a new one.
 
 pub mod endpoint;
+pub mod negative;
 pub mod score;
+pub mod workspace;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -27,6 +34,7 @@ use tokio::sync::broadcast;
 
 use crate::client::{CallError, FsClient};
 pub use endpoint::EndpointSpec;
+use negative::NegativeCache;
 
 /// Health checks at most this often per endpoint.
 pub const HEALTH_INTERVAL: Duration = Duration::from_millis(2000);
@@ -67,7 +75,12 @@ struct EndpointState {
 
 #[derive(Debug)]
 struct Endpoint {
+    /// Unique for the router's life (never reused), so caches keyed by it cannot mix up an
+    /// endpoint removed by a workspace sync with one added later.
+    id: usize,
     spec: EndpointSpec,
+    /// The token of this endpoint's hello (`fs_auth_token` when hydrated from a workspace).
+    auth_token: Option<String>,
     state: Mutex<EndpointState>,
     /// Held while connecting, so concurrent callers (health checks, FUSE threads) share one
     /// new connection instead of racing to replace each other's.
@@ -80,12 +93,38 @@ struct CachedHandle {
     writable: bool,
 }
 
+impl Endpoint {
+    fn state(&self) -> std::sync::MutexGuard<'_, EndpointState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// An endpoint and the token its hello carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointConfig {
+    pub spec: EndpointSpec,
+    pub auth_token: Option<String>,
+}
+
 /// Where a path leads.
 enum Target {
-    /// Inside the group whose mount path is `mount`, at `rel` below the export root.
-    Export { group: Vec<usize>, rel: Vec<String> },
+    /// Inside a failover group (endpoints sharing one mount path), at `rel` below its root.
+    Export { group: Vec<Arc<Endpoint>>, rel: Vec<String> },
     /// A directory that only exists because mount paths pass through it.
     Virtual { children: Vec<String> },
+}
+
+/// Why a path did not resolve.
+enum Miss {
+    /// The negative cache knows a component is missing: final, no retry from the root.
+    Known,
+    Call(CallError),
+}
+
+impl From<CallError> for Miss {
+    fn from(e: CallError) -> Self {
+        Miss::Call(e)
+    }
 }
 
 /// One try of an operation on one endpoint.
@@ -97,9 +136,11 @@ struct Attempt {
 }
 
 pub struct Router {
-    endpoints: Vec<Endpoint>,
-    auth_token: Option<String>,
+    endpoints: RwLock<Vec<Arc<Endpoint>>>,
+    next_endpoint_id: AtomicUsize,
     failovers: AtomicU64,
+    /// Lookups known to fail, per directory (§9.3).
+    negative: NegativeCache,
     /// (endpoint, relative path) → node id, and the reverse for events.
     ids: Mutex<HashMap<(usize, String), u64>>,
     paths: Mutex<HashMap<(usize, u64), String>>,
@@ -131,19 +172,22 @@ fn fs_err(errno: Errno, message: &str) -> CallError {
 }
 
 impl Router {
+    /// A router over `specs`, every hello carrying `auth_token`.
     pub fn new(specs: Vec<EndpointSpec>, auth_token: Option<String>) -> Arc<Router> {
-        let endpoints = specs
-            .into_iter()
-            .map(|spec| Endpoint {
-                spec,
-                state: Mutex::new(EndpointState::default()),
-                connecting: tokio::sync::Mutex::new(()),
-            })
-            .collect();
+        let router = Self::empty();
+        router.set_endpoints(
+            specs.into_iter().map(|spec| EndpointConfig { spec, auth_token: auth_token.clone() }).collect(),
+        );
+        router
+    }
+
+    /// A router without endpoints (see [`Router::set_endpoints`]).
+    pub fn empty() -> Arc<Router> {
         Arc::new(Router {
-            endpoints,
-            auth_token,
+            endpoints: RwLock::default(),
+            next_endpoint_id: AtomicUsize::new(0),
             failovers: AtomicU64::new(0),
+            negative: NegativeCache::default(),
             ids: Mutex::default(),
             paths: Mutex::default(),
             handles: Mutex::default(),
@@ -157,13 +201,68 @@ impl Router {
         self.failovers.load(Ordering::Relaxed)
     }
 
+    /// Lookups answered from the negative cache.
+    pub fn negative_lookup_hits_total(&self) -> u64 {
+        self.negative.hits()
+    }
+
+    /// Makes `configs` the router's endpoints: endpoints already present (same spec and token)
+    /// stay as they are, with their connections; the others are added or removed, and what was
+    /// cached about a removed one is dropped. Failover groups follow the mount paths. Returns
+    /// `(added, removed)`.
+    pub fn set_endpoints(&self, configs: Vec<EndpointConfig>) -> (usize, usize) {
+        let mut endpoints = self.endpoints.write().unwrap_or_else(|p| p.into_inner());
+        let same = |e: &Endpoint, c: &EndpointConfig| e.spec == c.spec && e.auth_token == c.auth_token;
+        let removed: Vec<usize> =
+            endpoints.iter().filter(|e| !configs.iter().any(|c| same(e, c))).map(|e| e.id).collect();
+        let mut changed_mounts: Vec<String> =
+            endpoints.iter().filter(|e| removed.contains(&e.id)).map(|e| e.spec.mount.clone()).collect();
+        endpoints.retain(|e| !removed.contains(&e.id));
+        let mut added = 0;
+        for config in configs {
+            if endpoints.iter().any(|e| same(e, &config)) {
+                continue;
+            }
+            added += 1;
+            changed_mounts.push(config.spec.mount.clone());
+            endpoints.push(Arc::new(Endpoint {
+                id: self.next_endpoint_id.fetch_add(1, Ordering::Relaxed),
+                spec: config.spec,
+                auth_token: config.auth_token,
+                state: Mutex::new(EndpointState::default()),
+                connecting: tokio::sync::Mutex::new(()),
+            }));
+        }
+        drop(endpoints);
+        for id in &removed {
+            self.forget_endpoint(*id);
+        }
+        if added > 0 || !removed.is_empty() {
+            self.listings.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            // The namespace changed shape: a mount's own listing and its parents' (down to `/`).
+            changed_mounts.push("/".into());
+            for mount in changed_mounts {
+                let mut path = mount.as_str();
+                loop {
+                    let _ = self.events.send(PathEvent { path: path.to_owned(), dir_listing: true });
+                    match path.rsplit_once('/') {
+                        Some(("", _)) if path != "/" => path = "/",
+                        Some((parent, _)) if !parent.is_empty() => path = parent,
+                        _ => break,
+                    }
+                }
+            }
+        }
+        (added, removed.len())
+    }
+
+    fn snapshot(&self) -> Vec<Arc<Endpoint>> {
+        self.endpoints.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Changes reported by the nodes, as paths.
     pub fn subscribe(&self) -> broadcast::Receiver<PathEvent> {
         self.events.subscribe()
-    }
-
-    fn state(&self, ep: usize) -> std::sync::MutexGuard<'_, EndpointState> {
-        self.endpoints[ep].state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     // ---- routing ---------------------------------------------------------------------------
@@ -173,8 +272,9 @@ impl Router {
         if comps.iter().any(|c| c == "..") {
             return Err(fs_err(Errno::Inval, "invalid child name"));
         }
+        let endpoints = self.snapshot();
         let mut best: Option<(usize, &str)> = None;
-        for ep in &self.endpoints {
+        for ep in &endpoints {
             let mount = components(&ep.spec.mount);
             let is_prefix = comps.len() >= mount.len() && comps[..mount.len()] == mount[..];
             if is_prefix && best.is_none_or(|(len, _)| mount.len() > len) {
@@ -182,11 +282,10 @@ impl Router {
             }
         }
         if let Some((len, mount)) = best {
-            let group = (0..self.endpoints.len()).filter(|i| self.endpoints[*i].spec.mount == mount).collect();
+            let group = endpoints.iter().filter(|e| e.spec.mount == mount).cloned().collect();
             return Ok(Target::Export { group, rel: comps[len..].to_vec() });
         }
-        let mut children: Vec<String> = self
-            .endpoints
+        let mut children: Vec<String> = endpoints
             .iter()
             .map(|ep| components(&ep.spec.mount))
             .filter(|mount| mount.len() > comps.len() && mount[..comps.len()] == comps[..])
@@ -200,12 +299,12 @@ impl Router {
         Ok(Target::Virtual { children })
     }
 
-    fn ranked(&self, group: &[usize], needs_write: bool) -> Vec<usize> {
+    fn ranked(&self, group: Vec<Arc<Endpoint>>, needs_write: bool) -> Vec<Arc<Endpoint>> {
         let now = Instant::now();
-        let mut scored: Vec<(i64, usize)> = group
-            .iter()
-            .map(|&ep| {
-                let st = self.state(ep);
+        let mut scored: Vec<(i64, Arc<Endpoint>)> = group
+            .into_iter()
+            .map(|ep| {
+                let st = ep.state();
                 let health = score::Health {
                     // Never checked yet counts as healthy: the first try decides.
                     healthy: st.healthy || st.last_check.is_none(),
@@ -215,15 +314,16 @@ impl Router {
                     since_success: st.last_success.map(|t| now - t),
                     since_failure: st.last_failure.map(|t| now - t),
                 };
+                drop(st);
                 (score::score(&health, needs_write), ep)
             })
             .collect();
-        scored.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        scored.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.id.cmp(&b.1.id)));
         scored.into_iter().map(|(_, ep)| ep).collect()
     }
 
-    fn mark(&self, ep: usize, ok: bool) {
-        let mut st = self.state(ep);
+    fn mark(&self, ep: &Endpoint, ok: bool) {
+        let mut st = ep.state();
         let now = Instant::now();
         st.last_check = Some(now);
         st.last_check_ms = now_ms();
@@ -242,24 +342,24 @@ impl Router {
     }
 
     /// The endpoint's connection, connecting (hello + exports) when there is none.
-    fn connected(&self, ep: usize) -> Option<(Arc<FsClient>, u64)> {
-        let st = self.state(ep);
+    fn connected(&self, ep: &Endpoint) -> Option<(Arc<FsClient>, u64)> {
+        let st = ep.state();
         match (&st.client, &st.export) {
             (Some(client), Some(export)) if !client.is_closed() => Some((Arc::clone(client), export.root)),
             _ => None,
         }
     }
 
-    async fn connect(self: &Arc<Self>, ep: usize) -> Result<(Arc<FsClient>, u64), CallError> {
+    async fn connect(self: &Arc<Self>, ep: &Arc<Endpoint>) -> Result<(Arc<FsClient>, u64), CallError> {
         if let Some(connected) = self.connected(ep) {
             return Ok(connected);
         }
-        let _connecting = self.endpoints[ep].connecting.lock().await;
+        let _connecting = ep.connecting.lock().await;
         if let Some(connected) = self.connected(ep) {
             return Ok(connected);
         }
-        let spec = &self.endpoints[ep].spec;
-        let client = Arc::new(FsClient::connect(&spec.url, self.auth_token.as_deref(), true).await?);
+        let spec = &ep.spec;
+        let client = Arc::new(FsClient::connect(&spec.url, ep.auth_token.as_deref(), true).await?);
         let exports = client.exports().await?;
         let export = match &spec.export {
             Some(name) => exports.into_iter().find(|e| &e.name == name),
@@ -267,9 +367,9 @@ impl Router {
         }
         .ok_or_else(|| CallError::Transport(format!("{}: export not found on the node", spec.name)))?;
         let root = export.root;
-        self.forget_endpoint(ep);
+        self.forget_endpoint(ep.id);
         self.forward_events(ep, &client);
-        let mut st = self.state(ep);
+        let mut st = ep.state();
         st.client = Some(Arc::clone(&client));
         st.export = Some(export);
         Ok((client, root))
@@ -292,20 +392,20 @@ impl Router {
         };
         let mut failed = false;
         let mut last_error = CallError::Transport("no endpoint available".into());
-        for ep in self.ranked(&group, needs_write) {
-            let (client, root) = match self.connect(ep).await {
+        for ep in self.ranked(group, needs_write) {
+            let (client, root) = match self.connect(&ep).await {
                 Ok(c) => c,
                 Err(e) => {
-                    self.mark(ep, false);
+                    self.mark(&ep, false);
                     failed = true;
                     last_error = e;
                     continue;
                 }
             };
-            let attempt = Attempt { ep, client, root, rel: rel.clone() };
+            let attempt = Attempt { ep: ep.id, client, root, rel: rel.clone() };
             match op(&attempt).await {
                 Err(CallError::Transport(message)) => {
-                    self.mark(ep, false);
+                    self.mark(&ep, false);
                     failed = true;
                     last_error = CallError::Transport(message);
                     if !idempotent {
@@ -313,10 +413,10 @@ impl Router {
                     }
                 }
                 result => {
-                    self.mark(ep, true);
+                    self.mark(&ep, true);
                     if failed {
                         self.failovers.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(endpoint = %self.endpoints[ep].spec.name, "failed over");
+                        tracing::warn!(endpoint = %ep.spec.name, "failed over");
                     }
                     return result;
                 }
@@ -377,6 +477,7 @@ impl Router {
     }
 
     fn forget_endpoint(&self, ep: usize) {
+        self.negative.forget_endpoint(ep);
         self.ids.lock().unwrap_or_else(|p| p.into_inner()).retain(|(e, _), _| *e != ep);
         self.paths.lock().unwrap_or_else(|p| p.into_inner()).retain(|(e, _), _| *e != ep);
         self.handles.lock().unwrap_or_else(|p| p.into_inner()).retain(|(e, _), _| *e != ep);
@@ -388,18 +489,25 @@ impl Router {
     }
 
     /// The attributes of `a.rel`, resolving from the deepest cached ancestor; a stale cached id
-    /// (ENOENT) makes it start over from the export root once.
+    /// (ENOENT) makes it start over from the export root once. A name the negative cache knows
+    /// to be missing answers ENOENT at once.
     async fn resolve(&self, a: &Attempt) -> Result<Attr, CallError> {
+        let missing = || fs_err(Errno::NoEnt, "file not found");
         match self.resolve_with_cache(a, true).await {
-            Err(CallError::Fs(e)) if e.errno == Errno::NoEnt => {
+            Err(Miss::Known) => Err(missing()),
+            Err(Miss::Call(CallError::Fs(e))) if e.errno == Errno::NoEnt => {
                 self.forget_path(a.ep, "");
-                self.resolve_with_cache(a, false).await
+                self.resolve_with_cache(a, false).await.map_err(|miss| match miss {
+                    Miss::Known => missing(),
+                    Miss::Call(e) => e,
+                })
             }
-            other => other,
+            Err(Miss::Call(e)) => Err(e),
+            Ok(attr) => Ok(attr),
         }
     }
 
-    async fn resolve_with_cache(&self, a: &Attempt, use_cache: bool) -> Result<Attr, CallError> {
+    async fn resolve_with_cache(&self, a: &Attempt, use_cache: bool) -> Result<Attr, Miss> {
         let full = a.rel.join("/");
         if use_cache && let Some(attr) = self.cached_attr(a.ep, &full) {
             return Ok(attr);
@@ -425,12 +533,27 @@ impl Router {
         }
         let mut attr = None;
         for depth in start..a.rel.len() {
-            let found = attr_of(a.client.call("lookup", Some(parent), None, json!({"name": a.rel[depth]})).await?)?;
+            let name = &a.rel[depth];
+            if self.negative.is_missing(a.ep, parent, name) {
+                return Err(Miss::Known);
+            }
+            let found = match a.client.call("lookup", Some(parent), None, json!({"name": name})).await {
+                Err(CallError::Fs(e)) if e.errno == Errno::NoEnt => {
+                    // Only a parent the node handed out during this walk (or the root) proves
+                    // the name missing: a cached id may be one a restarted node no longer
+                    // knows, and ids repeat across restarts (export index + inode).
+                    if depth > start || start == 0 {
+                        self.negative.insert(a.ep, parent, name);
+                    }
+                    return Err(Miss::Call(CallError::Fs(e)));
+                }
+                other => attr_of(other?)?,
+            };
             self.remember_attr(a.ep, &a.rel[..=depth].join("/"), &found);
             parent = found.id;
             attr = Some(found);
         }
-        attr.ok_or_else(|| fs_err(Errno::NoEnt, "file not found"))
+        attr.ok_or_else(|| Miss::Call(fs_err(Errno::NoEnt, "file not found")))
     }
 
     /// The id of the parent directory of `a.rel` and the last component.
@@ -443,10 +566,10 @@ impl Router {
         Ok((dir.id, name.clone()))
     }
 
-    fn forward_events(self: &Arc<Self>, ep: usize, client: &FsClient) {
+    fn forward_events(self: &Arc<Self>, endpoint: &Endpoint, client: &FsClient) {
         let mut events = client.events();
         let router = Arc::downgrade(self);
-        let mount = self.endpoints[ep].spec.mount.clone();
+        let (ep, mount) = (endpoint.id, endpoint.spec.mount.clone());
         tokio::spawn(async move {
             loop {
                 let event = match events.recv().await {
@@ -461,6 +584,9 @@ impl Router {
                     Event::Node { node, .. } => (node, false),
                     Event::Dir { dir, .. } => (dir, true),
                 };
+                if dir_listing {
+                    router.negative.forget_dir(ep, id);
+                }
                 let rel = router.paths.lock().unwrap_or_else(|p| p.into_inner()).get(&(ep, id)).cloned();
                 let Some(rel) = rel else { continue };
                 router.attrs.lock().unwrap_or_else(|p| p.into_inner()).remove(&(ep, rel.clone()));
@@ -525,8 +651,8 @@ impl Router {
         };
         let rel = rel.join("/");
         for ep in group {
-            let cached = self.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&(ep, rel.clone()));
-            let client = self.state(ep).client.clone();
+            let cached = self.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&(ep.id, rel.clone()));
+            let client = ep.state().client.clone();
             if let (Some(c), Some(client)) = (cached, client) {
                 let _ = client.call("close", None, Some(c.h), Value::Null).await;
             }
@@ -638,7 +764,9 @@ impl Router {
                     None,
                     json!({"name": name, "mode": 0o100000 | (mode & 0o7777), "flags": flags}),
                 )
-                .await?;
+                .await;
+            self.negative.forget_name(a.ep, parent, &name);
+            let reply = reply?;
             let attr = attr_of(reply.get("attr").cloned().map(|attr| json!({"attr": attr})).unwrap_or(Value::Null))?;
             let rel = a.rel.join("/");
             self.forget_attrs(a.ep, &rel);
@@ -663,8 +791,9 @@ impl Router {
         self.run(path, true, false, async |a| {
             let (parent, name) = self.resolve_parent(a).await?;
             let mut payload = extra.clone();
-            payload["name"] = name.into();
+            payload["name"] = name.as_str().into();
             let done = a.client.call(op, Some(parent), None, payload).await;
+            self.negative.forget_name(a.ep, parent, &name);
             self.forget_path(a.ep, &a.rel.join("/"));
             self.forget_listings(path);
             done.map(|_| ())
@@ -694,21 +823,25 @@ impl Router {
         else {
             return Err(fs_err(Errno::XDev, "cross-export rename is not supported"));
         };
-        if g1 != g2 {
+        let ids = |g: &[Arc<Endpoint>]| g.iter().map(|e| e.id).collect::<Vec<_>>();
+        if ids(&g1) != ids(&g2) {
             return Err(fs_err(Errno::XDev, "cross-export rename is not supported"));
         }
         self.run(from, true, false, async |a| {
             let (old_parent, old_name) = self.resolve_parent(a).await?;
             let to_attempt = Attempt { ep: a.ep, client: Arc::clone(&a.client), root: a.root, rel: to_rel.clone() };
             let (new_parent, new_name) = self.resolve_parent(&to_attempt).await?;
-            a.client
+            let done = a
+                .client
                 .call(
                     "rename",
                     None,
                     None,
                     json!({"old_parent": old_parent, "old_name": old_name, "new_parent": new_parent, "new_name": new_name}),
                 )
-                .await?;
+                .await;
+            self.negative.forget_name(a.ep, new_parent, &new_name);
+            done?;
             self.forget_path(a.ep, &a.rel.join("/"));
             self.forget_path(a.ep, &to_rel.join("/"));
             self.forget_listings(from);
@@ -790,20 +923,21 @@ impl Router {
     // ---- health ----------------------------------------------------------------------------
 
     /// Checks one endpoint now: a hello on its connection (connecting if needed).
-    pub async fn probe(self: &Arc<Self>, ep: usize) {
+    async fn probe(self: &Arc<Self>, ep: &Arc<Endpoint>) {
         let result = match self.connect(ep).await {
             Ok((client, _)) => client.ping().await,
             Err(e) => Err(e),
         };
         if let Err(e) = &result {
-            tracing::debug!(endpoint = %self.endpoints[ep].spec.name, error = %e, "health check failed");
+            tracing::debug!(endpoint = %ep.spec.name, error = %e, "health check failed");
         }
         self.mark(ep, result.is_ok());
     }
 
+    /// Checks every endpoint now.
     pub async fn probe_all(self: &Arc<Self>) {
-        for ep in 0..self.endpoints.len() {
-            self.probe(ep).await;
+        for ep in self.snapshot() {
+            self.probe(&ep).await;
         }
     }
 
@@ -817,14 +951,14 @@ impl Router {
                 let Some(router) = router.upgrade() else {
                     return;
                 };
-                for ep in 0..router.endpoints.len() {
+                for ep in router.snapshot() {
                     let due = {
-                        let st = router.state(ep);
+                        let st = ep.state();
                         let wait = if st.healthy { HEALTH_INTERVAL } else { RETRY_UNHEALTHY };
                         st.last_check.is_none_or(|t| t.elapsed() >= wait)
                     };
                     if due {
-                        router.probe(ep).await;
+                        router.probe(&ep).await;
                     }
                 }
             }
@@ -834,11 +968,11 @@ impl Router {
     /// The `status` JSON of §9.4.
     pub fn status(&self) -> Value {
         let endpoints: Vec<Value> = self
-            .endpoints
+            .snapshot()
             .iter()
             .enumerate()
             .map(|(idx, ep)| {
-                let st = ep.state.lock().unwrap_or_else(|p| p.into_inner());
+                let st = ep.state();
                 let export = st.export.as_ref();
                 json!({
                     "idx": idx,
@@ -856,7 +990,7 @@ impl Router {
                     },
                     "healthy": st.healthy,
                     "has_client": st.client.as_ref().is_some_and(|c| !c.is_closed()),
-                    "has_auth": self.auth_token.is_some(),
+                    "has_auth": ep.auth_token.is_some(),
                     "consecutive_failures": st.consecutive_failures,
                     "last_health_check_ms": st.last_check_ms,
                     "last_success_ms": st.last_success_ms,
@@ -864,7 +998,11 @@ impl Router {
                 })
             })
             .collect();
-        json!({"metrics": {"failover_events_total": self.failover_events_total()}, "endpoints": endpoints})
+        let metrics = json!({
+            "failover_events_total": self.failover_events_total(),
+            "negative_lookup_hits_total": self.negative_lookup_hits_total(),
+        });
+        json!({"metrics": metrics, "endpoints": endpoints})
     }
 }
 

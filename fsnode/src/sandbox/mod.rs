@@ -11,7 +11,19 @@ mod capabilities;
 mod landlock;
 mod seccomp;
 
+use std::os::fd::BorrowedFd;
+
 use crate::node::Export;
+
+/// What daemon mode (`--control-url`) needs on top of the exports.
+#[derive(Clone, Copy, Debug)]
+pub struct DaemonAccess<'a> {
+    /// The state file's directory: regular files may be read, written, created and removed
+    /// beneath it (the atomic replace of the state file).
+    pub state_dir: BorrowedFd<'a>,
+    /// The gateway's TCP port: the only one the node may connect to.
+    pub gateway_port: u16,
+}
 
 /// Why the node could not confine itself.
 #[derive(Debug, thiserror::Error)]
@@ -26,10 +38,11 @@ pub enum SandboxError {
     Capabilities(String),
 }
 
-/// Confines the calling thread (and every thread it creates later) to `exports`.
-pub fn confine(exports: &[Export]) -> Result<(), SandboxError> {
+/// Confines the calling thread (and every thread it creates later) to `exports`, plus, in
+/// daemon mode, the state directory and outbound TCP to the gateway's port.
+pub fn confine(exports: &[Export], daemon: Option<DaemonAccess<'_>>) -> Result<(), SandboxError> {
     capabilities::drop_all()?;
-    landlock::restrict_to_exports(exports)?;
-    seccomp::install()?;
+    landlock::restrict_to_exports(exports, daemon)?;
+    seccomp::install(daemon.is_some())?;
     Ok(())
 }

@@ -10,6 +10,10 @@
 //!
 //! `clone3` answers ENOSYS so that libc falls back to `clone`, whose flags can be inspected:
 //! `clone` with any namespace flag is denied.
+//!
+//! Daemon mode dials the gateway, so there `connect` is allowed and `socket` only for TCP
+//! (`AF_INET`/`AF_INET6`, `SOCK_STREAM`): no UDP (so no DNS: the address was resolved before
+//! confinement), no Unix, netlink or raw sockets. Which port it may reach is Landlock's rule.
 
 use std::collections::BTreeMap;
 
@@ -89,9 +93,36 @@ fn compile(rules: BTreeMap<i64, Vec<SeccompRule>>, errno: u32) -> Result<BpfProg
     filter.try_into().map_err(|e: seccompiler::BackendError| SandboxError::Seccomp(e.to_string()))
 }
 
-pub fn install() -> Result<(), SandboxError> {
+/// `socket(2)` type bits that are not flags (`SOCK_NONBLOCK`, `SOCK_CLOEXEC`).
+const SOCK_TYPE_MASK: u64 = 0xf;
+
+fn condition(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, SandboxError> {
+    SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value).map_err(|e| SandboxError::Seccomp(e.to_string()))
+}
+
+fn rule(conditions: Vec<SeccompCondition>) -> Result<SeccompRule, SandboxError> {
+    SeccompRule::new(conditions).map_err(|e| SandboxError::Seccomp(e.to_string()))
+}
+
+/// Denies every `socket(2)` but TCP over IPv4/IPv6: one rule for other families, one per
+/// socket type other than `SOCK_STREAM` (seccomp compares masked bits only for equality).
+fn socket_rules() -> Result<Vec<SeccompRule>, SandboxError> {
+    let (inet, inet6) = (libc::AF_INET as u64, libc::AF_INET6 as u64);
+    let mut rules = vec![rule(vec![condition(0, SeccompCmpOp::Ne, inet)?, condition(0, SeccompCmpOp::Ne, inet6)?])?];
+    for kind in (0..=SOCK_TYPE_MASK).filter(|t| *t != libc::SOCK_STREAM as u64) {
+        rules.push(rule(vec![condition(1, SeccompCmpOp::MaskedEq(SOCK_TYPE_MASK), kind)?])?);
+    }
+    Ok(rules)
+}
+
+/// Installs the filter; `dials_gateway` (daemon mode) lets TCP sockets be created and connected.
+pub fn install(dials_gateway: bool) -> Result<(), SandboxError> {
     let err = |e: String| SandboxError::Seccomp(e);
     let mut denied: BTreeMap<i64, Vec<SeccompRule>> = DENIED.iter().map(|nr| (*nr, Vec::new())).collect();
+    if dials_gateway {
+        denied.remove(&libc::SYS_connect);
+        denied.insert(libc::SYS_socket, socket_rules()?);
+    }
     let clone_rules = NAMESPACE_FLAGS
         .iter()
         .map(|flag| {

@@ -7,6 +7,7 @@
 
 pub mod handshake;
 pub mod session;
+pub mod watch;
 
 use serde_json::{Value, json};
 use spiderweb_policy::scope::{self, Scope, ScopeTokens, TokenCheck};
@@ -39,6 +40,9 @@ pub fn handle(shared: &Shared, conn: &mut ConnSession, env: &Envelope, out: &mut
         return;
     }
     let correlation = if is_control_plane_op(op) { Correlation::Include(env.correlation()) } else { Correlation::Omit };
+    if is_control_plane_op(op) {
+        reap_expired_nodes(shared);
+    }
     let topology_before = TOPOLOGY_OPS.contains(&op).then(|| shared.plane.availability_snapshot());
     let result = checked(shared, conn, env, out);
     if let (Some(availability_before), Ok(_)) = (topology_before, &result) {
@@ -67,6 +71,28 @@ pub fn handle(shared: &Shared, conn: &mut ConnSession, env: &Envelope, out: &mut
         Ok(None) => {}
         Err(e) => out.control_error(id, e.code, &e.message, correlation),
     }
+}
+
+/// Spec §6.6: every control-plane call first reaps nodes whose lease expired (with their
+/// mounts); their tunnels close and subscribers see the topology change.
+fn reap_expired_nodes(shared: &Shared) {
+    if !shared.plane.has_expired_nodes() {
+        return;
+    }
+    let availability_before = shared.plane.availability_snapshot();
+    let reaped = shared.plane.reap_expired_nodes();
+    if reaped.is_empty() {
+        return;
+    }
+    for node_id in &reaped {
+        shared.tunnels.disconnect(node_id);
+    }
+    shared.topology.publish(TopologyChange {
+        reason: "node_lease_reaped",
+        ts_ms: crate::plane::now_ms(),
+        availability_before,
+        availability_after: shared.plane.availability_snapshot(),
+    });
 }
 
 /// The shared checks, then the op. `Ok(None)` means the op already wrote its own frames.
@@ -208,18 +234,24 @@ fn dispatch(
         "workspace_status" => plane.workspace_status(caller, payload)?,
         "reconcile_status" => plane.reconcile_status(payload)?,
         "audit_tail" => plane.audit_tail(payload)?,
-        // Operations on nodes that cannot exist yet get the answer their absence implies.
-        "node_list" => json!({"nodes": []}),
-        "node_join_pending_list" => json!({"pending": []}),
-        "node_get" | "node_delete" | "node_lease_refresh" | "node_service_upsert" | "node_service_get" => {
-            return Err(OpError::new(code::NODE_NOT_FOUND, "NodeNotFound"));
+        "node_invite_create" => plane.node_invite_create(payload)?,
+        "node_join" => plane.node_join(payload)?,
+        "node_join_request" => plane.node_join_request(payload)?,
+        "node_join_pending_list" => plane.node_join_pending_list()?,
+        "node_join_approve" => plane.node_join_approve(payload)?,
+        "node_join_deny" => plane.node_join_deny(payload)?,
+        "node_lease_refresh" => plane.node_lease_refresh(payload)?,
+        "node_list" => plane.node_list()?,
+        "node_get" => plane.node_get(payload)?,
+        "node_delete" => {
+            let v = plane.node_delete(payload)?;
+            shared.tunnels.disconnect(v["node_id"].as_str().unwrap_or_default());
+            v
         }
-        "node_join_approve" | "node_join_deny" => {
-            return Err(OpError::new("pending_join_not_found", "PendingJoinNotFound"));
-        }
-        "node_invite_create" | "node_join" | "node_join_request" | "node_service_watch" | "node_service_unwatch" => {
-            return Err(OpError::new(code::UNSUPPORTED, "node pairing is not available on this gateway yet"));
-        }
+        "node_service_upsert" => plane.node_service_upsert(payload)?,
+        "node_service_get" => plane.node_service_get(payload)?,
+        "node_service_watch" => watch::watch(plane, conn, payload, out)?,
+        "node_service_unwatch" => watch::unwatch(conn),
         _ => return Err(OpError::new(code::UNSUPPORTED, "unsupported control operation")),
     };
     Ok(Some(value))

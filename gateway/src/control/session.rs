@@ -40,6 +40,8 @@ pub struct ConnSession {
     pub acheron_versioned: bool,
     pub debug_subscribed: bool,
     pub gate: Option<Gate>,
+    /// A `node_service_watch`/`unwatch` the connection loop has yet to apply.
+    pub node_watch: Option<super::watch::WatchChange>,
     sessions: BTreeMap<String, Binding>,
     active: String,
 }
@@ -75,6 +77,7 @@ impl ConnSession {
             acheron_versioned: false,
             debug_subscribed: false,
             gate,
+            node_watch: None,
             sessions: BTreeMap::from([("main".to_owned(), main)]),
             active: "main".into(),
         }
@@ -88,6 +91,16 @@ impl ConnSession {
         // The active key always names an existing session: `close` moves it back to `main`,
         // which can never be closed.
         &self.sessions[&self.active]
+    }
+
+    /// Who this connection is, for workspace views.
+    pub fn viewer(&self) -> crate::plane::workspace::Viewer<'_> {
+        let b = self.binding();
+        crate::plane::workspace::Viewer {
+            role: self.role,
+            agent_id: &b.agent_id,
+            has_project_token: b.project_token.is_some(),
+        }
     }
 
     pub fn binding_for(&self, key: &str) -> Option<&Binding> {
@@ -197,7 +210,7 @@ fn attach_reply(plane: &ControlPlane, conn: &ConnSession, key: &str, now: i64) -
     let b = &conn.sessions[key];
     json!({
         "session_key": key, "agent_id": b.agent_id, "project_id": b.project_id,
-        "workspace": plane.workspace_of(Some(&b.project_id), &b.agent_id),
+        "workspace": plane.workspace_of(Some(&b.project_id), conn.viewer()),
         "attach": attach_state(now),
     })
 }
@@ -295,6 +308,6 @@ pub fn project_up(plane: &ControlPlane, conn: &mut ConnSession, payload: Option<
     }
     Ok(json!({
         "project_id": project_id, "project_token": token, "created": created, "activated": activated,
-        "workspace": plane.workspace_of(Some(&project_id), &binding.agent_id),
+        "workspace": plane.workspace_of(Some(&project_id), conn.viewer()),
     }))
 }

@@ -1,4 +1,4 @@
-//! The control plane: agents, projects, bindings, session history, audit.
+//! The control plane: agents, projects, nodes, bindings, session history, audit.
 //!
 //! One [`ControlPlane`] per gateway, shared by all connections. It owns the authoritative
 //! in-memory state behind a mutex and writes every change through the [`Store`] before the
@@ -13,6 +13,7 @@ pub mod agents;
 pub mod args;
 pub mod audit;
 pub mod history;
+pub mod nodes;
 pub mod projects;
 pub mod workspace;
 
@@ -94,6 +95,8 @@ pub struct PlaneState {
     pub roles: BTreeMap<RoleKey, RoleState>,
     pub next_project_seq: u64,
     pub next_audit_id: u64,
+    /// Paired nodes, invites and join requests (under the same lock as the mounts naming them).
+    pub nodes: nodes::NodeTable,
 }
 
 pub struct ControlPlane {
@@ -101,6 +104,9 @@ pub struct ControlPlane {
     pub store: Arc<dyn Store>,
     pub tokens: Mutex<RoleTokens>,
     pub counters: Counters,
+    pub node_counters: nodes::NodeCounters,
+    /// Retained `node_service_event`s and their subscribers.
+    pub watch: nodes::watch::WatchHub,
     /// Optional scope tokens from the environment (spec §5), as digests.
     pub scope_tokens: ScopeTokenDigests,
     pub state_dir: PathBuf,
@@ -144,6 +150,7 @@ impl ControlPlane {
             roles: BTreeMap::from([(RoleKey::Admin, snapshot.admin), (RoleKey::User, snapshot.user)]),
             next_project_seq: snapshot.next_project_seq.max(1),
             next_audit_id: snapshot.next_audit_id.max(1),
+            nodes: nodes::load(store.as_ref())?,
         };
         for record in snapshot.projects {
             let project = Project::from_record(record).map_err(StoreError::Corrupt)?;
@@ -159,6 +166,8 @@ impl ControlPlane {
             store,
             tokens: Mutex::new(tokens),
             counters: Counters::default(),
+            node_counters: nodes::NodeCounters::default(),
+            watch: nodes::watch::WatchHub::new(nodes::watch::WatchSettings::from_env()),
             scope_tokens,
             state_dir,
         })
@@ -174,16 +183,16 @@ impl ControlPlane {
         self.tokens.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `control.metrics` payload (spec §6.1). Node and watch counters stay zero until nodes exist.
+    /// `control.metrics` payload (spec §6.1).
     pub fn metrics_json(&self) -> Value {
+        let (invites, nodes) = self.node_metrics_json();
         let state = self.lock();
         let c = &self.counters;
         let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let mounts: usize = state.projects.values().map(|p| p.record.mounts.len()).sum();
         json!({
-            "invites": {"active": 0, "created_total": 0, "redeemed_total": 0},
-            "nodes": {"online": 0, "total": 0, "joins_total": 0, "lease_refresh_total": 0,
-                      "ensured_total": 0, "deletes_total": 0, "reaped_total": 0},
+            "invites": invites,
+            "nodes": nodes,
             "projects": {
                 "total": state.projects.len(),
                 "active_bindings": state.bindings.len(),
@@ -197,12 +206,7 @@ impl ControlPlane {
                 "mount_sets_total": n(&c.mount_sets),
                 "mount_removes_total": n(&c.mount_removes),
             },
-            "node_service_watch": {
-                "subscribers": {"current": 0, "peak": 0},
-                "replay": {"requests_total": 0, "attempted_total": 0, "sent_total": 0, "bytes_total": 0},
-                "fanout": {"events_total": 0, "attempted_total": 0, "sent_total": 0, "dropped_total": 0},
-                "retained": {"events": 0, "capacity": 0, "oldest_ms": null, "newest_ms": null, "window_ms": 0},
-            },
+            "node_service_watch": self.watch.metrics_json(),
         })
     }
 }

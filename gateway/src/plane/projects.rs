@@ -14,10 +14,12 @@ use spiderweb_proto::codes::control as code;
 
 use super::args::Args;
 use super::{Caller, ControlPlane, Counters, OpError, OpResult, PlaneState, hex};
-use crate::store::{ProjectKind, ProjectRecord, Store, StoreError};
+use crate::store::{MountRecord, ProjectKind, ProjectRecord, Store, StoreError};
 use crate::tokens::{Digest, digest, digests_equal};
 
 const MAX_PROJECTS: usize = 10_000;
+/// Mounts one project may hold (failover entries included).
+pub const MAX_MOUNTS_PER_PROJECT: usize = 256;
 
 /// A project in memory: the stored record plus its parsed policy and token digest.
 #[derive(Clone, Debug)]
@@ -40,7 +42,7 @@ impl Project {
     }
 
     /// Whether `presented` is this project's *active* token (an inactive token never matches).
-    fn token_matches(&self, presented: &str) -> bool {
+    pub fn token_matches(&self, presented: &str) -> bool {
         self.record.token_locked && digests_equal(&digest(presented), &self.token)
     }
 
@@ -77,7 +79,7 @@ impl Project {
     }
 }
 
-fn parse_digest(hex_text: &str) -> Option<Digest> {
+pub(super) fn parse_digest(hex_text: &str) -> Option<Digest> {
     if hex_text.len() != 64 {
         return None;
     }
@@ -174,6 +176,51 @@ fn policy_arg(args: &Args<'_>) -> Result<Option<AccessPolicy>, OpError> {
             .map(Some)
             .map_err(|e| OpError::new(code::INVALID_PAYLOAD, format!("InvalidPayload: {}", e.0))),
     }
+}
+
+/// `{node_id*, export_name*, mount_path*}` of a mount op, the path normalised.
+fn mount_arg(args: &Args<'_>) -> Result<MountRecord, OpError> {
+    let node_id = args.required_id("node_id", 128)?;
+    let export_name = args.required_id("export_name", 128)?;
+    let mount_path = args.required_str("mount_path")?;
+    if mount_path.len() > 512 || mount_path.chars().any(char::is_control) {
+        return Err(OpError::invalid_payload());
+    }
+    Ok(MountRecord {
+        mount_path: normalize_mount_path(mount_path),
+        node_id: node_id.into(),
+        export_name: export_name.into(),
+    })
+}
+
+/// Two paths overlap when one is `/` or a `/`-boundary prefix of the other (spec §6.8).
+fn paths_overlap(a: &str, b: &str) -> bool {
+    let under = |inner: &str, outer: &str| {
+        outer == "/" || inner.strip_prefix(outer).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    };
+    under(a, b) || under(b, a)
+}
+
+/// Refuses `mount` when it overlaps another mount path or a bind (`mount_conflict`). The same
+/// path on a different node is a failover group and allowed.
+fn check_mount(mounts: &[MountRecord], binds: &[crate::store::BindRecord], mount: &MountRecord) -> Result<(), OpError> {
+    let conflict = || OpError::new(code::MOUNT_CONFLICT, "MountConflict");
+    if mounts.len() >= MAX_MOUNTS_PER_PROJECT {
+        return Err(OpError::new(code::QUEUE_SATURATED, format!("mount limit ({MAX_MOUNTS_PER_PROJECT}) reached")));
+    }
+    for other in mounts {
+        if other.mount_path == mount.mount_path {
+            if other.node_id == mount.node_id {
+                return Err(conflict());
+            }
+        } else if paths_overlap(&other.mount_path, &mount.mount_path) {
+            return Err(conflict());
+        }
+    }
+    if binds.iter().any(|b| paths_overlap(&b.bind_path, &mount.mount_path)) {
+        return Err(conflict());
+    }
+    Ok(())
 }
 
 /// Normalised mount path (spec §6.8): trimmed of whitespace and slashes, `/`-prefixed.
@@ -320,25 +367,32 @@ impl ControlPlane {
         Ok(json!({"project_id": id, "mounts": project.json()["mounts"].clone()}))
     }
 
-    /// Mounts name a node export; no node has joined this gateway, so a valid request is
-    /// answered `node_not_found` after the same checks the original makes first.
+    /// Adds a mount of a node's export (the node must exist). The same path on another node
+    /// makes a failover group; an exact duplicate changes nothing.
     pub fn project_mount_set(&self, caller: Caller<'_>, payload: Option<&Value>) -> OpResult {
         let args = Args::of(payload)?;
         let id = project_id_arg(&args)?;
         let token = args.optional_str("project_token")?;
-        args.required_id("node_id", 128)?;
-        args.required_id("export_name", 128)?;
-        let mount_path = args.required_str("mount_path")?;
-        if mount_path.len() > 512 {
-            return Err(OpError::invalid_payload());
-        }
-        let state = self.lock();
+        let mount = mount_arg(&args)?;
+        let mut state = self.lock();
         let project = state.projects.get(id).ok_or_else(not_found)?;
         if project.is_system() && !caller.role.is_admin() {
             return Err(protected());
         }
         project.check(caller.role, None, Action::Mount, token)?;
-        Err(OpError::new(code::NODE_NOT_FOUND, "NodeNotFound"))
+        if !state.nodes.nodes.contains_key(&mount.node_id) {
+            return Err(OpError::new(code::NODE_NOT_FOUND, "NodeNotFound"));
+        }
+        if project.record.mounts.contains(&mount) {
+            return Ok(project.json());
+        }
+        check_mount(&project.record.mounts, &project.record.binds, &mount)?;
+        let mut next = project.clone();
+        next.record.mounts.push(mount);
+        next.record.updated_at_ms = super::now_ms();
+        let out = self.persist(&mut state, next)?;
+        Counters::bump(&self.counters.mount_sets);
+        Ok(out)
     }
 
     pub fn project_mount_remove(&self, caller: Caller<'_>, payload: Option<&Value>) -> OpResult {
@@ -465,19 +519,26 @@ impl ControlPlane {
         let status = args.optional_id("status", 64)?;
         let token = args.optional_str("project_token")?;
         let policy = policy_arg(&args)?;
-        if let Some(mounts) = args.raw("desired_mounts") {
-            let Value::Array(items) = mounts else { return Err(OpError::invalid_payload()) };
-            if !items.is_empty() {
-                for item in items {
-                    let m = Args::of(Some(item))?;
-                    m.required_id("node_id", 128)?;
-                    m.required_id("export_name", 128)?;
-                    m.required_str("mount_path")?;
+        let desired = match args.raw("desired_mounts") {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(items)) if items.len() <= MAX_MOUNTS_PER_PROJECT => {
+                Some(items.iter().map(|item| mount_arg(&Args::of(Some(item))?)).collect::<Result<Vec<_>, OpError>>()?)
+            }
+            Some(_) => return Err(OpError::invalid_payload()),
+        };
+        let mut state = self.lock();
+        if let Some(desired) = &desired {
+            let mut accepted: Vec<MountRecord> = Vec::new();
+            for mount in desired {
+                if !state.nodes.nodes.contains_key(&mount.node_id) {
+                    return Err(OpError::new(code::NODE_NOT_FOUND, "NodeNotFound"));
                 }
-                return Err(OpError::new(code::NODE_NOT_FOUND, "NodeNotFound"));
+                if !accepted.contains(mount) {
+                    check_mount(&accepted, &[], mount)?;
+                    accepted.push(mount.clone());
+                }
             }
         }
-        let mut state = self.lock();
         let existing = match by_id {
             Some(id) => Some(state.projects.get(id).ok_or_else(not_found)?.record.id.clone()),
             None => {
@@ -508,6 +569,26 @@ impl ControlPlane {
                 (created["project_id"].as_str().unwrap_or_default().to_owned(), true)
             }
         };
+        if let Some(desired) = desired {
+            let project = &state.projects[&id];
+            if project.is_system() && !caller.role.is_admin() {
+                return Err(protected());
+            }
+            project.check(caller.role, None, Action::Mount, token)?;
+            let mut next = project.clone();
+            next.record.mounts.clear();
+            for mount in desired {
+                if !next.record.mounts.contains(&mount) {
+                    check_mount(&next.record.mounts, &next.record.binds, &mount)?;
+                    next.record.mounts.push(mount);
+                }
+            }
+            if next.record.mounts != project.record.mounts {
+                next.record.updated_at_ms = super::now_ms();
+                self.persist(&mut state, next)?;
+                Counters::bump(&self.counters.mount_sets);
+            }
+        }
         let active_token = token.filter(|t| state.projects[&id].token_matches(t)).map(str::to_owned);
         Ok((id, created, active_token))
     }

@@ -1,63 +1,175 @@
 //! Workspace status and reconcile state (spec §6.9).
 //!
-//! A project's workspace is its mounts, each naming a node export. Mount selection per path
-//! prefers online over degraded over missing. Nodes are not part of this gateway yet, so
-//! every mount's node is "missing"; the shapes are the full ones clients parse.
+//! A project's workspace is its mounts, each naming a node export. A mount's state follows its
+//! node: `online` while the node's lease runs, `degraded` once it lapsed (until the next
+//! control-plane call reaps the node), `missing` when no such node exists. Per path one mount
+//! is selected: best state, then the latest lease expiry, then the first listed. Only `mother`
+//! is shown the node secrets (`fs_auth_token`), which her mount client needs.
+//!
+//! Visibility: a user does not see a mount whose node advertises an invoke-capable service
+//! covering that path unless the service's permissions admit users
+//! (`spiderweb_policy::service_access`).
 
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 use spiderweb_policy::session::{MOTHER_AGENT, SYSTEM_PROJECT};
-use spiderweb_policy::{Action, Mode, Role};
+use spiderweb_policy::{Action, Mode, Role, service_access};
 use spiderweb_proto::codes::control as code;
 
 use super::args::Args;
+use super::nodes::NodeTable;
 use super::{Caller, ControlPlane, OpError, OpResult, Project};
+use crate::store::MountRecord;
 
 pub fn workspace_root(project_id: &str) -> String {
     format!("/spiderweb/projects/{project_id}/workspace")
 }
 
-fn reconcile_fields(w: &mut serde_json::Map<String, Value>) {
-    w.insert("reconcile_state".into(), json!("idle"));
+fn reconcile_fields(w: &mut serde_json::Map<String, Value>, queue_depth: usize) {
+    w.insert("reconcile_state".into(), json!(if queue_depth == 0 { "idle" } else { "degraded" }));
     w.insert("last_reconcile_ms".into(), json!(0));
     w.insert("last_success_ms".into(), json!(0));
     w.insert("last_error".into(), Value::Null);
-    w.insert("queue_depth".into(), json!(0));
+    w.insert("queue_depth".into(), json!(queue_depth));
 }
 
-/// The workspace payload `W` of one project for `agent_id`.
-pub fn status_of(project: &Project, agent_id: &str) -> Value {
-    let mounts: Vec<Value> = project
+/// Who is looking at a workspace.
+#[derive(Clone, Copy, Debug)]
+pub struct Viewer<'a> {
+    pub role: Role,
+    pub agent_id: &'a str,
+    /// Whether the viewer's binding holds the project's token (service permissions may need it).
+    pub has_project_token: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum MountState {
+    Missing,
+    Degraded,
+    Online,
+}
+
+impl MountState {
+    fn as_str(self) -> &'static str {
+        match self {
+            MountState::Online => "online",
+            MountState::Degraded => "degraded",
+            MountState::Missing => "missing",
+        }
+    }
+}
+
+/// One mount with what its node says about it.
+struct Resolved<'a> {
+    mount: &'a MountRecord,
+    state: MountState,
+    lease_expires_at_ms: i64,
+    json: Value,
+}
+
+fn resolve<'a>(mount: &'a MountRecord, nodes: &NodeTable, viewer: Viewer<'_>, now: i64) -> Resolved<'a> {
+    let node = nodes.nodes.get(&mount.node_id);
+    let state = match node {
+        None => MountState::Missing,
+        Some(n) if n.online(now) => MountState::Online,
+        Some(_) => MountState::Degraded,
+    };
+    let secret = node.filter(|_| viewer.agent_id == MOTHER_AGENT).and_then(|n| n.secret.clone());
+    Resolved {
+        mount,
+        state,
+        lease_expires_at_ms: node.map_or(i64::MIN, |n| n.record.lease_expires_at_ms),
+        json: json!({"mount_path": mount.mount_path, "node_id": mount.node_id, "export_name": mount.export_name,
+                     "node_name": node.map(|n| &n.record.name), "fs_url": node.map(|n| &n.record.fs_url),
+                     "fs_auth_token": secret, "online": state == MountState::Online, "state": state.as_str()}),
+    }
+}
+
+/// Whether `viewer` may see `mount` (the invoke-capable service rule of §6.9).
+fn visible(mount: &MountRecord, nodes: &NodeTable, viewer: Viewer<'_>) -> bool {
+    if viewer.role.is_admin() {
+        return true;
+    }
+    let Some(node) = nodes.nodes.get(&mount.node_id) else { return true };
+    node.record.services.iter().all(|svc| {
+        !(service_access::is_invoke_capable(svc) && service_access::covers_path(svc, &mount.mount_path))
+            || service_access::permits(viewer.role, &svc["permissions"], viewer.has_project_token)
+    })
+}
+
+/// Selected mounts and counts of one project.
+struct Selection<'a> {
+    desired: Vec<Resolved<'a>>,
+    /// Indexes into `desired`, one per distinct path, in first-listed order.
+    selected: Vec<usize>,
+    drift: Vec<Value>,
+}
+
+impl Selection<'_> {
+    fn count(&self, state: MountState) -> usize {
+        self.selected.iter().filter(|i| self.desired[**i].state == state).count()
+    }
+}
+
+fn select<'a>(project: &'a Project, nodes: &NodeTable, viewer: Viewer<'_>, now: i64) -> Selection<'a> {
+    let desired: Vec<Resolved<'a>> = project
         .record
         .mounts
         .iter()
-        .map(|m| {
-            json!({"mount_path": m.mount_path, "node_id": m.node_id, "export_name": m.export_name,
-                   "node_name": null, "fs_url": null, "fs_auth_token": null, "online": false, "state": "missing"})
-        })
+        .filter(|m| visible(m, nodes, viewer))
+        .map(|m| resolve(m, nodes, viewer, now))
         .collect();
-    let mut selected: Vec<Value> = Vec::new();
+    let mut selected: Vec<usize> = Vec::new();
     let mut drift = Vec::new();
-    for m in &mounts {
-        if selected.iter().any(|s| s["mount_path"] == m["mount_path"]) {
+    for (first, m) in desired.iter().enumerate() {
+        if selected.iter().any(|s| desired[*s].mount.mount_path == m.mount.mount_path) {
             continue;
         }
-        drift.push(json!({"mount_path": m["mount_path"], "kind": "missing_node", "severity": "error",
-                          "selected_node_id": m["node_id"], "desired_node_id": m["node_id"],
-                          "message": "selected node is missing"}));
-        selected.push(m.clone());
+        let best = (first..desired.len())
+            .filter(|i| desired[*i].mount.mount_path == m.mount.mount_path)
+            // max_by_key keeps the last maximum; reversing the candidates keeps the first listed.
+            .rev()
+            .max_by_key(|i| (desired[*i].state, desired[*i].lease_expires_at_ms))
+            .unwrap_or(first);
+        let chosen = &desired[best];
+        let item = |kind: &str, severity: &str, message: &str| {
+            json!({"mount_path": m.mount.mount_path, "kind": kind, "severity": severity,
+                   "selected_node_id": chosen.mount.node_id, "desired_node_id": m.mount.node_id, "message": message})
+        };
+        match chosen.state {
+            MountState::Missing => drift.push(item("missing_node", "error", "selected node is missing")),
+            MountState::Degraded => drift.push(item("node_offline", "error", "selected node lease is expired")),
+            MountState::Online if best != first => {
+                drift.push(item("failover_active", "warning", "using healthy failover node"))
+            }
+            MountState::Online => {}
+        }
+        selected.push(best);
     }
-    let missing = selected.len();
+    Selection { desired, selected, drift }
+}
+
+/// The workspace payload `W` of one project for `viewer`.
+pub fn status_of(project: &Project, nodes: &NodeTable, viewer: Viewer<'_>) -> Value {
+    let now = super::now_ms();
+    let sel = select(project, nodes, viewer, now);
+    let chosen: Vec<&Value> = sel.selected.iter().map(|i| &sel.desired[*i].json).collect();
+    let desired: Vec<&Value> = sel.desired.iter().map(|r| &r.json).collect();
+    let (online, degraded, missing) =
+        (sel.count(MountState::Online), sel.count(MountState::Degraded), sel.count(MountState::Missing));
     let mut w = serde_json::Map::new();
-    w.insert("agent_id".into(), json!(agent_id));
+    w.insert("agent_id".into(), json!(viewer.agent_id));
     w.insert("project_id".into(), json!(project.record.id));
     w.insert("workspace_root".into(), json!(workspace_root(&project.record.id)));
-    w.insert("mounts".into(), json!(selected));
-    w.insert("desired_mounts".into(), json!(mounts));
-    w.insert("actual_mounts".into(), json!(selected));
-    w.insert("drift".into(), json!({"count": drift.len(), "items": drift}));
-    w.insert("availability".into(), json!({"mounts_total": missing, "online": 0, "degraded": 0, "missing": missing}));
-    reconcile_fields(&mut w);
+    w.insert("mounts".into(), json!(chosen));
+    w.insert("desired_mounts".into(), json!(desired));
+    w.insert("actual_mounts".into(), json!(chosen));
+    w.insert("drift".into(), json!({"count": sel.drift.len(), "items": sel.drift}));
+    w.insert(
+        "availability".into(),
+        json!({"mounts_total": chosen.len(), "online": online, "degraded": degraded, "missing": missing}),
+    );
+    reconcile_fields(&mut w, degraded + missing);
     Value::Object(w)
 }
 
@@ -72,7 +184,7 @@ pub fn no_project(agent_id: &str) -> Value {
     }
     w.insert("drift".into(), json!({"count": 0, "items": []}));
     w.insert("availability".into(), json!({"mounts_total": 0, "online": 0, "degraded": 0, "missing": 0}));
-    reconcile_fields(&mut w);
+    reconcile_fields(&mut w, 0);
     Value::Object(w)
 }
 
@@ -94,18 +206,26 @@ impl ControlPlane {
             }
         }
         let digest = super::hex(&digest.finalize());
-        // No node is paired with this gateway yet, so every mount is missing.
-        json!({"nodes": {"online": 0, "total": 0},
-               "mounts": {"online": 0, "degraded": 0, "missing": total, "total": total},
+        let now = super::now_ms();
+        let admin = Viewer { role: Role::Admin, agent_id: "", has_project_token: true };
+        let (mut online, mut degraded, mut missing) = (0, 0, 0);
+        for project in state.projects.values() {
+            let sel = select(project, &state.nodes, admin, now);
+            online += sel.count(MountState::Online);
+            degraded += sel.count(MountState::Degraded);
+            missing += sel.count(MountState::Missing);
+        }
+        json!({"nodes": {"online": state.nodes.online_count(now), "total": state.nodes.nodes.len()},
+               "mounts": {"online": online, "degraded": degraded, "missing": missing, "total": total},
                "project_mount_digest": digest})
     }
 
     /// `W` for `project_id` (or the no-project form), without access checks.
-    pub fn workspace_of(&self, project_id: Option<&str>, agent_id: &str) -> Value {
+    pub fn workspace_of(&self, project_id: Option<&str>, viewer: Viewer<'_>) -> Value {
         let state = self.lock();
         match project_id.and_then(|p| state.projects.get(p)) {
-            Some(project) => status_of(project, agent_id),
-            None => no_project(agent_id),
+            Some(project) => status_of(project, &state.nodes, viewer),
+            None => no_project(viewer.agent_id),
         }
     }
 
@@ -113,7 +233,8 @@ impl ControlPlane {
     pub fn workspace_status(&self, caller: Caller<'_>, payload: Option<&Value>) -> OpResult {
         let args = Args::of(payload)?;
         let Some(id) = args.optional_str("project_id")? else {
-            return Ok(self.workspace_of(caller.project_id, caller.agent_id));
+            let viewer = Viewer { role: caller.role, agent_id: caller.agent_id, has_project_token: false };
+            return Ok(self.workspace_of(caller.project_id, viewer));
         };
         let token = args.optional_str("project_token")?;
         let state = self.lock();
@@ -140,7 +261,9 @@ impl ControlPlane {
                 Mode::Open => {}
             }
         }
-        Ok(status_of(project, caller.agent_id))
+        let has_project_token = token.is_some_and(|t| project.token_matches(t));
+        let viewer = Viewer { role: caller.role, agent_id: caller.agent_id, has_project_token };
+        Ok(status_of(project, &state.nodes, viewer))
     }
 
     pub fn reconcile_status(&self, payload: Option<&Value>) -> OpResult {
@@ -152,19 +275,39 @@ impl ControlPlane {
         {
             return Err(OpError::new(code::PROJECT_NOT_FOUND, "ProjectNotFound"));
         }
+        let now = super::now_ms();
+        let admin = Viewer { role: Role::Admin, agent_id: "", has_project_token: true };
+        let mut failed_ops = Vec::new();
+        let mut queue_depth = 0;
         let projects: Vec<Value> = state
             .projects
             .values()
             .filter(|p| only.is_none_or(|id| p.record.id == id))
             .map(|p| {
-                let w = status_of(p, "");
-                let selected = w["mounts"].as_array().map_or(0, Vec::len);
-                json!({"project_id": p.record.id, "mounts": p.record.mounts.len(), "selected_mounts": selected,
-                       "online_mounts": 0, "degraded_mounts": 0, "missing_mounts": selected,
-                       "drift_count": w["drift"]["count"], "queue_depth": 0})
+                let sel = select(p, &state.nodes, admin, now);
+                let (online, degraded, missing) =
+                    (sel.count(MountState::Online), sel.count(MountState::Degraded), sel.count(MountState::Missing));
+                for i in &sel.selected {
+                    let m = &sel.desired[*i];
+                    let what = match m.state {
+                        MountState::Missing => "missing",
+                        MountState::Degraded => "offline",
+                        MountState::Online => continue,
+                    };
+                    failed_ops.push(format!(
+                        "project={} mount={} node={} {what}",
+                        p.record.id, m.mount.mount_path, m.mount.node_id
+                    ));
+                }
+                queue_depth += degraded + missing;
+                json!({"project_id": p.record.id, "mounts": p.record.mounts.len(), "selected_mounts": sel.selected.len(),
+                       "online_mounts": online, "degraded_mounts": degraded, "missing_mounts": missing,
+                       "drift_count": sel.drift.len(), "queue_depth": degraded + missing})
             })
             .collect();
-        Ok(json!({"reconcile_state": "idle", "last_reconcile_ms": 0, "last_success_ms": 0, "last_error": null,
-                  "queue_depth": 0, "failed_ops_total": 0, "cycles_total": 0, "failed_ops": [], "projects": projects}))
+        let reconcile_state = if queue_depth == 0 { "idle" } else { "degraded" };
+        Ok(json!({"reconcile_state": reconcile_state, "last_reconcile_ms": 0, "last_success_ms": 0, "last_error": null,
+                  "queue_depth": queue_depth, "failed_ops_total": failed_ops.len(), "cycles_total": 0,
+                  "failed_ops": failed_ops, "projects": projects}))
     }
 }

@@ -13,6 +13,7 @@
 //! What this layer never does: interpret policy, validate ids, or hold a secret. Project and
 //! role tokens are stored only as SHA-256 hashes.
 
+pub mod nodes;
 pub mod sqlite;
 
 use std::collections::BTreeMap;
@@ -214,6 +215,11 @@ pub trait Store: Send + Sync {
     fn upsert_agent(&self, agent: &AgentRecord) -> StoreResult<()>;
     /// Inserts or replaces a project and records `next_project_seq` in the same transaction.
     fn upsert_project(&self, project: &ProjectRecord, next_project_seq: u64) -> StoreResult<()>;
+    /// Paired nodes, invites and pending joins, with their id counters.
+    fn load_nodes(&self) -> StoreResult<nodes::NodeSnapshot>;
+    /// Writes node-related changes (and the projects whose mounts changed with them) in one
+    /// transaction, raising the id counters to `batch.seqs`.
+    fn write_nodes(&self, batch: &nodes::NodeBatch) -> StoreResult<()>;
     /// Deletes a project and every agent binding to it.
     fn delete_project(&self, project_id: &str) -> StoreResult<()>;
     /// Binds an agent to a project, or unbinds it (`None`).

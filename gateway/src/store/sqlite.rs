@@ -29,6 +29,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionB
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::nodes::{InviteRecord, NodeBatch, NodeRecord, NodeSeqs, NodeSnapshot};
 use super::{
     AgentRecord, AuditRecord, ConversationKey, JobRecord, ProjectKind, ProjectRecord, RoleKey, RoleState, Snapshot,
     Store, StoreError, StoreResult, StoredMessage, UsageRecord, UsageTotals,
@@ -150,16 +151,37 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX jobs_by_time ON jobs (created_at_ms);
     ",
+    // Version 3: paired nodes, invites and pending joins. Secrets and invite tokens only as
+    // SHA-256 hex; the rest of each record is JSON because nothing queries inside it.
+    "
+    CREATE TABLE nodes (
+        id            TEXT PRIMARY KEY NOT NULL,
+        secret_sha256 TEXT NOT NULL CHECK (length(secret_sha256) = 64 AND secret_sha256 NOT GLOB '*[^0-9a-f]*'),
+        record        TEXT NOT NULL
+    ) STRICT;
+    CREATE TABLE node_invites (
+        id            TEXT PRIMARY KEY NOT NULL,
+        token_sha256  TEXT NOT NULL CHECK (length(token_sha256) = 64 AND token_sha256 NOT GLOB '*[^0-9a-f]*'),
+        record        TEXT NOT NULL
+    ) STRICT;
+    CREATE TABLE node_pending_joins (
+        id            TEXT PRIMARY KEY NOT NULL,
+        record        TEXT NOT NULL
+    ) STRICT;
+    ",
 ];
 
 /// Every distinct statement this store prepares fits in the cache, so none is re-parsed.
-const STATEMENT_CACHE_CAPACITY: usize = 32;
+const STATEMENT_CACHE_CAPACITY: usize = 48;
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 const META_NEXT_PROJECT_SEQ: &str = "next_project_seq";
 const META_NEXT_AUDIT_ID: &str = "next_audit_id";
 const META_NEXT_JOB_SEQ: &str = "next_job_seq";
+const META_NEXT_NODE_SEQ: &str = "next_node_seq";
+const META_NEXT_INVITE_SEQ: &str = "next_invite_seq";
+const META_NEXT_PENDING_JOIN_SEQ: &str = "next_pending_join_seq";
 
 /// Raises a meta counter but never lowers it: a stale caller must not make a `proj-N` or an
 /// audit id be issued twice.
@@ -523,49 +545,86 @@ impl Store for SqliteStore {
     }
 
     fn upsert_project(&self, project: &ProjectRecord, next_project_seq: u64) -> StoreResult<()> {
-        let access_policy = encode("project access_policy", &project.access_policy)?;
-        let mounts = encode("project mounts", &project.mounts)?;
-        let binds = encode("project binds", &project.binds)?;
         let next_project_seq = to_sql_int("next_project_seq", next_project_seq)?;
         let mut conn = self.lock()?;
         let tx = conn.transaction()?;
-        // An UPSERT, not INSERT OR REPLACE: REPLACE deletes the old row first, and that
-        // delete would cascade to the project's bindings.
-        tx.prepare_cached(
-            "INSERT INTO projects
-                 (id, name, vision, status, kind, is_delete_protected, token_hash, token_locked,
-                  created_at_ms, updated_at_ms, access_policy, mounts, binds)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
-             ON CONFLICT (id) DO UPDATE SET
-                 name = excluded.name,
-                 vision = excluded.vision,
-                 status = excluded.status,
-                 kind = excluded.kind,
-                 is_delete_protected = excluded.is_delete_protected,
-                 token_hash = excluded.token_hash,
-                 token_locked = excluded.token_locked,
-                 created_at_ms = excluded.created_at_ms,
-                 updated_at_ms = excluded.updated_at_ms,
-                 access_policy = excluded.access_policy,
-                 mounts = excluded.mounts,
-                 binds = excluded.binds",
-        )?
-        .execute(params![
-            project.id,
-            project.name,
-            project.vision,
-            project.status,
-            kind_to_sql(project.kind),
-            project.is_delete_protected,
-            project.token_hash,
-            project.token_locked,
-            project.created_at_ms,
-            project.updated_at_ms,
-            access_policy,
-            mounts,
-            binds,
-        ])?;
+        write_project(&tx, project)?;
         tx.prepare_cached(SQL_RAISE_META)?.execute(params![META_NEXT_PROJECT_SEQ, next_project_seq])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn load_nodes(&self) -> StoreResult<NodeSnapshot> {
+        let mut conn = self.lock()?;
+        let tx = conn.transaction()?;
+        let mut snapshot = NodeSnapshot {
+            seqs: NodeSeqs {
+                node: load_meta(&tx, META_NEXT_NODE_SEQ)?.unwrap_or(1),
+                invite: load_meta(&tx, META_NEXT_INVITE_SEQ)?.unwrap_or(1),
+                pending_join: load_meta(&tx, META_NEXT_PENDING_JOIN_SEQ)?.unwrap_or(1),
+            },
+            ..NodeSnapshot::default()
+        };
+        for (id, hash, record) in load_rows(&tx, "SELECT id, secret_sha256, record FROM nodes ORDER BY id")? {
+            let mut node: NodeRecord = decode("nodes", &id, "record", &record)?;
+            node.secret_sha256 = hash.unwrap_or_default();
+            snapshot.nodes.push(node);
+        }
+        for (id, hash, record) in load_rows(&tx, "SELECT id, token_sha256, record FROM node_invites ORDER BY id")? {
+            let mut invite: InviteRecord = decode("node_invites", &id, "record", &record)?;
+            invite.token_sha256 = hash.unwrap_or_default();
+            snapshot.invites.push(invite);
+        }
+        for (id, _, record) in load_rows(&tx, "SELECT id, NULL, record FROM node_pending_joins ORDER BY id")? {
+            snapshot.pending_joins.push(decode("node_pending_joins", &id, "record", &record)?);
+        }
+        tx.commit()?;
+        Ok(snapshot)
+    }
+
+    fn write_nodes(&self, batch: &NodeBatch) -> StoreResult<()> {
+        let mut conn = self.lock()?;
+        let tx = conn.transaction()?;
+        for node in &batch.put_nodes {
+            tx.prepare_cached(
+                "INSERT INTO nodes (id, secret_sha256, record) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET secret_sha256 = excluded.secret_sha256, record = excluded.record",
+            )?
+            .execute(params![node.id, node.secret_sha256, encode("node", node)?])?;
+        }
+        for id in &batch.removed_nodes {
+            tx.prepare_cached("DELETE FROM nodes WHERE id = ?1")?.execute([id])?;
+        }
+        for invite in &batch.put_invites {
+            tx.prepare_cached(
+                "INSERT INTO node_invites (id, token_sha256, record) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET token_sha256 = excluded.token_sha256, record = excluded.record",
+            )?
+            .execute(params![invite.id, invite.token_sha256, encode("invite", invite)?])?;
+        }
+        for id in &batch.removed_invites {
+            tx.prepare_cached("DELETE FROM node_invites WHERE id = ?1")?.execute([id])?;
+        }
+        for join in &batch.put_pending_joins {
+            tx.prepare_cached(
+                "INSERT INTO node_pending_joins (id, record) VALUES (?1, ?2)
+                 ON CONFLICT (id) DO UPDATE SET record = excluded.record",
+            )?
+            .execute(params![join.id, encode("pending join", join)?])?;
+        }
+        for id in &batch.removed_pending_joins {
+            tx.prepare_cached("DELETE FROM node_pending_joins WHERE id = ?1")?.execute([id])?;
+        }
+        for project in &batch.put_projects {
+            write_project(&tx, project)?;
+        }
+        for (key, value) in [
+            (META_NEXT_NODE_SEQ, batch.seqs.node),
+            (META_NEXT_INVITE_SEQ, batch.seqs.invite),
+            (META_NEXT_PENDING_JOIN_SEQ, batch.seqs.pending_join),
+        ] {
+            tx.prepare_cached(SQL_RAISE_META)?.execute(params![key, to_sql_int(key, value)?])?;
+        }
         tx.commit()?;
         Ok(())
     }
@@ -861,6 +920,60 @@ impl Store for SqliteStore {
     }
 }
 
+/// Inserts or updates one project row. An UPSERT, not INSERT OR REPLACE: REPLACE deletes
+/// the old row first, and that delete would cascade to the project's bindings.
+fn write_project(tx: &rusqlite::Transaction<'_>, project: &ProjectRecord) -> StoreResult<()> {
+    let access_policy = encode("project access_policy", &project.access_policy)?;
+    let mounts = encode("project mounts", &project.mounts)?;
+    let binds = encode("project binds", &project.binds)?;
+    tx.prepare_cached(
+        "INSERT INTO projects
+             (id, name, vision, status, kind, is_delete_protected, token_hash, token_locked,
+              created_at_ms, updated_at_ms, access_policy, mounts, binds)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+         ON CONFLICT (id) DO UPDATE SET
+             name = excluded.name,
+             vision = excluded.vision,
+             status = excluded.status,
+             kind = excluded.kind,
+             is_delete_protected = excluded.is_delete_protected,
+             token_hash = excluded.token_hash,
+             token_locked = excluded.token_locked,
+             created_at_ms = excluded.created_at_ms,
+             updated_at_ms = excluded.updated_at_ms,
+             access_policy = excluded.access_policy,
+             mounts = excluded.mounts,
+             binds = excluded.binds",
+    )?
+    .execute(params![
+        project.id,
+        project.name,
+        project.vision,
+        project.status,
+        kind_to_sql(project.kind),
+        project.is_delete_protected,
+        project.token_hash,
+        project.token_locked,
+        project.created_at_ms,
+        project.updated_at_ms,
+        access_policy,
+        mounts,
+        binds,
+    ])?;
+    Ok(())
+}
+
+/// `(id, digest or NULL, record JSON)` rows of one node table.
+fn load_rows(conn: &Connection, sql: &str) -> StoreResult<Vec<(String, Option<String>, String)>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push((row.get(0)?, row.get(1)?, row.get(2)?));
+    }
+    Ok(out)
+}
+
 /// Appends a message with the next seq of its conversation.
 fn insert_message(
     tx: &rusqlite::Transaction<'_>,
@@ -1064,6 +1177,76 @@ mod tests {
         assert_eq!(snap.next_project_seq, 2);
         assert_eq!(snap.next_audit_id, 3);
         assert_eq!(store.audit_tail(10, None).unwrap(), vec![audit(2, "coder"), audit(1, "mother")]);
+    }
+
+    #[test]
+    fn node_batches_round_trip_and_refuse_plaintext_secrets() {
+        use crate::store::nodes::{InviteRecord, NodeBatch, NodeRecord, NodeSeqs, PendingJoinRecord, Platform};
+        let dir = tempfile::tempdir().unwrap();
+        let path = db_path(&dir);
+        let node = NodeRecord {
+            id: "node-1".into(),
+            name: "laptop".into(),
+            fs_url: "ws://h/v2/fs".into(),
+            secret_sha256: HASH_A.into(),
+            platform: Platform::default(),
+            labels: [("site".to_owned(), "lab".to_owned())].into(),
+            services: vec![serde_json::json!({"service_id": "fs"})],
+            joined_at_ms: 1,
+            last_seen_ms: 2,
+            lease_expires_at_ms: 3,
+        };
+        let invite = InviteRecord {
+            id: "invite-1".into(),
+            token_sha256: HASH_B.into(),
+            created_at_ms: 1,
+            expires_at_ms: 9,
+            redeemed: true,
+        };
+        let pending = PendingJoinRecord {
+            id: "pending-join-1".into(),
+            node_name: "edge".into(),
+            fs_url: String::new(),
+            platform: Platform::default(),
+            requested_at_ms: 4,
+        };
+        let mut with_mount = project("proj-1", 20);
+        {
+            let store = SqliteStore::open(&path).unwrap();
+            store.upsert_project(&with_mount, 2).unwrap();
+            with_mount.mounts.clear();
+            let batch = NodeBatch {
+                put_nodes: vec![node.clone()],
+                put_invites: vec![invite.clone()],
+                put_pending_joins: vec![pending.clone()],
+                put_projects: vec![with_mount.clone()],
+                seqs: NodeSeqs { node: 2, invite: 2, pending_join: 2 },
+                ..NodeBatch::default()
+            };
+            store.write_nodes(&batch).unwrap();
+            let mut plaintext = node.clone();
+            plaintext.id = "node-2".into();
+            plaintext.secret_sha256 = "secret-0123456789abcdef0123456789abcdef".into();
+            let refused = NodeBatch { put_nodes: vec![plaintext], ..NodeBatch::default() };
+            assert!(store.write_nodes(&refused).is_err(), "a plaintext secret must be refused");
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let snap = store.load_nodes().unwrap();
+        assert_eq!(snap.nodes, vec![node]);
+        assert_eq!(snap.invites, vec![invite]);
+        assert_eq!(snap.pending_joins, vec![pending]);
+        assert_eq!(snap.seqs, NodeSeqs { node: 2, invite: 2, pending_join: 2 });
+        assert_eq!(store.load().unwrap().projects, vec![with_mount], "the mount change is in the same batch");
+        let removal = NodeBatch {
+            removed_nodes: vec!["node-1".into()],
+            removed_pending_joins: vec!["pending-join-1".into()],
+            seqs: NodeSeqs { node: 1, invite: 1, pending_join: 1 },
+            ..NodeBatch::default()
+        };
+        store.write_nodes(&removal).unwrap();
+        let snap = store.load_nodes().unwrap();
+        assert!(snap.nodes.is_empty() && snap.pending_joins.is_empty());
+        assert_eq!(snap.seqs.node, 2, "id counters never go back");
     }
 
     #[test]

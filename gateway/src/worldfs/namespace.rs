@@ -542,7 +542,8 @@ fn render_history(b: &Binding, runtime: &Runtime) -> Vec<u8> {
 }
 
 fn render(g: Generated, b: &Binding, plane: &ControlPlane) -> Vec<u8> {
-    let w = plane.workspace_of(Some(&b.project_id), &b.agent_id);
+    let viewer = crate::plane::workspace::Viewer { role: b.role, agent_id: &b.agent_id, has_project_token: false };
+    let w = plane.workspace_of(Some(&b.project_id), viewer);
     let alerts = || -> Value {
         let items = w["drift"]["items"].as_array().cloned().unwrap_or_default();
         Value::Array(items.into_iter().map(|d| json!({"severity": d["severity"], "kind": d["kind"], "mount_path": d["mount_path"], "message": d["message"]})).collect())
