@@ -89,6 +89,14 @@ fn an_unreachable_gateway_is_retried_with_backoff_until_sigterm() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     assert!(child.try_wait().unwrap().is_none(), "keeps retrying instead of exiting");
+    // Daemon mode is confined too: seccomp filter mode, no_new_privs (set by Landlock's
+    // restrict_self), no capabilities.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let field =
+        |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).unwrap_or_default().to_owned();
+    assert_eq!(field("Seccomp:"), "2", "{status}");
+    assert_eq!(field("NoNewPrivs:"), "1", "{status}");
+    assert_eq!(field("CapEff:"), "0000000000000000", "{status}");
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let started = Instant::now();

@@ -790,6 +790,19 @@ pub fn rss_kib_of(pid: u32) -> Option<u64> {
         .find_map(|l| l.strip_prefix("VmRSS:").and_then(|r| r.trim().trim_end_matches("kB").trim().parse().ok()))
 }
 
+/// CPU time (user + system) a process has used so far, from `/proc/<pid>/stat`.
+pub fn cpu_time_of(pid: u32) -> Option<Duration> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces; the fields after it are plain numbers.
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok().filter(|t| *t > 0)?;
+    Some(Duration::from_secs_f64(ticks as f64 / per_second as f64))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Plain HTTP
 // ---------------------------------------------------------------------------------------------
@@ -1175,8 +1188,15 @@ pub async fn raw_upgrade(
     Ok((s, head))
 }
 
-fn client_ws_config() -> WebSocketConfig {
-    WebSocketConfig::default().max_message_size(Some(256 << 20)).max_frame_size(Some(256 << 20))
+/// The harness's client settings. The read buffer is small because tungstenite zero-fills
+/// up to `read_buffer_size` (128 KiB by default) before every socket read: with hundreds of
+/// connections, that memset was the load generator's largest cost, taken from the cores the
+/// gateway under test runs on.
+pub fn client_ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(256 << 20))
+        .max_frame_size(Some(256 << 20))
+        .read_buffer_size(16 << 10)
 }
 
 /// A WebSocket client speaking the unified-v2 envelope.

@@ -247,6 +247,27 @@ async fn the_conversation_survives_a_gateway_restart() {
 }
 
 #[tokio::test]
+async fn prompts_to_one_conversation_run_one_after_another() {
+    let fake = FakeProvider::start(Format::OpenAiChat);
+    fake.set_chunk_delay(Duration::from_millis(100));
+    fake.script(vec![Reply::text("First answer, slowly."), Reply::text("Second answer.")]);
+    let stack = Stack::start(&ProviderSetup::fake(&fake), json!({}));
+    let mut client = stack.gateway.admin().await;
+    let first = send_prompt(&mut client, "one").await;
+    let second = send_prompt(&mut client, "two").await;
+    let status = client.walk_read_json(&format!("/agents/self/jobs/{second}/status.json")).await;
+    assert_eq!(status["state"], "queued", "the second prompt waits for the first turn: {status}");
+    follow_job(&mut client, &first, &mut never_asked, LIMIT).await;
+    let events = follow_job(&mut client, &second, &mut never_asked, LIMIT).await;
+    assert_eq!(streamed_text(&events), "Second answer.");
+    // The second turn saw the whole first one: its request carries the first answer after
+    // the first prompt and before the second (interleaved turns would break tool-call order).
+    let body = fake.requests()[1].body.to_string();
+    let at = |needle: &str| body.find(needle).unwrap_or_else(|| panic!("{needle:?} missing from {body}"));
+    assert!(at("\"one\"") < at("First answer, slowly.") && at("First answer, slowly.") < at("\"two\""), "{body}");
+}
+
+#[tokio::test]
 async fn session_history_counts_the_messages_of_a_project_session() {
     let fake = FakeProvider::start(Format::OpenAiChat);
     fake.script(vec![Reply::text("hello in the project")]);

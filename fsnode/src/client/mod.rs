@@ -50,10 +50,19 @@ impl CallError {
 }
 
 impl From<FsError> for CallError {
+    /// A node's answer, except a gateway relay saying the node's tunnel is down: that is the
+    /// endpoint being unreachable (retry elsewhere), not the operation failing.
     fn from(e: FsError) -> Self {
+        if e.errno == Errno::Io && RELAY_UNAVAILABLE.contains(&e.message.as_str()) {
+            return CallError::Transport(format!("gateway relay: {}", e.message));
+        }
         CallError::Fs(e)
     }
 }
+
+/// What a gateway's `/v2/fs/node/<id>` answers (errno 5) while the node's tunnel is down:
+/// to requests, and to a hello.
+const RELAY_UNAVAILABLE: [&str; 2] = ["NodeTunnelUnavailable", "node tunnel is unavailable"];
 
 /// What came back for a tag: a JSON frame, or (binary data frames) the bytes of a read.
 #[derive(Debug)]
@@ -282,7 +291,7 @@ impl FsClient {
 
 fn json_reply(reply: Reply) -> Result<Value, CallError> {
     match reply {
-        Reply::Json(frame) => wire::parse_reply(&frame).map_err(CallError::Fs),
+        Reply::Json(frame) => wire::parse_reply(&frame).map_err(CallError::from),
         Reply::Data { .. } => Err(CallError::Transport("unexpected binary reply".into())),
     }
 }

@@ -101,7 +101,7 @@ impl Daemon {
         record.node_name = Some(self.node_name.clone());
         record.fs_url = self.fs_url.clone();
         let (node_id, secret) = pairing::pair(self, &file, &mut record).await?;
-        println!("paired as {node_id}");
+        announce(&format!("paired as {node_id}"));
         if auth_token.is_some_and(|t| t != secret) {
             tracing::warn!("--auth-token is ignored in daemon mode: relayed clients authenticate with the node secret");
         }
@@ -121,6 +121,14 @@ impl Daemon {
             never = tunnel::serve_forever(self, &node_id, &secret, node) => match never {},
         }
     }
+}
+
+/// A progress line on stdout for whoever started the node (tests, operators). Never fails:
+/// `println!` would panic, and end the daemon, once the reader of stdout has gone away.
+fn announce(line: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
 
 /// A refusal worth retrying (the gateway's trouble, not a verdict on this node).

@@ -42,7 +42,7 @@ pub async fn pair(d: &Daemon, file: &StateFile, record: &mut NodeRecord) -> Resu
                     id
                 }
             };
-            println!("join request {request_id} filed; waiting for approval");
+            super::announce(&format!("join request {request_id} filed; waiting for approval"));
             backoff.reset();
             let mut payload = json!({"request_id": request_id, "lease_ttl_ms": d.lease_ttl_ms});
             if let Some(token) = &d.operator_token {
@@ -91,7 +91,8 @@ async fn request(d: &Daemon, backoff: &mut super::Backoff) -> Result<String, Dae
     }
 }
 
-/// `fs_url` only when `--fs-url` was given: the gateway refuses an empty string.
+/// `fs_url` only when `--fs-url` was given. The original node sends `""` instead; both
+/// gateways treat an absent URL like an empty one, and absent cannot fail a URL check.
 fn with_fs_url(d: &Daemon, payload: &mut Value) {
     if let Some(url) = &d.fs_url {
         payload["fs_url"] = url.as_str().into();

@@ -39,7 +39,7 @@ pub async fn serve_forever(d: &Daemon, node_id: &str, secret: &str, node: Arc<No
             Ok(ws) => {
                 backoff.reset();
                 tracing::info!(node_id, "tunnel up");
-                println!("tunnel up");
+                super::announce("tunnel up");
                 serve_tunnel(ws, Arc::clone(&node)).await;
                 tracing::warn!(node_id, "tunnel closed; reconnecting");
             }

@@ -140,19 +140,21 @@ where
         let _ = sink.close().await;
     });
 
+    let replies =
+        Replies { state: Arc::clone(&state), queue, budget: Arc::new(Semaphore::new(OUTBOUND_BYTES)), origin: None };
     let mut conn = Connection {
         state: Arc::clone(&state),
-        queue,
+        replies,
         hub_id: None,
         quota: Arc::default(),
         binary: false,
-        budget: Arc::new(Semaphore::new(OUTBOUND_BYTES)),
         wants_events: Arc::new(AtomicBool::new(!state.events_to_subscribers_only)),
         transport,
+        waiting_locks: Arc::new(Semaphore::new(MAX_TUNNEL_WAITING_LOCKS)),
     };
     let pinger = (transport == Transport::Tunnel).then(|| {
-        conn.hub_id = Some(state.hub.register(conn.queue.clone(), Arc::clone(&conn.wants_events)));
-        let queue = conn.queue.clone();
+        conn.register();
+        let queue = conn.replies.queue.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(TUNNEL_PING);
             tick.tick().await;
@@ -207,22 +209,22 @@ where
     let _ = writer.await;
 }
 
-struct Connection {
+/// `lock`s waiting at once on one tunnel (each holds a blocking thread); more get EAGAIN.
+pub const MAX_TUNNEL_WAITING_LOCKS: usize = 64;
+
+/// Where a connection's replies go: cloned into a request that finishes after the reader
+/// has moved on (a waiting `lock` on a tunnel).
+#[derive(Clone)]
+struct Replies {
     state: Arc<NodeState>,
     queue: mpsc::Sender<Outbound>,
-    /// Set once the hello succeeded: the connection then receives broadcasts.
-    hub_id: Option<u64>,
-    quota: Arc<HandleQuota>,
-    /// Binary data frames negotiated in the hello.
-    binary: bool,
     /// [`OUTBOUND_BYTES`] of queued replies.
     budget: Arc<Semaphore>,
-    /// Whether broadcasts reach this connection (see `NodeConfig::events_to_subscribers_only`).
-    wants_events: Arc<AtomicBool>,
-    transport: Transport,
+    /// The connection's hub id, which broadcasts skip.
+    origin: Option<u64>,
 }
 
-impl Connection {
+impl Replies {
     async fn send(&self, text: String) -> bool {
         self.send_frame(Frame::Text(text)).await
     }
@@ -241,13 +243,59 @@ impl Connection {
         self.queue.send(Outbound { frame, budget: Some(budget) }).await.is_ok()
     }
 
+    /// Queues the op's events, then its reply, then broadcasts the events to the others.
+    async fn finish(&self, tag: u32, reply: Result<String, FsError>, events: Vec<Event>) -> bool {
+        for event in &events {
+            if !self.send(event.render()).await {
+                return false;
+            }
+        }
+        let frame = reply.unwrap_or_else(|e| wire::render_error(Some(tag), &e));
+        if !self.send(frame).await {
+            return false;
+        }
+        self.state.hub.broadcast(self.origin, &events);
+        true
+    }
+}
+
+struct Connection {
+    state: Arc<NodeState>,
+    replies: Replies,
+    /// Set once the hello succeeded: the connection then receives broadcasts.
+    hub_id: Option<u64>,
+    quota: Arc<HandleQuota>,
+    /// Binary data frames negotiated in the hello.
+    binary: bool,
+    /// Whether broadcasts reach this connection (see `NodeConfig::events_to_subscribers_only`).
+    wants_events: Arc<AtomicBool>,
+    transport: Transport,
+    /// Slots for [`MAX_TUNNEL_WAITING_LOCKS`].
+    waiting_locks: Arc<Semaphore>,
+}
+
+impl Connection {
+    async fn send(&self, text: String) -> bool {
+        self.replies.send(text).await
+    }
+
+    async fn send_frame(&self, frame: Frame) -> bool {
+        self.replies.send_frame(frame).await
+    }
+
+    fn register(&mut self) {
+        let id = self.state.hub.register(self.replies.queue.clone(), Arc::clone(&self.wants_events));
+        self.hub_id = Some(id);
+        self.replies.origin = Some(id);
+    }
+
     /// Answers `error`; a direct connection is then closed (`false`), a tunnel kept (`true`).
     async fn fail_and_close(&self, tag: Option<u32>, error: FsError) -> bool {
         let sent = self.send(wire::render_error(tag, &error)).await;
         if self.transport == Transport::Tunnel {
             return sent;
         }
-        let _ = self.queue.send(Outbound::unbudgeted(Frame::Close)).await;
+        let _ = self.replies.queue.send(Outbound::unbudgeted(Frame::Close)).await;
         false
     }
 
@@ -273,6 +321,9 @@ impl Connection {
         if self.state.events_to_subscribers_only {
             // Only a dedicated event connection (nothing but hellos) gets broadcasts.
             self.wants_events.store(false, Ordering::Relaxed);
+        }
+        if op == "lock" && self.transport == Transport::Tunnel {
+            return self.lock_beside(&env, tag).await;
         }
         let (reply, events) = if op == "lock" {
             // `lock` with wait may block for as long as another holder keeps the lock.
@@ -315,18 +366,29 @@ impl Connection {
         self.finish(write.tag, reply, events).await
     }
 
-    /// Queues the op's events, then its reply, then broadcasts the events to the others.
     async fn finish(&self, tag: u32, reply: Result<String, FsError>, events: Vec<Event>) -> bool {
-        for event in &events {
-            if !self.send(event.render()).await {
-                return false;
-            }
-        }
-        let frame = reply.unwrap_or_else(|e| wire::render_error(Some(tag), &e));
-        if !self.send(frame).await {
-            return false;
-        }
-        self.state.hub.broadcast(self.hub_id, &events);
+        self.replies.finish(tag, reply, events).await
+    }
+
+    /// A tunnel's `lock`: run beside the reader, so that one relayed client waiting for a lock
+    /// does not hold back the others sharing the tunnel (their order is the relay's business).
+    async fn lock_beside(&self, env: &Envelope, tag: u32) -> bool {
+        let Ok(slot) = Arc::clone(&self.waiting_locks).try_acquire_owned() else {
+            let error = FsError::new(Errno::Again, "too many waiting locks on this tunnel");
+            return self.send(wire::render_error(Some(tag), &error)).await;
+        };
+        let (state, quota, payload) = (Arc::clone(&self.state), Arc::clone(&self.quota), env.payload.clone());
+        let (node, h, transport, replies) = (env.acheron.node, env.acheron.h, self.transport, self.replies.clone());
+        tokio::spawn(async move {
+            let (reply, events) = tokio::task::spawn_blocking(move || {
+                let req = Request { op: "lock", tag, node, h, payload: payload.as_ref() };
+                run(&state, &quota, transport, &req)
+            })
+            .await
+            .unwrap_or_else(|_| (Err(FsError::of(Errno::Io)), Vec::new()));
+            replies.finish(tag, reply, events).await;
+            drop(slot);
+        });
         true
     }
 
@@ -351,7 +413,7 @@ impl Connection {
             return false;
         }
         if self.hub_id.is_none() {
-            self.hub_id = Some(self.state.hub.register(self.queue.clone(), Arc::clone(&self.wants_events)));
+            self.register();
         }
         true
     }

@@ -10,7 +10,12 @@
 //! Node ids are cached per endpoint by path; an ENOENT on a cached id (the node restarted,
 //! the file was replaced on the host) drops the cache for that path and the lookup is redone
 //! from the export root once. Open handles are cached per endpoint and path; after a failover
-//! the file is simply reopened on the new endpoint at the same offset.
+//! the file is simply reopened on the new endpoint at the same offset. Names known to be
+//! missing are answered from the negative cache (`negative`).
+//!
+//! The endpoint list may change while the router runs ([`Router::set_endpoints`], driven by
+//! the workspace sync in `workspace`): each endpoint has an id that is never reused, and every
+//! cache is keyed by it, so nothing learned about a removed endpoint can leak into a new one.
 
 pub mod endpoint;
 pub mod negative;
@@ -534,7 +539,12 @@ impl Router {
             }
             let found = match a.client.call("lookup", Some(parent), None, json!({"name": name})).await {
                 Err(CallError::Fs(e)) if e.errno == Errno::NoEnt => {
-                    self.negative.insert(a.ep, parent, name);
+                    // Only a parent the node handed out during this walk (or the root) proves
+                    // the name missing: a cached id may be one a restarted node no longer
+                    // knows, and ids repeat across restarts (export index + inode).
+                    if depth > start || start == 0 {
+                        self.negative.insert(a.ep, parent, name);
+                    }
                     return Err(Miss::Call(CallError::Fs(e)));
                 }
                 other => attr_of(other?)?,

@@ -1,8 +1,8 @@
 //! Workspace hydration (spec §9.2): the router's endpoints taken from a gateway's
 //! `control.workspace_status` instead of (or besides) `--endpoint` flags.
 //!
-//! Each entry of the status's `mounts` whose `fs_url` is a `ws://…/v2/fs…` URL becomes an
-//! endpoint: name = `node_name` (else `node_id`), URL = `fs_url`, export = `export_name`, mount
+//! Each entry of the status's `desired_mounts` (else `mounts`, see [`endpoints_of`]) whose
+//! `fs_url` is a `ws://…/v2/fs…` URL becomes an endpoint: name = `node_name` (else `node_id`), URL = `fs_url`, export = `export_name`, mount
 //! = `mount_path`, hello token = `fs_auth_token` (the node secret, which the gateway shows only
 //! to `mother`). In `mount` mode a task fetches the status again every interval and replaces
 //! the router's endpoints with the result, so mounts and failover groups follow the project.
@@ -63,7 +63,12 @@ impl Workspace {
         let status = self.control.call(self.token.as_deref(), ID_PREFIX, "workspace_status", payload).await?;
         let endpoints = endpoints_of(&status);
         if endpoints.is_empty() {
-            let total = status.get("mounts").and_then(Value::as_array).map_or(0, Vec::len);
+            let total = ["desired_mounts", "mounts"]
+                .iter()
+                .filter_map(|k| status.get(*k).and_then(Value::as_array))
+                .map(Vec::len)
+                .max()
+                .unwrap_or(0);
             return Err(WorkspaceError::NoUsableMount { project: self.project_id.clone(), total });
         }
         Ok(endpoints)
@@ -103,8 +108,15 @@ impl Workspace {
 }
 
 /// The usable mounts of a `workspace_status` payload, as endpoints.
+///
+/// From `desired_mounts` (every visible mount) when present, else `mounts` (the spec's field:
+/// one selected node per path). With `mounts` alone a path never has two endpoints, so a
+/// failover group could only change at the next sync, once the gateway has noticed the node
+/// is gone (its lease expired); with every node of the path in the group, the router's health
+/// checks fail over at once.
 pub fn endpoints_of(status: &Value) -> Vec<EndpointConfig> {
-    let Some(mounts) = status.get("mounts").and_then(Value::as_array) else {
+    let listed = |key: &str| status.get(key).and_then(Value::as_array).filter(|m| !m.is_empty());
+    let Some(mounts) = listed("desired_mounts").or_else(|| listed("mounts")) else {
         return Vec::new();
     };
     let text = |m: &Value, k: &str| m.get(k).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned);
@@ -162,6 +174,15 @@ mod tests {
         assert_eq!(endpoints[1].spec.mount, "/docs");
         assert_eq!(endpoints[1].auth_token, None);
         assert!(endpoints_of(&json!({"mounts": []})).is_empty());
+        let group = json!({
+            "mounts": [{"mount_path": "/src", "node_id": "node-1", "export_name": "w", "fs_url": "ws://g/v2/fs/node/node-1"}],
+            "desired_mounts": [
+                {"mount_path": "/src", "node_id": "node-1", "export_name": "w", "fs_url": "ws://g/v2/fs/node/node-1"},
+                {"mount_path": "/src", "node_id": "node-2", "export_name": "w", "fs_url": "ws://g/v2/fs/node/node-2"}
+            ]
+        });
+        let names: Vec<String> = endpoints_of(&group).into_iter().map(|e| e.spec.name).collect();
+        assert_eq!(names, ["node-1", "node-2"], "every node of a path: a failover group");
         assert!(endpoints_of(&json!({})).is_empty());
     }
 }

@@ -26,6 +26,8 @@ use crate::config;
 
 /// The gateway `spiderweb up` starts by default.
 pub const DEFAULT_URL: &str = "ws://127.0.0.1:18790/";
+/// The file a message is written to (spec acheron-worldfs §7).
+const CHAT_INPUT: &str = "/agents/self/chat/control/input";
 /// A blocking events read waits up to 60 s on the server; this bounds it on our side.
 const EVENTS_READ_TIMEOUT: Duration = Duration::from_secs(90);
 /// An empty events read quicker than this is followed by a pause of this long.
@@ -179,11 +181,13 @@ async fn chat(args: ChatArgs) -> Result<bool, ChatError> {
             "spiderweb chat: session {session} ({agent}@{project}); resume with: spiderweb chat --session {session}"
         );
     }
+    // Open for the whole session: a message is then one write, not walk + write + clunk.
+    let input = client.walk(CHAT_INPUT).await?;
     let mut lines = StdinLines::start();
     let mut all_done = true;
     let mut answers = Answers { scripted: args.approve, explained: HashSet::new() };
     if !args.message.is_empty() {
-        all_done &= turn(&mut client, &args.message.join(" "), &style, &mut answers, &mut lines).await?;
+        all_done &= turn(&mut client, input, &args.message.join(" "), &style, &mut answers, &mut lines).await?;
     } else {
         loop {
             if style.interactive {
@@ -194,7 +198,7 @@ async fn chat(args: ChatArgs) -> Result<bool, ChatError> {
             if line.trim().is_empty() {
                 continue;
             }
-            all_done &= turn(&mut client, &line, &style, &mut answers, &mut lines).await?;
+            all_done &= turn(&mut client, input, &line, &style, &mut answers, &mut lines).await?;
         }
     }
     client.close().await;
@@ -204,6 +208,7 @@ async fn chat(args: ChatArgs) -> Result<bool, ChatError> {
 /// One message and its job, to the end. `Ok(false)`: the job failed or was refused.
 async fn turn(
     client: &mut Client,
+    input: u32,
     message: &str,
     style: &Style,
     answers: &mut Answers,
@@ -213,7 +218,7 @@ async fn turn(
         eprintln!("spiderweb chat: message is longer than {MAX_MESSAGE_BYTES} bytes; not sent");
         return Ok(false);
     }
-    let reply = match client.write_file("/agents/self/chat/control/input", message.as_bytes()).await {
+    let reply = match client.write_at(input, message.as_bytes()).await {
         Ok(reply) => reply,
         Err(e @ ClientError::Refused { .. }) => {
             eprintln!("spiderweb chat: the gateway did not take the message: {e}");

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -88,7 +89,10 @@ impl Client {
             reason: "the token is not a valid header value".into(),
         })?;
         request.headers_mut().insert("authorization", bearer);
-        let connect = tokio_tungstenite::connect_async(request);
+        // tungstenite zero-fills up to `read_buffer_size` before each read (128 KiB by
+        // default); replies here are small.
+        let config = WebSocketConfig::default().read_buffer_size(16 << 10);
+        let connect = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
         let (ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await
             .map_err(|_| ClientError::Connect { url: url.into(), reason: "timed out".into() })?
@@ -211,11 +215,15 @@ impl Client {
     /// Walks to `path`, writes `data` at offset 0, clunks; returns the write's payload.
     pub async fn write_file(&mut self, path: &str, data: &[u8]) -> Result<Value, ClientError> {
         let fid = self.walk(path).await?;
-        let encoded = base64::engine::general_purpose::STANDARD.encode(data);
-        let result =
-            self.acheron("t_write", json!({"fid": fid, "offset": 0, "data_b64": encoded}), REPLY_TIMEOUT).await;
+        let result = self.write_at(fid, data).await;
         self.clunk(fid).await?;
         result
+    }
+
+    /// One write at offset 0 to an open fid; returns the reply's payload.
+    pub async fn write_at(&mut self, fid: u32, data: &[u8]) -> Result<Value, ClientError> {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(data);
+        self.acheron("t_write", json!({"fid": fid, "offset": 0, "data_b64": encoded}), REPLY_TIMEOUT).await
     }
 
     /// Releases a fid.

@@ -12,17 +12,20 @@
 //! before the event that reports them).
 //!
 //! Limits (spec `legacy-v1.md` §7 keys): `runtime_worker_threads` turns run at once,
-//! `runtime_request_queue_max` wait (a full queue refuses with `queue_saturated`),
+//! `runtime_request_queue_max` wait beyond what free slots take (a full queue refuses with
+//! `queue_saturated`); a conversation runs one turn at a time, later prompts wait their turn,
 //! `chat_operation_timeout_ms` bounds a job, `max_run_steps` its model calls,
 //! `max_inflight_tool_calls_per_run` its parallel tool calls, `tool_retry_max_attempts`
 //! and `tool_lease_timeout_ms` each tool call; budgets ([`budget`]) bound spending.
 //!
-//! Codemap: [`job`] (state, event stream, approvals), [`turn`] (the loop), [`model`] (one
+//! Codemap: [`job`] (state, event stream, approvals), [`conversations`] (one turn at a
+//! time per conversation, cached transcripts), [`turn`] (the loop), [`model`] (one
 //! model call with retries), [`tools`] (one tool call, approval first), [`budget`],
 //! [`compaction`], [`transcript`] (store ↔ provider messages, JSONL export).
 
 pub mod budget;
 pub mod compaction;
+pub mod conversations;
 pub mod job;
 pub mod model;
 pub mod tools;
@@ -202,6 +205,7 @@ pub struct Runtime {
     shutdown: CancellationToken,
     /// Store calls on the blocking pool at once.
     store_calls: Semaphore,
+    conversations: conversations::Conversations,
 }
 
 #[derive(Default)]
@@ -256,6 +260,7 @@ impl Runtime {
             job_changes: watch::Sender::new(0),
             shutdown,
             store_calls: Semaphore::new(STORE_CALLS_AT_ONCE),
+            conversations: conversations::Conversations::default(),
         })
     }
 
@@ -270,7 +275,8 @@ impl Runtime {
         }
         // Counted before the job exists so that a burst cannot overshoot the bound.
         let queued = self.queued.fetch_add(1, Ordering::SeqCst);
-        if queued >= self.settings.queue_max && self.slots.available_permits() == 0 {
+        // Jobs the free slots take at once do not wait; the queue is what is left over.
+        if queued >= self.settings.queue_max + self.slots.available_permits() {
             self.queued.fetch_sub(1, Ordering::SeqCst);
             return Err(SubmitError::QueueSaturated(queued));
         }
@@ -306,14 +312,22 @@ impl Runtime {
         let runtime = self.clone();
         let task_job = job.clone();
         tokio::spawn(async move {
-            let permit = tokio::select! {
-                permit = runtime.slots.clone().acquire_owned() => permit.ok(),
+            // The conversation first: a job waiting for an earlier turn of its conversation
+            // must not hold a slot that a turn of another conversation could use.
+            let admitted = tokio::select! {
+                admitted = async {
+                    let conversation = runtime.conversations.begin(&origin.conversation).await;
+                    let permit = runtime.slots.clone().acquire_owned().await.ok()?;
+                    Some((conversation, permit))
+                } => admitted,
                 _ = task_job.cancel.cancelled() => None,
                 _ = runtime.shutdown.cancelled() => None,
             };
             runtime.queued.fetch_sub(1, Ordering::SeqCst);
-            match permit {
-                Some(_permit) => turn::run(runtime.clone(), task_job.clone(), prompt, origin).await,
+            match admitted {
+                Some((conversation, _permit)) => {
+                    turn::run(runtime.clone(), task_job.clone(), prompt, origin, conversation).await
+                }
                 None => runtime.fail(&task_job, "runtime_cancelled", "the job was cancelled before it started"),
             }
             runtime.persist(task_job.clone()).await;
@@ -409,7 +423,7 @@ impl Runtime {
         f(all.entry(key.clone()).or_default())
     }
 
-    /// Turns that are running or waiting for a slot.
+    /// Turns that are running, and jobs waiting for their conversation or a slot.
     pub fn load(&self) -> (usize, usize) {
         (self.settings.worker_threads - self.slots.available_permits(), self.queued.load(Ordering::SeqCst))
     }

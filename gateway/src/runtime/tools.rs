@@ -43,8 +43,13 @@ pub enum Outcome {
 
 /// The five tools as offered to the model. `shell_exec` gets two arguments the gateway
 /// consumes: `require_approval` (the model asks a human first; what `on-request` mode
-/// waits for) and `justification`.
-pub fn schemas() -> Vec<ToolSchema> {
+/// waits for) and `justification`. Generated once: every model call sends them.
+pub fn schemas() -> &'static [ToolSchema] {
+    static SCHEMAS: std::sync::OnceLock<Vec<ToolSchema>> = std::sync::OnceLock::new();
+    SCHEMAS.get_or_init(generate_schemas)
+}
+
+fn generate_schemas() -> Vec<ToolSchema> {
     spiderweb_proto::worker::tool_schemas()
         .into_iter()
         .map(|schema| {
@@ -387,7 +392,7 @@ mod tests {
 
     #[test]
     fn the_offered_shell_exec_schema_has_the_approval_arguments() {
-        let shell = schemas().into_iter().find(|s| s.name == "shell_exec").unwrap();
+        let shell = schemas().iter().find(|s| s.name == "shell_exec").unwrap();
         assert!(shell.parameters["properties"]["require_approval"].is_object());
         assert_eq!(schemas().len(), 5);
         assert_eq!(parse_decision("NO_CONTINUE"), Some(Decision::NoContinue));

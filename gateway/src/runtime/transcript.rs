@@ -16,6 +16,7 @@ use std::time::SystemTime;
 
 use serde_json::{Value, json};
 
+use super::conversations::History;
 use crate::providers::Message;
 use crate::store::{ConversationKey, Store, StoreError, StoredMessage};
 
@@ -59,7 +60,7 @@ pub fn append_summary(
 
 /// The messages a model call sees: the newest summary (as a user message) and everything
 /// after what it covers. Returns the messages with their seqs (0 for the summary).
-pub fn load(store: &dyn Store, conversation: &ConversationKey) -> Result<Vec<(u64, Message)>, StoreError> {
+pub fn load(store: &dyn Store, conversation: &ConversationKey) -> Result<History, StoreError> {
     let summary = store.latest_message_with_role(conversation, "summary")?;
     let from = summary.as_ref().and_then(|s| s.body["covers_through"].as_u64()).map_or(1, |c| c + 1);
     let mut out = Vec::new();
@@ -87,7 +88,7 @@ pub fn load(store: &dyn Store, conversation: &ConversationKey) -> Result<Vec<(u6
 /// Gives every tool call a result. A turn that stopped between a call and its result
 /// (cancelled, gateway killed) leaves a call unanswered, and providers reject a
 /// conversation like that; the model is told the call was interrupted instead.
-fn answer_dangling_calls(messages: Vec<(u64, Message)>) -> Vec<(u64, Message)> {
+fn answer_dangling_calls(messages: History) -> History {
     let mut out = Vec::with_capacity(messages.len());
     let mut pending: Vec<(String, String)> = Vec::new();
     let flush = |out: &mut Vec<(u64, Message)>, pending: &mut Vec<(String, String)>| {

@@ -22,6 +22,7 @@ use std::sync::atomic::AtomicU32;
 use futures_util::future::join_all;
 use serde_json::json;
 
+use super::conversations::{History, Turn};
 use super::job::{Job, JobState};
 use super::model::{self, Streaming};
 use super::tools::{self, Outcome};
@@ -38,11 +39,11 @@ fn failure(code: &str, message: impl Into<String>) -> Failure {
 }
 
 /// Runs the job's turn to its end and records the outcome.
-pub async fn run(runtime: Arc<Runtime>, job: Arc<Job>, prompt: String, origin: Origin) {
+pub async fn run(runtime: Arc<Runtime>, job: Arc<Job>, prompt: String, origin: Origin, mut conversation: Turn) {
     runtime.set_state(&job, JobState::Running);
     let timeout = runtime.settings.chat_timeout;
     let outcome = tokio::select! {
-        outcome = turn(&runtime, &job, prompt, &origin) => outcome,
+        outcome = turn(&runtime, &job, prompt, &origin, &mut conversation) => outcome,
         _ = job.cancel.cancelled() => Err(failure(
             "runtime_cancelled",
             "the client that started this job disconnected; the provider request was aborted and running tools were stopped",
@@ -89,36 +90,67 @@ async fn append(
 /// commit waits for the disk (milliseconds), the provider for longer. Text deltas of the
 /// first reply may stream before it completes — they are previews; every message, tool
 /// call, result and usage record is written after it, and each before its own event.
-fn commit_start(runtime: &Arc<Runtime>, job: &Job, prompt: &Message) -> JoinHandle<Result<(), Failure>> {
+fn commit_start(runtime: &Arc<Runtime>, job: &Job, prompt: &Message) -> PendingStart {
     let record = job.record();
     let body = serde_json::to_value(prompt).unwrap_or_default();
     let runtime = runtime.clone();
-    tokio::spawn(async move {
+    Some(tokio::spawn(async move {
         let now = crate::plane::now_ms();
-        runtime.blocking(move |store| store.start_turn(&record, &body, now)).await.map_err(stored)?;
-        Ok(())
-    })
+        runtime.blocking(move |store| store.start_turn(&record, &body, now)).await.map_err(stored)
+    }))
 }
 
-/// Waits for [`commit_start`]; every later write comes after the prompt.
-async fn durable(start: &mut Option<JoinHandle<Result<(), Failure>>>) -> Result<(), Failure> {
-    match start.take() {
-        None => Ok(()),
-        Some(handle) => {
-            handle.await.unwrap_or_else(|e| Err(failure("storage_error", format!("the commit task failed: {e}"))))
+/// The prompt's commit while it runs; it yields the prompt's seq.
+type PendingStart = Option<JoinHandle<Result<u64, Failure>>>;
+
+/// Waits for [`commit_start`]; every later write comes after the prompt. The prompt is the
+/// last entry of `history` until then (nothing is added before the first wait), and gets
+/// its seq here.
+async fn durable(start: &mut PendingStart, history: &mut History) -> Result<(), Failure> {
+    let Some(handle) = start.take() else { return Ok(()) };
+    let seq = handle.await.unwrap_or_else(|e| Err(failure("storage_error", format!("the commit task failed: {e}"))))?;
+    if let Some((prompt_seq, Message::User { .. })) = history.last_mut() {
+        *prompt_seq = seq;
+    }
+    Ok(())
+}
+
+/// The conversation so far: what its previous turn left in memory, else the store's copy.
+async fn history_of(runtime: &Runtime, key: &ConversationKey, conversation: &mut Turn) -> Result<History, Failure> {
+    let load = |key: ConversationKey| runtime.blocking(move |store| transcript::load(store, &key));
+    let Some(cached) = conversation.take_history() else {
+        return load(key.clone()).await.map_err(stored);
+    };
+    // Debug builds (every test run) check the cache against the store on each use.
+    if cfg!(debug_assertions) {
+        let stored_copy = load(key.clone()).await.map_err(stored)?;
+        if stored_copy != cached {
+            return Err(failure(
+                "internal_error",
+                format!(
+                    "the cached transcript of {} differs from the store: {cached:?} vs {stored_copy:?}",
+                    key.session_key
+                ),
+            ));
         }
     }
+    Ok(cached)
 }
 
-async fn turn(runtime: &Arc<Runtime>, job: &Arc<Job>, prompt: String, origin: &Origin) -> Result<String, Failure> {
+async fn turn(
+    runtime: &Arc<Runtime>,
+    job: &Arc<Job>,
+    prompt: String,
+    origin: &Origin,
+    cache: &mut Turn,
+) -> Result<String, Failure> {
     let settings = &runtime.settings;
     let conversation = &origin.conversation;
 
     // Reads do not wait for the disk; the prompt's commit runs beside the first model call.
-    let key = conversation.clone();
-    let mut history = runtime.blocking(move |store| transcript::load(store, &key)).await.map_err(stored)?;
+    let mut history = history_of(runtime, conversation, cache).await?;
     let user = Message::User { text: prompt.clone() };
-    let mut start = Some(commit_start(runtime, job, &user));
+    let mut start = commit_start(runtime, job, &user);
     history.push((0, user));
     if let Some(log) = session_log(runtime, origin) {
         log.record(
@@ -150,12 +182,12 @@ async fn turn(runtime: &Arc<Runtime>, job: &Arc<Job>, prompt: String, origin: &O
             model: settings.model.clone(),
             system: Some(settings.system_prompt.clone()),
             messages: history.iter().map(|(_, m)| m.clone()).collect(),
-            tools: tool_schemas.clone(),
+            tools: tool_schemas.to_vec(),
             max_output_tokens: settings.max_output_tokens,
             temperature: settings.temperature,
         };
         if compaction::needs_compaction(&chat, settings.model_info.info.context_window) {
-            durable(&mut start).await?;
+            durable(&mut start, &mut history).await?;
             history = compact(runtime, job, origin, history, &chat).await?;
             chat.messages = history.iter().map(|(_, m)| m.clone()).collect();
         }
@@ -163,13 +195,13 @@ async fn turn(runtime: &Arc<Runtime>, job: &Arc<Job>, prompt: String, origin: &O
             Ok(reply) => reply,
             Err(e) if e.context_too_long && !compacted_after_error => {
                 compacted_after_error = true;
-                durable(&mut start).await?;
+                durable(&mut start, &mut history).await?;
                 history = compact(runtime, job, origin, history, &chat).await?;
                 continue;
             }
             Err(e) => return Err(failure(e.code, e.message)),
         };
-        durable(&mut start).await?;
+        durable(&mut start, &mut history).await?;
         record_usage(runtime, job, origin, &reply.usage).await?;
 
         // A call whose arguments are not JSON is stored with `{}` (providers that resend
@@ -198,6 +230,7 @@ async fn turn(runtime: &Arc<Runtime>, job: &Arc<Job>, prompt: String, origin: &O
             }
         }
         if calls.is_empty() {
+            cache.keep(history);
             return Ok(reply.text);
         }
 
@@ -252,7 +285,10 @@ async fn record_usage(runtime: &Runtime, job: &Job, origin: &Origin, usage: &Usa
         cost_usd,
         created_at_ms: crate::plane::now_ms(),
     };
-    runtime.store().record_usage(&record).map_err(|e| failure("storage_error", format!("cannot record usage: {e}")))?;
+    runtime
+        .blocking(move |store| store.record_usage(&record))
+        .await
+        .map_err(|e| failure("storage_error", format!("cannot record usage: {e}")))?;
     job.emit(
         json!({"type": "usage", "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens, "cost_usd": cost_usd}),
         false,
@@ -266,9 +302,9 @@ async fn compact(
     runtime: &Arc<Runtime>,
     job: &Job,
     origin: &Origin,
-    history: Vec<(u64, Message)>,
+    history: History,
     template: &ChatRequest,
-) -> Result<Vec<(u64, Message)>, Failure> {
+) -> Result<History, Failure> {
     let settings = &runtime.settings;
     let window = settings.model_info.info.context_window;
     let messages: Vec<Message> = history.iter().map(|(_, m)| m.clone()).collect();

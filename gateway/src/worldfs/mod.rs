@@ -545,7 +545,9 @@ fn submit_chat(shared: &Shared, fs: &mut FsSession, env: &Envelope, data: &[u8])
         SubmitError::PromptTooLarge => fail(code::INVALID, e.to_string()),
         SubmitError::Storage(_) => fail(code::EIO, e.to_string()),
     })?;
-    ns(fs).sync_jobs(&shared.runtime);
+    // Only this job: adding every job of the agent here made each connection's namespace
+    // grow with all jobs on the gateway (memory quadratic in concurrent chats).
+    ns(fs).show_job(&shared.runtime, &job.id);
     let mut reply =
         json!({"n": data.len(), "job": job.id, "result_path": format!("/agents/self/jobs/{}/result.txt", job.id)});
     if let Some(id) = correlation_id {

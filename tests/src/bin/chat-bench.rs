@@ -11,7 +11,7 @@
 //!
 //! Runs as root (the worker supervisor switches to tenant uids). Build with
 //! `cargo build --release --workspace --bins`, then
-//! `target/release/chat-bench [--chats 1000 --chunks 50 --chunk-interval-ms 20]`.
+//! `target/release/chat-bench [--chats 1000 --chunks 500 --chunk-interval-ms 20 --ramp-ms 5000]`.
 
 use std::time::{Duration, Instant};
 
@@ -19,8 +19,8 @@ use anyhow::{Result, bail};
 use clap::Parser;
 use serde_json::json;
 use spiderweb_tests::fake_provider::{FakeProvider, Format, Reply};
-use spiderweb_tests::stack::{ProviderSetup, Stack, follow_job, send_prompt};
-use spiderweb_tests::{Client, rss_kib_of};
+use spiderweb_tests::stack::{CHAT_INPUT, ProviderSetup, Stack, follow_job, send_prompt, send_prompt_via};
+use spiderweb_tests::{Client, cpu_time_of, rss_kib_of};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Parser, Debug)]
@@ -33,11 +33,16 @@ struct Args {
     #[arg(long, default_value_t = 1000)]
     chats: usize,
     /// Text chunks per streamed reply.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 500)]
     chunks: usize,
     /// Interval between chunks (20 ms = 50 chunks/s).
     #[arg(long, default_value_t = 20)]
     chunk_interval_ms: u64,
+    /// The concurrent chats start evenly spread over this long (users do not all press
+    /// enter in the same millisecond); the steady-state figure counts only chunks that
+    /// arrive while every chat is streaming, so streams must last longer than the ramp.
+    #[arg(long, default_value_t = 5000)]
+    ramp_ms: u64,
     /// Tool-call turns measured.
     #[arg(long, default_value_t = 100)]
     tool_turns: usize,
@@ -101,8 +106,10 @@ async fn own_session(client: &mut Client, session: &str) {
 async fn stack_ttft(client: &mut Client, sample: usize) -> Result<f64> {
     // A connection holds a bounded number of sessions: 32 keys, each a short conversation.
     own_session(client, &format!("ttft-{}", sample % 32)).await;
+    // A chat client keeps the input file open (`spiderweb chat` does): a message is one write.
+    let input = client.walk_ok(CHAT_INPUT).await;
     let started = Instant::now();
-    let job = send_prompt(client, "hi").await;
+    let job = send_prompt_via(client, input, "hi").await;
     let fid = client.walk_ok(&format!("/agents/self/jobs/{job}/events.ndjson")).await;
     let mut offset = 0usize;
     loop {
@@ -126,8 +133,15 @@ async fn stack_ttft(client: &mut Client, sample: usize) -> Result<f64> {
     }
 }
 
-/// One streaming chat on its own connection: the arrival times of its text events.
-async fn streaming_chat(stack: &Stack, interval: Duration, chat: usize) -> Result<Vec<f64>> {
+/// One streaming chat on its own connection, started after `start_after`: each text
+/// event's arrival time and the delay it picked up.
+async fn streaming_chat(
+    stack: &Stack,
+    interval: Duration,
+    chat: usize,
+    start_after: Duration,
+) -> Result<Vec<(Instant, f64)>> {
+    tokio::time::sleep(start_after).await;
     let mut client = stack.gateway.admin().await;
     own_session(&mut client, &format!("stream-{chat}")).await;
     let job = send_prompt(&mut client, "stream").await;
@@ -166,7 +180,7 @@ async fn streaming_chat(stack: &Stack, interval: Duration, chat: usize) -> Resul
         .enumerate()
         .map(|(i, at)| {
             let expected = interval * i as u32;
-            (at.duration_since(first).as_secs_f64() - expected.as_secs_f64()).max(0.0) * 1000.0
+            (*at, (at.duration_since(first).as_secs_f64() - expected.as_secs_f64()).max(0.0) * 1000.0)
         })
         .collect())
 }
@@ -247,20 +261,37 @@ async fn run(args: Args) -> Result<()> {
             }
         })
     };
-    let chats = (0..args.chats).map(|chat| streaming_chat(&stack, interval, chat));
+    let broker_pid = stack.broker_pid();
+    let cpu_before = (cpu_time_of(pid), cpu_time_of(broker_pid));
+    let ramp = Duration::from_millis(args.ramp_ms);
+    let chats = (0..args.chats)
+        .map(|chat| streaming_chat(&stack, interval, chat, ramp.mul_f64(chat as f64 / args.chats.max(1) as f64)));
     let results = futures_util::future::join_all(chats).await;
     sampler.abort();
-    let mut delays = Vec::new();
+    let cpu_after = (cpu_time_of(pid), cpu_time_of(broker_pid));
+    let mut streams = Vec::new();
     let mut failed = 0;
     for result in results {
         match result {
-            Ok(d) => delays.extend(d),
+            Ok(arrivals) if !arrivals.is_empty() => streams.push(arrivals),
+            Ok(_) => failed += 1,
             Err(e) => {
                 failed += 1;
                 eprintln!("chat failed: {e}");
             }
         }
     }
+    // Every chat is streaming from the last first chunk to the first last chunk.
+    let all_streaming_from = streams.iter().map(|s| s[0].0).max();
+    let all_streaming_until = streams.iter().map(|s| s[s.len() - 1].0).min();
+    let delays: Vec<f64> = streams.iter().flatten().map(|(_, delay)| *delay).collect();
+    let chunks = delays.len().max(1) as f64;
+    let steady: Vec<f64> = match (all_streaming_from, all_streaming_until) {
+        (Some(from), Some(until)) if from < until => {
+            streams.iter().flatten().filter(|(at, _)| (from..=until).contains(at)).map(|(_, delay)| *delay).collect()
+        }
+        _ => Vec::new(),
+    };
     println!(
         "{} concurrent chats × {} chunks at {} ms: {:.1} s wall, {failed} failed",
         args.chats,
@@ -268,7 +299,26 @@ async fn run(args: Args) -> Result<()> {
         args.chunk_interval_ms,
         started.elapsed().as_secs_f64()
     );
-    summary("added delay per chunk", delays);
+    summary("added delay per chunk, all chunks (start-up included)", delays);
+    if steady.is_empty() {
+        println!("added delay per chunk while all chats stream: no such window (streams shorter than the ramp)");
+    } else {
+        let window = all_streaming_until.zip(all_streaming_from).map_or(0.0, |(u, f)| (u - f).as_secs_f64());
+        summary(
+            &format!("added delay per chunk while all {} chats stream ({window:.1} s window)", streams.len()),
+            steady,
+        );
+    }
+    // What a chunk costs in CPU does not depend on what else runs on the machine, unlike
+    // its delay: it is the capacity figure (cores needed = chunks/s × cost).
+    let per_chunk = |before: Option<Duration>, after: Option<Duration>| {
+        before.zip(after).map_or(f64::NAN, |(b, a)| a.saturating_sub(b).as_secs_f64() * 1e6 / chunks)
+    };
+    println!(
+        "CPU per streamed chunk: gateway {:.1} µs, broker {:.1} µs",
+        per_chunk(cpu_before.0, cpu_after.0),
+        per_chunk(cpu_before.1, cpu_after.1)
+    );
     println!(
         "gateway RSS peak during the streaming phase: {:.1} MiB",
         rss_peak.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0

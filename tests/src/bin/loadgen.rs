@@ -97,7 +97,9 @@ async fn open(t: &Target) -> Result<Ws> {
     stream.set_nodelay(true)?;
     let mut req = t.url.as_str().into_client_request()?;
     req.headers_mut().insert("Authorization", HeaderValue::from_str(&format!("Bearer {}", t.token))?);
-    let (ws, _) = tokio_tungstenite::client_async(req, stream).await.context("websocket upgrade")?;
+    let (ws, _) = tokio_tungstenite::client_async_with_config(req, stream, Some(spiderweb_tests::client_ws_config()))
+        .await
+        .context("websocket upgrade")?;
     Ok(ws)
 }
 
