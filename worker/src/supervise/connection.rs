@@ -150,12 +150,12 @@ async fn handle<'a>(
     // it does not compete with the call for CPU. After a shell call, expect another: its login
     // shell starts ahead too.
     let exit = Box::pin(async move {
-        if shared.warm.has_room(&plan_key) {
-            let shared = shared.clone();
+        if let Some(place) = shared.warm.reserve(&plan_key) {
+            let exe = shared.exe.clone();
             let plan = ConfinementPlan { prestart_shell: shell_call, ..plan };
             tokio::spawn(async move {
-                if let Ok(worker) = start(&shared.exe, &plan).await {
-                    shared.warm.put(plan_key, worker);
+                if let Ok(worker) = start(&exe, &plan).await {
+                    place.fill(worker);
                 }
             });
         }

@@ -27,7 +27,7 @@ pub struct Shared {
     /// How tenants get their own uids (if at all).
     pub switch_ids: IdSwitch,
     /// Confined workers started ahead of calls.
-    pub warm: WarmPool,
+    pub warm: Arc<WarmPool>,
 }
 
 /// Serves until SIGTERM/SIGINT.
@@ -51,7 +51,7 @@ pub async fn serve(
     }
     let warm_ttl = std::time::Duration::from_millis(config.warm_ttl_ms);
     let shared = Arc::new(Shared {
-        warm: WarmPool::new(config.warm_workers_per_plan, config.max_workers, warm_ttl),
+        warm: Arc::new(WarmPool::new(config.warm_workers_per_plan, config.max_workers, warm_ttl)),
         workers: Semaphore::new(config.max_workers),
         switch_ids,
         exe,
