@@ -150,12 +150,12 @@ fn run(socket: &Path, ws: &str, supervisor: u32, options: &Options) -> anyhow::R
         record(
             &format!("`shell_exec true` calls/s, {CONCURRENT_CALLERS} concurrent callers ({} s)", options.seconds),
             format!("{per_s:.0} (p50 / p99 {} / {})", ms(p50), ms(p99)),
-            "≥ 200, p50 ≤ 3 ms",
+            "≥ 200",
             json!({"calls_per_s_8_callers": per_s.round() as u64,
                 "concurrent_p50_us": us(p50), "concurrent_p99_us": us(p99)}),
         );
         record(
-            "CPU per call of the supervisor and its reaped workers, 8 callers",
+            "CPU per call of the supervisor, its fork servers and their reaped workers, 8 callers",
             format!("{:.2} ms", cpu * 1000.0 / calls as f64),
             "—",
             json!({"cpu_per_call_us": (cpu * 1e6 / calls as f64).round() as u64}),
@@ -193,17 +193,30 @@ fn load_average() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// CPU seconds of `pid` and of its children it has reaped (each worker's relay reaps the
-/// worker's PID 1, which reaps its tool), from `/proc/PID/stat`.
+/// CPU seconds of the supervisor `pid` and its worker processes: its own and its reaped
+/// children's, plus the same for each of its living children (the fork servers, which reap the
+/// workers they forked; each worker's relay reaps its PID 1, which reaps its tool), from
+/// `/proc/PID/stat`. Workers still running (warm ones) are not counted.
 fn tree_cpu(pid: u32) -> anyhow::Result<f64> {
+    let mut ticks = process_ticks(pid)?;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let children = std::fs::read_to_string(task?.path().join("children")).unwrap_or_default();
+        for child in children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()) {
+            ticks += process_ticks(child).unwrap_or(0);
+        }
+    }
+    // SAFETY: sysconf with a valid name.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks as f64 / per_second)
+}
+
+/// utime + stime + cutime + cstime of one process, in clock ticks.
+fn process_ticks(pid: u32) -> anyhow::Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the parenthesised command name: state is field 3; utime..cstime are 14..17.
     let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
     let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks: u64 = fields.get(11..15).unwrap_or_default().iter().filter_map(|f| f.parse::<u64>().ok()).sum();
-    // SAFETY: sysconf with a valid name.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok(ticks as f64 / per_second)
+    Ok(fields.get(11..15).unwrap_or_default().iter().filter_map(|f| f.parse::<u64>().ok()).sum())
 }
 
 fn ms(d: Duration) -> String {

@@ -9,11 +9,16 @@
 //! `shell_exec` also has its login shell running (`ConfinementPlan::prestart_shell`, left out
 //! of the pool key); a network-profile worker keeps its pasta while it waits.
 //!
-//! Workers being started count against the bounds from the moment a start is [reserved]
-//! (`WarmPool::reserve`), not only once they are idle: under concurrent calls several calls
-//! end at once, and each used to see an empty pool, start a worker, and have all but one
-//! ended unused (40 % of all workers started with 8 callers, each a full confinement and a
-//! login shell).
+//! The pool is sized from the load: a plan keeps as many warm workers as it has calls running
+//! at once (counted by [`WarmPool::call`]), at least one and at most `per_plan`. One caller
+//! at a time keeps one; 8 concurrent callers keep up to 8, so each of them finds its worker
+//! confined already: a cold start spends most of its time asleep (detaching the old root
+//! waits for an RCU grace period; creating a network namespace can wait for the kernel's
+//! teardown of others), which with a fixed number of callers bounds throughput no matter how
+//! idle the CPUs are. Workers being started count against the bounds from the moment a start
+//! is reserved ([`WarmPool::reserve`]), not only once they are idle: otherwise several calls
+//! ending at once each see room, start a worker, and all but one are ended unused (40 % of
+//! all workers started with 8 callers, each a full confinement and a login shell).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -49,11 +54,19 @@ struct Plan<W> {
     idle: Vec<(Instant, W)>,
     /// Reserved starts not yet filled (or given up).
     starting: usize,
+    /// Calls of this plan running now.
+    running: usize,
 }
 
 impl<W> Default for Plan<W> {
     fn default() -> Self {
-        Plan { idle: Vec::new(), starting: 0 }
+        Plan { idle: Vec::new(), starting: 0, running: 0 }
+    }
+}
+
+impl<W> Plan<W> {
+    fn unused(&self) -> bool {
+        self.idle.is_empty() && self.starting == 0 && self.running == 0
     }
 }
 
@@ -71,6 +84,13 @@ pub struct Reservation<W: Standby = ReadyWorker> {
     plan_key: Option<String>,
 }
 
+/// One running call of a plan, counted while it lives (the load the pool is sized from).
+#[must_use = "the call counts as running while this lives"]
+pub struct RunningCall<W: Standby = ReadyWorker> {
+    pool: Arc<WarmPool<W>>,
+    plan_key: String,
+}
+
 impl<W: Standby> WarmPool<W> {
     /// A pool keeping at most `per_plan` idle or starting workers per plan and `total` overall.
     pub fn new(per_plan: usize, total: usize, ttl: Duration) -> Self {
@@ -80,6 +100,12 @@ impl<W: Standby> WarmPool<W> {
     fn lock(&self) -> MutexGuard<'_, State<W>> {
         // The state stays consistent even if a holder panicked: every change is one statement.
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Counts a call of `plan_key` as running until the returned guard is dropped.
+    pub fn call(self: &Arc<Self>, plan_key: &str) -> RunningCall<W> {
+        self.lock().plans.entry(plan_key.to_owned()).or_default().running += 1;
+        RunningCall { pool: self.clone(), plan_key: plan_key.to_owned() }
     }
 
     /// An idle, live, unexpired worker for `plan_key`.
@@ -94,15 +120,19 @@ impl<W: Standby> WarmPool<W> {
         None
     }
 
-    /// A place for one more warm worker for `plan_key`, if the bounds leave one (counting
-    /// workers still starting).
+    /// A place for one more warm worker for `plan_key`, if the plan's load and the bounds
+    /// leave one (counting workers still starting).
     pub fn reserve(self: &Arc<Self>, plan_key: &str) -> Option<Reservation<W>> {
         let mut state = self.lock();
         if self.per_plan == 0 || state.held() >= self.total {
             return None;
         }
         let plan = state.plans.entry(plan_key.to_owned()).or_default();
-        if plan.idle.len() + plan.starting >= self.per_plan {
+        let wanted = plan.running.clamp(1, self.per_plan);
+        if plan.idle.len() + plan.starting >= wanted {
+            if plan.unused() {
+                state.plans.remove(plan_key);
+            }
             return None;
         }
         plan.starting += 1;
@@ -115,7 +145,7 @@ impl<W: Standby> WarmPool<W> {
         for plan in state.plans.values_mut() {
             plan.idle.retain(|(since, _)| since.elapsed() < self.ttl);
         }
-        state.plans.retain(|_, plan| !plan.idle.is_empty() || plan.starting > 0);
+        state.plans.retain(|_, plan| !plan.unused());
     }
 
     /// Idle workers and reserved starts, over all plans.
@@ -124,13 +154,19 @@ impl<W: Standby> WarmPool<W> {
     }
 
     fn release(&self, plan_key: &str, worker: Option<W>) {
+        self.update(plan_key, |plan| {
+            plan.starting = plan.starting.saturating_sub(1);
+            if let Some(worker) = worker {
+                plan.idle.push((Instant::now(), worker));
+            }
+        });
+    }
+
+    fn update(&self, plan_key: &str, change: impl FnOnce(&mut Plan<W>)) {
         let mut state = self.lock();
         let plan = state.plans.entry(plan_key.to_owned()).or_default();
-        plan.starting = plan.starting.saturating_sub(1);
-        if let Some(worker) = worker {
-            plan.idle.push((Instant::now(), worker));
-        }
-        if plan.idle.is_empty() && plan.starting == 0 {
+        change(plan);
+        if plan.unused() {
             state.plans.remove(plan_key);
         }
     }
@@ -142,6 +178,12 @@ impl<W: Standby> Reservation<W> {
         if let Some(plan_key) = self.plan_key.take() {
             self.pool.release(&plan_key, Some(worker));
         }
+    }
+}
+
+impl<W: Standby> Drop for RunningCall<W> {
+    fn drop(&mut self) {
+        self.pool.update(&self.plan_key, |plan| plan.running = plan.running.saturating_sub(1));
     }
 }
 
@@ -175,18 +217,30 @@ mod tests {
     }
 
     #[test]
-    fn calls_ending_together_reserve_only_what_the_plan_keeps() {
+    fn calls_ending_together_reserve_only_what_the_load_asks_for() {
+        let pool = pool(8, 16);
+        let calls: Vec<_> = (0..3).map(|_| pool.call("a")).collect();
+        // The three calls end at the same moment and each asks for a warm successor, twice.
+        let reserved: Vec<_> = (0..6).filter_map(|_| pool.reserve("a")).collect();
+        assert_eq!(reserved.len(), 3, "one per running call; starts in progress count");
+        drop(calls);
+        assert!(pool.reserve("a").is_none(), "with no call running, one is kept (three already are)");
+        assert!(pool.reserve("b").is_some(), "another plan has its own places, at least one");
+        assert_eq!(pool.held(), 3, "the dropped reservation for b gave its place back");
+    }
+
+    #[test]
+    fn the_load_is_capped_by_the_per_plan_bound() {
         let pool = pool(2, 16);
-        // Eight calls end at the same moment and each asks for a warm successor.
+        let _calls: Vec<_> = (0..8).map(|_| pool.call("a")).collect();
         let reserved: Vec<_> = (0..8).filter_map(|_| pool.reserve("a")).collect();
-        assert_eq!(reserved.len(), 2, "starts in progress count against the plan's bound");
-        assert!(pool.reserve("b").is_some(), "another plan has its own places");
-        assert_eq!(pool.held(), 2, "the dropped reservation for b gave its place back");
+        assert_eq!(reserved.len(), 2);
     }
 
     #[test]
     fn the_total_bound_counts_starting_and_idle_workers_of_every_plan() {
         let pool = pool(2, 3);
+        let _calls = [pool.call("a"), pool.call("a"), pool.call("b"), pool.call("b")];
         pool.reserve("a").unwrap().fill(Fake { id: 1, alive: true });
         let _starting_a = pool.reserve("a").unwrap();
         let _starting_b = pool.reserve("b").unwrap();
@@ -199,6 +253,7 @@ mod tests {
     #[test]
     fn a_worker_is_handed_out_once_and_a_dead_one_never() {
         let pool = pool(3, 16);
+        let _calls = [pool.call("a"), pool.call("a")];
         pool.reserve("a").unwrap().fill(Fake { id: 1, alive: true });
         pool.reserve("a").unwrap().fill(Fake { id: 2, alive: false });
         assert_eq!(pool.take("a").map(|w| w.id), Some(1), "the dead worker is skipped and dropped");

@@ -2,7 +2,6 @@
 //! number of concurrent workers, and stops on SIGTERM/SIGINT.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use spiderweb_service::activation::Activation;
@@ -15,13 +14,14 @@ use super::config::SupervisorConfig;
 use super::connection;
 use super::pool::WarmPool;
 use crate::ids::IdSwitch;
+use crate::launch::Launcher;
 
 /// What every connection shares.
 pub struct Shared {
     /// The configuration.
     pub config: SupervisorConfig,
-    /// This executable (the worker binary).
-    pub exe: PathBuf,
+    /// Starts workers (through per-tenant fork servers of this executable).
+    pub launcher: Launcher,
     /// Concurrent workers.
     pub workers: Semaphore,
     /// How tenants get their own uids (if at all).
@@ -54,7 +54,7 @@ pub async fn serve(
         warm: Arc::new(WarmPool::new(config.warm_workers_per_plan, config.max_workers, warm_ttl)),
         workers: Semaphore::new(config.max_workers),
         switch_ids,
-        exe,
+        launcher: Launcher::new(exe),
         config,
     });
     tracing::info!(socket = %shared.config.socket.display(), switch_ids = ?shared.switch_ids, "supervisor listening");
@@ -80,7 +80,10 @@ pub async fn serve(
                 }
                 tokio::spawn(connection::serve(stream, shared.clone()));
             }
-            _ = expiry.tick() => shared.warm.expire(),
+            _ = expiry.tick() => {
+                shared.warm.expire();
+                shared.launcher.expire_fork_servers(warm_ttl);
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
