@@ -4,7 +4,7 @@
 //!
 //! Why: an exec of this executable (the kernel's ELF loading, ld.so's relocations, glibc's
 //! CPU-feature and cache detection, whose `cpuid` instructions each trap to the hypervisor on
-//! a VM) is about a third of a `shell_exec true` call's CPU on the 2-vCPU VM of
+//! a VM) was a fifth to a third of a `shell_exec true` call's CPU on the 2-vCPU VM of
 //! `docs/benchmarks.md`. A fork of a process that has already been through all of it skips
 //! that. The forked child then takes exactly the path of an exec'd `spiderweb-worker
 //! confined` ([`crate::entry`]): it reads its plan from stdin, confines itself, and only then
