@@ -10,11 +10,11 @@ use spiderweb_proto::worker::{OutputStream, SandboxProfile, ToolOutcome, WorkerT
 use spiderweb_service::activation::Activation;
 use spiderweb_service::logging::{self, LogFormat};
 use spiderweb_service::notify::Notifier;
-use spiderweb_worker::entry;
 use spiderweb_worker::ids::id_switch;
-use spiderweb_worker::launch::run_task;
+use spiderweb_worker::launch::{Launcher, run_task};
 use spiderweb_worker::plan::{ConfinementPlan, Ids, SearchBackend};
 use spiderweb_worker::supervise::{config::SupervisorConfig, server};
+use spiderweb_worker::{entry, forkserver};
 
 #[derive(Parser)]
 #[command(name = "spiderweb-worker", version, about = "spiderweb tool-worker supervisor and confined workers")]
@@ -57,6 +57,10 @@ enum Cmd {
         /// Copy streamed output to stderr as it arrives.
         #[arg(long)]
         stream: bool,
+        /// Exec the worker instead of forking it from a fork server (the supervisor's
+        /// fallback path).
+        #[arg(long, hide = true)]
+        exec: bool,
         /// Tool name.
         tool: String,
         /// Arguments object (JSON).
@@ -69,6 +73,9 @@ enum Cmd {
     /// from stdin).
     #[command(hide = true)]
     Confined,
+    /// Forks confined workers on request (started by `run` and `supervise`, one per tenant).
+    #[command(hide = true)]
+    ForkServer,
 }
 
 fn main() -> std::process::ExitCode {
@@ -81,6 +88,7 @@ fn main() -> std::process::ExitCode {
                 std::process::ExitCode::from(2)
             }
         },
+        Cmd::ForkServer => forkserver::serve(),
         Cmd::Schemas => {
             println!("{}", serde_json::to_string_pretty(&tool_schemas()).expect("schemas serialise"));
             std::process::ExitCode::SUCCESS
@@ -120,10 +128,11 @@ fn main() -> std::process::ExitCode {
             sandbox_config,
             wall_clock_ms,
             stream,
+            exec,
             tool,
             args,
         } => {
-            let options = RunOptions { profile, uid, gid, search_backend, sandbox_config, wall_clock_ms, stream };
+            let options = RunOptions { profile, uid, gid, search_backend, sandbox_config, wall_clock_ms, stream, exec };
             match run_one(workspace, options, tool, &args) {
                 Ok(outcome) => {
                     println!("{}", serde_json::to_string(&outcome).expect("outcome serialises"));
@@ -153,10 +162,11 @@ struct RunOptions {
     sandbox_config: Option<PathBuf>,
     wall_clock_ms: Option<u64>,
     stream: bool,
+    exec: bool,
 }
 
 fn run_one(workspace: PathBuf, options: RunOptions, tool: String, args: &str) -> anyhow::Result<ToolOutcome> {
-    let RunOptions { profile, uid, gid, search_backend, sandbox_config, wall_clock_ms, stream } = options;
+    let RunOptions { profile, uid, gid, search_backend, sandbox_config, wall_clock_ms, stream, exec } = options;
     let workspace = workspace.canonicalize().map_err(|e| anyhow::anyhow!("workspace {}: {e}", workspace.display()))?;
     let args: serde_json::Value =
         serde_json::from_str(args).map_err(|e| anyhow::anyhow!("arguments are not JSON: {e}"))?;
@@ -188,12 +198,18 @@ fn run_one(workspace: PathBuf, options: RunOptions, tool: String, args: &str) ->
     }
     let plan = ConfinementPlan::new(workspace.display().to_string(), rules, ids, search_backend);
     let exe = std::env::current_exe()?;
+    let launcher = if exec { Launcher::exec_only(exe) } else { Launcher::new(exe) };
     let task = WorkerTask { tool, args };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    Ok(runtime.block_on(run_task(&exe, &plan, &task, |s, data| {
-        if stream {
-            let tag = if s == OutputStream::Stdout { "stdout" } else { "stderr" };
-            eprint!("[{tag}] {data}");
-        }
-    })))
+    Ok(runtime.block_on(async {
+        let outcome = run_task(&launcher, &plan, &task, |s, data| {
+            if stream {
+                let tag = if s == OutputStream::Stdout { "stdout" } else { "stderr" };
+                eprint!("[{tag}] {data}");
+            }
+        })
+        .await;
+        launcher.shutdown().await;
+        outcome
+    }))
 }

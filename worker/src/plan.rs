@@ -29,7 +29,7 @@ pub enum SearchBackend {
 }
 
 /// The uid/gid the tool runs as, when the launcher may switch ids.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Ids {
     /// User id.
     pub uid: u32,

@@ -8,32 +8,57 @@ use std::os::unix::process::CommandExt;
 use common::*;
 use serde_json::json;
 
+/// Both ways a worker process starts: forked by the tenant's fork server (what the supervisor
+/// does) and exec'd (its fallback).
+const SPAWN_PATHS: [(&str, &[&str]); 2] = [("fork-server", &[]), ("confined", &["--exec"])];
+
 #[test]
 fn every_layer_is_active_inside_the_tool() {
-    let w = Workspace::new(test_uid("layers"));
-    let out = shell(
-        &w,
-        "workspace-write",
-        "grep -E '^(NoNewPrivs|Seccomp|Cap(Inh|Prm|Eff|Bnd|Amb)):' /proc/self/status; id -u; id -g; hostname; \
-         echo pid1=$(cat /proc/1/comm); awk '{print $2}' /proc/self/mounts | sort | tr '\\n' ' '; echo; ulimit -u; ulimit -n; ulimit -f",
-    );
-    let text = out.ok()["stdout"].as_str().unwrap().to_owned();
-    let cmdline = shell(&w, "read-only", "tr '\\0' ' ' < /proc/1/cmdline");
-    let cmdline = cmdline.ok()["stdout"].as_str().unwrap();
-    assert_eq!(cmdline.trim_end(), format!("{WORKER} confined"), "the plan is not in argv");
-    for line in ["NoNewPrivs:\t1", "Seccomp:\t2", "CapEff:\t0000000000000000", "CapBnd:\t0000000000000000"] {
-        assert!(text.contains(line), "missing {line:?} in {text}");
+    for (argv1, extra) in SPAWN_PATHS {
+        let w = Workspace::new(test_uid("layers"));
+        let command = "grep -E '^(NoNewPrivs|Seccomp|Cap(Inh|Prm|Eff|Bnd|Amb)|SigBlk):' /proc/self/status; \
+            id -u; id -g; hostname; echo pid1=$(cat /proc/1/comm); \
+            awk '{print $2}' /proc/self/mounts | sort | tr '\\n' ' '; echo; ulimit -u; ulimit -n; ulimit -f; \
+            ls /proc/1/fd | tr '\\n' ' '; echo; env | sort | tr '\\n' ' '";
+        let out = run_tool(&w, "workspace-write", "shell_exec", json!({ "command": command }), extra);
+        let text = out.ok()["stdout"].as_str().unwrap().to_owned();
+        let shown =
+            run_tool(&w, "read-only", "shell_exec", json!({"command": "tr '\\0' ' ' < /proc/1/cmdline"}), extra);
+        let cmdline = shown.ok()["stdout"].as_str().unwrap();
+        assert_eq!(cmdline.trim_end(), format!("{WORKER} {argv1}"), "the plan is not in argv");
+        for line in [
+            "NoNewPrivs:\t1",
+            "Seccomp:\t2",
+            "CapEff:\t0000000000000000",
+            "CapBnd:\t0000000000000000",
+            "SigBlk:\t0000000000000000",
+        ] {
+            assert!(text.contains(line), "{argv1}: missing {line:?} in {text}");
+        }
+        assert!(text.contains(&format!("\n{}\n{}\nspiderweb-worker\n", w.uid, w.uid)), "{argv1}: {text}");
+        assert!(text.contains("pid1=spiderweb-worke"), "{argv1}: the worker is PID 1 of its namespace: {text}");
+        let mounts: Vec<&str> = text.lines().find(|l| l.starts_with("/ ")).unwrap().split_whitespace().collect();
+        for mount in &mounts {
+            let allowed = ["/", "/usr", "/etc", "/workspace", "/tmp", "/dev", "/proc"].contains(mount)
+                || mount.starts_with("/dev/")
+                || mount.starts_with("/workspace/.git");
+            assert!(allowed, "{argv1}: unexpected mount {mount} in {mounts:?}");
+        }
+        assert!(text.contains("\n512\n1024\n1048576\n"), "{argv1}: rlimits (nproc, nofile, fsize KiB): {text}");
+        // PID 1 holds its stdio and the tool's pipes, nothing of the launcher or fork server.
+        let fds = text.lines().rev().nth(1).unwrap_or_default();
+        assert!(
+            fds.split_whitespace().all(|fd| fd.parse::<u32>().is_ok_and(|fd| fd <= 6)),
+            "{argv1}: PID 1's fds {fds}"
+        );
+        let env = text.lines().last().unwrap_or_default();
+        assert_eq!(
+            env.trim_end(),
+            "HOME=/workspace LANG=C.UTF-8 PATH=/usr/local/bin:/usr/bin:/bin:/usr/local/games:/usr/games PWD=/workspace \
+             SHELL=/bin/bash SHLVL=1 TERM=dumb TMPDIR=/tmp USER=spiderweb _=/usr/bin/env",
+            "{argv1}: only the sandbox's environment (PATH as the login files set it)"
+        );
     }
-    assert!(text.contains(&format!("\n{}\n{}\nspiderweb-worker\n", w.uid, w.uid)), "{text}");
-    assert!(text.contains("pid1=spiderweb-worke"), "the worker is PID 1 of its namespace: {text}");
-    let mounts: Vec<&str> = text.lines().find(|l| l.starts_with("/ ")).unwrap().split_whitespace().collect();
-    for mount in &mounts {
-        let allowed = ["/", "/usr", "/etc", "/workspace", "/tmp", "/dev", "/proc"].contains(mount)
-            || mount.starts_with("/dev/")
-            || mount.starts_with("/workspace/.git");
-        assert!(allowed, "unexpected mount {mount} in {mounts:?}");
-    }
-    assert!(text.trim_end().ends_with("512\n1024\n1048576"), "rlimits (nproc, nofile, fsize KiB): {text}");
 }
 
 #[test]

@@ -498,3 +498,117 @@ fn pastas_under(root: u32) -> usize {
         })
         .count()
 }
+
+/// The parent pid of `pid`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn cmdline(pid: u32) -> String {
+    String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()).replace('\0', " ")
+}
+
+/// Waits until `uid` has a process that is PID 1 of a worker (its parent, the relay, is a
+/// child of a fork server), and returns that fork server's pid.
+fn fork_server_of(uid: u32) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        for pid in processes_of(uid) {
+            let server = parent_of(pid as u32).and_then(parent_of);
+            if let Some(server) = server.filter(|s| cmdline(*s).ends_with("spiderweb-worker fork-server ")) {
+                return server;
+            }
+        }
+        assert!(Instant::now() < deadline, "no worker of uid {uid} forked by a fork server");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn each_tenant_has_its_own_fork_server_and_none_outlives_the_supervisor() {
+    let (alice, bob) = (test_uid("sup-fork-a"), test_uid("sup-fork-b"));
+    let mut sup = Supervisor::start(&[("alice", alice), ("bob", bob)], json!({"warm_workers_per_plan": 1}));
+    let supervisor = sup.child.id();
+    let mut conn = sup.connect();
+    let (ws_a, ws_b) = (Workspace::new(alice), Workspace::new(bob));
+    for (id, tenant, ws) in [("a", "alice", &ws_a), ("b", "bob", &ws_b)] {
+        send(&mut conn, &request(id, tenant, ws.path(), "shell_exec", json!({"command": "echo $PPID"})));
+        let (_, result) = collect(&mut conn, id);
+        assert_eq!(result["payload"]["stdout"], "1\n", "the shell's parent is the worker, PID 1 of its own namespace");
+    }
+    // Each call leaves a warm worker of its tenant waiting, forked by that tenant's server.
+    let (server_a, server_b) = (fork_server_of(alice), fork_server_of(bob));
+    assert_ne!(server_a, server_b, "workers of two tenants never come from one fork server (shared layout)");
+    for server in [server_a, server_b] {
+        assert_eq!(parent_of(server), Some(supervisor), "fork servers are the supervisor's children");
+        assert_eq!(processes_of_uid_of(server), Some(0), "the fork server keeps the supervisor's uid, not a tenant's");
+    }
+    // SIGKILL: nothing of the supervisor gets to clean up; the kernel's parent-death signals do.
+    sup.child.kill().unwrap();
+    sup.child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Exited processes count as gone: their new parent (this test process, once another test
+    // has made it a subreaper) may not reap them before the test binary exits.
+    let running = |pid: &i32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    };
+    let left = || {
+        let mut left = processes_of(alice);
+        left.extend(processes_of(bob));
+        left.extend([server_a as i32, server_b as i32]);
+        left.into_iter().filter(running).collect::<Vec<_>>()
+    };
+    while !left().is_empty() {
+        assert!(Instant::now() < deadline, "outlived the supervisor: {}", describe(&left()));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn processes_of_uid_of(pid: u32) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}")).ok().map(|m| m.uid())
+}
+
+/// Every network namespace (`net:[inode]`) a host process is in or holds a descriptor of.
+fn network_namespaces() -> Vec<String> {
+    let mut held = Vec::new();
+    for process in std::fs::read_dir("/proc").unwrap().flatten() {
+        if process.file_name().to_string_lossy().parse::<u32>().is_err() {
+            continue;
+        }
+        held.extend(std::fs::read_link(process.path().join("ns/net")).ok());
+        for fd in std::fs::read_dir(process.path().join("fd")).into_iter().flatten().flatten() {
+            held.extend(std::fs::read_link(fd.path()).ok().filter(|l| l.to_string_lossy().starts_with("net:[")));
+        }
+    }
+    held.into_iter().map(|link| link.display().to_string()).collect()
+}
+
+#[test]
+fn every_call_has_a_network_namespace_of_its_own_that_ends_with_it() {
+    let uid = test_uid("sup-netns");
+    // No warm worker: the namespace of each call must be gone once its result is in.
+    let sup = Supervisor::start(&[("alice", uid)], json!({"warm_workers_per_plan": 0}));
+    let ws = Workspace::new(uid);
+    let mut conn = sup.connect();
+    let host = std::fs::read_link("/proc/self/ns/net").unwrap().display().to_string();
+    for id in ["1", "2", "3"] {
+        let cmd = "readlink /proc/self/ns/net; cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' '";
+        send(&mut conn, &request(id, "alice", ws.path(), "shell_exec", json!({ "command": cmd })));
+        let (_, result) = collect(&mut conn, id);
+        let stdout = result["payload"]["stdout"].as_str().unwrap_or_else(|| panic!("{result}")).to_owned();
+        let mut lines = stdout.lines();
+        let namespace = lines.next().unwrap().to_owned();
+        assert_ne!(namespace, host, "a worker never shares the host's network namespace");
+        assert_eq!(lines.collect::<Vec<_>>(), ["lo"], "only loopback in the worker's namespace");
+        // Gone before the next call starts: no process is in it or holds it, so no later
+        // worker can be handed it (the kernel may recycle its inode number, not the namespace).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while network_namespaces().contains(&namespace) {
+            assert!(Instant::now() < deadline, "call {id}'s network namespace outlived it");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}

@@ -19,7 +19,7 @@ fn default_socket_mode() -> u32 {
 }
 
 fn default_warm_workers() -> usize {
-    1
+    MAX_WARM_PER_PLAN
 }
 
 fn default_warm_ttl_ms() -> u64 {
@@ -47,7 +47,8 @@ pub struct SupervisorConfig {
     /// Workers running at once; further requests wait.
     #[serde(default = "default_max_workers")]
     pub max_workers: usize,
-    /// Idle confined workers kept ready per plan (tenant, workspace, profile); 0 disables.
+    /// Most confined workers kept ready per plan (tenant, workspace, profile): the pool keeps
+    /// as many as the plan has calls running at once, at least one; 0 disables.
     #[serde(default = "default_warm_workers")]
     pub warm_workers_per_plan: usize,
     /// How long a warm worker may wait for a call before it is ended.
@@ -124,7 +125,7 @@ mod tests {
     fn defaults_are_the_safe_ones() {
         let c = config(json!({})).unwrap();
         assert_eq!(c.allowed_uids, UidAllowlist::only_self());
-        assert_eq!((c.socket_mode, c.max_workers, c.warm_workers_per_plan), (0o660, 16, 1));
+        assert_eq!((c.socket_mode, c.max_workers, c.warm_workers_per_plan), (0o660, 16, MAX_WARM_PER_PLAN));
         c.validate(false).unwrap();
         let err = c.validate(true).unwrap_err().to_string();
         assert!(err.contains("uid_range"), "switching ids needs tenant ids: {err}");

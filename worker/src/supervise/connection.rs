@@ -23,7 +23,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::request::plan_for;
 use super::server::Shared;
-use crate::launch::start;
 use crate::plan::ConfinementPlan;
 
 /// Requests one connection may have running or queued.
@@ -128,9 +127,10 @@ async fn handle<'a>(
         })
     };
     let plan_key = serde_json::to_string(&plan).unwrap_or_default();
+    let running = shared.warm.call(&plan_key);
     let worker = match shared.warm.take(&plan_key) {
         Some(worker) => worker,
-        None => match start(&shared.exe, &plan).await {
+        None => match shared.launcher.start(&plan).await {
             Ok(worker) => worker,
             Err(outcome) => return (outcome, nothing_left()),
         },
@@ -150,15 +150,16 @@ async fn handle<'a>(
     // it does not compete with the call for CPU. After a shell call, expect another: its login
     // shell starts ahead too.
     let exit = Box::pin(async move {
-        if shared.warm.has_room(&plan_key) {
+        if let Some(place) = shared.warm.reserve(&plan_key) {
             let shared = shared.clone();
             let plan = ConfinementPlan { prestart_shell: shell_call, ..plan };
             tokio::spawn(async move {
-                if let Ok(worker) = start(&shared.exe, &plan).await {
-                    shared.warm.put(plan_key, worker);
+                if let Ok(worker) = shared.launcher.start(&plan).await {
+                    place.fill(worker);
                 }
             });
         }
+        drop(running);
         exited.await;
         drop(slot);
     });

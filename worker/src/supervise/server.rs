@@ -2,7 +2,6 @@
 //! number of concurrent workers, and stops on SIGTERM/SIGINT.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use spiderweb_service::activation::Activation;
@@ -15,19 +14,20 @@ use super::config::SupervisorConfig;
 use super::connection;
 use super::pool::WarmPool;
 use crate::ids::IdSwitch;
+use crate::launch::Launcher;
 
 /// What every connection shares.
 pub struct Shared {
     /// The configuration.
     pub config: SupervisorConfig,
-    /// This executable (the worker binary).
-    pub exe: PathBuf,
+    /// Starts workers (through per-tenant fork servers of this executable).
+    pub launcher: Launcher,
     /// Concurrent workers.
     pub workers: Semaphore,
     /// How tenants get their own uids (if at all).
     pub switch_ids: IdSwitch,
     /// Confined workers started ahead of calls.
-    pub warm: WarmPool,
+    pub warm: Arc<WarmPool>,
 }
 
 /// Serves until SIGTERM/SIGINT.
@@ -51,10 +51,10 @@ pub async fn serve(
     }
     let warm_ttl = std::time::Duration::from_millis(config.warm_ttl_ms);
     let shared = Arc::new(Shared {
-        warm: WarmPool::new(config.warm_workers_per_plan, config.max_workers, warm_ttl),
+        warm: Arc::new(WarmPool::new(config.warm_workers_per_plan, config.max_workers, warm_ttl)),
         workers: Semaphore::new(config.max_workers),
         switch_ids,
-        exe,
+        launcher: Launcher::new(exe),
         config,
     });
     tracing::info!(socket = %shared.config.socket.display(), switch_ids = ?shared.switch_ids, "supervisor listening");
@@ -80,7 +80,10 @@ pub async fn serve(
                 }
                 tokio::spawn(connection::serve(stream, shared.clone()));
             }
-            _ = expiry.tick() => shared.warm.expire(),
+            _ = expiry.tick() => {
+                shared.warm.expire();
+                shared.launcher.expire_fork_servers(warm_ttl);
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
