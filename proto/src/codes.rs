@@ -29,6 +29,11 @@ pub mod control {
     pub const PROJECT_POLICY_FORBIDDEN: &str = "project_policy_forbidden";
     pub const MOUNT_CONFLICT: &str = "mount_conflict";
     pub const MOUNT_NOT_FOUND: &str = "mount_not_found";
+    pub const INVITE_NOT_FOUND: &str = "invite_not_found";
+    pub const INVITE_EXPIRED: &str = "invite_expired";
+    pub const INVITE_REDEEMED: &str = "invite_redeemed";
+    pub const NODE_AUTH_FAILED: &str = "node_auth_failed";
+    pub const PENDING_JOIN_NOT_FOUND: &str = "pending_join_not_found";
     pub const CONTROL_PLANE_ERROR: &str = "control_plane_error";
     /// Transport-level refusals sent before closing (spec README quirk 2).
     pub const PROVIDER_AUTH_FAILED: &str = "provider_auth_failed";
@@ -60,6 +65,11 @@ pub mod control {
         PROJECT_POLICY_FORBIDDEN,
         MOUNT_CONFLICT,
         MOUNT_NOT_FOUND,
+        INVITE_NOT_FOUND,
+        INVITE_EXPIRED,
+        INVITE_REDEEMED,
+        NODE_AUTH_FAILED,
+        PENDING_JOIN_NOT_FOUND,
         CONTROL_PLANE_ERROR,
         PROVIDER_AUTH_FAILED,
         INVALID_ENVELOPE,

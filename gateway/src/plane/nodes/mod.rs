@@ -33,15 +33,6 @@ use crate::store::nodes::{InviteRecord, NodeBatch, NodeRecord, NodeSeqs, NodeSna
 use crate::store::{MountRecord, StoreError};
 use crate::tokens::{Digest, digest, digests_equal};
 
-/// Control error codes of node pairing (spec §6.11) that only this module produces.
-pub mod codes {
-    pub const INVITE_NOT_FOUND: &str = "invite_not_found";
-    pub const INVITE_EXPIRED: &str = "invite_expired";
-    pub const INVITE_REDEEMED: &str = "invite_redeemed";
-    pub const NODE_AUTH_FAILED: &str = "node_auth_failed";
-    pub const PENDING_JOIN_NOT_FOUND: &str = "pending_join_not_found";
-}
-
 /// Paired nodes a gateway keeps.
 pub const MAX_NODES: usize = 1024;
 /// Join requests waiting for an operator (any role may ask, so this is what bounds them).
@@ -189,10 +180,10 @@ fn node_not_found() -> OpError {
     OpError::new(code::NODE_NOT_FOUND, "NodeNotFound")
 }
 fn node_auth_failed() -> OpError {
-    OpError::new(codes::NODE_AUTH_FAILED, "NodeAuthFailed")
+    OpError::new(code::NODE_AUTH_FAILED, "NodeAuthFailed")
 }
 fn pending_not_found() -> OpError {
-    OpError::new(codes::PENDING_JOIN_NOT_FOUND, "PendingJoinNotFound")
+    OpError::new(code::PENDING_JOIN_NOT_FOUND, "PendingJoinNotFound")
 }
 fn saturated(what: &str, max: usize) -> OpError {
     OpError::new(code::QUEUE_SATURATED, format!("{what} limit ({max}) reached"))
@@ -394,12 +385,12 @@ impl ControlPlane {
             .invites
             .values()
             .find(|i| digests_equal(&presented, &i.digest))
-            .ok_or_else(|| OpError::new(codes::INVITE_NOT_FOUND, "InviteNotFound"))?;
+            .ok_or_else(|| OpError::new(code::INVITE_NOT_FOUND, "InviteNotFound"))?;
         if invite.record.redeemed {
-            return Err(OpError::new(codes::INVITE_REDEEMED, "InviteRedeemed"));
+            return Err(OpError::new(code::INVITE_REDEEMED, "InviteRedeemed"));
         }
         if invite.record.expires_at_ms <= now {
-            return Err(OpError::new(codes::INVITE_EXPIRED, "InviteExpired"));
+            return Err(OpError::new(code::INVITE_EXPIRED, "InviteExpired"));
         }
         let mut redeemed = invite.record.clone();
         redeemed.redeemed = true;
