@@ -22,22 +22,31 @@ struct DaemonNode {
 
 impl DaemonNode {
     fn start(gw: &Gateway, export: &Path, state: &Path, extra: &[&str]) -> DaemonNode {
-        let mut child = Command::new(bin_dir().join("spiderweb-fs-node"))
+        let mut command = Self::command(gw, export, state);
+        command.args(["--control-auth-token", &gw.admin_token()]).args(extra);
+        Self::spawn(command)
+    }
+
+    /// A daemon-mode node with every setting but its tokens.
+    fn command(gw: &Gateway, export: &Path, state: &Path) -> Command {
+        let mut command = Command::new(bin_dir().join("spiderweb-fs-node"));
+        command
             .arg("--export")
             .arg(format!("work={}", export.display()))
             .args(["--control-url", &format!("ws://{}/", gw.addr())])
-            .args(["--control-auth-token", &gw.admin_token()])
             .arg("--state-file")
             .arg(state)
             .args(["--reconnect-backoff-ms", "100", "--reconnect-backoff-max-ms", "500"])
             .args(["--refresh-interval-ms", "1000", "--lease-ttl-ms", "60000"])
-            .args(extra)
             .env("SPIDERWEB_LOG", "warn")
             .env_remove("SPIDERWEB_AUTH_TOKEN")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start spiderweb-fs-node");
+            .env_remove("CREDENTIALS_DIRECTORY");
+        command
+    }
+
+    fn spawn(mut command: Command) -> DaemonNode {
+        let mut child =
+            command.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("start spiderweb-fs-node");
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -140,6 +149,30 @@ fn sh(dir: &Path, script: &str) -> (bool, String, String) {
 
 fn read_state(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).expect("state file")).expect("state file is JSON")
+}
+
+/// Under systemd (`spiderweb-fs-node-paired@.service`) the tokens arrive as credentials,
+/// never on the command line or in the environment.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_takes_its_control_and_invite_tokens_from_systemd_credentials() {
+    let gw = Gateway::start();
+    let dir = tempfile::tempdir().unwrap();
+    let export = dir.path().join("export");
+    std::fs::create_dir_all(&export).unwrap();
+    let credentials = dir.path().join("credentials");
+    std::fs::create_dir_all(&credentials).unwrap();
+    let mut admin = gw.admin().await;
+    let invite = admin.control_ok("node_invite_create", json!({})).await;
+    std::fs::write(credentials.join("invite-token"), invite["invite_token"].as_str().unwrap()).unwrap();
+    std::fs::write(credentials.join("control-token"), format!("{}\n", gw.admin_token())).unwrap();
+    let state = dir.path().join("node-state/node.json");
+    let mut command = DaemonNode::command(&gw, &export, &state);
+    command.env("CREDENTIALS_DIRECTORY", &credentials);
+    let mut node = DaemonNode::spawn(command);
+    let node_id = node.expect_line("paired as ").trim_start_matches("paired as ").to_owned();
+    node.expect_line("tunnel up");
+    let listed = admin.control_ok("node_get", json!({"node_id": node_id})).await;
+    assert_eq!(listed["node"]["node_id"], json!(node_id), "the gateway knows the node: {listed}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

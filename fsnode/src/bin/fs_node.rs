@@ -8,7 +8,9 @@
 //! forbids creating sockets), and its sender thread started after.
 //!
 //! Under systemd the auth token may come as the credential `auth-token`
-//! (`LoadCredential=auth-token:…`), so it never sits in the environment or the unit.
+//! (`LoadCredential=auth-token:…`), so it never sits in the environment or the unit; in
+//! daemon mode so may the control, invite and operator tokens (`control-token`,
+//! `invite-token`, `operator-token`).
 //!
 //! With `--control-url` the node runs as a daemon (spec §8, `spiderweb_fsnode::daemon`): it
 //! does not listen; it pairs with the gateway and serves through a reverse tunnel. The same
@@ -34,8 +36,12 @@ use spiderweb_service::activation::Activation;
 use spiderweb_service::logging::{self, LogFormat};
 use spiderweb_service::notify::{ConnectedNotifier, Notifier};
 
-/// Name of the systemd credential holding the auth token.
+/// Names of the systemd credentials the node reads when the matching flag is absent
+/// (`LoadCredential=<name>:<file>`), so tokens stay out of command lines and environments.
 const TOKEN_CREDENTIAL: &str = "auth-token";
+const CONTROL_TOKEN_CREDENTIAL: &str = "control-token";
+const INVITE_TOKEN_CREDENTIAL: &str = "invite-token";
+const OPERATOR_TOKEN_CREDENTIAL: &str = "operator-token";
 /// Longest token file read (a token is a few dozen bytes; a larger file is a mistake).
 const MAX_TOKEN_BYTES: u64 = 4096;
 
@@ -121,6 +127,20 @@ struct DaemonArgs {
 const MAX_TOKEN_CHARS: usize = 256;
 
 impl DaemonArgs {
+    /// Fills the tokens not given as flags from systemd credentials.
+    fn tokens_from_credentials(&mut self) -> anyhow::Result<()> {
+        for (token, name) in [
+            (&mut self.control_auth_token, CONTROL_TOKEN_CREDENTIAL),
+            (&mut self.invite_token, INVITE_TOKEN_CREDENTIAL),
+            (&mut self.operator_token, OPERATOR_TOKEN_CREDENTIAL),
+        ] {
+            if token.as_ref().is_none_or(String::is_empty) {
+                *token = credential(name)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The checked settings, or a message naming the flag. Resolves the gateway's address.
     fn settings(&self, control_url: &str, exports: &[ExportSpec]) -> anyhow::Result<Daemon> {
         let control = ControlUrl::parse(control_url)?;
@@ -200,12 +220,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli, activation: Activation, notifier: ConnectedNotifier) -> anyhow::Result<()> {
+fn run(mut cli: Cli, activation: Activation, notifier: ConnectedNotifier) -> anyhow::Result<()> {
     let exports = ExportSpec::parse_all(&cli.exports)?;
     let auth_token = match cli.auth_token.clone().filter(|t| !t.is_empty()) {
         Some(token) => Some(token),
-        None => credential_token()?,
+        None => credential(TOKEN_CREDENTIAL)?,
     };
+    if cli.daemon.control_url.is_some() {
+        cli.daemon.tokens_from_credentials()?;
+    }
     let config = |auth_token| NodeConfig {
         exports: exports.clone(),
         auth_token,
@@ -312,13 +335,13 @@ async fn until_signalled(notifier: &Notifier) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The token from `$CREDENTIALS_DIRECTORY/auth-token`, if systemd passed one.
-fn credential_token() -> anyhow::Result<Option<String>> {
+/// The token in `$CREDENTIALS_DIRECTORY/<name>`, if systemd passed one.
+fn credential(name: &str) -> anyhow::Result<Option<String>> {
     use std::io::Read as _;
     let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY").filter(|d| !d.is_empty()) else {
         return Ok(None);
     };
-    let path = std::path::Path::new(&dir).join(TOKEN_CREDENTIAL);
+    let path = std::path::Path::new(&dir).join(name);
     let file = match std::fs::File::open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
