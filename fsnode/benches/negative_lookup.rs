@@ -9,6 +9,8 @@
 //! The same probes on the native directory are the reference. Figures go to
 //! `docs/benchmarks.md`.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -50,16 +52,7 @@ fn main() {
             std::fs::write(inc.join(format!("real{h}.h")), "#pragma once\n").unwrap();
         }
     }
-    let mut node = Command::new(env!("CARGO_BIN_EXE_spiderweb-fs-node"))
-        .args(["--port", "0", "--export"])
-        .arg(format!("w={}", export.display()))
-        .env("SPIDERWEB_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start node");
-    let mut line = String::new();
-    BufReader::new(node.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let url = format!("ws://{}/v2/fs", line.trim().trim_start_matches("listening on "));
+    let (mut node, url) = common::start_node(&export);
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let mount = Command::new(env!("CARGO_BIN_EXE_spiderweb-fs-mount"))

@@ -8,8 +8,8 @@
 //!
 //! Figures go to `docs/benchmarks.md`.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -26,16 +26,7 @@ fn main() {
     std::fs::write(dir.path().join("big"), &big).unwrap();
     drop(big);
 
-    let mut node = Command::new(env!("CARGO_BIN_EXE_spiderweb-fs-node"))
-        .args(["--port", "0", "--export"])
-        .arg(format!("w={}", dir.path().display()))
-        .env("SPIDERWEB_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start node");
-    let mut line = String::new();
-    BufReader::new(node.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let url = format!("ws://{}/v2/fs", line.trim().trim_start_matches("listening on "));
+    let (mut node, url) = common::start_node(dir.path());
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {

@@ -1738,9 +1738,14 @@ impl Client {
     /// Walk to `path` and `t_write` `data` (as `data_b64`) at offset 0; returns the reply envelope.
     pub async fn walk_write(&mut self, path: &str, data: &[u8]) -> Value {
         let fid = self.walk_ok(path).await;
-        let r = self.acheron("t_write", json!({"fid": fid, "offset": 0, "data_b64": B64.encode(data)})).await;
+        let r = self.write_fid(fid, data).await;
         self.clunk(fid).await;
         r
+    }
+
+    /// `t_write` `data` at offset 0 to an open fid; returns the reply envelope.
+    pub async fn write_fid(&mut self, fid: u32, data: &[u8]) -> Value {
+        self.acheron("t_write", json!({"fid": fid, "offset": 0, "data_b64": B64.encode(data)})).await
     }
 }
 

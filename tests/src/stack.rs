@@ -229,9 +229,7 @@ pub const CHAT_INPUT: &str = "/agents/self/chat/control/input";
 
 /// [`send_prompt`] through an input fid the client keeps open, as a chat client does.
 pub async fn send_prompt_via(client: &mut crate::Client, input: u32, prompt: &str) -> String {
-    use base64::Engine as _;
-    let data = crate::B64.encode(prompt.as_bytes());
-    let reply = client.acheron("t_write", json!({"fid": input, "offset": 0, "data_b64": data})).await;
+    let reply = client.write_fid(input, prompt.as_bytes()).await;
     assert_eq!(reply["ok"], json!(true), "chat write failed: {reply}");
     let job = reply["payload"]["job"].as_str().unwrap_or_else(|| panic!("chat write reply has no job: {reply}"));
     assert_eq!(
