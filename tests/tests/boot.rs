@@ -34,7 +34,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt as _, StreamExt as _};
-use spiderweb_proto::broker::{BrokerReply, DEFAULT_MAX_FRAME_BYTES};
+use spiderweb_proto::broker::{BrokerReply, DEFAULT_MAX_FRAME_BYTES, read_reply};
 use spiderweb_proto::frame::{read_frame, write_frame};
 use spiderweb_proto::worker::{MAX_FRAME_BYTES, SupervisorReply, ToolOutcome, ToolRequest};
 use spiderweb_tests::fake_provider::{FakeProvider, Format, Reply};
@@ -583,7 +583,7 @@ fn broker_makes_a_provider_request(c: &Booted, upstream: std::net::TcpListener) 
     let mut status = None;
     let mut received = Vec::new();
     loop {
-        match read_frame::<BrokerReply>(&mut stream, DEFAULT_MAX_FRAME_BYTES) {
+        match read_reply(&mut stream, DEFAULT_MAX_FRAME_BYTES) {
             Ok(Some(Ok(BrokerReply::ResponseHead { status: s, .. }))) => status = Some(s),
             Ok(Some(Ok(BrokerReply::BodyChunk { data, .. }))) => received.extend_from_slice(&data.0),
             Ok(Some(Ok(BrokerReply::End { .. }))) => break,
