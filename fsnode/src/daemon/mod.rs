@@ -53,6 +53,12 @@ pub enum DaemonError {
     )]
     RequestGone { request_id: String, state_file: String },
     #[error(
+        "join request {request_id} cannot be approved with this control token (not an admin token): pairing by \
+         request needs an admin token, because only the approver receives the node's secret; pair with an invite \
+         instead (--invite-token, or the invite-token credential), for which a user token is enough"
+    )]
+    ApprovalNeedsAdmin { request_id: String },
+    #[error(
         "the gateway no longer knows node {node_id} ({code}: its lease expired and it was reaped, or it was \
          deleted); its credentials were removed from {state_file}: start the node again to pair anew"
     )]

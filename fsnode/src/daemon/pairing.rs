@@ -3,10 +3,15 @@
 //! with backoff until someone with the right to approve does, which with an admin control
 //! token and `--operator-token` when the gateway wants one is the daemon itself).
 //!
+//! A user control token is enough for pairing by invite (the invite authorises `node_join`);
+//! pairing by request needs an admin token, because the approval's reply is the only way the
+//! node's secret is handed out, so the node must be the approver.
+//!
 //! Credentials are saved to the state file before they are used, so a node that crashes right
 //! after pairing does not pair twice. A refusal (bad invite, token without the right role) ends
 //! pairing with the gateway's code; only transport failures and the gateway's own trouble are
-//! retried — except the approval, which is *expected* to fail until someone approves.
+//! retried — except the approval, which is *expected* to fail until someone approves (but never
+//! will for a token that may not approve at all: that ends pairing too).
 
 use serde_json::{Value, json};
 
@@ -58,6 +63,9 @@ pub async fn pair(d: &Daemon, file: &StateFile, record: &mut NodeRecord) -> Resu
                             request_id,
                             state_file: file.path().display().to_string(),
                         });
+                    }
+                    Err(e) if e.code() == Some("forbidden") => {
+                        return Err(DaemonError::ApprovalNeedsAdmin { request_id });
                     }
                     Err(e) => tracing::info!(request_id, error = %e, "not approved yet; retrying"),
                 }
