@@ -429,6 +429,7 @@ async fn request_pairing_waits_for_the_operator_token_and_a_denial_stops_the_nod
 /// Pairing by request hands the secret only to whoever approves, so a node with a user token
 /// (which may file the request but never approve it) stops at once saying to use an invite,
 /// instead of waiting forever; its request stays saved for a restart with an admin token.
+/// Where the user token may not even file it (its connect gate), the node says the same.
 #[tokio::test(flavor = "multi_thread")]
 async fn request_pairing_with_a_user_token_stops_and_says_to_use_an_invite() {
     let mut gw = Gateway::new(json!({"runtime": {"agents_dir": spiderweb_tests::TEST_AGENTS_DIR}}));
@@ -451,12 +452,22 @@ async fn request_pairing_with_a_user_token_stops_and_says_to_use_an_invite() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the node must stop: {stderr}");
     assert!(
-        stderr.contains("pairing by request needs an admin token") && stderr.contains("--invite-token"),
+        stderr.contains("pairing by request needs an admin control token") && stderr.contains("--invite-token"),
         "the error says what to do: {stderr}"
     );
     let request_id = read_state(&state)["request_id"].as_str().expect("the request stays saved").to_owned();
     let pending = admin.control_ok("node_join_pending_list", json!({})).await;
     assert_eq!(pending["pending"][0]["request_id"], json!(request_id), "{pending}");
+
+    // On a gateway with no project yet the user token meets its connect gate at the request
+    // itself: the same explanation, not the gate's "provision a project".
+    let fresh = Gateway::start();
+    let mut command = DaemonNode::command(&fresh, &export, &dir.path().join("state2/node.json"));
+    command.args(["--control-auth-token", &fresh.user_token()]).stderr(Stdio::piped());
+    let child = command.stdout(Stdio::null()).spawn().unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("pairing by request needs an admin control token"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -14,10 +14,12 @@
 //! will for a token that may not approve at all: that ends pairing too).
 
 use serde_json::{Value, json};
+use spiderweb_proto::codes::control as code;
 
 use super::services::platform;
 use super::state_file::{NodeRecord, StateFile};
 use super::{Daemon, DaemonError, apply_credentials, is_transient};
+use crate::control::ControlError;
 
 pub async fn pair(d: &Daemon, file: &StateFile, record: &mut NodeRecord) -> Result<(String, String), DaemonError> {
     if let Some((id, secret)) = record.credentials() {
@@ -64,9 +66,7 @@ pub async fn pair(d: &Daemon, file: &StateFile, record: &mut NodeRecord) -> Resu
                             state_file: file.path().display().to_string(),
                         });
                     }
-                    Err(e) if e.code() == Some("forbidden") => {
-                        return Err(DaemonError::ApprovalNeedsAdmin { request_id });
-                    }
+                    Err(e) if refuses_the_role(&e) => return Err(DaemonError::RequestNeedsAdmin(e)),
                     Err(e) => tracing::info!(request_id, error = %e, "not approved yet; retrying"),
                 }
                 backoff.wait().await;
@@ -92,11 +92,18 @@ async fn request(d: &Daemon, backoff: &mut super::Backoff) -> Result<String, Dae
                     .map(str::to_owned)
                     .ok_or(DaemonError::BadReply { op: "node_join_request".into(), field: "request_id" });
             }
+            Err(e) if refuses_the_role(&e) => return Err(DaemonError::RequestNeedsAdmin(e)),
             Err(e) if is_transient(&e) => tracing::warn!(error = %e, "join request failed; retrying"),
             Err(e) => return Err(DaemonError::PairingRefused(e)),
         }
         backoff.wait().await;
     }
+}
+
+/// A refusal that says the control token's role cannot do this: `forbidden`, or the connect
+/// gate a user token meets on a gateway where it has no project yet.
+fn refuses_the_role(e: &ControlError) -> bool {
+    matches!(e.code(), Some(code::FORBIDDEN | code::PROVISIONING_REQUIRED | code::PROJECT_CONTEXT_REQUIRED))
 }
 
 /// `fs_url` only when `--fs-url` was given. The original node sends `""` instead; both
