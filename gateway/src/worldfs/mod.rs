@@ -186,18 +186,27 @@ fn with_namespace<T: Into<Answer>>(
     env: &Envelope,
     op: fn(&Shared, &mut FsSession, &Envelope) -> FsResult<T>,
 ) -> FsResult<Answer> {
-    let key = env.session_key.clone().unwrap_or_else(|| conn.active_key().to_owned());
-    let Some(b) = conn.binding_for(&key) else {
+    let key = env.session_key.as_deref().unwrap_or_else(|| conn.active_key());
+    let Some(b) = conn.binding_for(key) else {
         return Err(fail(code::SESSION_NOT_FOUND, "unknown session_key"));
     };
-    let wanted = Binding {
-        role: conn.role,
-        agent_id: b.agent_id.clone(),
-        project_id: b.project_id.clone(),
-        session_key: key.clone(),
-    };
-    let current = fs.namespace.as_ref().is_some_and(|(k, ns)| *k == key && ns.binding == wanted);
+    // Compared in place: this runs for every request (every chunk a client follows).
+    let current = fs.namespace.as_ref().is_some_and(|(k, ns)| {
+        let bound = &ns.binding;
+        k == key
+            && bound.session_key == key
+            && bound.role == conn.role
+            && bound.agent_id == b.agent_id
+            && bound.project_id == b.project_id
+    });
     if !current {
+        let key = key.to_owned();
+        let wanted = Binding {
+            role: conn.role,
+            agent_id: b.agent_id.clone(),
+            project_id: b.project_id.clone(),
+            session_key: key.clone(),
+        };
         fs.fids.clear();
         fs.generation += 1;
         fs.waits.retain(|k, _| conn.binding_for(k).is_some());
