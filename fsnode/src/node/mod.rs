@@ -190,8 +190,7 @@ impl NodeState {
     /// the hello's capabilities (spec §3: the AND over all exports).
     fn all_exports_support(&self, cap: impl Fn(&ExportCaps) -> bool) -> bool {
         let any = !self.exports.is_empty() || !self.synthetic.is_empty();
-        any && (self.exports.is_empty() || cap(&exports::CAPS))
-            && (self.synthetic.is_empty() || cap(&synthetic::CAPS))
+        any && (self.exports.is_empty() || cap(&exports::CAPS)) && (self.synthetic.is_empty() || cap(&synthetic::CAPS))
     }
 
     /// The synthetic export at export index `index`, if that index is one.

@@ -289,13 +289,10 @@ fn open(ctx: &Ctx<'_>, id: u64, flags: u32) -> Result<OpenReply, FsError> {
         return Err(FsError::new(Errno::IsDir, "is a directory"));
     }
     let r#gen = ns(st.st_mtime, st.st_mtime_nsec).max(0) as u64;
-    let h = ctx
-        .state
-        .handles
-        .insert(
-            NewHandle { backing: Backing::File(File::from(fd)), node: id, export: at.export.index, readable, writable },
-            ctx.quota,
-        )?;
+    let h = ctx.state.handles.insert(
+        NewHandle { backing: Backing::File(File::from(fd)), node: id, export: at.export.index, readable, writable },
+        ctx.quota,
+    )?;
     Ok(OpenReply { h, caps: OpenCaps { rd: readable, wr: writable }, r#gen })
 }
 

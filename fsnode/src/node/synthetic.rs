@@ -248,7 +248,8 @@ mod tests {
 
     impl SyntheticTree for Tree {
         fn node(&self, path: &[&str]) -> Option<SyntheticNode> {
-            let present = path.is_empty() || path == ["kept"] || self.everything.load(std::sync::atomic::Ordering::SeqCst);
+            let present =
+                path.is_empty() || path == ["kept"] || self.everything.load(std::sync::atomic::Ordering::SeqCst);
             present.then(|| SyntheticNode::File { content: Vec::new(), writable: false, mtime_ns: 0 })
         }
 
@@ -259,7 +260,8 @@ mod tests {
 
     fn export() -> (SyntheticExport, Arc<Tree>) {
         let tree = Arc::new(Tree { everything: true.into() });
-        let spec = SyntheticSpec { name: "t".into(), access: Access::ReadWrite, desc: "test".into(), tree: tree.clone() };
+        let spec =
+            SyntheticSpec { name: "t".into(), access: Access::ReadWrite, desc: "test".into(), tree: tree.clone() };
         (SyntheticExport::new(2, spec), tree)
     }
 
