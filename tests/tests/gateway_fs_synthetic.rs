@@ -9,13 +9,16 @@
 //! clients are told; an empty prompt is refused; the gateway-owned trees refuse changes
 //! (EROFS on the read-only export, EACCES elsewhere, ENOSYS for locks, EXDEV across exports).
 
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde_json::{Value, json};
 use spiderweb_tests::fake_provider::{FakeProvider, Format, Reply};
 use spiderweb_tests::stack::{ProviderSetup, Stack};
-use spiderweb_tests::{Client, Gateway};
+use spiderweb_tests::{Client, Gateway, bin_dir};
 
 const TOKEN: &str = "fs-secret-5678";
 const LIMIT: Duration = Duration::from_secs(60);
@@ -313,4 +316,115 @@ async fn gateway_owned_trees_refuse_changes_with_the_spec_errnos() {
     std::fs::write(work.path().join("plain.txt"), "plain").unwrap();
     let work_root = fs.root("work").await;
     assert_eq!(fs.read(work_root, "plain.txt").await, "plain");
+}
+
+/// `spiderweb-fs-mount mount` of the three synthetic exports at `/meta`, `/chat`, `/jobs`;
+/// unmounted (SIGTERM) when dropped.
+struct Mount {
+    child: Child,
+    at: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn is_mounted(at: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    mounts.lines().any(|l| l.split(' ').nth(1) == at.to_str())
+}
+
+impl Mount {
+    fn start(gw: &Gateway) -> Mount {
+        assert!(Path::new("/dev/fuse").exists(), "this test needs /dev/fuse (load the fuse module)");
+        let fusermount = Command::new("fusermount3").arg("-V").output().is_ok();
+        assert!(fusermount, "this test needs fusermount3: apt-get install fuse3 (scripts/test does)");
+        let dir = tempfile::tempdir().unwrap();
+        let at = dir.path().join("mnt");
+        std::fs::create_dir(&at).unwrap();
+        let mut command = Command::new(bin_dir().join("spiderweb-fs-mount"));
+        command.args(["--auth-token", TOKEN]);
+        for name in ["meta", "chat", "jobs"] {
+            command.args(["--endpoint", &format!("{name}=ws://{}/v2/fs#system-{name}@/{name}", gw.addr())]);
+        }
+        let mut child = command
+            .arg("mount")
+            .arg(&at)
+            .env("SPIDERWEB_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("run spiderweb-fs-mount");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert!(line.starts_with("mounted at"), "the mount did not start: {line:?}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !is_mounted(&at) {
+            assert!(Instant::now() < deadline, "not mounted after 10 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Mount { child, at, _dir: dir }
+    }
+
+    /// Runs `script` with `sh -c` in the mount; (success, stdout, stderr).
+    fn sh(&self, script: &str) -> (bool, String, String) {
+        let out = Command::new("sh").arg("-c").arg(script).current_dir(&self.at).output().unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    }
+
+    fn sh_ok(&self, script: &str) -> String {
+        let (ok, out, err) = self.sh(script);
+        assert!(ok, "`{script}` failed: {err}");
+        out
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        // SAFETY: a signal to our own child process (the mount unmounts on SIGTERM).
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        if is_mounted(&self.at) {
+            let _ = Command::new("fusermount3").arg("-uz").arg(&self.at).status();
+        }
+    }
+}
+
+#[test]
+fn the_system_chat_works_through_a_fuse_mount_with_ordinary_programs() {
+    let fake = FakeProvider::start(Format::OpenAiChat);
+    fake.script(vec![Reply::text(ANSWER)]);
+    let work = tempfile::tempdir().unwrap();
+    let stack = Stack::start(&ProviderSetup::fake(&fake), fs_config(work.path()));
+    let mount = Mount::start(&stack.gateway);
+
+    let protocol: Value = serde_json::from_str(&mount.sh_ok("cat meta/protocol.json")).unwrap();
+    assert!(protocol["ops"].as_array().is_some_and(|ops| ops.contains(&json!("t_read"))), "{protocol}");
+    assert!(mount.sh_ok("cat chat/help.md").contains("control/input"));
+    let (ok, _, err) = mount.sh("echo vandalised > meta/protocol.json");
+    assert!(!ok && err.contains("Read-only file system"), "system-meta is read-only: {err}");
+    let (ok, _, err) = mount.sh("touch jobs/made-up");
+    assert!(!ok && err.contains("Permission denied"), "system-jobs has only the gateway's entries: {err}");
+    assert_eq!(mount.sh_ok("ls jobs"), "", "no job yet");
+
+    mount.sh_ok("echo 'What is the answer?' > chat/control/input");
+    let deadline = Instant::now() + LIMIT;
+    let job = loop {
+        let listing = mount.sh_ok("ls jobs");
+        if let Some(job) = listing.lines().next() {
+            break job.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no job appeared under jobs/");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(job.starts_with("job-"), "{job}");
+    assert_eq!(mount.sh_ok(&format!("ls jobs/{job}")), "log.txt\nresult.txt\nstatus.json\n");
+    loop {
+        let status: Value = serde_json::from_str(&mount.sh_ok(&format!("cat jobs/{job}/status.json"))).unwrap();
+        if status["state"] == "done" {
+            break;
+        }
+        assert_ne!(status["state"], "failed", "{status}\n{}", stack.broker_log());
+        assert!(Instant::now() < deadline, "job {job} did not end: {status}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(mount.sh_ok(&format!("cat jobs/{job}/result.txt")), ANSWER, "the answer, as cat sees it");
 }
