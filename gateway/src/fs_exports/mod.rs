@@ -27,6 +27,7 @@ pub mod meta;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use spiderweb_fsnode::node::{NodeState, SyntheticChange, SyntheticSpec};
 use spiderweb_policy::export::Access;
@@ -71,9 +72,13 @@ pub fn specs(runtime: &Arc<Runtime>, shutdown: &CancellationToken) -> Vec<Synthe
     ]
 }
 
+/// Scans of the jobs at most this often: a burst of job changes (many chats at once) costs
+/// one scan, not one per change.
+const SCAN_EVERY: Duration = Duration::from_millis(50);
+
 /// Sends invalidations for `system-jobs` whenever the runtime's jobs change, until
 /// `shutdown`: the root's listing when jobs appear or go, and the files of every job whose
-/// state moved. Work per change is bounded by the jobs the runtime keeps.
+/// state moved. Work per scan is bounded by the jobs the runtime keeps (4,096).
 pub async fn watch_jobs(node: Arc<NodeState>, runtime: Arc<Runtime>, shutdown: CancellationToken) {
     let mut changes = runtime.job_changes();
     let mut seen: HashMap<String, i64> = HashMap::new();
@@ -88,6 +93,7 @@ pub async fn watch_jobs(node: Arc<NodeState>, runtime: Arc<Runtime>, shutdown: C
             changed = changes.changed() => if changed.is_err() { return },
             _ = shutdown.cancelled() => return,
         }
+        tokio::time::sleep(SCAN_EVERY).await;
     }
 }
 
