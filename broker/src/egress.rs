@@ -164,10 +164,15 @@ impl Egress {
         }
         let mut response = response;
         loop {
-            let chunk = tokio::time::timeout(self.limits.idle_read_timeout(), response.chunk())
-                .await
-                .map_err(|_| fail(ErrorCode::UpstreamTimeout, format!("{} stopped sending mid-body", provider.id)))?
-                .map_err(|e| upstream_error(provider, &e))?;
+            // The client's `read_timeout` is the idle limit: it re-arms one timer per read,
+            // where a `timeout` around each chunk would add and remove a timer per chunk.
+            let chunk = response.chunk().await.map_err(|e| {
+                if e.is_timeout() {
+                    fail(ErrorCode::UpstreamTimeout, format!("{} stopped sending mid-body", provider.id))
+                } else {
+                    upstream_error(provider, &e)
+                }
+            })?;
             let Some(data) = chunk else {
                 let _ = out.send(BrokerReply::End { id }).await;
                 return Ok(());
@@ -268,9 +273,9 @@ impl Egress {
 
     /// The largest body piece one frame carries: hyper's reads are usually far smaller, but a
     /// chunk must never make a frame exceed `limits.max_frame_bytes` (the writer would have
-    /// to drop the connection). Base64 grows by 4/3; 1 KiB covers the JSON around it.
+    /// to drop the connection). A raw chunk frame is the bytes plus an 8-byte request id.
     fn max_chunk_bytes(&self) -> usize {
-        ((self.limits.max_frame_bytes - 1024) / 4 * 3).min(64 * 1024)
+        (self.limits.max_frame_bytes - 8).min(64 * 1024)
     }
 
     async fn credential(&self, provider: &Provider) -> Result<Option<Credential>, EgressError> {

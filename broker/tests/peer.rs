@@ -8,8 +8,8 @@ use std::os::unix::process::CommandExt;
 
 use common::*;
 use serde_json::json;
-use spiderweb_proto::broker::{BrokerReply, BrokerRequest, DEFAULT_MAX_FRAME_BYTES, ProviderRequest};
-use spiderweb_proto::frame::{read_frame, write_frame};
+use spiderweb_proto::broker::{BrokerReply, BrokerRequest, DEFAULT_MAX_FRAME_BYTES, ProviderRequest, read_reply};
+use spiderweb_proto::frame::write_frame;
 
 const NOBODY: u32 = 65534;
 
@@ -39,7 +39,7 @@ fn as_nobody(socket: &std::path::Path, request: &BrokerRequest) -> String {
                 // A broker that refuses at connect may already have answered and closed, so a
                 // failed write is not the outcome: its reply is still there to read.
                 let _ = write_frame(&mut stream, &request, DEFAULT_MAX_FRAME_BYTES);
-                match read_frame::<BrokerReply>(&mut stream, DEFAULT_MAX_FRAME_BYTES) {
+                match read_reply(&mut stream, DEFAULT_MAX_FRAME_BYTES) {
                     Ok(Some(Ok(reply))) => Ok(serde_json::to_string(&reply).unwrap()),
                     other => Err(format!("no reply: {other:?}")),
                 }

@@ -35,7 +35,8 @@ impl Role {
     }
 }
 
-/// Ops a `user` token is refused with `forbidden` (spec §6).
+/// Ops the spec reserves to admin (§6). A `user` token is refused with `forbidden`, except for
+/// the ops also in [`OPS_AUTHORISED_BY_THEIR_CREDENTIAL`].
 const ADMIN_ONLY_OPS: [&str; 15] = [
     "metrics",
     "auth_status",
@@ -53,6 +54,16 @@ const ADMIN_ONLY_OPS: [&str; 15] = [
     "node_delete",
     "audit_tail",
 ];
+
+/// Ops authorised by the credential they carry rather than by the bearer token's role: the
+/// invite token (`node_join`) or the node's id and secret (the other two). The secrets are
+/// 128-bit random values compared as SHA-256 digests in constant time, so guessing one over
+/// the control channel is hopeless without a rate limit (2^127 tries on average).
+///
+/// `node_delete` also checks the node secret but stays admin-only: removing a node and its
+/// mounts is an operator's decision. `node_join_request` is open to every role already (spec),
+/// and its approval stays with the operator.
+const OPS_AUTHORISED_BY_THEIR_CREDENTIAL: [&str; 3] = ["node_join", "node_lease_refresh", "node_service_upsert"];
 
 /// Ops that let a gated connection negotiate, look around and pick a binding (spec §4.3).
 const OPS_ALLOWED_WHILE_GATED: [&str; 9] = [
@@ -75,24 +86,35 @@ pub fn is_admin_only(op: &str) -> bool {
     ADMIN_ONLY_OPS.contains(&bare_op(op))
 }
 
-/// Whether `op` still runs while the connection's connect gate is set.
+/// Whether `op` is authorised by the credential in its payload, whatever the role (see
+/// [`OPS_AUTHORISED_BY_THEIR_CREDENTIAL`]). The gateway must check that credential before the
+/// op changes anything.
+pub fn is_authorised_by_its_credential(op: &str) -> bool {
+    OPS_AUTHORISED_BY_THEIR_CREDENTIAL.contains(&bare_op(op))
+}
+
+/// Whether `op` still runs while the connection's connect gate is set: the spec's list, and
+/// the ops authorised by their credential (they never use the connection's binding, and a node
+/// pairs with a gateway that has no project yet).
 ///
 /// `op` is the control op name without the `control.` prefix; the prefixed form is accepted
 /// as well.
 pub fn allowed_while_gated(op: &str) -> bool {
-    OPS_ALLOWED_WHILE_GATED.contains(&bare_op(op))
+    OPS_ALLOWED_WHILE_GATED.contains(&bare_op(op)) || is_authorised_by_its_credential(op)
 }
 
-/// Whether `role` may run `op` at all: false only for an admin-only op and the user role.
+/// Whether `role` may run `op` at all: false only for the user role and an admin-only op
+/// that is not authorised by its own credential.
 pub fn may_run(role: Role, op: &str) -> bool {
-    role.is_admin() || !is_admin_only(op)
+    role.is_admin() || !is_admin_only(op) || is_authorised_by_its_credential(op)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Every control type name of spec §3.4 with (admin_only, allowed_while_gated).
+    /// Every control type name of spec §3.4 with (admin_only, allowed_while_gated), as the
+    /// spec has them; the credential-authorised ops are the one deviation.
     const ALL_CONTROL_OPS: [(&str, bool, bool); 51] = [
         ("version", false, true),
         ("version_ack", false, false),
@@ -170,27 +192,42 @@ mod tests {
     #[test]
     fn op_tables_match_spec_for_every_control_op() {
         for (op, admin_only, gated_ok) in ALL_CONTROL_OPS {
+            let own_credential = is_authorised_by_its_credential(op);
             assert_eq!(is_admin_only(op), admin_only, "is_admin_only({op})");
-            assert_eq!(allowed_while_gated(op), gated_ok, "allowed_while_gated({op})");
+            assert_eq!(allowed_while_gated(op), gated_ok || own_credential, "allowed_while_gated({op})");
             assert!(may_run(Role::Admin, op), "admin may run {op}");
-            assert_eq!(may_run(Role::User, op), !admin_only, "user may run {op}");
+            assert_eq!(may_run(Role::User, op), !admin_only || own_credential, "user may run {op}");
+        }
+    }
+
+    #[test]
+    fn only_the_three_node_credential_ops_are_opened_to_user() {
+        let opened: Vec<&str> = ALL_CONTROL_OPS
+            .iter()
+            .map(|(op, ..)| *op)
+            .filter(|op| is_admin_only(op) && may_run(Role::User, op))
+            .collect();
+        assert_eq!(opened, ["node_join", "node_lease_refresh", "node_service_upsert"]);
+        for op in ["node_delete", "node_invite_create", "node_join_approve", "node_list", "metrics", "auth_rotate"] {
+            assert!(!may_run(Role::User, op), "user must not run {op}");
         }
     }
 
     #[test]
     fn tables_name_only_known_ops() {
         let known = |op: &str| ALL_CONTROL_OPS.iter().any(|(name, _, _)| *name == op);
-        for op in ADMIN_ONLY_OPS.iter().chain(OPS_ALLOWED_WHILE_GATED.iter()) {
+        for op in ADMIN_ONLY_OPS.iter().chain(&OPS_ALLOWED_WHILE_GATED).chain(&OPS_AUTHORISED_BY_THEIR_CREDENTIAL) {
             assert!(known(op), "{op} is not a spec §3.4 op");
         }
     }
 
     #[test]
     fn prefixed_names_get_the_same_answer() {
-        for (op, admin_only, gated_ok) in ALL_CONTROL_OPS {
+        for (op, admin_only, _) in ALL_CONTROL_OPS {
             let prefixed = format!("control.{op}");
             assert_eq!(is_admin_only(&prefixed), admin_only, "{prefixed}");
-            assert_eq!(allowed_while_gated(&prefixed), gated_ok, "{prefixed}");
+            assert_eq!(allowed_while_gated(&prefixed), allowed_while_gated(op), "{prefixed}");
+            assert_eq!(may_run(Role::User, &prefixed), may_run(Role::User, op), "{prefixed}");
         }
     }
 

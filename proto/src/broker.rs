@@ -13,11 +13,17 @@
 //! [`BrokerRequest::SetKey`] carries a key, and only towards the broker. Credential status
 //! replies name the *source* of a key (e.g. `env:OPENAI_API_KEY`), never the key.
 //!
-//! Bodies are base64 in JSON ([`Base64Bytes`]) so that arbitrary bytes (SSE, gzip) survive.
+//! Request bodies are base64 in JSON ([`Base64Bytes`]) so that arbitrary bytes (SSE, gzip)
+//! survive. Response body chunks — the one message sent for every streamed piece of every
+//! reply — travel raw instead: see [`ClientCodec`].
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use bytes::{Buf as _, BufMut as _, BytesMut};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::frame::{FrameError, HEADER_LEN, JsonFrames, MalformedFrame};
 
 /// Largest frame either side accepts by default: a maximal request body (8 MiB) grows by a
 /// third in base64, plus headers and JSON overhead.
@@ -28,12 +34,140 @@ pub const CREDENTIAL_SOURCE_HEADER: &str = "x-spiderweb-credential-source";
 
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 12 * 1024 * 1024;
 
+/// A frame whose length word has this bit set is a raw body chunk: the request id (8 bytes,
+/// big-endian), then the body bytes as the upstream sent them. Every other frame is a JSON
+/// frame of [`crate::frame`]. Lengths never reach this bit: both sides cap frames far below
+/// 2 GiB.
+const RAW_BODY_CHUNK: u32 = 1 << 31;
+const ID_LEN: usize = 8;
+
 /// The codec of a broker client: encodes requests, decodes replies. A gateway wraps its
 /// `UnixStream` in `Framed::new(stream, ClientCodec::new(DEFAULT_MAX_FRAME_BYTES))`.
-pub type ClientCodec = crate::frame::JsonFrames<BrokerReply, BrokerRequest>;
+///
+/// Replies are JSON frames, except [`BrokerReply::BodyChunk`], which arrives as a raw frame
+/// (see `RAW_BODY_CHUNK`): a streamed reply is one chunk per upstream read, and base64 in JSON
+/// made every chunk cost an encode and a JSON escape in the broker and a parse and a decode
+/// in the gateway. A raw chunk's bytes are handed on without a copy. Raw frames only flow from
+/// the broker to its clients and carry upstream bodies, never a key, so unlike JSON frames
+/// (one of which, `set_key`, carries a key) they are not zeroed after use.
+#[derive(Debug)]
+pub struct ClientCodec {
+    json: JsonFrames<BrokerReply, BrokerRequest>,
+    max_len: usize,
+}
 
-/// The codec of the broker side: decodes requests, encodes replies.
-pub type ServerCodec = crate::frame::JsonFrames<BrokerRequest, BrokerReply>;
+impl ClientCodec {
+    /// A codec refusing frames longer than `max_len` bytes, in both directions.
+    pub fn new(max_len: usize) -> Self {
+        ClientCodec { json: JsonFrames::new(max_len), max_len }
+    }
+}
+
+impl Decoder for ClientCodec {
+    type Item = Result<BrokerReply, MalformedFrame>;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Self::Item>, FrameError> {
+        if src.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let word = u32::from_be_bytes([src[0], src[1], src[2], src[3]]);
+        if word & RAW_BODY_CHUNK == 0 {
+            return self.json.decode(src);
+        }
+        let len = (word & !RAW_BODY_CHUNK) as usize;
+        if len > self.max_len {
+            return Err(FrameError::TooLarge { len, max: self.max_len });
+        }
+        if src.len() < HEADER_LEN + len {
+            src.reserve(HEADER_LEN + len - src.len());
+            return Ok(None);
+        }
+        src.advance(HEADER_LEN);
+        let mut frame = src.split_to(len);
+        if len < ID_LEN {
+            return Ok(Some(Err(MalformedFrame {
+                reason: format!("raw body chunk of {len} bytes has no request id"),
+            })));
+        }
+        let id = frame.get_u64();
+        Ok(Some(Ok(BrokerReply::BodyChunk { id, data: Base64Bytes(frame.freeze()) })))
+    }
+}
+
+impl Encoder<BrokerRequest> for ClientCodec {
+    type Error = FrameError;
+
+    fn encode(&mut self, item: BrokerRequest, dst: &mut BytesMut) -> Result<(), FrameError> {
+        self.json.encode(item, dst)
+    }
+}
+
+/// The codec of the broker side: decodes requests, encodes replies (body chunks raw, see
+/// [`ClientCodec`]).
+#[derive(Debug)]
+pub struct ServerCodec {
+    json: JsonFrames<BrokerRequest, BrokerReply>,
+    max_len: usize,
+}
+
+impl ServerCodec {
+    /// A codec refusing frames longer than `max_len` bytes, in both directions.
+    pub fn new(max_len: usize) -> Self {
+        ServerCodec { json: JsonFrames::new(max_len), max_len }
+    }
+}
+
+impl Decoder for ServerCodec {
+    type Item = Result<BrokerRequest, MalformedFrame>;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Self::Item>, FrameError> {
+        self.json.decode(src)
+    }
+}
+
+impl Encoder<BrokerReply> for ServerCodec {
+    type Error = FrameError;
+
+    fn encode(&mut self, item: BrokerReply, dst: &mut BytesMut) -> Result<(), FrameError> {
+        let BrokerReply::BodyChunk { id, data } = item else {
+            return self.json.encode(item, dst);
+        };
+        let len = ID_LEN + data.0.len();
+        if len > self.max_len {
+            return Err(FrameError::TooLarge { len, max: self.max_len });
+        }
+        dst.reserve(HEADER_LEN + len);
+        dst.put_u32(len as u32 | RAW_BODY_CHUNK);
+        dst.put_u64(id);
+        dst.put_slice(&data.0);
+        Ok(())
+    }
+}
+
+/// Reads one reply from a blocking reader (tests, tools without a runtime): what
+/// [`ClientCodec`] decodes, one frame at a time. `Ok(None)` is a clean end of stream.
+pub fn read_reply(
+    reader: &mut impl std::io::Read,
+    max_len: usize,
+) -> Result<Option<Result<BrokerReply, MalformedFrame>>, FrameError> {
+    let mut header = [0u8; HEADER_LEN];
+    match reader.read_exact(&mut header) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = (u32::from_be_bytes(header) & !RAW_BODY_CHUNK) as usize;
+    if len > max_len {
+        return Err(FrameError::TooLarge { len, max: max_len });
+    }
+    let mut buf = BytesMut::with_capacity(HEADER_LEN + len);
+    buf.put_slice(&header);
+    buf.resize(HEADER_LEN + len, 0);
+    reader.read_exact(&mut buf[HEADER_LEN..])?;
+    ClientCodec::new(max_len).decode(&mut buf)
+}
 
 /// A request to the broker. `op` names the operation.
 #[derive(Debug, Serialize, Deserialize)]
@@ -343,6 +477,59 @@ mod tests {
         let text = serde_json::to_string(&reply).unwrap();
         assert!(text.contains(r#""code":"path_not_allowed""#), "{text}");
         assert_eq!(serde_json::from_str::<BrokerReply>(&text).unwrap().id(), Some(4));
+    }
+
+    #[test]
+    fn body_chunks_travel_raw_and_other_replies_as_json_on_one_stream() {
+        let mut server = ServerCodec::new(1024);
+        let mut wire = BytesMut::new();
+        let body = bytes::Bytes::from_static(b"data: {\"x\":1}\n\n\xff");
+        server.encode(BrokerReply::ResponseHead { id: 3, status: 200, headers: vec![] }, &mut wire).unwrap();
+        let raw_at = wire.len();
+        server.encode(BrokerReply::BodyChunk { id: 3, data: body.clone().into() }, &mut wire).unwrap();
+        server.encode(BrokerReply::End { id: 3 }, &mut wire).unwrap();
+        // The chunk is the bytes themselves after the header and the id: no base64, no JSON.
+        assert_eq!(&wire[raw_at + HEADER_LEN + ID_LEN..raw_at + HEADER_LEN + ID_LEN + body.len()], &body[..]);
+
+        let blocking = read_reply(&mut &wire[raw_at..], 1024).unwrap().unwrap().unwrap();
+        assert_eq!(blocking, BrokerReply::BodyChunk { id: 3, data: body.clone().into() });
+        let mut client = ClientCodec::new(1024);
+        let mut replies = Vec::new();
+        while let Some(reply) = client.decode(&mut wire).unwrap() {
+            replies.push(reply.unwrap());
+        }
+        assert_eq!(
+            replies,
+            [
+                BrokerReply::ResponseHead { id: 3, status: 200, headers: vec![] },
+                BrokerReply::BodyChunk { id: 3, data: body.into() },
+                BrokerReply::End { id: 3 },
+            ]
+        );
+    }
+
+    #[test]
+    fn raw_chunks_are_bounded_and_one_without_an_id_is_malformed_but_not_fatal() {
+        let mut client = ClientCodec::new(64);
+        let mut oversize = BytesMut::new();
+        oversize.put_u32(65 | RAW_BODY_CHUNK);
+        assert!(matches!(client.decode(&mut oversize), Err(FrameError::TooLarge { len: 65, max: 64 })));
+        assert!(
+            ServerCodec::new(64)
+                .encode(BrokerReply::BodyChunk { id: 1, data: (&[0u8; 60][..]).into() }, &mut BytesMut::new())
+                .is_err()
+        );
+
+        let mut short = BytesMut::new();
+        short.put_u32(3 | RAW_BODY_CHUNK);
+        short.put_slice(b"abc");
+        ServerCodec::new(64).encode(BrokerReply::End { id: 2 }, &mut short).unwrap();
+        assert!(client.decode(&mut short).unwrap().unwrap().is_err(), "the short frame is refused");
+        assert_eq!(
+            client.decode(&mut short).unwrap().unwrap().unwrap(),
+            BrokerReply::End { id: 2 },
+            "the next frame still reads"
+        );
     }
 
     #[test]

@@ -1589,6 +1589,24 @@ impl Client {
 
     // ----- acheron channel ---------------------------------------------------------------
 
+    /// Sends `request` as it is and returns the next text frame unparsed: the cheapest round
+    /// trip, for load generators whose own CPU shares the machine with the gateway. Nothing
+    /// may be pending (no earlier reply buffered), and the caller matches the reply itself.
+    pub async fn round_trip_raw(&mut self, request: String, timeout: Duration) -> Result<String, String> {
+        assert!(self.pending.is_empty(), "round_trip_raw with buffered replies");
+        self.ws.send(Message::text(request)).await.map_err(|e| e.to_string())?;
+        loop {
+            match tokio::time::timeout(timeout, self.ws.next()).await {
+                Err(_) => return Err(format!("no reply within {timeout:?}")),
+                Ok(None) => return Err("the connection ended".into()),
+                Ok(Some(Err(e))) => return Err(e.to_string()),
+                Ok(Some(Ok(Message::Text(text)))) => return Ok(text.as_str().to_owned()),
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+                Ok(Some(Ok(other))) => return Err(format!("unexpected frame {other:?}")),
+            }
+        }
+    }
+
     pub fn next_tag(&mut self) -> u32 {
         self.next_tag += 1;
         self.next_tag

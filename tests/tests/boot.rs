@@ -19,8 +19,13 @@
 //!    answers;
 //! 6. an fs node instance starts on the first connection, reads its token credential and
 //!    serves its export to the mount client;
-//! 7. a malformed config makes the unit fail with the key named in the journal;
-//! 8. `dpkg --purge` stops everything and removes the binaries and generated configs.
+//! 7. a paired node (`spiderweb-fs-node-paired@`, daemon mode) given an invite and only the
+//!    **user** token as credentials pairs, keeps its lease fresh, advertises its catalog, and
+//!    serves a file of its export through the gateway's relay while its unit stays active;
+//!    a second instance without an invite file still starts and pairs by request (with the
+//!    admin token, which request mode needs);
+//! 8. a malformed config makes the unit fail with the key named in the journal;
+//! 9. `dpkg --purge` stops everything and removes the binaries and generated configs.
 //!
 //! Needs root, `debootstrap`, `systemd-nspawn` (Debian's `systemd-container`), `cargo-deb`
 //! (unless `SPIDERWEB_DEB` names a built package) and a reachable Debian mirror the first
@@ -34,7 +39,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt as _, StreamExt as _};
-use spiderweb_proto::broker::{BrokerReply, DEFAULT_MAX_FRAME_BYTES};
+use spiderweb_proto::broker::{BrokerReply, DEFAULT_MAX_FRAME_BYTES, read_reply};
 use spiderweb_proto::frame::{read_frame, write_frame};
 use spiderweb_proto::worker::{MAX_FRAME_BYTES, SupervisorReply, ToolOutcome, ToolRequest};
 use spiderweb_tests::fake_provider::{FakeProvider, Format, Reply};
@@ -53,6 +58,8 @@ const ANTHROPIC_KEY: &str = "sk-ant-boot-test-NEVER-PRINT-4f1c9e";
 /// The key handed over encrypted (`LoadCredentialEncrypted=`); never shown either.
 const OPENAI_KEY: &str = "sk-openai-boot-test-NEVER-PRINT-77ab02";
 const FS_NODE_TOKEN: &str = "fs-node-boot-test-token";
+/// The instance of `spiderweb-fs-node-paired@.service` the test pairs.
+const PAIRED_UNIT: &str = "spiderweb-fs-node-paired@edge.service";
 const TENANT_UID: u32 = 200_001;
 /// How long systemd gets to reach `spiderweb.target`.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
@@ -583,7 +590,7 @@ fn broker_makes_a_provider_request(c: &Booted, upstream: std::net::TcpListener) 
     let mut status = None;
     let mut received = Vec::new();
     loop {
-        match read_frame::<BrokerReply>(&mut stream, DEFAULT_MAX_FRAME_BYTES) {
+        match read_reply(&mut stream, DEFAULT_MAX_FRAME_BYTES) {
             Ok(Some(Ok(BrokerReply::ResponseHead { status: s, .. }))) => status = Some(s),
             Ok(Some(Ok(BrokerReply::BodyChunk { data, .. }))) => received.extend_from_slice(&data.0),
             Ok(Some(Ok(BrokerReply::End { .. }))) => break,
@@ -682,6 +689,132 @@ fn fs_node_activates_and_serves(c: &Booted) {
     assert!(!wrong.status.success(), "a wrong token was accepted");
 }
 
+/// 5b. A paired node in daemon mode with only the user token: pairs by invite, refreshes its
+///     lease, upserts its catalog and serves its export through the relay; the unit stays up.
+fn paired_node_serves_through_the_relay_with_a_user_token(c: &Booted) {
+    let tokens_path = c.path("/var/lib/spiderweb/auth_tokens.json");
+    let tokens: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&tokens_path).unwrap()).unwrap();
+    let user_token = tokens["user_token"].as_str().expect("user_token").to_owned();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", c.ports.http).parse().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut admin = runtime.block_on(async {
+        let mut admin = Client::connect_to(addr, &admin_token(c)).await;
+        admin.handshake().await;
+        admin
+    });
+    let admin_call =
+        |admin: &mut Client, op: &str, payload: serde_json::Value| runtime.block_on(admin.control_ok(op, payload));
+    let invite = admin_call(&mut admin, "node_invite_create", serde_json::json!({}));
+    let invite = invite["invite_token"].as_str().unwrap().to_owned();
+
+    write(&c.path("/srv/spiderweb/exports/edge/report.txt"), "served by the paired node\n", 0o644);
+    write(
+        &c.path("/etc/spiderweb/fs-node/edge.env"),
+        &format!(
+            "FS_NODE_ARGS=--control-url ws://127.0.0.1:{}/ --node-name boot-edge \
+             --export work=/srv/spiderweb/exports/edge:ro --refresh-interval-ms 1000\n",
+            c.ports.http
+        ),
+        0o644,
+    );
+    write(&c.path("/etc/spiderweb/fs-node/edge.control-token"), &format!("{user_token}\n"), 0o600);
+    write(&c.path("/etc/spiderweb/fs-node/edge.invite-token"), &format!("{invite}\n"), 0o600);
+    let started = c.exec(&["systemctl", "start", "--no-block", PAIRED_UNIT]);
+    assert!(started.status.success(), "systemctl start: {}", String::from_utf8_lossy(&started.stderr));
+    c.wait_state(PAIRED_UNIT, "active", Duration::from_secs(30));
+
+    // Paired: the gateway lists it, with the catalog the node upserted.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let node = loop {
+        let nodes = admin_call(&mut admin, "node_list", serde_json::json!({}));
+        let found = nodes["nodes"].as_array().unwrap().iter().find(|n| n["node_name"] == "boot-edge").cloned();
+        match found {
+            Some(node) if node["service_count"] == 1 => break node,
+            _ => {
+                assert!(Instant::now() < deadline, "the paired node is not listed: {nodes}\n{}", c.context(PAIRED_UNIT))
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let node_id = node["node_id"].as_str().unwrap().to_owned();
+    let catalog = admin_call(&mut admin, "node_service_get", serde_json::json!({"node_id": node_id}));
+    assert_eq!(catalog["services"][0]["service_id"], "fs", "{catalog}");
+    let lease = |admin: &mut Client| {
+        admin_call(admin, "node_get", serde_json::json!({"node_id": node_id}))["node"]["lease_expires_at_ms"]
+            .as_u64()
+            .unwrap()
+    };
+    let first = lease(&mut admin);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lease(&mut admin) <= first {
+        assert!(Instant::now() < deadline, "the lease was not refreshed\n{}", c.context(PAIRED_UNIT));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // A relay client reads the export with the node's secret (from the unit's state file).
+    let state = c.path("/var/lib/spiderweb-fs-node/edge/state.json");
+    let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    assert_eq!(saved["node_id"], serde_json::json!(node_id));
+    let secret = saved["node_secret"].as_str().expect("node_secret saved").to_owned();
+    let cat = || {
+        Command::new(bin_dir().join("spiderweb-fs-mount"))
+            .args(["--auth-token", &secret, "--endpoint"])
+            .arg(format!("relay=ws://127.0.0.1:{}/v2/fs/node/{node_id}#work@/src", c.ports.http))
+            .args(["cat", "/src/report.txt"])
+            .env("SPIDERWEB_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = cat();
+        if out.status.success() && out.stdout == b"served by the paired node\n" {
+            break;
+        }
+        // The tunnel may still be coming up right after pairing.
+        assert!(
+            Instant::now() < deadline,
+            "cat through the relay: {}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            c.context(PAIRED_UNIT)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    c.assert_state(PAIRED_UNIT, "active", "a paired node keeps running");
+
+    // Without an invite file the unit still starts (its SetCredential= fallback) and pairs by
+    // request, which needs the admin token: the node approves its own request.
+    write(
+        &c.path("/etc/spiderweb/fs-node/lonely.env"),
+        &format!(
+            "FS_NODE_ARGS=--control-url ws://127.0.0.1:{}/ --node-name boot-lonely \
+             --export work=/srv/spiderweb/exports/edge:ro\n",
+            c.ports.http
+        ),
+        0o644,
+    );
+    write(&c.path("/etc/spiderweb/fs-node/lonely.control-token"), &format!("{}\n", admin_token(c)), 0o600);
+    let lonely = "spiderweb-fs-node-paired@lonely.service";
+    assert!(c.exec(&["systemctl", "start", "--no-block", lonely]).status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let nodes = admin_call(&mut admin, "node_list", serde_json::json!({}));
+        if nodes["nodes"].as_array().unwrap().iter().any(|n| n["node_name"] == "boot-lonely") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no invite file: the node did not pair by request\n{}", c.context(lonely));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    c.assert_state(lonely, "active", "a node paired by request keeps running");
+
+    let journal = c.journal(Some(PAIRED_UNIT));
+    assert!(
+        !journal.contains(&user_token) && !journal.contains(&invite) && !journal.contains(&secret),
+        "a token reached the journal:\n{journal}"
+    );
+}
+
 /// 6. A malformed config: the unit fails and the journal names the key.
 fn malformed_config_fails_naming_the_key(c: &Booted) {
     let config = c.path("/etc/spiderweb/config.json");
@@ -714,6 +847,8 @@ fn purge_stops_everything(c: &Booted) {
         "spiderweb-broker.service",
         "spiderweb-worker.service",
         "spiderweb-fs-node@boot.service",
+        PAIRED_UNIT,
+        "spiderweb-fs-node-paired@lonely.service",
     ] {
         let state = c.state(unit);
         assert!(state == "inactive" || state == "failed", "{unit} is still {state:?} after purge");
@@ -789,6 +924,7 @@ fn boot_the_package_and_use_every_daemon() {
     worker_activates_and_runs_a_tool(&booted);
     a_chat_runs_a_tool_and_answers(&booted, &llm, &admin_token(&booted));
     fs_node_activates_and_serves(&booted);
+    paired_node_serves_through_the_relay_with_a_user_token(&booted);
     malformed_config_fails_naming_the_key(&booted);
     let journal = booted.journal(None);
     assert!(!journal.contains(ANTHROPIC_KEY) && !journal.contains(OPENAI_KEY), "a key appeared in the journal");

@@ -152,7 +152,8 @@ fn read_state(path: &Path) -> Value {
 }
 
 /// Under systemd (`spiderweb-fs-node-paired@.service`) the tokens arrive as credentials,
-/// never on the command line or in the environment.
+/// never on the command line or in the environment; the control token is the user token, as
+/// the unit recommends.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_daemon_takes_its_control_and_invite_tokens_from_systemd_credentials() {
     let gw = Gateway::start();
@@ -164,7 +165,7 @@ async fn a_daemon_takes_its_control_and_invite_tokens_from_systemd_credentials()
     let mut admin = gw.admin().await;
     let invite = admin.control_ok("node_invite_create", json!({})).await;
     std::fs::write(credentials.join("invite-token"), invite["invite_token"].as_str().unwrap()).unwrap();
-    std::fs::write(credentials.join("control-token"), format!("{}\n", gw.admin_token())).unwrap();
+    std::fs::write(credentials.join("control-token"), format!("{}\n", gw.user_token())).unwrap();
     let state = dir.path().join("node-state/node.json");
     let mut command = DaemonNode::command(&gw, &export, &state);
     command.env("CREDENTIALS_DIRECTORY", &credentials);
@@ -173,6 +174,61 @@ async fn a_daemon_takes_its_control_and_invite_tokens_from_systemd_credentials()
     node.expect_line("tunnel up");
     let listed = admin.control_ok("node_get", json!({"node_id": node_id})).await;
     assert_eq!(listed["node"]["node_id"], json!(node_id), "the gateway knows the node: {listed}");
+}
+
+/// A daemon node holds only the user token (README "Deviations": the node ops are authorised
+/// by the invite and the node secret, not by the admin role): it pairs by invite, keeps its
+/// lease fresh, advertises its catalog, and a relay client reads a file of its export through
+/// the tunnel. Nothing of this needs the admin token but the invite's creation.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_with_only_a_user_token_pairs_refreshes_advertises_and_serves() {
+    let gw = Gateway::start();
+    let dir = tempfile::tempdir().unwrap();
+    let export = dir.path().join("export");
+    std::fs::create_dir_all(&export).unwrap();
+    std::fs::write(export.join("report.txt"), "served with a user token\n").unwrap();
+    let state = dir.path().join("node-state/node.json");
+    let mut admin = gw.admin().await;
+    let invite = admin.control_ok("node_invite_create", json!({})).await;
+    let mut command = DaemonNode::command(&gw, &export, &state);
+    command
+        .args(["--control-auth-token", &gw.user_token(), "--node-name", "least-privilege", "--label", "owner=user"])
+        .args(["--invite-token", invite["invite_token"].as_str().unwrap()]);
+    let mut node = DaemonNode::spawn(command);
+    let node_id = node.expect_line("paired as ").trim_start_matches("paired as ").to_owned();
+    node.expect_line("tunnel up");
+
+    let catalog = admin.control_ok("node_service_get", json!({"node_id": node_id})).await;
+    assert_eq!(catalog["services"][0]["service_id"], "fs", "the catalog upsert went through: {catalog}");
+    assert_eq!(catalog["labels"], json!({"owner": "user"}));
+    let lease = |v: &Value| v["node"]["lease_expires_at_ms"].as_u64().unwrap();
+    let first = lease(&admin.control_ok("node_get", json!({"node_id": node_id})).await);
+    let mut later = first;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        later = lease(&admin.control_ok("node_get", json!({"node_id": node_id})).await);
+        if later > first {
+            break;
+        }
+    }
+    assert!(later > first, "the lease is refreshed with the user token: {first} → {later}");
+
+    // A relay client: the gateway's /v2/fs/node/<id>, authenticated by the node's secret.
+    let secret = read_state(&state)["node_secret"].as_str().expect("node secret saved").to_owned();
+    let out = Command::new(bin_dir().join("spiderweb-fs-mount"))
+        .args(["--auth-token", &secret, "--endpoint"])
+        .arg(format!("relay=ws://{}/v2/fs/node/{node_id}#work@/src", gw.addr()))
+        .args(["cat", "/src/report.txt"])
+        .env("SPIDERWEB_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stdout == b"served with a user token\n",
+        "cat through the relay: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(node.child.try_wait().unwrap().is_none(), "the node keeps running");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -368,6 +424,50 @@ async fn request_pairing_waits_for_the_operator_token_and_a_denial_stops_the_nod
     };
     assert!(!status.success(), "denied: {status}");
     assert_eq!(read_state(&other_state)["request_id"], Value::Null, "the dead request is forgotten");
+}
+
+/// Pairing by request hands the secret only to whoever approves, so a node with a user token
+/// (which may file the request but never approve it) stops at once saying to use an invite,
+/// instead of waiting forever; its request stays saved for a restart with an admin token.
+/// Where the user token may not even file it (its connect gate), the node says the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn request_pairing_with_a_user_token_stops_and_says_to_use_an_invite() {
+    let mut gw = Gateway::new(json!({"runtime": {"agents_dir": spiderweb_tests::TEST_AGENTS_DIR}}));
+    gw.write_agent(spiderweb_tests::TEST_AGENTS_DIR, "helper", &json!({"name": "Helper", "description": "d"}));
+    gw.launch();
+    let mut admin = gw.admin().await;
+    // A project with an agent, so the user's connection is not gated and may file the request.
+    let p = admin.control_ok("project_create", json!({"name": "A", "vision": "v"})).await;
+    admin
+        .control_ok("session_attach", json!({"session_key": "h", "agent_id": "helper", "project_id": p["project_id"]}))
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let export = dir.path().join("export");
+    std::fs::create_dir_all(&export).unwrap();
+    let state = dir.path().join("state/node.json");
+    let mut command = DaemonNode::command(&gw, &export, &state);
+    command.args(["--control-auth-token", &gw.user_token(), "--node-name", "edge"]).stderr(Stdio::piped());
+    let child = command.stdout(Stdio::null()).spawn().unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the node must stop: {stderr}");
+    assert!(
+        stderr.contains("pairing by request needs an admin control token") && stderr.contains("--invite-token"),
+        "the error says what to do: {stderr}"
+    );
+    let request_id = read_state(&state)["request_id"].as_str().expect("the request stays saved").to_owned();
+    let pending = admin.control_ok("node_join_pending_list", json!({})).await;
+    assert_eq!(pending["pending"][0]["request_id"], json!(request_id), "{pending}");
+
+    // On a gateway with no project yet the user token meets its connect gate at the request
+    // itself: the same explanation, not the gate's "provision a project".
+    let fresh = Gateway::start();
+    let mut command = DaemonNode::command(&fresh, &export, &dir.path().join("state2/node.json"));
+    command.args(["--control-auth-token", &fresh.user_token()]).stderr(Stdio::piped());
+    let child = command.stdout(Stdio::null()).spawn().unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("pairing by request needs an admin control token"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -137,6 +137,104 @@ async fn invite_pairing_refresh_catalog_errors_and_metrics() {
     c.control_err_code("node_get", json!({"node_id": "node-1"}), "node_not_found").await;
 }
 
+/// A deliberate deviation from spec §6 (README "Deviations"): `node_join`,
+/// `node_lease_refresh` and `node_service_upsert` are authorised by the credential they carry,
+/// so a daemon node needs only the user token. This checks that the user token gets them —
+/// past the connect gate of a gateway that has no project yet —, that a bad credential is
+/// answered exactly as for admin, that every other admin-only op stays forbidden (`node_delete`
+/// even with the right secret), and that pairing and refusals reach the audit log.
+#[tokio::test]
+async fn user_token_runs_the_node_ops_its_credential_authorises_and_nothing_more() {
+    let gw = Gateway::start();
+    let mut c = admin(&gw).await;
+    let mut user = spiderweb_tests::Client::connect(&gw, &gw.user_token()).await;
+    let ack = user.handshake().await;
+    assert_eq!(ack["role"], "user");
+    assert_eq!(ack["requires_session_attach"], true, "a fresh gateway gates the user: {ack}");
+    let gate_code = ack["connect_gate"]["code"].clone();
+
+    let invite = c.control_ok("node_invite_create", json!({})).await;
+    let n =
+        user.control_ok("node_join", json!({"invite_token": invite["invite_token"], "node_name": "user-paired"})).await;
+    assert_eq!(n["node_name"], "user-paired");
+    let (id, secret) = (n["node_id"].clone(), n["node_secret"].clone());
+    let refreshed = user.control_ok("node_lease_refresh", json!({"node_id": id, "node_secret": secret})).await;
+    assert_eq!(refreshed["node_id"], id);
+    let fs = json!({"service_id": "fs", "kind": "fs", "state": "online", "endpoints": ["/nodes/x/fs"]});
+    let up =
+        user.control_ok("node_service_upsert", json!({"node_id": id, "node_secret": secret, "services": [fs]})).await;
+    assert_eq!(up["services"][0]["service_id"], "fs");
+    let listed = c.control_ok("node_get", json!({"node_id": id})).await;
+    assert_eq!(listed["node"]["service_count"], 1, "the user's upsert reached the catalog: {listed}");
+
+    // Bad credentials: the same answer, word for word, whichever token asks.
+    let bad_cases = [
+        ("node_join", json!({"invite_token": invite["invite_token"]})),
+        ("node_join", json!({"invite_token": "inv-0000"})),
+        ("node_join", json!({})),
+        ("node_lease_refresh", json!({"node_id": id, "node_secret": "secret-wrong"})),
+        ("node_lease_refresh", json!({"node_id": id})),
+        ("node_lease_refresh", json!({"node_id": "node-404", "node_secret": secret})),
+        ("node_service_upsert", json!({"node_id": id, "node_secret": "secret-wrong", "services": []})),
+        ("node_service_upsert", json!({"node_id": id, "node_secret": ""})),
+    ];
+    let expected_codes = [
+        "invite_redeemed",
+        "invite_not_found",
+        "missing_field",
+        "node_auth_failed",
+        "missing_field",
+        "node_not_found",
+        "node_auth_failed",
+        "invalid_payload",
+    ];
+    for ((op, payload), code) in bad_cases.iter().zip(expected_codes) {
+        let as_user = user.control_err(op, payload.clone()).await;
+        let as_admin = c.control_err(op, payload.clone()).await;
+        assert_eq!(as_user["code"], code, "{op} {payload} as user: {as_user}");
+        assert_eq!(
+            (&as_user["code"], &as_user["message"]),
+            (&as_admin["code"], &as_admin["message"]),
+            "{op} {payload}: user and admin must get the same refusal"
+        );
+    }
+    let after = c.control_ok("node_get", json!({"node_id": id})).await;
+    assert_eq!(after["node"]["service_count"], 1, "refused upserts changed nothing: {after}");
+
+    // Nothing else opens up: every other admin-only op is still forbidden to the user token.
+    for op in [
+        "metrics",
+        "auth_status",
+        "auth_rotate",
+        "node_invite_create",
+        "node_join_pending_list",
+        "node_join_approve",
+        "node_join_deny",
+        "node_service_get",
+        "node_list",
+        "node_get",
+        "node_delete",
+        "audit_tail",
+    ] {
+        let payload = json!({"node_id": id, "node_secret": secret, "request_id": "pending-join-1", "role": "user"});
+        user.control_err_code(op, payload, "forbidden").await;
+    }
+    c.control_ok("node_get", json!({"node_id": id})).await;
+    // And the gate still holds for everything that is not the node's own business.
+    user.control_err_code("workspace_status", json!({}), gate_code.as_str().unwrap()).await;
+
+    let audit = c.control_ok("audit_tail", json!({"limit": 100})).await;
+    let records = audit["audit"].as_array().unwrap();
+    let of = |ty: &str, code: Option<&str>| {
+        records.iter().filter(|r| r["control_type"] == ty && r["error_code"].as_str() == code).count()
+    };
+    assert_eq!(of("control.node_join", None), 1, "the pairing is audited: {audit}");
+    assert_eq!(of("control.node_join", Some("invite_not_found")), 2, "{audit}");
+    assert_eq!(of("control.node_lease_refresh", Some("node_auth_failed")), 2, "{audit}");
+    assert_eq!(of("control.node_lease_refresh", None), 0, "a good refresh is not worth a record: {audit}");
+    assert_eq!(of("control.node_delete", Some("forbidden")), 1, "{audit}");
+}
+
 #[tokio::test]
 async fn join_requests_wait_for_an_operator() {
     let mut gw = Gateway::new(json!({"runtime": {"agents_dir": spiderweb_tests::TEST_AGENTS_DIR}}));

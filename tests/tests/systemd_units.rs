@@ -156,6 +156,35 @@ fn every_unit_passes_systemd_analyze_verify_without_a_warning() {
     );
 }
 
+/// Credential names the daemons read from `$CREDENTIALS_DIRECTORY` (`fsnode/src/bin/fs_node.rs`).
+const CREDENTIALS_THE_DAEMONS_READ: &[&str] = &["auth-token", "control-token", "invite-token", "operator-token"];
+
+/// `systemd-analyze verify` accepts any credential name, so a typo — or a `-` prefix, which
+/// `LoadCredential=` does not have (it makes a credential named `-invite-token`) — would
+/// silently hand the daemon nothing. Every credential a unit passes must be one a daemon reads.
+#[test]
+fn every_credential_a_unit_passes_is_one_its_daemon_reads() {
+    let mut seen = 0;
+    for unit in unit_files() {
+        let text = std::fs::read_to_string(&unit).unwrap();
+        for line in text.lines().map(str::trim).filter(|l| !l.starts_with('#')) {
+            let Some((key, value)) = line.split_once('=') else { continue };
+            if !matches!(key, "LoadCredential" | "LoadCredentialEncrypted" | "SetCredential" | "SetCredentialEncrypted")
+            {
+                continue;
+            }
+            let name = value.split(':').next().unwrap_or_default();
+            assert!(
+                CREDENTIALS_THE_DAEMONS_READ.contains(&name),
+                "{}: `{line}` passes a credential named {name:?}, which no daemon reads",
+                unit.display()
+            );
+            seen += 1;
+        }
+    }
+    assert!(seen >= 4, "the fs-node units pass their tokens as credentials ({seen} found)");
+}
+
 #[test]
 fn sysusers_and_tmpfiles_snippets_apply_to_an_empty_root() {
     let root = tempfile::tempdir().unwrap();

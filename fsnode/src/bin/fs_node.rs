@@ -84,8 +84,9 @@ struct DaemonArgs {
     /// Gateway to pair with and tunnel to: `ws://host:port/`. Enables daemon mode.
     #[arg(long)]
     control_url: Option<String>,
-    /// Bearer token for the gateway's control channel (node_join, lease refresh and service
-    /// upserts need an admin token).
+    /// Bearer token for the gateway's control channel. A user token is enough and
+    /// recommended (the invite and the node secret authorise pairing, lease refresh and
+    /// service upserts); only --pair-mode request needs the admin token.
     #[arg(long, env = "SPIDERWEB_AUTH_TOKEN", hide_env_values = true, requires = "control_url")]
     control_auth_token: Option<String>,
     /// Operator token sent with node_join_approve (when the gateway requires one).

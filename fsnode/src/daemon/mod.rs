@@ -52,6 +52,14 @@ pub enum DaemonError {
          pair it with an invite"
     )]
     RequestGone { request_id: String, state_file: String },
+    /// The control token is not an admin token (the gateway answered `forbidden`, or the
+    /// connect gate of a user with no project), so no join request of this node can complete.
+    #[error(
+        "pairing by request needs an admin control token, because only the approver of a join request receives \
+         the node's secret; pair with an invite instead (--invite-token, or the invite-token credential), for which \
+         a user token is enough (the gateway answered: {0})"
+    )]
+    RequestNeedsAdmin(ControlError),
     #[error(
         "the gateway no longer knows node {node_id} ({code}: its lease expired and it was reaped, or it was \
          deleted); its credentials were removed from {state_file}: start the node again to pair anew"

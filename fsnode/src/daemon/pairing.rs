@@ -3,16 +3,23 @@
 //! with backoff until someone with the right to approve does, which with an admin control
 //! token and `--operator-token` when the gateway wants one is the daemon itself).
 //!
+//! A user control token is enough for pairing by invite (the invite authorises `node_join`);
+//! pairing by request needs an admin token, because the approval's reply is the only way the
+//! node's secret is handed out, so the node must be the approver.
+//!
 //! Credentials are saved to the state file before they are used, so a node that crashes right
 //! after pairing does not pair twice. A refusal (bad invite, token without the right role) ends
 //! pairing with the gateway's code; only transport failures and the gateway's own trouble are
-//! retried — except the approval, which is *expected* to fail until someone approves.
+//! retried — except the approval, which is *expected* to fail until someone approves (but never
+//! will for a token that may not approve at all: that ends pairing too).
 
 use serde_json::{Value, json};
+use spiderweb_proto::codes::control as code;
 
 use super::services::platform;
 use super::state_file::{NodeRecord, StateFile};
 use super::{Daemon, DaemonError, apply_credentials, is_transient};
+use crate::control::ControlError;
 
 pub async fn pair(d: &Daemon, file: &StateFile, record: &mut NodeRecord) -> Result<(String, String), DaemonError> {
     if let Some((id, secret)) = record.credentials() {
@@ -59,6 +66,7 @@ pub async fn pair(d: &Daemon, file: &StateFile, record: &mut NodeRecord) -> Resu
                             state_file: file.path().display().to_string(),
                         });
                     }
+                    Err(e) if refuses_the_role(&e) => return Err(DaemonError::RequestNeedsAdmin(e)),
                     Err(e) => tracing::info!(request_id, error = %e, "not approved yet; retrying"),
                 }
                 backoff.wait().await;
@@ -84,11 +92,18 @@ async fn request(d: &Daemon, backoff: &mut super::Backoff) -> Result<String, Dae
                     .map(str::to_owned)
                     .ok_or(DaemonError::BadReply { op: "node_join_request".into(), field: "request_id" });
             }
+            Err(e) if refuses_the_role(&e) => return Err(DaemonError::RequestNeedsAdmin(e)),
             Err(e) if is_transient(&e) => tracing::warn!(error = %e, "join request failed; retrying"),
             Err(e) => return Err(DaemonError::PairingRefused(e)),
         }
         backoff.wait().await;
     }
+}
+
+/// A refusal that says the control token's role cannot do this: `forbidden`, or the connect
+/// gate a user token meets on a gateway where it has no project yet.
+fn refuses_the_role(e: &ControlError) -> bool {
+    matches!(e.code(), Some(code::FORBIDDEN | code::PROVISIONING_REQUIRED | code::PROJECT_CONTEXT_REQUIRED))
 }
 
 /// `fs_url` only when `--fs-url` was given. The original node sends `""` instead; both

@@ -2,7 +2,10 @@
 //!
 //! [`handle`] enforces, in order, the rules every op shares: version negotiated first (spec
 //! §4.1), admin-only ops (§6), the connect gate (§4.3), correlation ids and scope tokens for
-//! mutations (§5); then it dispatches. Shared state lives in the [`ControlPlane`]; what belongs
+//! mutations (§5); then it dispatches. The node ops authorised by the credential they carry
+//! (`spiderweb_policy::role`, a deviation from §6) pass the role check and the gate for a
+//! user too; their credential is checked by the op itself, the same way for every role, and
+//! their refusals (and every pairing) are audited. Shared state lives in the [`ControlPlane`]; what belongs
 //! to one socket (its session bindings and gate) lives in [`session::ConnSession`].
 
 pub mod handshake;
@@ -134,7 +137,28 @@ fn checked(
         });
         return result.map(Some);
     }
-    dispatch(shared, conn, env, out)
+    let result = dispatch(shared, conn, env, out);
+    if role::is_authorised_by_its_credential(op) {
+        audit_credential_op(shared, conn, env, &result);
+    }
+    result
+}
+
+/// Records a node op authorised by its credential when it pairs a node or is refused, so an
+/// operator sees who paired and every failed invite or secret (a periodic lease refresh that
+/// succeeds is not worth a record).
+fn audit_credential_op(shared: &Shared, conn: &ConnSession, env: &Envelope, result: &Result<Option<Value>, OpError>) {
+    let error_code = result.as_ref().err().map(|e| e.code);
+    if error_code.is_none() && env.op != "node_join" {
+        return;
+    }
+    shared.plane.audit(Entry {
+        agent_id: &conn.binding().agent_id,
+        control_type: &format!("control.{}", env.op),
+        scope: Scope::None.as_str(),
+        correlation_id: env.correlation(),
+        error_code,
+    });
 }
 
 fn scoped(shared: &Shared, conn: &mut ConnSession, env: &Envelope, scope: Scope, out: &mut Outbox) -> OpResult {

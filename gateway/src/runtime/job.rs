@@ -189,8 +189,33 @@ impl Job {
     }
 
     /// Appends one line to `events.ndjson`. `droppable` lines (text deltas, output chunks)
-    /// are dropped past the cap; the others always go in.
+    /// are dropped past the cap; the others always go in. The line is `event` with its
+    /// `seq` added as the last key.
     pub fn emit(&self, mut event: Value, droppable: bool, now_ms: i64) {
+        self.append(droppable, now_ms, |seq| {
+            if let Some(object) = event.as_object_mut() {
+                object.insert("seq".into(), json!(seq));
+            }
+            event.to_string()
+        });
+    }
+
+    /// A text delta: the same line `emit` writes for `{"type":"text","text":…}`, without
+    /// building a JSON tree first (this runs once per streamed chunk of every chat).
+    pub fn emit_text(&self, text: &str, now_ms: i64) {
+        #[derive(serde::Serialize)]
+        struct TextLine<'a> {
+            r#type: &'static str,
+            text: &'a str,
+            seq: u64,
+        }
+        self.append(true, now_ms, |seq| {
+            serde_json::to_string(&TextLine { r#type: "text", text, seq }).expect("a string always serializes")
+        });
+    }
+
+    /// Appends the line `render(seq)` returns, unless the cap drops it.
+    fn append(&self, droppable: bool, now_ms: i64, render: impl FnOnce(u64) -> String) {
         let mut inner = self.lock();
         let size = inner.events.len();
         let over = size >= MAX_EVENTS_BYTES;
@@ -207,12 +232,11 @@ impl Job {
         if !droppable && size >= MAX_EVENTS_BYTES + RESERVE_BYTES {
             return;
         }
-        if let Some(object) = event.as_object_mut() {
-            object.insert("seq".into(), json!(inner.next_seq));
-        }
+        let line = render(inner.next_seq);
         inner.next_seq += 1;
         inner.updated_at_ms = now_ms;
-        inner.events.push_str(&format!("{event}\n"));
+        inner.events.push_str(&line);
+        inner.events.push('\n');
         drop(inner);
         self.bump();
     }
@@ -380,6 +404,16 @@ mod tests {
         // A second ending changes nothing.
         job.finish(Err(("x".into(), "y".into())), 13);
         assert_eq!(job.result_text(), "hi");
+    }
+
+    #[test]
+    fn a_text_line_is_the_line_emit_writes_for_the_same_event() {
+        let (fast, general) = (job(), job());
+        for text in ["plain", "quote \" and \\ and \n newline", "ünïcødé \u{1}"] {
+            fast.emit_text(text, 1);
+            general.emit(json!({"type": "text", "text": text}), true, 1);
+        }
+        assert_eq!(fast.events_text(), general.events_text());
     }
 
     #[test]

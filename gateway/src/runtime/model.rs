@@ -148,7 +148,7 @@ fn absorb(job: &Job, reply: &mut Reply, events: Vec<StreamEvent>, streaming: Str
         match event {
             StreamEvent::TextDelta(text) => {
                 if streaming == Streaming::ToClient {
-                    job.emit(json!({"type": "text", "text": text}), true, crate::plane::now_ms());
+                    job.emit_text(&text, crate::plane::now_ms());
                 }
                 reply.text.push_str(&text);
             }

@@ -4,6 +4,10 @@
 //! A node joins with an invite (`node_join`) or by asking (`node_join_request`) and being
 //! approved by an operator; either way it receives a `node_secret` it must present for every
 //! later call about itself (lease refresh, catalog upsert, delete) and in its tunnel hello.
+//! For `node_join`, `node_lease_refresh` and `node_service_upsert` that credential (the invite
+//! token, or the node secret) is the whole authorisation: any role may call them
+//! (`spiderweb_policy::role`), so each checks it before it changes anything, and answers a bad
+//! one without regard to the caller's role.
 //! A node is online while its lease runs; every control-plane call first reaps nodes whose
 //! lease expired, removing them and their project mounts in one transaction.
 //!
