@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::{Value, json};
 use spiderweb_tests::fake_provider::{FakeProvider, Format, Reply};
-use spiderweb_tests::stack::{ProviderSetup, Stack};
+use spiderweb_tests::stack::{ProviderSetup, Stack, send_prompt};
 use spiderweb_tests::{Client, Gateway, bin_dir};
 
 const TOKEN: &str = "fs-secret-5678";
@@ -239,6 +239,17 @@ async fn a_prompt_written_to_system_chat_runs_a_job_whose_files_appear_in_system
     assert!(requests[0].body.to_string().contains("What is the answer?"), "{}", requests[0].body);
     let mut admin = gw.admin().await;
     assert_eq!(admin.walk_read(&format!("/agents/self/jobs/{job}/result.txt")).await, ANSWER);
+
+    // A job of another agent, in another project, is not the system chat's.
+    fake.script(vec![Reply::text("the helper's answer")]);
+    let mut elsewhere = gw.admin().await;
+    let project = elsewhere.control_ok("project_create", json!({"name": "Alpha", "vision": "the alpha thing"})).await;
+    let binding = json!({"session_key": "work", "agent_id": "helper", "project_id": project["project_id"]});
+    elsewhere.control_ok("session_attach", binding).await;
+    let other = send_prompt(&mut elsewhere, "hi").await;
+    assert_ne!(other, job);
+    assert_eq!(fs.list(jobs).await, [job.as_str()], "only mother's jobs in system");
+    assert_eq!(fs.walk(jobs, &other).await.unwrap_err(), 2, "{other} is not there");
 }
 
 #[tokio::test]
