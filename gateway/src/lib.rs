@@ -5,6 +5,7 @@
 //! - [`connection`]: one WebSocket: reader/writer tasks, bounded outbound queue, timeouts.
 //! - [`control`]: the `control.*` channel, per connection (handshake, session bindings).
 //! - [`worldfs`]: the `acheron.t_*` world filesystem, per connection.
+//! - [`fs_exports`]: the synthetic `system-meta`/`system-chat`/`system-jobs` exports of `/v2/fs`.
 //! - [`events`]: signals and event waits shared by the sessions of one agent and project.
 //! - [`plane`]: shared control-plane state (agents, projects, nodes, history, audit).
 //! - [`store`]: durable state behind one trait (SQLite now).
@@ -19,6 +20,7 @@ pub mod config;
 pub mod connection;
 pub mod control;
 pub mod events;
+pub mod fs_exports;
 pub mod http_ops;
 pub mod metrics;
 pub mod plane;

@@ -11,7 +11,7 @@ use spiderweb_gateway::runtime::{Runtime, Settings};
 use spiderweb_gateway::store::Store;
 use spiderweb_gateway::store::sqlite::SqliteStore;
 use spiderweb_gateway::tokens::{Origin, RoleTokens};
-use spiderweb_gateway::{config, metrics::Metrics, server};
+use spiderweb_gateway::{config, fs_exports, metrics::Metrics, server};
 use spiderweb_policy::export::ExportSpec;
 use spiderweb_service::activation::Activation;
 use spiderweb_service::logging::{self, LogFormat};
@@ -187,7 +187,10 @@ async fn run(
         settings.broker_socket.display()
     );
     let runtime = Arc::new(Runtime::new(settings, store, shutdown.clone()).context("cannot start the agent runtime")?);
-    let fs_node = local_exports(&cfg.fs)?;
+    let fs_node = local_exports(&cfg.fs, &runtime, &shutdown)?;
+    if let Some(node) = &fs_node {
+        tokio::spawn(fs_exports::watch_jobs(Arc::clone(node), Arc::clone(&runtime), shutdown.clone()));
+    }
     let local_node = local_node(&cfg, addr);
     let mut metrics = Metrics::new();
     metrics.register_nodes(&plane);
@@ -219,23 +222,30 @@ async fn run(
     Ok(())
 }
 
-/// The gateway's own exports (`fs.exports`), served on `/v2/fs` by the fs node's code.
-fn local_exports(fs: &config::FsConfig) -> anyhow::Result<Option<Arc<NodeState>>> {
+/// The gateway's own exports (`fs.exports`), served on `/v2/fs` by the fs node's code, with
+/// the synthetic `system-*` exports after them.
+fn local_exports(
+    fs: &config::FsConfig,
+    runtime: &Arc<Runtime>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Arc<NodeState>>> {
     use anyhow::Context as _;
     if fs.exports.is_empty() {
         return Ok(None);
     }
     let exports = ExportSpec::parse_all(&fs.exports).context("fs.exports")?;
-    let names: Vec<String> = exports.iter().map(|e| e.name.clone()).collect();
-    let node = NodeState::new(NodeConfig {
+    let mut names: Vec<String> = exports.iter().map(|e| e.name.clone()).collect();
+    let config = NodeConfig {
         exports,
         auth_token: fs.token(),
         max_connections: fs.max_connections,
         hello_timeout: std::time::Duration::from_secs(10),
         hide_sandbox_dir: true,
         events_to_subscribers_only: true,
-    })
-    .context("cannot open the fs.exports")?;
+    };
+    let node = NodeState::with_synthetic_exports(config, fs_exports::specs(runtime, shutdown))
+        .context("cannot open the fs.exports (the names system-meta, system-chat and system-jobs are the gateway's)")?;
+    names.extend(fs_exports::NAMES.map(String::from));
     println!("  fs:       ws://<this address>{} exports {}", server::FS_PATH, names.join(", "));
     Ok(Some(node))
 }
@@ -243,7 +253,8 @@ fn local_exports(fs: &config::FsConfig) -> anyhow::Result<Option<Arc<NodeState>>
 /// The embedded node `spiderweb-local` and its `system` mounts, when `fs.exports` is set.
 fn local_node(cfg: &config::Config, addr: std::net::SocketAddr) -> Option<(nodes::LocalNode, Vec<(String, String)>)> {
     let exports = ExportSpec::parse_all(&cfg.fs.exports).ok().filter(|e| !e.is_empty())?;
-    let names: Vec<String> = exports.iter().map(|e| e.name.clone()).collect();
+    let names: Vec<String> =
+        exports.iter().map(|e| e.name.clone()).chain(fs_exports::NAMES.map(String::from)).collect();
     let local = nodes::LocalNode {
         id: nodes::local::LOCAL_NODE_ID.into(),
         name: nodes::local::LOCAL_NODE_ID.into(),

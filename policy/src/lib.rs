@@ -7,6 +7,7 @@
 //!
 //! - [`export`]: what a filesystem export allows (ro/rw, which ops mutate, child names,
 //!   the `--export` flag syntax).
+//! - [`namespace_export`]: what the gateway's synthetic (in-memory) exports allow.
 //!
 //! This crate must never perform I/O, read the environment or the clock, hold or compare
 //! secrets, or keep state: a decision depends only on its arguments.
@@ -22,6 +23,7 @@
 pub mod approval;
 pub mod broker_access;
 pub mod export;
+pub mod namespace_export;
 pub mod peer;
 pub mod project_access;
 pub mod role;

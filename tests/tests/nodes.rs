@@ -844,7 +844,19 @@ async fn the_gateway_registers_its_own_exports_as_node_spiderweb_local() {
     assert_eq!(node["node"]["fs_url"], format!("ws://{}/v2/fs", gw.addr()));
     let w = c.control_ok("workspace_status", json!({"project_id": "system"})).await;
     let paths: Vec<&str> = w["mounts"].as_array().unwrap().iter().map(|m| m["mount_path"].as_str().unwrap()).collect();
-    assert_eq!(paths, ["/nodes/local/fs", "/projects/system/nodes/local/fs", "/projects/system/fs/local::fs"]);
+    // The configured export, and the synthetic exports where the original mounts them (§8).
+    let expected = [
+        "/meta",
+        "/projects/system/meta",
+        "/agents/self/chat",
+        "/projects/system/agents/self/chat",
+        "/agents/self/jobs",
+        "/projects/system/agents/self/jobs",
+        "/nodes/local/fs",
+        "/projects/system/nodes/local/fs",
+        "/projects/system/fs/local::fs",
+    ];
+    assert_eq!(paths, expected);
     assert!(
         w["mounts"].as_array().unwrap().iter().all(|m| m["online"] == true && m["fs_auth_token"] == "local-fs-token")
     );

@@ -360,7 +360,7 @@ impl Connection {
         };
         let mut ctx =
             Ctx { state: &self.state, quota: &self.quota, events: Vec::new(), max_io: self.transport.max_io() };
-        let reply = ops::write_bytes(&mut ctx, write.h, write.off, write.data)
+        let reply = ops::write_bytes(&mut ctx, write.h, write.off, write.data, write.tag)
             .map(|payload| wire::render_ok("write", write.tag, &payload));
         let events = ctx.events;
         self.finish(write.tag, reply, events).await
@@ -442,18 +442,16 @@ fn run(
 }
 
 fn hello_reply(state: &NodeState) -> HelloReply {
-    use super::exports::CAPS;
-    let any = !state.exports.is_empty();
     HelloReply {
         protocol: wire::PROTOCOL.into(),
         proto: wire::PROTO,
         node: NodeInfo { name: "spiderweb-fs-node".into(), os: "linux".into(), ver: env!("CARGO_PKG_VERSION").into() },
         caps: HelloCaps {
             readdirp: true,
-            symlink: any && CAPS.symlink,
-            xattr: any && CAPS.xattr,
-            locks: any && CAPS.locks,
-            case_sensitive: any && CAPS.case_sensitive,
+            symlink: state.all_exports_support(|c| c.symlink),
+            xattr: state.all_exports_support(|c| c.xattr),
+            locks: state.all_exports_support(|c| c.locks),
+            case_sensitive: state.all_exports_support(|c| c.case_sensitive),
             max_read: wire::MAX_READ,
             max_write: wire::MAX_WRITE,
             binary_data: false,

@@ -4,6 +4,9 @@
 //! Bounded twice: per connection ([`MAX_HANDLES_PER_CONNECTION`] open at once, counted by the
 //! connection's [`HandleQuota`]) and in total ([`MAX_HANDLES`]), so neither one client nor many
 //! short-lived ones can exhaust the node's file descriptors.
+//!
+//! A handle is backed by an open file of a directory export or by a path of a synthetic one
+//! ([`Backing`]); both share one numbering, as the spec has one handle space per node.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -19,9 +22,18 @@ pub const MAX_HANDLES: usize = 16384;
 #[derive(Debug, Default)]
 pub struct HandleQuota(AtomicUsize);
 
+/// What a handle reads from and writes to.
+#[derive(Debug)]
+pub enum Backing {
+    /// A file opened beneath a directory export's root.
+    File(File),
+    /// A file of a synthetic export, by its path below the export root (rendered per read).
+    Synthetic(String),
+}
+
 #[derive(Debug)]
 pub struct Handle {
-    pub file: File,
+    pub backing: Backing,
     pub node: u64,
     pub export: usize,
     pub readable: bool,
@@ -42,7 +54,7 @@ impl Default for HandleTable {
 }
 
 pub struct NewHandle {
-    pub file: File,
+    pub backing: Backing,
     pub node: u64,
     pub export: usize,
     pub readable: bool,
@@ -61,7 +73,7 @@ impl HandleTable {
         quota.0.fetch_add(1, Ordering::Relaxed);
         let h = self.next.fetch_add(1, Ordering::Relaxed);
         let handle = Handle {
-            file: new.file,
+            backing: new.backing,
             node: new.node,
             export: new.export,
             readable: new.readable,

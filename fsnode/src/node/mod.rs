@@ -8,7 +8,11 @@
 //! Module map: `exports` (opened roots), `resolve` (openat2 beneath a root), `nodes` and
 //! `handles` (bounded tables), `ops` (one function per operation), `events` (fan-out),
 //! `watch` (inotify on served directories), `connection` (hello, order of events and
-//! replies).
+//! replies), `synthetic` (in-memory exports an embedder serves beside the directories, spec
+//! §5.0) and `synthetic_ops` (the operations on them).
+//!
+//! Export indexes (the top 16 bits of node ids) number the directory exports first, then the
+//! synthetic ones; the sandbox and the watcher only ever see the directory exports.
 
 mod connection;
 mod events;
@@ -17,6 +21,8 @@ mod handles;
 mod nodes;
 mod ops;
 mod resolve;
+pub mod synthetic;
+mod synthetic_ops;
 mod watch;
 
 use std::path::Path;
@@ -24,10 +30,12 @@ use std::sync::{Arc, OnceLock};
 
 use sha2::{Digest, Sha256};
 use spiderweb_policy::export::ExportSpec;
+use spiderweb_proto::fs::{Event, ExportCaps, ExportEntry, InvalWhat};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub use connection::{TUNNEL_PING, TUNNEL_SILENCE, serve_connection, serve_tunnel};
 pub use exports::{Export, ExportError};
+pub use synthetic::{SyntheticNode, SyntheticSpec, SyntheticTree, SyntheticWrite};
 
 /// Default time a connection has to send its hello.
 pub const DEFAULT_HELLO_TIMEOUT_MS: u64 = 10_000;
@@ -60,12 +68,26 @@ pub enum NodeError {
     Export(#[from] ExportError),
     #[error("cannot start the host watcher: {0}")]
     Watcher(std::io::Error),
+    #[error("two exports are named {0:?}")]
+    DuplicateExport(String),
+}
+
+/// A change of a synthetic export's generated state, by path below its root (`""` = root).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SyntheticChange {
+    /// A file's content (and so its size and mtime) changed.
+    Content(String),
+    /// A directory's listing changed (an entry appeared or went away).
+    Listing(String),
 }
 
 /// State shared by all connections of one node.
 #[derive(Debug)]
 pub struct NodeState {
+    /// The directory exports (indexes `0..exports.len()`).
     pub exports: Vec<Export>,
+    /// The synthetic exports (indexes from `exports.len()` on); none on a standalone node.
+    pub synthetic: Vec<synthetic::SyntheticExport>,
     nodes: nodes::NodeTable,
     handles: handles::HandleTable,
     hub: events::EventHub,
@@ -84,18 +106,39 @@ pub struct NodeState {
 impl NodeState {
     /// Opens the exports. Call [`NodeState::start_watcher`] once the process is confined.
     pub fn new(config: NodeConfig) -> Result<Arc<NodeState>, NodeError> {
+        Self::with_synthetic_exports(config, Vec::new())
+    }
+
+    /// [`NodeState::new`], also serving `synthetic` in-memory exports after the directories
+    /// (the gateway's `system-*` exports). Export names must be unique across both.
+    pub fn with_synthetic_exports(
+        config: NodeConfig,
+        synthetic: Vec<SyntheticSpec>,
+    ) -> Result<Arc<NodeState>, NodeError> {
+        let mut names = std::collections::HashSet::new();
+        for name in config.exports.iter().map(|e| &e.name).chain(synthetic.iter().map(|s| &s.name)) {
+            if !names.insert(name.as_str()) {
+                return Err(NodeError::DuplicateExport(name.clone()));
+            }
+        }
         let exports = config
             .exports
             .into_iter()
             .enumerate()
             .map(|(index, spec)| Export::open(index, spec))
             .collect::<Result<Vec<_>, _>>()?;
+        let synthetic = synthetic
+            .into_iter()
+            .enumerate()
+            .map(|(i, spec)| synthetic::SyntheticExport::new(exports.len() + i, spec))
+            .collect();
         let nodes = nodes::NodeTable::default();
         for export in &exports {
             nodes.remember_root(export.root_id(), export.index);
         }
         Ok(Arc::new(NodeState {
             exports,
+            synthetic,
             nodes,
             handles: handles::HandleTable::default(),
             hub: events::EventHub::default(),
@@ -136,6 +179,43 @@ impl NodeState {
     /// Events dropped because a connection's queue was full.
     pub fn dropped_events(&self) -> u64 {
         self.hub.dropped()
+    }
+
+    /// The `r_fs_exports` entries: directory exports, then synthetic ones.
+    pub fn export_entries(&self) -> Vec<ExportEntry> {
+        self.exports.iter().map(Export::entry).chain(self.synthetic.iter().map(|s| s.entry())).collect()
+    }
+
+    /// Whether every export's source supports what `cap` reads (false without exports), for
+    /// the hello's capabilities (spec §3: the AND over all exports).
+    fn all_exports_support(&self, cap: impl Fn(&ExportCaps) -> bool) -> bool {
+        let any = !self.exports.is_empty() || !self.synthetic.is_empty();
+        any && (self.exports.is_empty() || cap(&exports::CAPS)) && (self.synthetic.is_empty() || cap(&synthetic::CAPS))
+    }
+
+    /// The synthetic export at export index `index`, if that index is one.
+    fn synthetic_at(&self, index: usize) -> Option<&synthetic::SyntheticExport> {
+        index.checked_sub(self.exports.len()).and_then(|i| self.synthetic.get(i))
+    }
+
+    /// Tells the connections that want events that generated files of synthetic export
+    /// `export` changed, so that mounted clients drop what they cached. Paths no client was
+    /// ever given an id for are skipped (nobody can have cached them). Like every broadcast,
+    /// this never waits: a connection with a full queue misses the events.
+    pub fn synthetic_changed(&self, export: &str, changes: &[SyntheticChange]) {
+        let Some(export) = self.synthetic.iter().find(|s| s.name == export) else {
+            return;
+        };
+        let events: Vec<Event> = changes
+            .iter()
+            .filter_map(|change| match change {
+                SyntheticChange::Content(path) => {
+                    export.known_id(path).map(|node| Event::Node { node, what: InvalWhat::All, r#gen: None })
+                }
+                SyntheticChange::Listing(path) => export.known_id(path).map(|dir| Event::Dir { dir, dir_gen: None }),
+            })
+            .collect();
+        self.hub.broadcast(None, &events);
     }
 
     fn watch_dir(&self, export: &Export, rel: &Path, id: u64) {

@@ -6,6 +6,10 @@
 //! invalidation events it causes. Nothing here is async: the connection runs an op to
 //! completion and sends the queued events before the reply.
 //!
+//! Requests naming a node of a synthetic export go to `synthetic_ops` before any of this runs,
+//! and handles backed by one are told apart where a handle is used (read, write, lock); the
+//! directory path is otherwise untouched by them.
+//!
 //! Must never: touch a path except beneath an export's root fd, follow a symlink in the final
 //! component of a mutating `*at` call, or accept more than `MAX_WRITE` bytes / return more than
 //! `MAX_READ` bytes.
@@ -30,8 +34,9 @@ use spiderweb_proto::fs::{
 
 use super::NodeState;
 use super::exports::Export;
-use super::handles::{HandleQuota, NewHandle};
+use super::handles::{Backing, HandleQuota, NewHandle};
 use super::resolve::{open_beneath, open_dir, open_node, os_error};
+use super::synthetic_ops;
 
 /// One request, already parsed from its envelope.
 pub struct Request<'a> {
@@ -56,6 +61,9 @@ pub struct Ctx<'a> {
 /// Runs one op (not `hello`, which the connection handles) and renders its reply frame.
 pub fn dispatch(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Result<String, FsError> {
     let args = Args::new(req.op, req.payload)?;
+    if let Some(export) = synthetic_ops::target(ctx.state, req, &args) {
+        return synthetic_ops::dispatch(ctx, req, &args, export);
+    }
     let tag = req.tag;
     let op = req.op;
     macro_rules! reply {
@@ -64,13 +72,13 @@ pub fn dispatch(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Result<String, FsError>
         };
     }
     match op {
-        "exports" => reply!(json!({"exports": ctx.state.exports.iter().map(Export::entry).collect::<Vec<_>>()})),
+        "exports" => reply!(json!({"exports": ctx.state.export_entries()})),
         "lookup" => reply!(json!({"attr": lookup(ctx, need_node(req)?, args.str("name")?)?})),
         "getattr" => reply!(json!({"attr": getattr(ctx, need_node(req)?)?})),
         "readdirp" => reply!(readdirp(ctx, need_node(req)?, &args)?),
         "open" => reply!(open(ctx, need_node(req)?, args.opt_u32("flags")?.unwrap_or(0))?),
         "read" => reply!(read(ctx, need_h(req)?, &args)?),
-        "write" => reply!(write(ctx, need_h(req)?, &args)?),
+        "write" => reply!(write(ctx, need_h(req)?, &args, tag)?),
         "close" => {
             ctx.state.handles.close(need_h(req)?)?;
             reply!(json!({}))
@@ -92,7 +100,7 @@ pub fn dispatch(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Result<String, FsError>
     }
 }
 
-fn need_node(req: &Request<'_>) -> Result<u64, FsError> {
+pub(super) fn need_node(req: &Request<'_>) -> Result<u64, FsError> {
     req.node.ok_or_else(|| FsError::new(Errno::Inval, format!("{} requires node", req.op.to_uppercase())))
 }
 
@@ -151,7 +159,7 @@ impl<'s> Ctx<'s> {
     }
 }
 
-fn child_name(name: &str) -> Result<&str, FsError> {
+pub(super) fn child_name(name: &str) -> Result<&str, FsError> {
     policy::validate_child_name(name).map_err(|_| FsError::new(Errno::Inval, "invalid child name"))?;
     Ok(name)
 }
@@ -251,16 +259,16 @@ fn readdirp(ctx: &Ctx<'_>, id: u64, args: &Args<'_>) -> Result<ReaddirReply, FsE
 }
 
 #[derive(Serialize)]
-struct OpenReply {
-    h: u64,
-    caps: OpenCaps,
-    r#gen: u64,
+pub(super) struct OpenReply {
+    pub h: u64,
+    pub caps: OpenCaps,
+    pub r#gen: u64,
 }
 
 #[derive(Serialize)]
-struct OpenCaps {
-    rd: bool,
-    wr: bool,
+pub(super) struct OpenCaps {
+    pub rd: bool,
+    pub wr: bool,
 }
 
 fn access_flags(readable: bool, writable: bool) -> OFlag {
@@ -281,10 +289,10 @@ fn open(ctx: &Ctx<'_>, id: u64, flags: u32) -> Result<OpenReply, FsError> {
         return Err(FsError::new(Errno::IsDir, "is a directory"));
     }
     let r#gen = ns(st.st_mtime, st.st_mtime_nsec).max(0) as u64;
-    let h = ctx
-        .state
-        .handles
-        .insert(NewHandle { file: File::from(fd), node: id, export: at.export.index, readable, writable }, ctx.quota)?;
+    let h = ctx.state.handles.insert(
+        NewHandle { backing: Backing::File(File::from(fd)), node: id, export: at.export.index, readable, writable },
+        ctx.quota,
+    )?;
     Ok(OpenReply { h, caps: OpenCaps { rd: readable, wr: writable }, r#gen })
 }
 
@@ -318,11 +326,15 @@ fn read_into(ctx: &Ctx<'_>, h: u64, args: &Args<'_>, buf: &mut Vec<u8>) -> Resul
     if !handle.readable {
         return Err(FsError::new(Errno::BadF, "handle not readable"));
     }
+    let file = match &handle.backing {
+        Backing::File(file) => file,
+        Backing::Synthetic(path) => return synthetic_ops::read_into(ctx, handle.export, path, off, len, buf),
+    };
     let start = buf.len();
     buf.resize(start + len, 0);
     let mut filled = 0;
     while filled < len {
-        match handle.file.read_at(&mut buf[start + filled..], off + filled as u64) {
+        match file.read_at(&mut buf[start + filled..], off + filled as u64) {
             Ok(0) => break,
             Ok(n) => filled += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -333,23 +345,27 @@ fn read_into(ctx: &Ctx<'_>, h: u64, args: &Args<'_>, buf: &mut Vec<u8>) -> Resul
     Ok(filled < len)
 }
 
-fn write(ctx: &mut Ctx<'_>, h: u64, args: &Args<'_>) -> Result<Value, FsError> {
+fn write(ctx: &mut Ctx<'_>, h: u64, args: &Args<'_>, tag: u32) -> Result<Value, FsError> {
     let off = args.opt_u64("off")?.unwrap_or(0);
     let data = args.b64("data_b64")?;
-    write_bytes(ctx, h, off, &data)
+    write_bytes(ctx, h, off, &data, tag)
 }
 
-/// `t_fs_write` with its data already decoded (JSON base64 or a binary frame).
-pub fn write_bytes(ctx: &mut Ctx<'_>, h: u64, off: u64, data: &[u8]) -> Result<Value, FsError> {
+/// `t_fs_write` (request `tag`) with its data already decoded (JSON base64 or a binary frame).
+pub fn write_bytes(ctx: &mut Ctx<'_>, h: u64, off: u64, data: &[u8], tag: u32) -> Result<Value, FsError> {
     if data.len() > ctx.max_io as usize {
         return Err(FsError::new(Errno::Inval, "WRITE exceeds max_write"));
     }
     let handle = ctx.state.handles.get(h)?;
+    let file = match &handle.backing {
+        Backing::File(file) => file,
+        Backing::Synthetic(path) => return synthetic_ops::write(ctx, &handle, path, off, data, tag),
+    };
     ctx.allow(&ctx.state.exports[handle.export], FsOp::Write)?;
     if !handle.writable {
         return Err(FsError::new(Errno::BadF, "handle not writable"));
     }
-    handle.file.write_all_at(data, off).map_err(|e| FsError::of(Errno::from_os(e.raw_os_error().unwrap_or(5))))?;
+    file.write_all_at(data, off).map_err(|e| FsError::of(Errno::from_os(e.raw_os_error().unwrap_or(5))))?;
     ctx.inval(handle.node, InvalWhat::Data, None);
     Ok(json!({"n": data.len()}))
 }
@@ -375,7 +391,13 @@ fn create(ctx: &mut Ctx<'_>, parent: u64, args: &Args<'_>) -> Result<Value, FsEr
     let st = fstat(&fd).map_err(os_error)?;
     let attr = ctx.remember(at.export, at.rel.join(name), &st)?;
     let h = ctx.state.handles.insert(
-        NewHandle { file: File::from(fd), node: attr.id, export: at.export.index, readable, writable: true },
+        NewHandle {
+            backing: Backing::File(File::from(fd)),
+            node: attr.id,
+            export: at.export.index,
+            readable,
+            writable: true,
+        },
         ctx.quota,
     )?;
     ctx.inval_dir(parent);
@@ -475,9 +497,13 @@ fn lock(ctx: &Ctx<'_>, h: u64, args: &Args<'_>) -> Result<Value, FsError> {
     };
     let wait = args.opt_bool("wait")?.unwrap_or(true);
     let handle = ctx.state.handles.get(h)?;
+    let file = match &handle.backing {
+        Backing::File(file) => file,
+        Backing::Synthetic(_) => return synthetic_ops::lock(ctx, &handle),
+    };
     let operation = if wait { operation } else { operation | libc::LOCK_NB };
     // SAFETY: flock on a valid fd owned by `handle`, which outlives the call.
-    let rc = unsafe { libc::flock(handle.file.as_raw_fd(), operation) };
+    let rc = unsafe { libc::flock(file.as_raw_fd(), operation) };
     if rc != 0 {
         let errno = nix::Error::last();
         return Err(if errno == nix::Error::EWOULDBLOCK {

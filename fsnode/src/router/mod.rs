@@ -62,6 +62,10 @@ pub struct PathEvent {
 #[derive(Debug, Default)]
 struct EndpointState {
     client: Option<Arc<FsClient>>,
+    /// The endpoint's event connection (spec §6: hello with `subscribe_invalidations`, then
+    /// only reads), kept and dropped with `client`. A gateway's `/v2/fs` sends broadcasts only
+    /// to such a connection, never to one that also carries requests.
+    events: Option<FsClient>,
     export: Option<ExportEntry>,
     healthy: bool,
     consecutive_failures: u32,
@@ -338,6 +342,7 @@ impl Router {
             st.last_failure = Some(now);
             st.last_failure_ms = now_ms();
             st.client = None;
+            st.events = None;
         }
     }
 
@@ -359,7 +364,7 @@ impl Router {
             return Ok(connected);
         }
         let spec = &ep.spec;
-        let client = Arc::new(FsClient::connect(&spec.url, ep.auth_token.as_deref(), true).await?);
+        let client = Arc::new(FsClient::connect(&spec.url, ep.auth_token.as_deref(), false).await?);
         let exports = client.exports().await?;
         let export = match &spec.export {
             Some(name) => exports.into_iter().find(|e| &e.name == name),
@@ -367,9 +372,20 @@ impl Router {
         }
         .ok_or_else(|| CallError::Transport(format!("{}: export not found on the node", spec.name)))?;
         let root = export.root;
+        // Without its event connection the endpoint still serves; caches then expire by TTL.
+        let events = FsClient::connect(&spec.url, ep.auth_token.as_deref(), true)
+            .await
+            .inspect_err(|e| tracing::warn!(endpoint = spec.name, error = %e, "no event connection"))
+            .ok();
         self.forget_endpoint(ep.id);
+        // A node may also send events on the request connection (a standalone node broadcasts
+        // to all, and sends a request's own events before its reply): both are hints.
         self.forward_events(ep, &client);
+        if let Some(events) = &events {
+            self.forward_events(ep, events);
+        }
         let mut st = ep.state();
+        st.events = events;
         st.client = Some(Arc::clone(&client));
         st.export = Some(export);
         Ok((client, root))

@@ -43,7 +43,7 @@ const IOUNIT: u32 = 65536;
 /// Upper bound on one read's data, whatever `count` asks for.
 pub const MAX_READ: u32 = 1024 * 1024;
 /// Chat replies are stored; this bounds what a client can make us keep.
-const MAX_REPLY_BYTES: usize = 256 * 1024;
+pub const MAX_REPLY_BYTES: usize = 256 * 1024;
 /// Reads that may wait at once on one connection.
 pub const MAX_PENDING_READS: usize = 64;
 
@@ -496,8 +496,10 @@ fn write(shared: &Shared, fs: &mut FsSession, env: &Envelope) -> FsResult {
             *content = text.clone().into_bytes();
             Ok(json!({"n": text.len(), "chat_reply": {"delivered": true, "content": text}}))
         }
-        (Writable::ChatInput, _) if String::from_utf8_lossy(data).trim().is_empty() => Ok(json!({"n": 0})),
-        (Writable::ChatInput, _) => submit_chat(shared, fs, env, data),
+        (Writable::ChatInput, _) => match chat_prompt(data) {
+            None => Ok(json!({"n": 0})),
+            Some(prompt) => submit_chat(shared, fs, env, prompt, data.len()),
+        },
         (Writable::JobApproval, _) => answer_approval(shared, fs, node, data),
         (Writable::EventWait, _) => {
             let config = wait::parse_wait(data).map_err(|message| fail(code::INVALID, message))?;
@@ -534,9 +536,15 @@ fn write(shared: &Shared, fs: &mut FsSession, env: &Envelope) -> FsResult {
     }
 }
 
-/// A chat write (spec §7.2): creates a job and answers with its paths.
-fn submit_chat(shared: &Shared, fs: &mut FsSession, env: &Envelope, data: &[u8]) -> FsResult {
+/// The prompt of a chat input write: the text trimmed (spec §7.1), `None` when nothing is
+/// left (no job is submitted then).
+pub fn chat_prompt(data: &[u8]) -> Option<String> {
     let prompt = String::from_utf8_lossy(data).trim().to_owned();
+    (!prompt.is_empty()).then_some(prompt)
+}
+
+/// A chat write (spec §7.2): creates a job and answers with its paths.
+fn submit_chat(shared: &Shared, fs: &mut FsSession, env: &Envelope, prompt: String, n: usize) -> FsResult {
     let binding = ns(fs).binding.clone();
     let correlation_id = env.correlation_id.clone().or_else(|| env.id.clone());
     let origin = Origin {
@@ -557,8 +565,7 @@ fn submit_chat(shared: &Shared, fs: &mut FsSession, env: &Envelope, data: &[u8])
     // Only this job: adding every job of the agent here made each connection's namespace
     // grow with all jobs on the gateway (memory quadratic in concurrent chats).
     ns(fs).show_job(&shared.runtime, &job.id);
-    let mut reply =
-        json!({"n": data.len(), "job": job.id, "result_path": format!("/agents/self/jobs/{}/result.txt", job.id)});
+    let mut reply = json!({"n": n, "job": job.id, "result_path": format!("/agents/self/jobs/{}/result.txt", job.id)});
     if let Some(id) = correlation_id {
         reply["correlation_id"] = json!(id);
     }

@@ -317,13 +317,7 @@ impl Namespace {
 
         let meta = b.dir(ROOT, "meta");
         b.describe(meta, "meta", "Protocol and workspace state of this session.");
-        b.file(
-            meta,
-            "protocol.json",
-            json!({"channel": "acheron", "version": "acheron-1", "layout": "world-v1",
-            "ops": ["t_version","t_attach","t_walk","t_open","t_read","t_write","t_stat","t_clunk","t_flush"]})
-            .to_string(),
-        );
+        b.file(meta, "protocol.json", protocol_json().to_string());
         b.generated(meta, "view.json", Generated::View, plane);
         b.generated(meta, "workspace_status.json", Generated::WorkspaceStatus, plane);
         b.generated(meta, "workspace_availability.json", Generated::Availability, plane);
@@ -355,26 +349,40 @@ impl Namespace {
     }
 }
 
+/// `/meta/protocol.json` (spec §6, LIVE): the Acheron ops list.
+pub fn protocol_json() -> Value {
+    json!({"channel": "acheron", "version": "acheron-1", "layout": "world-v1",
+    "ops": ["t_version","t_attach","t_walk","t_open","t_read","t_write","t_stat","t_clunk","t_flush"]})
+}
+
+/// `chat/SCHEMA.json` (spec §6).
+pub fn chat_schema_json() -> Value {
+    json!({"name":"chat","input":"control/input","reply":"control/reply","jobs":"/agents/self/jobs","result":"result.txt"})
+}
+
+/// `chat/meta.json` (spec §6) of `agent` in `project`.
+pub fn chat_meta_json(agent: &str, project: &str) -> Value {
+    json!({"name":"chat","version":"1","agent_id":agent,"project_id":project,
+    "cost_hint":"provider-dependent","latency_hint":"seconds"})
+}
+
+/// `chat/examples/send.txt`.
+pub const CHAT_EXAMPLE: &str = "Summarise the open issues of this project.\n";
+
 /// Builds `/agents/self`; returns the `jobs` directory.
 fn build_self(b: &mut Builder, me: u32) -> u32 {
     let agent = b.binding.agent_id.clone();
     let project = b.binding.project_id.clone();
     let chat = b.dir(me, "chat");
     b.file(chat, "README.md", "# chat\n\nWrite a prompt to `control/input` to start a job; read `/agents/self/jobs/<job>/result.txt` for the answer.\n");
-    b.file(chat, "SCHEMA.json", json!({"name":"chat","input":"control/input","reply":"control/reply","jobs":"/agents/self/jobs","result":"result.txt"}).to_string());
+    b.file(chat, "SCHEMA.json", chat_schema_json().to_string());
     b.file(chat, "CAPS.json", json!({"read": true, "write": true, "jobs": true}).to_string());
-    b.file(
-        chat,
-        "meta.json",
-        json!({"name":"chat","version":"1","agent_id":agent,"project_id":project,
-        "cost_hint":"provider-dependent","latency_hint":"seconds"})
-        .to_string(),
-    );
+    b.file(chat, "meta.json", chat_meta_json(&agent, &project).to_string());
     let control = b.dir(chat, "control");
     b.writable(control, "input", "", Writable::ChatInput);
     b.writable(control, "reply", "", Writable::ChatReply);
     let examples = b.dir(chat, "examples");
-    b.file(examples, "send.txt", "Summarise the open issues of this project.\n");
+    b.file(examples, "send.txt", CHAT_EXAMPLE);
 
     b.add(
         chat,
@@ -508,7 +516,9 @@ impl Builder {
     }
 }
 
-fn render_job(file: JobFile, job_id: Option<&str>, runtime: &Runtime) -> Vec<u8> {
+/// A file of a job directory, rendered from the job's current state (an expired job shows
+/// as failed).
+pub fn render_job(file: JobFile, job_id: Option<&str>, runtime: &Runtime) -> Vec<u8> {
     let Some(job) = job_id.and_then(|id| runtime.job(id)) else {
         return match file {
             JobFile::Status => {

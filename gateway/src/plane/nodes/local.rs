@@ -6,8 +6,9 @@
 //! mounted in the `system` project at the original's paths — only those whose export exists.
 //! Without exports, a local node left over from an earlier run is removed at start.
 //!
-//! The synthetic exports of the original (`system-meta`, `system-chat`, `system-jobs`) are not
-//! served here; a configured export of that name is mounted where the original mounts it.
+//! The synthetic exports (`system-meta`, `system-chat`, `system-jobs`, served by
+//! `crate::fs_exports` on the same `/v2/fs`) are among the export names the caller passes, so
+//! they are mounted where the original mounts them.
 
 use std::sync::Arc;
 use std::time::Duration;
