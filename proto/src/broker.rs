@@ -23,7 +23,7 @@ use bytes::{Buf as _, BufMut as _, BytesMut};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio_util::codec::{Decoder, Encoder};
 
-use crate::frame::{FrameError, HEADER_LEN, JsonFrames, MalformedFrame};
+use crate::frame::{FrameError, HEADER_LEN, JsonFrames, MalformedFrame, take_payload};
 
 /// Largest frame either side accepts by default: a maximal request body (8 MiB) grows by a
 /// third in base64, plus headers and JSON overhead.
@@ -76,15 +76,9 @@ impl Decoder for ClientCodec {
             return self.json.decode(src);
         }
         let len = (word & !RAW_BODY_CHUNK) as usize;
-        if len > self.max_len {
-            return Err(FrameError::TooLarge { len, max: self.max_len });
-        }
-        if src.len() < HEADER_LEN + len {
-            src.reserve(HEADER_LEN + len - src.len());
+        let Some(mut frame) = take_payload(src, len, self.max_len)? else {
             return Ok(None);
-        }
-        src.advance(HEADER_LEN);
-        let mut frame = src.split_to(len);
+        };
         if len < ID_LEN {
             return Ok(Some(Err(MalformedFrame {
                 reason: format!("raw body chunk of {len} bytes has no request id"),

@@ -83,15 +83,9 @@ impl<In: DeserializeOwned, Out> Decoder for JsonFrames<In, Out> {
             return Ok(None);
         }
         let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
-        if len > self.max_len {
-            return Err(FrameError::TooLarge { len, max: self.max_len });
-        }
-        if src.len() < HEADER_LEN + len {
-            src.reserve(HEADER_LEN + len - src.len());
+        let Some(mut payload) = take_payload(src, len, self.max_len)? else {
             return Ok(None);
-        }
-        src.advance(HEADER_LEN);
-        let mut payload = src.split_to(len);
+        };
         let parsed = parse_payload(&payload);
         payload.as_mut().zeroize();
         Ok(Some(parsed))
@@ -113,6 +107,20 @@ impl<In, Out: Serialize> Encoder<Out> for JsonFrames<In, Out> {
         dst[start..start + HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
         Ok(())
     }
+}
+
+/// Splits off a frame's payload of `len` bytes (announced by the header at the start of
+/// `src`) once all of it has arrived; refuses a length above `max_len` before buffering.
+pub(crate) fn take_payload(src: &mut BytesMut, len: usize, max_len: usize) -> Result<Option<BytesMut>, FrameError> {
+    if len > max_len {
+        return Err(FrameError::TooLarge { len, max: max_len });
+    }
+    if src.len() < HEADER_LEN + len {
+        src.reserve(HEADER_LEN + len - src.len());
+        return Ok(None);
+    }
+    src.advance(HEADER_LEN);
+    Ok(Some(src.split_to(len)))
 }
 
 /// Reads one frame from a blocking reader. `Ok(None)` is a clean end of stream between frames.
