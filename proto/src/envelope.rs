@@ -9,8 +9,12 @@
 //! Input size is bounded by the transport (max frame size); nesting depth is bounded here,
 //! before the JSON parser allocates anything for deep structures.
 
+use std::borrow::Cow;
+
 use base64::Engine as _;
-use serde_json::{Map, Value};
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::names;
 
@@ -115,39 +119,47 @@ impl Envelope {
 /// Parses one text frame.
 pub fn parse(text: &str) -> Result<Envelope, FrameError> {
     let bare = |name| FrameError { name, id: None, channel: None, tag: None };
-    if nesting_depth_exceeds(text.as_bytes(), MAX_NESTING_DEPTH) {
+    let scan = scan(text.as_bytes(), MAX_NESTING_DEPTH);
+    if scan.too_deep {
         return Err(bare(ParseErrorName::NestingTooDeep));
     }
-    let value: Value = serde_json::from_str(text).map_err(|_| bare(ParseErrorName::SyntaxError))?;
-    let Value::Object(mut obj) = value else {
+    // Raw values are checked for syntax but not for range; a number beyond f64 is a syntax
+    // error in the original (and in a full parse), so frames that may hold one get the full parse.
+    if scan.may_overflow_f64 {
+        serde_json::from_str::<Value>(text).map_err(|_| bare(ParseErrorName::SyntaxError))?;
+    }
+    // The top level is read as raw fields (names borrowed, values unparsed): a frame is
+    // parsed on every request of every client, and only the fields below are ever looked at.
+    let raw: &RawValue = serde_json::from_str(text).map_err(|_| bare(ParseErrorName::SyntaxError))?;
+    if !raw.get().starts_with('{') {
         return Err(bare(ParseErrorName::InvalidEnvelope));
-    };
+    }
+    let obj: TopLevel = serde_json::from_str(raw.get()).map_err(|_| bare(ParseErrorName::SyntaxError))?;
     let context = FrameError {
         name: ParseErrorName::InvalidEnvelope,
-        id: obj.get("id").and_then(Value::as_str).map(str::to_owned),
-        channel: match obj.get("channel").and_then(Value::as_str) {
-            Some("control") => Some(Channel::Control),
-            Some("acheron") => Some(Channel::Acheron),
+        id: obj.string("id").ok().flatten(),
+        channel: match obj.string("channel") {
+            Ok(Some(c)) if c == "control" => Some(Channel::Control),
+            Ok(Some(c)) if c == "acheron" => Some(Channel::Acheron),
             _ => None,
         },
-        tag: obj.get("tag").and_then(Value::as_u64).and_then(|t| u32::try_from(t).ok()),
+        tag: obj.unsigned("tag").ok().flatten().and_then(|t| u32::try_from(t).ok()),
     };
     let fail = |name| FrameError { name, ..context.clone() };
 
     let type_name = match obj.get("type") {
         None => return Err(fail(ParseErrorName::MissingField)),
-        Some(Value::String(s)) => s.clone(),
-        Some(_) => return Err(fail(ParseErrorName::InvalidType)),
+        Some(_) => obj.string("type").map_err(fail)?.unwrap_or_default(),
     };
-    let channel = match obj.get("channel") {
+    let channel = match obj.string("channel").map_err(fail)? {
         None => return Err(fail(ParseErrorName::MissingField)),
-        Some(Value::String(s)) if s == "control" => Channel::Control,
-        Some(Value::String(s)) if s == "acheron" => Channel::Acheron,
+        Some(c) if c == "control" => Channel::Control,
+        Some(c) if c == "acheron" => Channel::Acheron,
         Some(_) => return Err(fail(ParseErrorName::InvalidType)),
     };
-    let id = optional_string(&obj, "id").map_err(fail)?;
-    let correlation_id = optional_string(&obj, "correlation_id").map_err(fail)?;
-    let session_key = optional_string(&obj, "session_key").map_err(fail)?;
+    let id = obj.string("id").map_err(fail)?;
+    let correlation_id = obj.string("correlation_id").map_err(fail)?;
+    let session_key = obj.string("session_key").map_err(fail)?;
 
     let known = match channel {
         Channel::Control => type_name.strip_prefix("control.").filter(|n| names::is_control_name(n)),
@@ -159,69 +171,103 @@ pub fn parse(text: &str) -> Result<Envelope, FrameError> {
 
     let acheron =
         if channel == Channel::Acheron { acheron_fields(&obj).map_err(fail)? } else { AcheronFields::default() };
-    Ok(Envelope { channel, op, id, correlation_id, session_key, payload: obj.remove("payload"), acheron })
+    let payload = match obj.get("payload") {
+        None => None,
+        Some(raw) => Some(serde_json::from_str(raw.get()).map_err(|_| fail(ParseErrorName::SyntaxError))?),
+    };
+    Ok(Envelope { channel, op, id, correlation_id, session_key, payload, acheron })
 }
 
-fn optional_string(obj: &Map<String, Value>, key: &str) -> Result<Option<String>, ParseErrorName> {
-    match obj.get(key) {
-        None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(ParseErrorName::InvalidType),
+/// A frame's top-level members, values still raw JSON. As with a JSON object read into a
+/// map, a name given twice means its last value.
+struct TopLevel<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for TopLevel<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> Visitor<'de> for Members {
+            type Value = TopLevel<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TopLevel<'de>, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
+                    members.push(member);
+                }
+                Ok(TopLevel(members))
+            }
+        }
+        deserializer.deserialize_map(Members)
     }
 }
 
-fn acheron_fields(obj: &Map<String, Value>) -> Result<AcheronFields, ParseErrorName> {
-    let u64_field = |key: &str| -> Result<Option<u64>, ParseErrorName> {
-        match obj.get(key) {
-            None => Ok(None),
-            // as_u64 is None for negatives, fractions and numbers beyond u64 (parsed as f64).
-            Some(v) => v.as_u64().map(Some).ok_or(ParseErrorName::InvalidType),
-        }
-    };
+impl TopLevel<'_> {
+    fn get(&self, key: &str) -> Option<&RawValue> {
+        self.0.iter().rev().find(|(name, _)| name == key).map(|(_, value)| *value)
+    }
+
+    /// A member that must be a string when present.
+    fn string(&self, key: &str) -> Result<Option<String>, ParseErrorName> {
+        self.get(key).map(|raw| serde_json::from_str(raw.get()).map_err(|_| ParseErrorName::InvalidType)).transpose()
+    }
+
+    /// A member that must be an integer in `0..=u64::MAX` when present (a negative number,
+    /// a fraction or an exponent is the wrong type, as in the original).
+    fn unsigned(&self, key: &str) -> Result<Option<u64>, ParseErrorName> {
+        self.get(key).map(|raw| serde_json::from_str(raw.get()).map_err(|_| ParseErrorName::InvalidType)).transpose()
+    }
+}
+
+fn acheron_fields(obj: &TopLevel) -> Result<AcheronFields, ParseErrorName> {
     let u32_field = |key: &str| -> Result<Option<u32>, ParseErrorName> {
-        u64_field(key)?.map(|n| u32::try_from(n).map_err(|_| ParseErrorName::InvalidType)).transpose()
+        obj.unsigned(key)?.map(|n| u32::try_from(n).map_err(|_| ParseErrorName::InvalidType)).transpose()
     };
-    let path = match obj.get("path") {
-        None => None,
-        Some(Value::Array(items)) => Some(
-            items
-                .iter()
-                .map(|item| item.as_str().map(str::to_owned).ok_or(ParseErrorName::InvalidType))
-                .collect::<Result<Vec<_>, _>>()?,
-        ),
-        Some(_) => return Err(ParseErrorName::InvalidType),
-    };
+    let path = obj
+        .get("path")
+        .map(|raw| serde_json::from_str::<Vec<String>>(raw.get()).map_err(|_| ParseErrorName::InvalidType))
+        .transpose()?;
     let data = match (obj.get("data_b64"), obj.get("data")) {
-        (Some(Value::String(b64)), _) => {
+        (Some(_), _) => {
+            let b64 = obj.string("data_b64")?.unwrap_or_default();
             Some(base64::engine::general_purpose::STANDARD.decode(b64).map_err(|_| ParseErrorName::InvalidBase64)?)
         }
-        (Some(_), _) => return Err(ParseErrorName::InvalidType),
-        (None, Some(Value::String(raw))) => Some(raw.as_bytes().to_vec()),
-        (None, Some(_)) => return Err(ParseErrorName::InvalidType),
+        (None, Some(_)) => obj.string("data")?.map(String::into_bytes),
         (None, None) => None,
     };
     Ok(AcheronFields {
         tag: u32_field("tag")?,
         fid: u32_field("fid")?,
         newfid: u32_field("newfid")?,
-        node: u64_field("node")?,
-        h: u64_field("h")?,
-        offset: u64_field("offset")?,
+        node: obj.unsigned("node")?,
+        h: obj.unsigned("h")?,
+        offset: obj.unsigned("offset")?,
         count: u32_field("count")?,
         msize: u32_field("msize")?,
-        mode: optional_string(obj, "mode")?,
-        version: optional_string(obj, "version")?,
+        mode: obj.string("mode")?,
+        version: obj.string("version")?,
         path,
         data,
     })
 }
 
-/// Whether the JSON text nests arrays/objects deeper than `max`. A byte scan that skips string
-/// contents; it runs before the parser so a 10,000-deep frame costs nothing but this loop.
-fn nesting_depth_exceeds(bytes: &[u8], max: usize) -> bool {
+/// What one byte scan over a frame finds before any parsing.
+struct Scan {
+    /// Arrays/objects nest deeper than the limit.
+    too_deep: bool,
+    /// A number has an exponent or more than 300 digits: the only ways to exceed f64.
+    may_overflow_f64: bool,
+}
+
+/// A byte scan that skips string contents; it runs before the parser so a 10,000-deep frame
+/// costs nothing but this loop.
+fn scan(bytes: &[u8], max: usize) -> Scan {
+    let mut found = Scan { too_deep: false, may_overflow_f64: false };
     let mut depth = 0usize;
     let mut in_string = false;
     let mut escaped = false;
+    let mut digits = 0usize;
+    let mut previous = 0u8;
     for &b in bytes {
         if in_string {
             match (escaped, b) {
@@ -237,14 +283,22 @@ fn nesting_depth_exceeds(bytes: &[u8], max: usize) -> bool {
             b'[' | b'{' => {
                 depth += 1;
                 if depth > max {
-                    return true;
+                    found.too_deep = true;
+                    return found;
                 }
             }
             b']' | b'}' => depth = depth.saturating_sub(1),
+            // `true` and `false` end in `e` too, but after a letter, never after a digit.
+            b'e' | b'E' if previous.is_ascii_digit() => found.may_overflow_f64 = true,
             _ => {}
         }
+        digits = if b.is_ascii_digit() { digits + 1 } else { 0 };
+        if digits > 300 {
+            found.may_overflow_f64 = true;
+        }
+        previous = b;
     }
-    false
+    found
 }
 
 #[cfg(test)]
@@ -324,5 +378,33 @@ mod tests {
         // Brackets inside strings do not count.
         let quoted = format!(r#"{{"channel":"control","type":"control.ping","id":"{}"}}"#, "[".repeat(100));
         assert!(parse(&quoted).is_ok());
+    }
+
+    #[test]
+    fn raw_top_level_reads_like_a_full_parse() {
+        // Last duplicate wins, escaped names count, whitespace around the object is fine.
+        let env = parse(
+            " {\"channel\":\"acheron\",\"type\":\"acheron.t_read\",\"tag\":1,\"tag\":7,\"f\\u0069d\":3,\"count\":10} ",
+        )
+        .unwrap();
+        assert_eq!((env.acheron.tag, env.acheron.fid, env.acheron.count), (Some(7), Some(3), Some(10)));
+        // Numbers beyond f64 are syntax errors wherever they are, as in a full parse; an
+        // exponent that fits is only the wrong type for an integer field.
+        for text in [
+            r#"{"channel":"control","type":"control.ping","payload":{"x":[1e400]}}"#,
+            &format!(r#"{{"channel":"control","type":"control.ping","big":{}}}"#, "9".repeat(400)),
+        ] {
+            assert_eq!(err(text).name, ParseErrorName::SyntaxError, "{text}");
+        }
+        let small = err(r#"{"channel":"acheron","type":"acheron.t_read","tag":1,"fid":1e3}"#);
+        assert_eq!((small.name, small.tag), (ParseErrorName::InvalidType, Some(1)));
+        // `true`/`false` are not exponents; a payload keeps its order and values.
+        let env =
+            parse(r#"{"channel":"control","type":"control.ping","payload":{"b":true,"a":false,"n":-1.5e2}}"#).unwrap();
+        assert_eq!(env.payload.unwrap().to_string(), r#"{"b":true,"a":false,"n":-150.0}"#);
+        for bad in [r#"[1,2]"#, r#""text""#, "null"] {
+            assert_eq!(err(bad).name, ParseErrorName::InvalidEnvelope, "{bad}");
+        }
+        assert_eq!(err(r#"{"channel":"control",}"#).name, ParseErrorName::SyntaxError);
     }
 }
