@@ -111,7 +111,12 @@ pub async fn serve(socket: Socket, shared: Arc<Shared>, role: Role, slot: Connec
     let (tx, rx) = mpsc::channel(shared.config.runtime.outbound_queue_max);
     let writer = tokio::spawn(write_loop(sink, rx));
     let mut conn = ConnSession::new(&shared.plane, role);
-    let mut fs = worldfs::FsSession::new(shared.config.server.max_fids_per_connection);
+    // The server's shutdown as this connection's own token, polled once per loop turn: a
+    // token shared by every connection would make each turn take the same lock.
+    let shutdown = shared.shutdown.child_token();
+    let stopping = shutdown.cancelled();
+    tokio::pin!(stopping);
+    let mut fs = worldfs::FsSession::new(shared.config.server.max_fids_per_connection, shutdown.clone());
     let started = Instant::now();
     let mut last_rx = started;
     let handshake = shared.config.server.handshake_timeout();
@@ -134,7 +139,7 @@ pub async fn serve(socket: Socket, shared: Arc<Shared>, role: Role, slot: Connec
         let began = Instant::now();
         let message = tokio::select! {
             biased;
-            _ = shared.shutdown.cancelled() => break Some(close_frame(CloseCode::Away, "server shutting down")),
+            _ = &mut stopping => break Some(close_frame(CloseCode::Away, "server shutting down")),
             Some(done) = pending.next() => {
                 worldfs::complete(&mut fs, done, &mut out);
                 None

@@ -42,13 +42,17 @@ fn failure(code: &str, message: impl Into<String>) -> Failure {
 pub async fn run(runtime: Arc<Runtime>, job: Arc<Job>, prompt: String, origin: Origin, mut conversation: Turn) {
     runtime.set_state(&job, JobState::Running);
     let timeout = runtime.settings.chat_timeout;
+    // This select polls every branch each time a streamed chunk wakes the turn: the
+    // gateway-wide shutdown token behind one lock for all turns would be taken by every turn at
+    // every chunk, so the turn watches a child token of its own.
+    let shutdown = runtime.shutdown.child_token();
     let outcome = tokio::select! {
         outcome = turn(&runtime, &job, prompt, &origin, &mut conversation) => outcome,
         _ = job.cancel.cancelled() => Err(failure(
             "runtime_cancelled",
             "the client that started this job disconnected; the provider request was aborted and running tools were stopped",
         )),
-        _ = runtime.shutdown.cancelled() => Err(failure("runtime_cancelled", "the gateway is shutting down")),
+        _ = shutdown.cancelled() => Err(failure("runtime_cancelled", "the gateway is shutting down")),
         _ = tokio::time::sleep(timeout) => Err(failure(
             "runtime_timeout",
             format!("the job ran longer than chat_operation_timeout_ms ({} ms)", timeout.as_millis()),

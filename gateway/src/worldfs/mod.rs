@@ -60,6 +60,10 @@ pub struct FsSession {
     /// Cancelled when the connection ends: the jobs it started stop (their provider
     /// requests are aborted, their tools killed).
     connection: CancellationToken,
+    /// The server's shutdown, as a token of this connection's own: waiting reads check it
+    /// at every wake-up, and a token shared by every connection would make them all take
+    /// one lock.
+    shutdown: CancellationToken,
 }
 
 impl Drop for FsSession {
@@ -95,7 +99,8 @@ fn fail(code: &'static str, message: impl Into<String>) -> (&'static str, String
 }
 
 impl FsSession {
-    pub fn new(max_fids: usize) -> FsSession {
+    /// `shutdown` should be a child token of the server's, made for this connection.
+    pub fn new(max_fids: usize, shutdown: CancellationToken) -> FsSession {
         FsSession {
             namespace: None,
             generation: 0,
@@ -104,6 +109,7 @@ impl FsSession {
             waits: HashMap::new(),
             pending_reads: 0,
             connection: CancellationToken::new(),
+            shutdown,
         }
     }
 
@@ -381,7 +387,7 @@ fn wait_for_job(
     reserve_pending(fs)?;
     let (session_key, generation) = (fs.namespace.as_ref().map(|(k, _)| k.clone()).unwrap_or_default(), fs.generation);
     let limit = job_wait_timeout(fs);
-    let shutdown = shared.shutdown.clone();
+    let shutdown = fs.shutdown.clone();
     Ok(Some(Box::pin(async move {
         let mut changes = job.subscribe();
         let _ = tokio::time::timeout(limit, async {
@@ -421,7 +427,7 @@ fn read_job_events(
     reserve_pending(fs)?;
     let (session_key, generation) = (fs.namespace.as_ref().map(|(k, _)| k.clone()).unwrap_or_default(), fs.generation);
     let limit = job_wait_timeout(fs);
-    let shutdown = shared.shutdown.clone();
+    let shutdown = fs.shutdown.clone();
     Ok(Answer::Later(Box::pin(async move {
         let mut changes = job.subscribe();
         let _ = tokio::time::timeout(limit, async {
@@ -468,7 +474,7 @@ fn wait_for_event(
     };
     reserve_pending(fs)?;
     let scope = shared.events.scope(scope_key(fs));
-    let shutdown = shared.shutdown.clone();
+    let shutdown = fs.shutdown.clone();
     let generation = fs.generation;
     let jobs = Box::new(AgentJobs { runtime: shared.runtime.clone(), agent_id: ns(fs).binding.agent_id.clone() });
     Ok(Some(Box::pin(async move {
